@@ -1,0 +1,6 @@
+"""Entry points. Each parses configuration, sets up logging and starts a service: nothing else."""
+import warnings
+
+# eventlet announces its deprecation on import (oslo.messaging imports it in every process).
+# Known and documented in the README; keep it out of every command's output.
+warnings.filterwarnings('ignore', message=r'(?s).*Eventlet is deprecated')

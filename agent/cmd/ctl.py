@@ -1,0 +1,207 @@
+"""compute-ctl: a client for the agents' RPC API and the conductor's view.
+
+  compute-ctl boot --kernel test-vmlinuz --initrd test-initrd.img --count 5 --wait
+  compute-ctl list | show UUID | job JOB_ID | delete UUID... [--wait] | wait UUID... | stats
+"""
+import argparse
+import concurrent.futures
+import json
+import sys
+import time
+import uuid as uuidlib
+
+import oslo_messaging
+
+from agent import conf
+from agent import exception
+from agent import rpc
+from agent.conductor import api as conductor_api
+from agent.rpc import api as compute_api
+
+FINAL_BOOT_STATES = ['active', 'error', 'stopped']
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='compute-ctl', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--config-file', action='append', default=[],
+                   help='oslo.config file(s) with transport_url, host and [conductor] topic')
+    p.add_argument('--host', help='the node to talk to (default: [DEFAULT] host)')
+    p.add_argument('--rpc-timeout', type=int, default=30,
+                   help='seconds to wait for an answer (waits add their own timeout)')
+    sub = p.add_subparsers(dest='cmd', required=True)
+
+    b = sub.add_parser('boot', help='boot instances (all requests are sent at once)')
+    b.add_argument('--uuid', help='instance uuid (default: a new one; only with --count 1)')
+    b.add_argument('--name')
+    b.add_argument('--vcpus', type=int, default=1)
+    b.add_argument('--memory-mb', type=int, default=128)
+    b.add_argument('--image')
+    b.add_argument('--kernel')
+    b.add_argument('--initrd')
+    b.add_argument('--cmdline')
+    b.add_argument('--nic', action='append', default=[],
+                   help='"user" or "bridge:NAME" (repeatable)')
+    b.add_argument('--count', type=int, default=1)
+    b.add_argument('--wait', action='store_true', help='wait until every instance is active')
+    b.add_argument('--timeout', type=float, default=300.0)
+
+    d = sub.add_parser('delete', help='delete instances')
+    d.add_argument('uuids', nargs='+')
+    d.add_argument('--wait', action='store_true')
+    d.add_argument('--timeout', type=float, default=120.0)
+
+    sub.add_parser('list', help="the conductor's view of this node's instances")
+    s = sub.add_parser('show', help="one instance: the conductor's and the agent's view")
+    s.add_argument('uuid')
+    j = sub.add_parser('job', help='one job, from the agent')
+    j.add_argument('job_id')
+    w = sub.add_parser('wait', help='wait until instances reach a state (conductor view)')
+    w.add_argument('uuids', nargs='+')
+    w.add_argument('--state', action='append', default=None)
+    w.add_argument('--timeout', type=float, default=300.0)
+    sub.add_parser('stats', help="the agent's counters")
+    return p
+
+
+def _spec(args, uuid: str, index: int) -> dict:
+    spec = {'uuid': uuid, 'vcpus': args.vcpus, 'memory_mb': args.memory_mb}
+    if args.name:
+        spec['name'] = args.name if args.count == 1 else '%s-%d' % (args.name, index)
+    for field in ('image', 'kernel', 'initrd', 'cmdline'):
+        if getattr(args, field):
+            spec[field] = getattr(args, field)
+    nics = []
+    for nic in args.nic:
+        kind, _, bridge = nic.partition(':')
+        nics.append({'type': kind, 'bridge': bridge} if bridge else {'type': kind})
+    if nics:
+        spec['nics'] = nics
+    return spec
+
+
+def _message(exc: Exception) -> str:
+    # A remote exception's str() carries the server's traceback; its first arg is the message.
+    return exc.args[0] if exc.args else str(exc)
+
+
+def _print_json(value) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def cmd_boot(args, compute, conductor) -> int:
+    if args.uuid and args.count != 1:
+        print('--uuid needs --count 1', file=sys.stderr)
+        return 2
+    uuids = [args.uuid or str(uuidlib.uuid4()) for _ in range(args.count)]
+    sent = {}
+
+    def boot(i, uuid):
+        sent[uuid] = time.time()
+        result = compute.boot_instance(args.host, _spec(args, uuid, i))
+        return uuid, result, time.time() - sent[uuid]
+
+    answers = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(64, args.count)) as pool:
+        futures = [pool.submit(boot, i, u) for i, u in enumerate(uuids)]
+        for f in futures:
+            try:
+                uuid, result, rtt = f.result()
+            except exception.AgentError as exc:
+                print('refused: %s' % _message(exc), file=sys.stderr)
+                return 1
+            answers[uuid] = (result, rtt)
+            print('accepted %s job %s (%.1f ms)' % (uuid, result['job_id'], rtt * 1000))
+    if not args.wait:
+        return 0
+    rows = conductor.wait_instances(uuids, FINAL_BOOT_STATES, args.timeout)
+    print()
+    print('%-36s  %-10s  %10s  %14s  %s' % ('uuid', 'state', 'accept ms', 'to active (s)', 'fault'))
+    failed = 0
+    for uuid in uuids:
+        row = rows.get(uuid) or {}
+        active = row.get('active_at')
+        took = '%.3f' % (active - sent[uuid]) if active else '-'
+        failed += row.get('vm_state') != 'active'
+        print('%-36s  %-10s  %10.1f  %14s  %s' % (uuid, row.get('vm_state', 'unknown'),
+                                                  answers[uuid][1] * 1000, took,
+                                                  row.get('fault') or ''))
+    times = sorted(r['active_at'] - sent[u] for u, r in rows.items() if r and r.get('active_at'))
+    if times:
+        print('\n%d/%d active; time to active: median %.3f s, max %.3f s'
+              % (len(times), len(uuids), times[len(times) // 2], times[-1]))
+    return 1 if failed else 0
+
+
+def cmd_delete(args, compute, conductor) -> int:
+    for uuid in args.uuids:
+        result = compute.delete_instance(args.host, uuid)
+        print('delete %s job %s' % (uuid, result['job_id']))
+    if args.wait:
+        rows = conductor.wait_instances(args.uuids, ['deleted'], args.timeout)
+        left = [u for u, r in rows.items() if r and r['vm_state'] != 'deleted']
+        if left:
+            print('not deleted in time: %s' % ' '.join(left), file=sys.stderr)
+            return 1
+    return 0
+
+
+def cmd_list(args, compute, conductor) -> int:
+    rows = [r for r in conductor.list_instances(args.host) if r['vm_state'] != 'deleted']
+    print('%-36s  %-20s  %-9s  %-9s  %s' % ('uuid', 'name', 'vm_state', 'power', 'fault'))
+    for r in rows:
+        print('%-36s  %-20s  %-9s  %-9s  %s' % (r['uuid'], r['name'], r['vm_state'],
+                                                r['power_state'], r['fault'] or ''))
+    return 0
+
+
+def cmd_show(args, compute, conductor) -> int:
+    view = {'conductor': conductor.get_instance(args.uuid)}
+    try:
+        view['agent'] = compute.get_instance(args.host, args.uuid)
+    except exception.InstanceNotFound as exc:
+        view['agent'] = _message(exc)
+    _print_json(view)
+    return 0
+
+
+def cmd_wait(args, compute, conductor) -> int:
+    states = args.state or ['active']
+    rows = conductor.wait_instances(args.uuids, states, args.timeout)
+    _print_json(rows)
+    return 0 if all(r and r['vm_state'] in states for r in rows.values()) else 1
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    conf_args = []
+    for f in args.config_file:
+        conf_args += ['--config-file', f]
+    conf.CONF(conf_args, project='compute-agent', default_config_files=[] if conf_args else None)
+    args.host = args.host or conf.CONF.host
+    transport = rpc.get_transport(conf.CONF)
+    compute = compute_api.ComputeAPI(transport, timeout=args.rpc_timeout)
+    conductor = conductor_api.ConductorAPI(transport, conf.CONF.conductor.topic,
+                                           timeout=args.rpc_timeout)
+    try:
+        if args.cmd == 'job':
+            _print_json(compute.get_job(args.host, args.job_id))
+            return 0
+        if args.cmd == 'stats':
+            _print_json(compute.get_stats(args.host))
+            return 0
+        return globals()['cmd_' + args.cmd](args, compute, conductor)
+    except exception.AgentError as exc:
+        print('error: %s' % _message(exc), file=sys.stderr)
+        return 1
+    except oslo_messaging.MessagingTimeout:
+        print('error: no answer within %ss: is the agent of node %r (topic compute) and the '
+              'conductor (topic %r) running?' % (args.rpc_timeout, args.host,
+                                                 conf.CONF.conductor.topic), file=sys.stderr)
+        return 1
+    finally:
+        transport.cleanup()
+
+
+if __name__ == '__main__':
+    sys.exit(main())

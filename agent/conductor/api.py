@@ -1,0 +1,26 @@
+"""Client side of the conductor's RPC API (see ``agent.conductor.manager``)."""
+import oslo_messaging
+
+
+class ConductorAPI:
+    VERSION = '1.0'
+
+    def __init__(self, transport, topic: str = 'conductor', timeout: float | None = None):
+        target = oslo_messaging.Target(topic=topic, version=self.VERSION)
+        self._client = oslo_messaging.get_rpc_client(transport, target, timeout=timeout)
+
+    def report_instance_states(self, host: str, states: list[dict]) -> int:
+        return self._client.call({}, 'report_instance_states', host=host, states=states)
+
+    def get_instance(self, uuid: str) -> dict | None:
+        return self._client.call({}, 'get_instance', uuid=uuid)
+
+    def list_instances(self, host: str | None = None) -> list[dict]:
+        return self._client.call({}, 'list_instances', host=host)
+
+    def wait_instances(self, uuids: list[str], states: list[str], timeout: float) -> dict:
+        cctxt = self._client.prepare(timeout=timeout + 30)
+        return cctxt.call({}, 'wait_instances', uuids=uuids, states=states, timeout=timeout)
+
+    def report_count(self, host: str | None = None) -> int:
+        return self._client.call({}, 'report_count', host=host)

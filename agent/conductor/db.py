@@ -1,0 +1,100 @@
+"""The conductor's store: the latest reported state of every instance, in SQLite.
+
+A report row is applied only if its ``seq`` is newer than the stored one, so reports that
+arrive late or twice never roll an instance back.
+"""
+import json
+import sqlite3
+import threading
+import time
+
+FIELDS = ('uuid', 'host', 'name', 'vm_state', 'power_state', 'task', 'fault', 'boot_job',
+          'accepted_at', 'active_at', 'updated_at', 'seq')
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    uuid TEXT PRIMARY KEY, host TEXT NOT NULL, name TEXT, vm_state TEXT NOT NULL,
+    power_state TEXT, task TEXT, fault TEXT, boot_job TEXT, accepted_at REAL, active_at REAL,
+    updated_at REAL, seq INTEGER NOT NULL, received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_host ON instances(host);
+CREATE TABLE IF NOT EXISTS reports (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, host TEXT NOT NULL, received_at REAL NOT NULL,
+    states INTEGER NOT NULL, applied INTEGER NOT NULL
+);
+"""
+
+
+class InstanceStore:
+    """Thread-safe; every change wakes ``wait_for`` callers."""
+
+    def __init__(self, path: str):
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute('PRAGMA journal_mode=WAL')
+        self._db.execute('PRAGMA synchronous=NORMAL')
+        self._db.executescript(_SCHEMA)
+        self._cond = threading.Condition()
+
+    def apply_report(self, host: str, states: list[dict]) -> int:
+        """Store the newer of each state; one transaction per report. Returns rows applied."""
+        now = time.time()
+        applied = 0
+        with self._cond:
+            cur = self._db.cursor()
+            cur.execute('BEGIN')
+            for state in states:
+                row = {f: state.get(f) for f in FIELDS}
+                row['host'] = host
+                row['received_at'] = now
+                cur.execute(
+                    'INSERT INTO instances (%s, received_at) VALUES (%s, :received_at) '
+                    'ON CONFLICT(uuid) DO UPDATE SET %s WHERE excluded.seq > instances.seq'
+                    % (', '.join(FIELDS), ', '.join(':' + f for f in FIELDS),
+                       ', '.join('%s=excluded.%s' % (f, f) for f in FIELDS[1:] + ('received_at',))),
+                    row)
+                applied += cur.rowcount
+            cur.execute('INSERT INTO reports (host, received_at, states, applied) '
+                        'VALUES (?, ?, ?, ?)', (host, now, len(states), applied))
+            cur.execute('COMMIT')
+            self._cond.notify_all()
+        return applied
+
+    def _rows(self, where: str = '', args=()) -> list[dict]:
+        cur = self._db.execute('SELECT %s FROM instances %s ORDER BY accepted_at'
+                               % (', '.join(FIELDS), where), args)
+        return [dict(zip(FIELDS, row)) for row in cur.fetchall()]
+
+    def get(self, uuid: str) -> dict | None:
+        with self._cond:
+            rows = self._rows('WHERE uuid = ?', (uuid,))
+        return rows[0] if rows else None
+
+    def list_instances(self, host: str | None = None) -> list[dict]:
+        with self._cond:
+            return self._rows('WHERE host = ?', (host,)) if host else self._rows()
+
+    def report_count(self, host: str | None = None) -> int:
+        with self._cond:
+            q = 'SELECT COUNT(*) FROM reports' + (' WHERE host = ?' if host else '')
+            return self._db.execute(q, (host,) if host else ()).fetchone()[0]
+
+    def wait_for(self, uuids: list[str], states: list[str], timeout: float) -> dict:
+        """Block until every uuid is in one of ``states`` (or absent when 'deleted' is among
+        them and it was never seen), or until ``timeout``. Returns {uuid: row or None}."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                rows = {u: (self._rows('WHERE uuid = ?', (u,)) or [None])[0] for u in uuids}
+                if all(r is not None and r['vm_state'] in states for r in rows.values()):
+                    return rows
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return rows
+                self._cond.wait(left)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def dumps(rows) -> str:
+    return json.dumps(rows, indent=2, sort_keys=True)

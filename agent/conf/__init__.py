@@ -1,0 +1,12 @@
+"""Configuration: one module per option group, all registered on the global ``CONF``."""
+from oslo_config import cfg
+
+from agent.conf import conductor
+from agent.conf import default
+from agent.conf import libvirt
+from agent.conf import workqueue
+
+CONF = cfg.CONF
+
+for _mod in (default, libvirt, workqueue, conductor):
+    _mod.register_opts(CONF)

@@ -1,0 +1,27 @@
+"""[conductor] options: where state reports go and how they are batched."""
+from oslo_config import cfg
+
+group = cfg.OptGroup('conductor', help='The conductor that receives instance state reports.')
+
+opts = [
+    cfg.StrOpt('topic', default='conductor',
+               help='RPC topic of the conductor service.'),
+    cfg.StrOpt('database', default='/var/lib/compute-agent/conductor.sqlite',
+               help='(conductor) SQLite file holding the reported instance states.'),
+    cfg.FloatOpt('report_window', default=0.05, min=0.0, max=10.0,
+                 help='(agent) Seconds to gather further state changes before sending a batch; '
+                      'at most one report is in flight and later changes supersede earlier ones.'),
+    cfg.FloatOpt('report_timeout', default=10.0, min=0.1,
+                 help='(agent) RPC timeout of one state report.'),
+    cfg.FloatOpt('report_retry_max', default=10.0, min=0.1,
+                 help='(agent) Longest back-off between retries while the conductor is unreachable.'),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    conf.register_group(group)
+    conf.register_opts(opts, group=group)
+
+
+def list_opts():
+    return {group: opts}

@@ -1,0 +1,12 @@
+"""Entry point for oslo-config-generator: every option group of the agent and conductor."""
+from agent.conf import conductor
+from agent.conf import default
+from agent.conf import libvirt
+from agent.conf import workqueue
+
+
+def list_opts():
+    result = []
+    for mod in (default, libvirt, workqueue, conductor):
+        result.extend(mod.list_opts().items())
+    return result

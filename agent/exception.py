@@ -1,0 +1,54 @@
+"""The agent's own exceptions.
+
+Every error a caller can see is one of these. They travel over RPC: a client that lists
+``agent.exception`` in ``allowed_remote_exmods`` gets the same class back, with the same message.
+libvirt and OS errors are translated into them at the wrapper that made the call.
+"""
+
+
+class AgentError(Exception):
+    """Base class. ``msg_fmt`` is formatted with the keyword arguments."""
+
+    msg_fmt = 'An unknown error occurred'
+
+    def __init__(self, message: str | None = None, **kwargs):
+        if message is None:
+            try:
+                message = self.msg_fmt % kwargs
+            except (KeyError, TypeError):
+                message = self.msg_fmt
+        self.kwargs = {}   # oslo.messaging re-creates the exception from args alone
+        super().__init__(message)
+
+    def __str__(self):
+        return self.args[0] if self.args else self.msg_fmt
+
+
+class InvalidSpec(AgentError):
+    msg_fmt = 'Invalid request: %(reason)s'
+
+
+class InstanceNotFound(AgentError):
+    msg_fmt = 'Instance %(uuid)s not found'
+
+
+class InstanceBusy(AgentError):
+    msg_fmt = 'Instance %(uuid)s is %(state)s; try again when that finishes'
+
+
+class JobNotFound(AgentError):
+    msg_fmt = 'Job %(job_id)s not found'
+
+
+class HypervisorError(AgentError):
+    """A libvirt call failed; the message carries libvirt's own reason."""
+
+    msg_fmt = 'libvirt %(op)s failed: %(reason)s'
+
+
+class HypervisorUnavailable(HypervisorError):
+    msg_fmt = 'libvirt is unreachable: %(reason)s'
+
+
+class ConfigError(AgentError):
+    msg_fmt = 'Configuration error: %(reason)s'

@@ -1,0 +1,263 @@
+"""The compute manager: instances, their jobs, and the state that events drive.
+
+Plain synchronous code. Concurrency comes from ``runtime`` (spawn, sleep): under the agent
+these are greenthreads and ``threading`` primitives are green; in unit tests they are threads.
+
+Instance vm_states: building -> active | error; active <-> paused | stopped; deleting -> gone.
+A boot job ends ``done`` once the domain is started; the instance turns ``active`` when the
+hypervisor's STARTED event arrives.
+"""
+import dataclasses
+import itertools
+import logging
+import threading
+import time
+
+from agent import exception
+from agent import jobs as jobsmod
+from agent import spec as specmod
+from agent.virt import driver as vdriver
+
+LOG = logging.getLogger(__name__)
+
+BUILDING = 'building'
+ACTIVE = 'active'
+PAUSED = 'paused'
+STOPPED = 'stopped'
+DELETING = 'deleting'
+DELETED = 'deleted'
+ERROR = 'error'
+
+_POWER_TO_VM = {vdriver.RUNNING: ACTIVE, vdriver.PAUSED: PAUSED, vdriver.SHUTDOWN: STOPPED,
+                vdriver.CRASHED: ERROR}
+
+
+@dataclasses.dataclass
+class Instance:
+    uuid: str
+    name: str
+    spec: dict
+    vm_state: str = BUILDING
+    power_state: str = vdriver.NOSTATE
+    task: str | None = None          # 'spawning' | 'deleting' while a job works on it
+    fault: str | None = None
+    boot_job: str | None = None
+    accepted_at: float = dataclasses.field(default_factory=time.time)
+    active_at: float | None = None
+    updated_at: float = dataclasses.field(default_factory=time.time)
+    seq: int = 0
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+    def to_dict(self) -> dict:
+        return {'uuid': self.uuid, 'name': self.name, 'vm_state': self.vm_state,
+                'power_state': self.power_state, 'task': self.task, 'fault': self.fault,
+                'boot_job': self.boot_job, 'accepted_at': self.accepted_at,
+                'active_at': self.active_at, 'updated_at': self.updated_at, 'seq': self.seq,
+                'spec': self.spec}
+
+
+class ComputeManager:
+    """Validates requests, runs boot/delete jobs, and keeps instance state from events."""
+
+    def __init__(self, driver: vdriver.ComputeDriver, runtime, reporter, limits: specmod.Limits,
+                 host: str, job_retention: float = 3600.0, reconnect_interval: float = 1.0):
+        self.driver = driver
+        self.runtime = runtime
+        self.reporter = reporter
+        self.limits = limits
+        self.host = host
+        self.jobs = jobsmod.JobTable(job_retention)
+        self.instances: dict[str, Instance] = {}
+        self.facts: dict = {}
+        self._lock = threading.Lock()
+        self._seq = itertools.count(time.time_ns())   # grows across restarts too
+        self._reconnecting = False
+        self._reconnect_interval = reconnect_interval
+        self.events_handled = 0
+        driver.set_event_listener(self.handle_event)
+
+    # -- start-up ---------------------------------------------------------------------------
+    def init_host(self) -> None:
+        """Connect to the hypervisor and adopt the instances it already holds for us."""
+        self.facts = self.driver.init_host()
+        self._resync(adopt=True)
+
+    def _resync(self, adopt: bool) -> None:
+        """Bring every instance's power state in line with one listing of the hypervisor."""
+        seen = set()
+        for info in self.driver.list_instances():
+            if not info.ours:
+                continue
+            seen.add(info.uuid)
+            inst = self.instances.get(info.uuid)
+            if inst is None and adopt:
+                inst = Instance(uuid=info.uuid, name=info.name, spec={}, vm_state=ACTIVE)
+                self.instances[info.uuid] = inst
+                LOG.info('[instance: %s] adopted from the hypervisor (%s)', info.uuid,
+                         info.power_state)
+            if inst is not None:
+                self._apply_power(inst, info.power_state, 'resync', time.time())
+        for inst in list(self.instances.values()):
+            if inst.uuid not in seen and inst.task is None and inst.vm_state not in (ERROR,):
+                self._set(inst, vm_state=ERROR, power_state=vdriver.NOSTATE,
+                          fault='the hypervisor no longer holds this instance')
+
+    # -- requests ---------------------------------------------------------------------------
+    def boot_instance(self, raw_spec) -> dict:
+        """Validate, record, enqueue; return at once with the job id."""
+        spec = specmod.validate_boot_spec(raw_spec, self.limits)
+        with self._lock:
+            inst = self.instances.get(spec.uuid)
+            if inst is not None:
+                if inst.task == 'deleting':
+                    raise exception.InstanceBusy(uuid=spec.uuid, state='being deleted')
+                LOG.info('[instance: %s] boot repeated; returning the existing job', spec.uuid)
+                return {'job_id': inst.boot_job, 'uuid': spec.uuid, 'existing': True}
+            inst = Instance(uuid=spec.uuid, name=spec.name, spec=spec.to_dict(), task='spawning')
+            job = self.jobs.create('boot', spec.uuid)
+            inst.boot_job = job.id
+            self.instances[spec.uuid] = inst
+        self._report(inst)
+        LOG.info('[instance: %s] boot accepted as job %s', spec.uuid, job.id)
+        self.runtime.spawn(self._run_boot, job, inst, spec)
+        return {'job_id': job.id, 'uuid': spec.uuid}
+
+    def delete_instance(self, uuid) -> dict:
+        uuid = specmod.validate_uuid(uuid)
+        with self._lock:
+            inst = self.instances.get(uuid)
+            job = self.jobs.create('delete', uuid)
+            if inst is None:
+                self.jobs.start(job)
+                self.jobs.finish(job)   # deleting what is not there: nothing to do
+                return {'job_id': job.id, 'uuid': uuid, 'existing': False}
+            if inst.task == 'deleting':
+                self.jobs.start(job)
+                self.jobs.finish(job, 'superseded: instance already being deleted')
+                return {'job_id': job.id, 'uuid': uuid}
+        LOG.info('[instance: %s] delete accepted as job %s', uuid, job.id)
+        self.runtime.spawn(self._run_delete, job, inst)
+        return {'job_id': job.id, 'uuid': uuid}
+
+    def get_job(self, job_id) -> dict:
+        return self.jobs.get(job_id).to_dict()
+
+    def get_instance(self, uuid) -> dict:
+        uuid = specmod.validate_uuid(uuid)
+        inst = self.instances.get(uuid)
+        if inst is None:
+            raise exception.InstanceNotFound(uuid=uuid)
+        return inst.to_dict()
+
+    def list_instances(self) -> list[dict]:
+        return [i.to_dict() for i in list(self.instances.values())]
+
+    # -- jobs -------------------------------------------------------------------------------
+    def _run_boot(self, job: jobsmod.Job, inst: Instance, spec: specmod.BootSpec) -> None:
+        with inst.lock:
+            self.jobs.start(job)
+            try:
+                self.driver.spawn(spec, job.calls)
+            except exception.AgentError as exc:
+                LOG.error('[instance: %s] boot failed: %s', inst.uuid, exc)
+                self.jobs.finish(job, str(exc))
+                self._set(inst, vm_state=ERROR, task=None, fault=str(exc))
+                return
+            except Exception as exc:   # a bug, not a user error: still end the job
+                LOG.exception('[instance: %s] boot failed unexpectedly', inst.uuid)
+                self.jobs.finish(job, 'internal error: %s' % exc)
+                self._set(inst, vm_state=ERROR, task=None, fault='internal error')
+                return
+            self.jobs.finish(job)
+            self._set(inst, task=None)
+            LOG.info('[instance: %s] started (%d libvirt calls)', inst.uuid,
+                     sum(job.calls.values()))
+
+    def _run_delete(self, job: jobsmod.Job, inst: Instance) -> None:
+        with inst.lock:   # waits for a boot still in progress
+            self.jobs.start(job)
+            self._set(inst, task='deleting', vm_state=DELETING)
+            try:
+                self.driver.destroy(inst.uuid, job.calls)
+            except exception.AgentError as exc:
+                LOG.error('[instance: %s] delete failed: %s', inst.uuid, exc)
+                self.jobs.finish(job, str(exc))
+                self._set(inst, vm_state=ERROR, task=None, fault=str(exc))
+                return
+            with self._lock:
+                self.instances.pop(inst.uuid, None)
+            self.jobs.finish(job)
+            self._set(inst, vm_state=DELETED, power_state=vdriver.NOSTATE, task=None)
+            LOG.info('[instance: %s] deleted', inst.uuid)
+
+    # -- events -----------------------------------------------------------------------------
+    def handle_event(self, event) -> None:
+        """Apply one driver event. Runs in the event bridge's (green)thread."""
+        self.events_handled += 1
+        if isinstance(event, vdriver.HypervisorLost):
+            LOG.warning('hypervisor connection lost; reconnecting')
+            self._start_reconnect()
+            return
+        inst = self.instances.get(event.uuid)
+        if inst is None:
+            return
+        if isinstance(event, vdriver.InstanceVanished):
+            if inst.task is None and inst.vm_state != DELETED:
+                self._set(inst, vm_state=ERROR, power_state=vdriver.NOSTATE,
+                          fault='domain was undefined outside the agent')
+            return
+        self._apply_power(inst, event.power_state, event.cause, event.timestamp)
+
+    def _apply_power(self, inst: Instance, power: str, cause: str, when: float) -> None:
+        changes = {'power_state': power}
+        if inst.task != 'deleting':
+            vm_state = _POWER_TO_VM.get(power)
+            if vm_state is not None and not (inst.vm_state == ERROR and power != vdriver.RUNNING):
+                changes['vm_state'] = vm_state
+                if vm_state == ACTIVE:
+                    changes['fault'] = None
+                    if inst.active_at is None:
+                        changes['active_at'] = when
+        if all(getattr(inst, k) == v for k, v in changes.items()):
+            return
+        LOG.info('[instance: %s] power %s -> %s (%s)', inst.uuid, inst.power_state, power, cause)
+        self._set(inst, **changes)
+
+    # -- reconnect --------------------------------------------------------------------------
+    def _start_reconnect(self) -> None:
+        if self._reconnecting:
+            return
+        self._reconnecting = True
+        self.runtime.spawn(self._reconnect_loop)
+
+    def _reconnect_loop(self) -> None:
+        try:
+            while True:
+                try:
+                    self.driver.reconnect()
+                    break
+                except exception.AgentError as exc:
+                    LOG.info('reconnect failed (%s); retrying', exc)
+                    self.runtime.sleep(self._reconnect_interval)
+            LOG.info('hypervisor reconnected; resynchronising instance states')
+            self._resync(adopt=True)
+        finally:
+            self._reconnecting = False
+
+    # -- state ------------------------------------------------------------------------------
+    def _set(self, inst: Instance, **changes) -> None:
+        for key, value in changes.items():
+            setattr(inst, key, value)
+        self._report(inst)
+
+    def _report(self, inst: Instance) -> None:
+        inst.seq = next(self._seq)
+        inst.updated_at = time.time()
+        state = inst.to_dict()
+        state.pop('spec')
+        state['host'] = self.host
+        self.reporter.update(state)
+
+    def stats(self) -> dict:
+        return {'instances': len(self.instances), 'jobs_by_state': self.jobs.by_state(),
+                'jobs_total': dict(self.jobs.counts), 'events_handled': self.events_handled}

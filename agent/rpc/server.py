@@ -1,0 +1,45 @@
+"""The agent's RPC endpoint (topic ``compute``, server = the node's host name).
+
+Version history:
+  1.0 - boot_instance, delete_instance, get_job, get_instance, list_instances, get_stats, ping
+
+Methods validate, hand work to the manager and answer at once: none waits for libvirt.
+"""
+import oslo_messaging
+
+from agent import exception
+
+_EXPECTED = oslo_messaging.expected_exceptions(exception.AgentError)
+
+
+class ComputeEndpoint:
+    target = oslo_messaging.Target(version='1.0')
+
+    def __init__(self, manager, stats_fn):
+        self._manager = manager
+        self._stats = stats_fn
+
+    @_EXPECTED
+    def boot_instance(self, ctxt, spec):
+        return self._manager.boot_instance(spec)
+
+    @_EXPECTED
+    def delete_instance(self, ctxt, uuid):
+        return self._manager.delete_instance(uuid)
+
+    @_EXPECTED
+    def get_job(self, ctxt, job_id):
+        return self._manager.get_job(job_id)
+
+    @_EXPECTED
+    def get_instance(self, ctxt, uuid):
+        return self._manager.get_instance(uuid)
+
+    def list_instances(self, ctxt):
+        return self._manager.list_instances()
+
+    def get_stats(self, ctxt):
+        return self._stats()
+
+    def ping(self, ctxt):
+        return 'pong'

@@ -1,0 +1,125 @@
+"""Service wiring: starts the RPC server, the event bridge and the report loop; stops them.
+
+No business logic here. This module, ``agent.workqueue`` and the entry points are the only
+places that know about eventlet.
+"""
+import logging
+import os
+import signal
+import threading
+import time
+
+import oslo_messaging
+
+from agent import manager as managermod
+from agent import reporter as reportermod
+from agent import rpc
+from agent import spec as specmod
+from agent import workqueue
+from agent.conductor import api as conductor_api
+from agent.conductor import db as conductor_db
+from agent.conductor import manager as conductor_manager
+from agent.rpc import server as rpc_server
+from agent.virt.libvirt import driver as libvirt_driver
+
+LOG = logging.getLogger(__name__)
+
+
+def _bridge_exists(name: str) -> bool:
+    return os.path.isdir('/sys/class/net/%s/bridge' % name)
+
+
+def limits_from_conf(conf) -> specmod.Limits:
+    return specmod.Limits(image_dir=conf.image_dir, max_vcpus=conf.max_vcpus_per_instance,
+                          min_memory_mb=conf.min_memory_mb_per_instance,
+                          max_memory_mb=conf.max_memory_mb_per_instance,
+                          max_nics=conf.max_nics_per_instance, bridge_exists=_bridge_exists)
+
+
+class AgentService:
+    """The compute agent: call ``start()``, then ``wait()`` until a signal stops it."""
+
+    def __init__(self, conf, libvirt_mod=None):
+        self.conf = conf
+        self.started_at = time.time()
+        self.runtime = workqueue.green_runtime(conf.workqueue.threads,
+                                               conf.workqueue.stats_samples)
+        self.transport = rpc.get_transport(conf)
+        conductor = conductor_api.ConductorAPI(self.transport, conf.conductor.topic,
+                                               timeout=conf.conductor.report_timeout)
+        self.reporter = reportermod.StateReporter(
+            lambda states: conductor.report_instance_states(conf.host, states),
+            window=conf.conductor.report_window, retry_max=conf.conductor.report_retry_max,
+            sleep=self.runtime.sleep)
+        self.driver = libvirt_driver.LibvirtDriver(conf, self.runtime, libvirt_mod)
+        self.manager = managermod.ComputeManager(
+            self.driver, self.runtime, self.reporter, limits_from_conf(conf), conf.host,
+            reconnect_interval=conf.libvirt.reconnect_interval)
+        target = oslo_messaging.Target(topic='compute', server=conf.host)
+        self.server = oslo_messaging.get_rpc_server(
+            self.transport, target, [rpc_server.ComputeEndpoint(self.manager, self.stats)],
+            executor='eventlet')
+        self._stop = threading.Event()
+
+    def stats(self) -> dict:
+        import resource
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return {'host': self.conf.host, 'uptime_s': round(time.time() - self.started_at, 3),
+                'facts': self.manager.facts, 'workqueue': self.runtime.workqueue.stats(),
+                'driver': self.driver.stats(), 'reporter': self.reporter.stats(),
+                'manager': self.manager.stats(),
+                'process': {'max_rss_kb': usage.ru_maxrss,
+                            'cpu_s': round(usage.ru_utime + usage.ru_stime, 3)}}
+
+    def start(self) -> None:
+        self.manager.init_host()
+        self.runtime.spawn(self.reporter.run)
+        self.server.start()
+        LOG.info('compute-agent %s serving topic compute (virt_type=%s, %d work-queue threads)',
+                 self.conf.host, self.conf.libvirt.virt_type, self.conf.workqueue.threads)
+
+    def wait(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *a: self._stop.set())
+        while not self._stop.wait(1.0):
+            pass
+        self.stop()
+
+    def stop(self) -> None:
+        LOG.info('stopping')
+        self.server.stop()
+        self.server.wait()
+        self.reporter.flush(timeout=5.0)
+        self.reporter.stop()
+        self.driver.host.close()
+        self.transport.cleanup()
+
+
+class ConductorService:
+    """The reference conductor: stores agents' reports; native threads, no eventlet."""
+
+    def __init__(self, conf):
+        self.conf = conf
+        os.makedirs(os.path.dirname(os.path.abspath(conf.conductor.database)), exist_ok=True)
+        self.store = conductor_db.InstanceStore(conf.conductor.database)
+        self.transport = rpc.get_transport(conf)
+        target = oslo_messaging.Target(topic=conf.conductor.topic, server=conf.host)
+        self.server = oslo_messaging.get_rpc_server(
+            self.transport, target, [conductor_manager.ConductorEndpoint(self.store)],
+            executor='threading')
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        self.server.start()
+        LOG.info('compute-conductor serving topic %s, database %s', self.conf.conductor.topic,
+                 self.conf.conductor.database)
+
+    def wait(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *a: self._stop.set())
+        while not self._stop.wait(1.0):
+            pass
+        self.server.stop()
+        self.server.wait()
+        self.transport.cleanup()
+        self.store.close()

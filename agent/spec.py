@@ -1,0 +1,173 @@
+"""Validation of boot specs: pure functions, no I/O beyond looking at the image directory.
+
+A spec that passes ``validate_boot_spec`` is safe to put into domain XML and paths: names are
+restricted to a small character set and every file it names resolves inside the image directory.
+"""
+import dataclasses
+import os
+import re
+import uuid as uuidlib
+
+from agent import exception
+
+NAME_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9._-]{0,62}')
+FILE_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9._+-]{0,254}')
+BRIDGE_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,14}')
+MAC_RE = re.compile(r'[0-9a-f]{2}(:[0-9a-f]{2}){5}')
+# Patterns are used with fullmatch (``$`` would accept a trailing newline).
+# Kernel command lines are free text for the guest; keep them printable and bounded.
+CMDLINE_RE = re.compile(r'[\x20-\x7e]{0,1024}')
+
+NIC_TYPES = ('user', 'bridge')
+
+
+@dataclasses.dataclass(frozen=True)
+class Nic:
+    type: str
+    bridge: str | None = None
+    mac: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class BootSpec:
+    """A validated boot request. Paths are absolute and inside the image directory."""
+
+    uuid: str
+    name: str
+    vcpus: int
+    memory_mb: int
+    image: str | None = None
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str | None = None
+    nics: tuple[Nic, ...] = ()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Bounds a spec is checked against (from configuration)."""
+
+    image_dir: str
+    max_vcpus: int = 64
+    min_memory_mb: int = 16
+    max_memory_mb: int = 1024 * 1024
+    max_nics: int = 8
+    bridge_exists: object = None   # callable(name) -> bool; None skips the check
+
+
+def _invalid(field: str, why: str) -> exception.InvalidSpec:
+    return exception.InvalidSpec(reason='%s: %s' % (field, why))
+
+
+def validate_uuid(value, field: str = 'uuid') -> str:
+    """Return the canonical lower-case form of a uuid string, or raise InvalidSpec."""
+    if not isinstance(value, str):
+        raise _invalid(field, 'must be a string')
+    try:
+        parsed = uuidlib.UUID(value)
+    except ValueError:
+        raise _invalid(field, 'is not a uuid') from None
+    if str(parsed) != value.lower():
+        raise _invalid(field, 'must be in the canonical 8-4-4-4-12 form')
+    return str(parsed)
+
+
+def _int(spec: dict, field: str, lo: int, hi: int, default: int | None = None) -> int:
+    value = spec.get(field, default)
+    if value is None:
+        raise _invalid(field, 'is required')
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _invalid(field, 'must be an integer')
+    if not lo <= value <= hi:
+        raise _invalid(field, 'must be between %d and %d, got %d' % (lo, hi, value))
+    return value
+
+
+def _str(spec: dict, field: str, pattern: re.Pattern, what: str) -> str | None:
+    value = spec.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise _invalid(field, 'must be %s' % what)
+    return value
+
+
+def resolve_image(image_dir: str, field: str, name) -> str | None:
+    """Return the real path of file ``name`` inside ``image_dir``; refuse anything that leaves it."""
+    if name is None:
+        return None
+    if not isinstance(name, str) or not FILE_RE.fullmatch(name) or name in ('.', '..'):
+        raise _invalid(field, 'must be a plain file name in the image directory '
+                              '(letters, digits, ".", "_", "+", "-")')
+    base = os.path.realpath(image_dir)
+    path = os.path.realpath(os.path.join(base, name))
+    if os.path.dirname(path) != base:
+        raise _invalid(field, '%r resolves outside the image directory' % name)
+    if not os.path.isfile(path):
+        raise _invalid(field, 'no image %r in %s' % (name, base))
+    return path
+
+
+def _nics(spec: dict, limits: Limits) -> tuple[Nic, ...]:
+    raw = spec.get('nics', [])
+    if not isinstance(raw, list):
+        raise _invalid('nics', 'must be a list')
+    if len(raw) > limits.max_nics:
+        raise _invalid('nics', 'at most %d allowed' % limits.max_nics)
+    nics = []
+    for i, item in enumerate(raw):
+        field = 'nics[%d]' % i
+        if not isinstance(item, dict):
+            raise _invalid(field, 'must be an object')
+        unknown = set(item) - {'type', 'bridge', 'mac'}
+        if unknown:
+            raise _invalid(field, 'unknown fields %s' % ', '.join(sorted(map(repr, unknown))))
+        kind = item.get('type')
+        if kind not in NIC_TYPES:
+            raise _invalid(field + '.type', 'must be one of %s' % ', '.join(NIC_TYPES))
+        mac = _str(item, 'mac', MAC_RE, 'a lower-case MAC address aa:bb:cc:dd:ee:ff')
+        if mac is not None and int(mac[:2], 16) & 1:
+            raise _invalid(field + '.mac', 'must be a unicast address')
+        bridge = None
+        if kind == 'bridge':
+            bridge = _str(item, 'bridge', BRIDGE_RE, 'a Linux interface name (1-15 characters)')
+            if bridge is None:
+                raise _invalid(field + '.bridge', 'is required for a bridge NIC')
+            if limits.bridge_exists is not None and not limits.bridge_exists(bridge):
+                raise _invalid(field + '.bridge', 'no Linux bridge %r on this node' % bridge)
+        elif 'bridge' in item:
+            raise _invalid(field + '.bridge', 'only valid for a bridge NIC')
+        nics.append(Nic(type=kind, bridge=bridge, mac=mac))
+    return tuple(nics)
+
+
+BOOT_FIELDS = frozenset({'uuid', 'name', 'vcpus', 'memory_mb', 'image', 'kernel', 'initrd',
+                         'cmdline', 'nics'})
+
+
+def validate_boot_spec(spec, limits: Limits) -> BootSpec:
+    """Check a boot request and return it normalised; raise InvalidSpec naming the bad field."""
+    if not isinstance(spec, dict):
+        raise exception.InvalidSpec(reason='spec must be an object')
+    unknown = set(spec) - BOOT_FIELDS
+    if unknown:
+        raise exception.InvalidSpec(
+            reason='unknown fields %s' % ', '.join(sorted(repr(k)[:64] for k in unknown)))
+    uuid = validate_uuid(spec.get('uuid'))
+    name = _str(spec, 'name', NAME_RE, '1-63 characters of letters, digits, ".", "_", "-"')
+    vcpus = _int(spec, 'vcpus', 1, limits.max_vcpus, default=1)
+    memory_mb = _int(spec, 'memory_mb', limits.min_memory_mb, limits.max_memory_mb, default=128)
+    cmdline = _str(spec, 'cmdline', CMDLINE_RE, 'printable ASCII, at most 1024 characters')
+    image = resolve_image(limits.image_dir, 'image', spec.get('image'))
+    kernel = resolve_image(limits.image_dir, 'kernel', spec.get('kernel'))
+    initrd = resolve_image(limits.image_dir, 'initrd', spec.get('initrd'))
+    if image is None and kernel is None:
+        raise exception.InvalidSpec(reason='image or kernel: one of them is required')
+    if kernel is None and (initrd is not None or cmdline is not None):
+        raise exception.InvalidSpec(reason='initrd and cmdline: only valid with a kernel')
+    return BootSpec(uuid=uuid, name=name or 'instance-%s' % uuid[:8], vcpus=vcpus,
+                    memory_mb=memory_mb, image=image, kernel=kernel, initrd=initrd,
+                    cmdline=cmdline, nics=_nics(spec, limits))

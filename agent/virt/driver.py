@@ -1,0 +1,88 @@
+"""The hypervisor driver contract, and the generic events drivers emit.
+
+The manager only sees these types; libvirt specifics stay in ``agent.virt.libvirt``.
+"""
+import abc
+import collections
+import dataclasses
+from typing import Callable
+
+from agent import spec as specmod
+
+# Power states, as reported to the conductor.
+RUNNING = 'running'
+PAUSED = 'paused'
+SHUTDOWN = 'shutdown'
+CRASHED = 'crashed'
+NOSTATE = 'nostate'
+
+
+@dataclasses.dataclass(frozen=True)
+class PowerStateChanged:
+    uuid: str
+    power_state: str
+    cause: str          # e.g. 'started', 'stopped/shutdown' (libvirt event/detail names)
+    timestamp: float
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceVanished:
+    """The hypervisor no longer holds the instance (undefined behind the agent's back)."""
+
+    uuid: str
+    timestamp: float
+
+
+@dataclasses.dataclass(frozen=True)
+class HypervisorLost:
+    """The connection to the hypervisor broke; the driver must be reconnected."""
+
+    timestamp: float
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceInfo:
+    """One instance the hypervisor holds, as returned by ``list_instances``."""
+
+    uuid: str
+    name: str
+    power_state: str
+    ours: bool          # created by this agent (recognised by its metadata)
+
+
+class ComputeDriver(abc.ABC):
+    """What the manager needs from a hypervisor.
+
+    Every method may block (it runs its hypervisor calls on the work queue); none may be
+    called from the hypervisor's own event thread. Errors are agent exceptions only.
+    """
+
+    @abc.abstractmethod
+    def init_host(self) -> dict:
+        """Connect, start receiving events, read and cache the host facts; return them."""
+
+    @abc.abstractmethod
+    def set_event_listener(self, listener: Callable[[object], None]) -> None:
+        """Deliver PowerStateChanged / InstanceVanished / HypervisorLost to ``listener``,
+        one at a time, in the manager's concurrency context (a greenthread)."""
+
+    @abc.abstractmethod
+    def spawn(self, spec: specmod.BootSpec, calls: collections.Counter) -> None:
+        """Create and start the instance. On failure nothing of it is left and the error
+        carries the hypervisor's reason. ``calls`` counts the hypervisor calls made."""
+
+    @abc.abstractmethod
+    def destroy(self, uuid: str, calls: collections.Counter) -> None:
+        """Stop and remove the instance and its files; succeed if it is already gone."""
+
+    @abc.abstractmethod
+    def list_instances(self) -> list[InstanceInfo]:
+        """Every instance the hypervisor holds, with its power state."""
+
+    @abc.abstractmethod
+    def reconnect(self) -> None:
+        """Re-open the hypervisor connection and re-register events; raise if it is down."""
+
+    @abc.abstractmethod
+    def stats(self) -> dict:
+        """Counters: hypervisor calls by operation, host facts."""

@@ -1,0 +1,150 @@
+"""Domain XML built from objects with ElementTree: never by string formatting.
+
+``GuestConfig.to_xml()`` is the only way the agent makes domain XML; ``parse_metadata`` reads back
+what the agent stored, which is how the agent recognises its own domains.
+"""
+import dataclasses
+import xml.etree.ElementTree as ET
+
+METADATA_NS = 'http://compute-agent.org/xmlns/instance/1.0'
+DOMAIN_PREFIX = 'ca-'
+
+
+def domain_name(uuid: str) -> str:
+    """libvirt domain names are derived from the uuid, so two instances can never clash."""
+    return DOMAIN_PREFIX + uuid
+
+
+@dataclasses.dataclass(frozen=True)
+class DiskConfig:
+    path: str
+    format: str = 'raw'          # raw | qcow2
+    target: str = 'vda'
+    source_type: str = 'file'    # file | block
+    transient: bool = False      # writes go to a throw-away overlay; the source is never written
+
+
+@dataclasses.dataclass(frozen=True)
+class NicConfig:
+    type: str                    # user | bridge
+    mac: str
+    bridge: str | None = None
+    model: str = 'virtio'
+
+
+@dataclasses.dataclass(frozen=True)
+class GuestConfig:
+    """Everything a domain definition holds, already validated."""
+
+    uuid: str
+    name: str                    # the display name, kept in the metadata and title
+    virt_type: str               # kvm | qemu
+    arch: str
+    vcpus: int
+    memory_mb: int
+    console_log: str
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str | None = None
+    disks: tuple[DiskConfig, ...] = ()
+    nics: tuple[NicConfig, ...] = ()
+    cpu_mode: str = 'none'
+    tcg_tb_cache_mb: int = 0
+    metadata: tuple[tuple[str, str], ...] = ()   # extra (key, value) pairs for the metadata
+
+    def to_xml(self) -> str:
+        dom = ET.Element('domain', type=self.virt_type)
+        ET.SubElement(dom, 'name').text = domain_name(self.uuid)
+        ET.SubElement(dom, 'uuid').text = self.uuid
+        ET.SubElement(dom, 'title').text = self.name
+        self._metadata(dom)
+        ET.SubElement(dom, 'memory', unit='MiB').text = str(self.memory_mb)
+        ET.SubElement(dom, 'vcpu').text = str(self.vcpus)
+        self._os(dom)
+        features = ET.SubElement(dom, 'features')
+        ET.SubElement(features, 'acpi')
+        if self.virt_type == 'qemu' and self.tcg_tb_cache_mb:
+            tcg = ET.SubElement(features, 'tcg')
+            ET.SubElement(tcg, 'tb-cache', unit='MiB').text = str(self.tcg_tb_cache_mb)
+        if self.cpu_mode != 'none':
+            ET.SubElement(dom, 'cpu', mode=self.cpu_mode)
+        ET.SubElement(dom, 'clock', offset='utc')
+        ET.SubElement(dom, 'on_poweroff').text = 'destroy'
+        ET.SubElement(dom, 'on_reboot').text = 'restart'
+        ET.SubElement(dom, 'on_crash').text = 'destroy'
+        devices = ET.SubElement(dom, 'devices')
+        for disk in self.disks:
+            self._disk(devices, disk)
+        for nic in self.nics:
+            self._nic(devices, nic)
+        serial = ET.SubElement(devices, 'serial', type='file')
+        ET.SubElement(serial, 'source', path=self.console_log)
+        ET.SubElement(serial, 'target', port='0')
+        ET.SubElement(devices, 'memballoon', model='none')
+        return ET.tostring(dom, encoding='unicode')
+
+    def _metadata(self, dom: ET.Element) -> None:
+        meta = ET.SubElement(dom, 'metadata')
+        inst = ET.SubElement(meta, '{%s}instance' % METADATA_NS)
+        ET.SubElement(inst, '{%s}uuid' % METADATA_NS).text = self.uuid
+        ET.SubElement(inst, '{%s}name' % METADATA_NS).text = self.name
+        for key, value in self.metadata:
+            ET.SubElement(inst, '{%s}%s' % (METADATA_NS, key)).text = value
+
+    def _os(self, dom: ET.Element) -> None:
+        os_el = ET.SubElement(dom, 'os')
+        ET.SubElement(os_el, 'type', arch=self.arch).text = 'hvm'
+        if self.kernel:
+            ET.SubElement(os_el, 'kernel').text = self.kernel
+            if self.initrd:
+                ET.SubElement(os_el, 'initrd').text = self.initrd
+            if self.cmdline:
+                ET.SubElement(os_el, 'cmdline').text = self.cmdline
+        else:
+            ET.SubElement(os_el, 'boot', dev='hd')
+
+    @staticmethod
+    def _disk(devices: ET.Element, disk: DiskConfig) -> None:
+        el = ET.SubElement(devices, 'disk', type=disk.source_type, device='disk')
+        ET.SubElement(el, 'driver', name='qemu', type=disk.format)
+        ET.SubElement(el, 'source', **({'dev': disk.path} if disk.source_type == 'block'
+                                       else {'file': disk.path}))
+        ET.SubElement(el, 'target', dev=disk.target, bus='virtio')
+        if disk.transient:
+            ET.SubElement(el, 'transient')
+
+    @staticmethod
+    def _nic(devices: ET.Element, nic: NicConfig) -> None:
+        el = ET.SubElement(devices, 'interface', type=nic.type)
+        ET.SubElement(el, 'mac', address=nic.mac)
+        if nic.type == 'bridge':
+            ET.SubElement(el, 'source', bridge=nic.bridge)
+        ET.SubElement(el, 'model', type=nic.model)
+
+
+ET.register_namespace('ca', METADATA_NS)
+
+
+def parse_metadata(xml: str) -> dict | None:
+    """Return the agent's metadata stored in a domain's XML, or None if the domain is not ours."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    inst = root.find('metadata/{%s}instance' % METADATA_NS)
+    if inst is None:
+        return None
+    return {child.tag.split('}', 1)[1]: child.text or '' for child in inst}
+
+
+def parse_capabilities(xml: str) -> dict:
+    """Host facts from ``getCapabilities()``: arch, and which domain types each guest arch offers."""
+    root = ET.fromstring(xml)
+    host_arch = root.findtext('host/cpu/arch') or 'x86_64'
+    guests = {}
+    for guest in root.findall('guest'):
+        arch = guest.find('arch')
+        if arch is None:
+            continue
+        guests.setdefault(arch.get('name'), set()).update(d.get('type') for d in arch.findall('domain'))
+    return {'arch': host_arch, 'domain_types': {a: sorted(t) for a, t in guests.items()}}

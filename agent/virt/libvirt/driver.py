@@ -1,0 +1,219 @@
+"""The libvirt driver: boot and delete domains, and turn lifecycle events into power states.
+
+Hot path of a boot: exactly two libvirt calls, defineXML and create. Host facts come from the
+cache in ``Host``; instance state comes from lifecycle events, never from polling.
+"""
+import collections
+import logging
+import os
+import random
+import shutil
+import time
+from typing import Callable
+
+from agent import exception
+from agent import spec as specmod
+from agent.virt import driver
+from agent.virt.libvirt import config as vconfig
+from agent.virt.libvirt import host as vhost
+
+LOG = logging.getLogger(__name__)
+
+QCOW2_MAGIC = b'QFI\xfb'
+
+
+def _power_state_from_event(lv, event: int, detail: int) -> str | None:
+    """Map a lifecycle event to a power state; None when the event changes none."""
+    if event in (lv.VIR_DOMAIN_EVENT_STARTED, lv.VIR_DOMAIN_EVENT_RESUMED):
+        return driver.RUNNING
+    if event in (lv.VIR_DOMAIN_EVENT_SUSPENDED, lv.VIR_DOMAIN_EVENT_PMSUSPENDED):
+        return driver.PAUSED
+    if event == lv.VIR_DOMAIN_EVENT_STOPPED:
+        if detail in (lv.VIR_DOMAIN_EVENT_STOPPED_CRASHED, lv.VIR_DOMAIN_EVENT_STOPPED_FAILED):
+            return driver.CRASHED
+        return driver.SHUTDOWN
+    if event == lv.VIR_DOMAIN_EVENT_CRASHED:
+        return driver.CRASHED
+    return None   # DEFINED, UNDEFINED (handled apart), SHUTDOWN (STOPPED follows)
+
+
+def _power_state_from_state(lv, state: int) -> str:
+    return {
+        lv.VIR_DOMAIN_RUNNING: driver.RUNNING, lv.VIR_DOMAIN_BLOCKED: driver.RUNNING,
+        lv.VIR_DOMAIN_PAUSED: driver.PAUSED, lv.VIR_DOMAIN_PMSUSPENDED: driver.PAUSED,
+        lv.VIR_DOMAIN_SHUTDOWN: driver.RUNNING,   # shutting down, still running
+        lv.VIR_DOMAIN_SHUTOFF: driver.SHUTDOWN, lv.VIR_DOMAIN_CRASHED: driver.CRASHED,
+    }.get(state, driver.NOSTATE)
+
+
+def random_mac() -> str:
+    return '52:54:00:%02x:%02x:%02x' % tuple(random.randint(0, 255) for _ in range(3))
+
+
+def image_format(path: str) -> str:
+    with open(path, 'rb') as f:
+        return 'qcow2' if f.read(4) == QCOW2_MAGIC else 'raw'
+
+
+class LibvirtDriver(driver.ComputeDriver):
+    """ComputeDriver over one libvirt connection (see ``host.Host``)."""
+
+    def __init__(self, conf, runtime, libvirt_mod=None):
+        if libvirt_mod is None:
+            import libvirt as libvirt_mod
+        self._lv = libvirt_mod
+        self._conf = conf
+        self._virt_type = conf.libvirt.virt_type
+        self._instances_path = conf.instances_path
+        self._listener: Callable[[object], None] = lambda ev: None
+        self._bridge = runtime.bridge(self._dispatch)
+        self.host = vhost.Host(
+            conf.libvirt.connection_uri, runtime.workqueue, libvirt_mod,
+            event_sink=self._bridge.put, spawn_native=runtime.spawn_native,
+            keepalive=(conf.libvirt.keepalive_interval, conf.libvirt.keepalive_count))
+        self._domains: dict = {}   # uuid -> virDomain, so the hot path needs no lookup
+        self._own_undefines: set[str] = set()   # UNDEFINED events we caused: not "vanished"
+
+    # -- set-up -----------------------------------------------------------------------------
+    def init_host(self) -> dict:
+        self.host.connect()
+        facts = self.host.facts()
+        types = facts.domain_types.get(facts.arch, [])
+        if self._virt_type not in types:
+            raise exception.ConfigError(
+                reason='[libvirt] virt_type=%s is not offered by %s for %s (offers: %s)'
+                % (self._virt_type, self.host.uri, facts.arch, ', '.join(types) or 'none'))
+        os.makedirs(self._instances_path, exist_ok=True)
+        return facts.__dict__.copy()
+
+    def set_event_listener(self, listener) -> None:
+        self._listener = listener
+
+    def reconnect(self) -> None:
+        self._domains.clear()          # objects of the old connection are dead
+        self.host.mark_disconnected()
+        self.host.connect()
+
+    # -- events (in the bridge's greenthread) ------------------------------------------------
+    def _dispatch(self, item) -> None:
+        if isinstance(item, vhost.ConnectionLost):
+            self.host.mark_disconnected()
+            self._listener(driver.HypervisorLost(timestamp=item.timestamp))
+            return
+        if not item.name.startswith(vconfig.DOMAIN_PREFIX):
+            return   # not a domain of ours
+        if item.event == self._lv.VIR_DOMAIN_EVENT_UNDEFINED:
+            self._domains.pop(item.uuid, None)
+            if item.uuid in self._own_undefines:
+                self._own_undefines.discard(item.uuid)
+                return
+            self._listener(driver.InstanceVanished(uuid=item.uuid, timestamp=item.timestamp))
+            return
+        state = _power_state_from_event(self._lv, item.event, item.detail)
+        if state is not None:
+            self._listener(driver.PowerStateChanged(
+                uuid=item.uuid, power_state=state, cause='%d/%d' % (item.event, item.detail),
+                timestamp=item.timestamp))
+
+    # -- boot / delete ----------------------------------------------------------------------
+    def _guest_config(self, spec: specmod.BootSpec) -> vconfig.GuestConfig:
+        facts = self.host.facts()
+        disks = ()
+        if spec.image:
+            # Until instance storage lands, the image is attached with a throw-away overlay:
+            # the guest can write, the shared image is never modified.
+            disks = (vconfig.DiskConfig(path=spec.image, format=image_format(spec.image),
+                                        transient=True),)
+        nics = tuple(vconfig.NicConfig(type=n.type, bridge=n.bridge, mac=n.mac or random_mac())
+                     for n in spec.nics)
+        return vconfig.GuestConfig(
+            uuid=spec.uuid, name=spec.name, virt_type=self._virt_type, arch=facts.arch,
+            vcpus=spec.vcpus, memory_mb=spec.memory_mb,
+            console_log=os.path.join(self.instance_dir(spec.uuid), 'console.log'),
+            kernel=spec.kernel, initrd=spec.initrd, cmdline=spec.cmdline, disks=disks, nics=nics,
+            cpu_mode=self._conf.libvirt.cpu_mode, tcg_tb_cache_mb=self._conf.libvirt.tcg_tb_cache_mb,
+            metadata=(('host', self._conf.host), ('created', '%.3f' % time.time())))
+
+    def instance_dir(self, uuid: str) -> str:
+        return os.path.join(self._instances_path, uuid)
+
+    def spawn(self, spec: specmod.BootSpec, calls: collections.Counter) -> None:
+        xml = self._guest_config(spec).to_xml()
+        os.makedirs(self.instance_dir(spec.uuid), exist_ok=True)
+        conn = self.host.conn()
+        try:
+            dom = self.host.call('defineXML', conn.defineXML, xml, instance=spec.uuid, counter=calls)
+        except exception.AgentError:
+            self._remove_files(spec.uuid)
+            raise
+        self._domains[spec.uuid] = dom
+        try:
+            self.host.call('create', dom.create, instance=spec.uuid, counter=calls)
+        except exception.AgentError:
+            LOG.warning('[instance: %s] start failed; removing its definition', spec.uuid)
+            self._undefine(spec.uuid, dom, calls)
+            self._remove_files(spec.uuid)
+            raise
+
+    def destroy(self, uuid: str, calls: collections.Counter) -> None:
+        dom = self._domains.get(uuid)
+        if dom is None:
+            try:
+                dom = self.host.call('lookupByUUIDString', self.host.conn().lookupByUUIDString,
+                                     uuid, instance=uuid, counter=calls)
+            except exception.HypervisorError as exc:
+                if not self.host.is_error(exc, 'VIR_ERR_NO_DOMAIN'):
+                    raise
+                dom = None
+        if dom is not None:
+            try:
+                self.host.call('destroy', dom.destroy, instance=uuid, counter=calls)
+            except exception.HypervisorError as exc:
+                # Not running is fine: the goal is "gone".
+                if not (self.host.is_error(exc, 'VIR_ERR_OPERATION_INVALID')
+                        or self.host.is_error(exc, 'VIR_ERR_NO_DOMAIN')):
+                    raise
+            self._undefine(uuid, dom, calls)
+        self._remove_files(uuid)
+
+    def _undefine(self, uuid: str, dom, calls: collections.Counter) -> None:
+        self._own_undefines.add(uuid)
+        try:
+            self.host.call('undefine', dom.undefine, instance=uuid, counter=calls)
+        except exception.HypervisorError as exc:
+            self._own_undefines.discard(uuid)
+            if not self.host.is_error(exc, 'VIR_ERR_NO_DOMAIN'):
+                raise
+        self._domains.pop(uuid, None)
+
+    def _remove_files(self, uuid: str) -> None:
+        shutil.rmtree(self.instance_dir(uuid), ignore_errors=True)
+
+    # -- listing ----------------------------------------------------------------------------
+    def list_instances(self) -> list[driver.InstanceInfo]:
+        """One getAllDomainStats call for every domain's state; domains with our name prefix
+        not seen before get their XML read once to confirm they carry our metadata."""
+        conn = self.host.conn()
+        stats = self.host.call('getAllDomainStats', conn.getAllDomainStats,
+                               self._lv.VIR_DOMAIN_STATS_STATE, 0)
+        out = []
+        for dom, values in stats:
+            uuid = dom.UUIDString()
+            name = ''                  # known instances: the manager holds the display name
+            ours = uuid in self._domains
+            if not ours and dom.name().startswith(vconfig.DOMAIN_PREFIX):
+                meta = vconfig.parse_metadata(
+                    self.host.call('XMLDesc', dom.XMLDesc, 0, instance=uuid))
+                ours = bool(meta) and meta.get('uuid') == uuid
+                if ours:
+                    self._domains[uuid] = dom
+                    name = meta.get('name', '')
+            out.append(driver.InstanceInfo(
+                uuid=uuid, name=name, ours=ours,
+                power_state=_power_state_from_state(self._lv, values.get('state.state', 0))))
+        return out
+
+    def stats(self) -> dict:
+        return {'libvirt_calls': dict(self.host.calls),
+                'libvirt_calls_total': sum(self.host.calls.values()),
+                'connected': self.host.connected}

@@ -1,0 +1,202 @@
+"""The libvirt connection: the one place that talks to libvirt-python.
+
+``Host`` owns the connection, the native event-loop thread, reconnection after libvirtd goes
+away, the per-operation call counters and the translation of libvirtError into the agent's
+exceptions. Every call runs on the global work queue; host facts are read once and cached.
+
+Threads: ``call`` is made from (green)threads; callbacks from libvirt arrive on the native
+event-loop thread and are only handed on through ``event_sink`` (thread-safe), never handled
+there.
+"""
+import collections
+import dataclasses
+import logging
+import time
+from typing import Any, Callable
+
+from agent import exception
+from agent.virt.libvirt import config as vconfig
+
+LOG = logging.getLogger(__name__)
+
+# Error codes that mean the connection itself is gone, not that the call was wrong.
+_CONNECTION_ERRORS = ('VIR_ERR_SYSTEM_ERROR', 'VIR_ERR_INTERNAL_ERROR', 'VIR_ERR_NO_CONNECT',
+                      'VIR_ERR_INVALID_CONN', 'VIR_ERR_RPC')
+
+
+@dataclasses.dataclass(frozen=True)
+class LifecycleEvent:
+    """A domain lifecycle event, as handed from the event thread to the agent."""
+
+    uuid: str
+    name: str
+    event: int
+    detail: int
+    timestamp: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectionLost:
+    reason: int
+    timestamp: float
+
+
+@dataclasses.dataclass(frozen=True)
+class HostFacts:
+    hostname: str
+    arch: str
+    domain_types: dict
+    cpus: int
+    memory_mb: int
+    lib_version: int
+    hv_version: int
+
+
+_event_loops: set = set()   # id() of libvirt modules whose default event loop runs
+
+
+class Host:
+    """One libvirt connection used by every caller of the agent.
+
+    libvirt_mod: the libvirt module (the real one, or a fake in unit tests).
+    event_sink(item): thread-safe; receives LifecycleEvent and ConnectionLost objects.
+    """
+
+    def __init__(self, uri: str, workqueue, libvirt_mod, event_sink: Callable[[Any], None],
+                 spawn_native: Callable, keepalive: tuple[int, int] = (5, 3)):
+        self.uri = uri
+        self._wq = workqueue
+        self._lv = libvirt_mod
+        self._sink = event_sink
+        self._spawn_native = spawn_native
+        self._keepalive = keepalive
+        self._conn = None
+        self._facts: HostFacts | None = None
+        self.calls = collections.Counter()   # op -> count, every libvirt call the agent made
+        self._codes = {getattr(libvirt_mod, name): name for name in _CONNECTION_ERRORS
+                       if hasattr(libvirt_mod, name)}
+
+    # -- connection -------------------------------------------------------------------------
+    def start_event_loop(self) -> None:
+        """Register libvirt's default event implementation and run it on a native thread."""
+        # libvirt's default event implementation is process-wide: register and run it once.
+        if id(self._lv) not in _event_loops:
+            # libvirt-python prints every error to stderr by default; errors are translated
+            # and logged here instead.
+            self._lv.registerErrorHandler(lambda ctx, err: None, None)
+            self._lv.virEventRegisterDefaultImpl()
+            _event_loops.add(id(self._lv))
+            self._spawn_native(self._run_event_loop, 'libvirt-events')
+
+    def _run_event_loop(self) -> None:
+        while True:
+            self._lv.virEventRunDefaultImpl()
+
+    def connect(self) -> None:
+        """Open the connection and register lifecycle events and the close callback."""
+        self.start_event_loop()
+        conn = self.call('open', self._open)
+        self._conn = conn
+        LOG.info('connected to %s', self.uri)
+
+    def _open(self):
+        # Runs on a work-queue thread: the whole connection set-up is one queue item.
+        conn = self._lv.open(self.uri)
+        if conn is None:
+            raise self._lv.libvirtError('open returned no connection')
+        conn.registerCloseCallback(self._on_close, None)
+        conn.domainEventRegisterAny(None, self._lv.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                    self._on_lifecycle, None)
+        if self._keepalive[0] > 0:
+            try:
+                conn.setKeepAlive(*self._keepalive)
+            except self._lv.libvirtError as exc:   # test:/// and embed URIs have no keepalive
+                LOG.debug('keepalive not available: %s', exc)
+        return conn
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    def mark_disconnected(self) -> None:
+        self._conn = None
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                self._wq.execute('libvirt.close', conn.close)
+            except Exception:   # closing a dead connection may fail; nothing to do about it
+                LOG.debug('close failed', exc_info=True)
+
+    # -- callbacks: native event-loop thread; hand on, never act here -------------------------
+    def _on_lifecycle(self, conn, dom, event, detail, opaque) -> None:
+        self._sink(LifecycleEvent(uuid=dom.UUIDString(), name=dom.name(), event=event,
+                                  detail=detail, timestamp=time.time()))
+
+    def _on_close(self, conn, reason, opaque) -> None:
+        self._sink(ConnectionLost(reason=reason, timestamp=time.time()))
+
+    # -- calls ------------------------------------------------------------------------------
+    def call(self, op: str, fn: Callable, *args, instance: str | None = None,
+             counter: collections.Counter | None = None) -> Any:
+        """Run one libvirt call on the work queue; count it; translate its errors.
+
+        ``counter`` (e.g. a job's) is incremented too, so calls can be attributed per boot.
+        """
+        self.calls[op] += 1
+        if counter is not None:
+            counter[op] += 1
+        try:
+            return self._wq.execute('libvirt.' + op, fn, *args)
+        except self._lv.libvirtError as exc:
+            raise self._translate(op, exc, instance) from None
+
+    def _translate(self, op: str, exc, instance: str | None) -> exception.HypervisorError:
+        code = exc.get_error_code() if hasattr(exc, 'get_error_code') else None
+        reason = exc.get_error_message() if hasattr(exc, 'get_error_message') else str(exc)
+        reason = reason or str(exc)
+        if code in self._codes and self._conn is not None and not self._alive():
+            self._conn = None
+            LOG.warning('libvirt connection lost during %s: %s', op, reason)
+            return exception.HypervisorUnavailable(reason=reason)
+        # Callers decide whether an error matters (e.g. "not running" on destroy does not).
+        LOG.debug('[instance: %s] libvirt %s failed: %s', instance, op, reason)
+        err = exception.HypervisorError(op=op, reason=reason)
+        err.code = code
+        return err
+
+    def _alive(self) -> bool:
+        try:
+            return bool(self._conn.isAlive())
+        except Exception:
+            return False
+
+    def conn(self):
+        if self._conn is None:
+            raise exception.HypervisorUnavailable(reason='not connected to %s' % self.uri)
+        return self._conn
+
+    def is_error(self, exc: exception.HypervisorError, code_name: str) -> bool:
+        return getattr(exc, 'code', None) == getattr(self._lv, code_name, object())
+
+    # -- facts ------------------------------------------------------------------------------
+    def facts(self) -> HostFacts:
+        """Host facts, read from libvirt once and then served from memory."""
+        if self._facts is None:
+            self._facts = self.call('host_facts', self._read_facts)
+        return self._facts
+
+    def _read_facts(self) -> HostFacts:
+        conn = self.conn()
+        caps = vconfig.parse_capabilities(conn.getCapabilities())
+        info = conn.getInfo()
+        try:
+            mem = conn.getMemoryStats(self._lv.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0)
+            memory_mb = int(mem['total']) // 1024
+        except (self._lv.libvirtError, KeyError):
+            memory_mb = int(info[1])   # getInfo: MiB of NUMA node 0 only on some hosts
+        return HostFacts(hostname=conn.getHostname(), arch=caps['arch'],
+                         domain_types=caps['domain_types'], cpus=int(info[2]),
+                         memory_mb=memory_mb, lib_version=conn.getLibVersion(),
+                         hv_version=conn.getVersion())

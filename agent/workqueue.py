@@ -1,0 +1,264 @@
+"""The global native-thread work queue, and the other points where threads meet greenthreads.
+
+Every blocking call the agent makes (libvirt today) runs through ``WorkQueue.execute``: ONE queue
+shared by all worker threads, so a call never waits behind a busy thread while another is idle.
+Each call is timed in two parts: queue wait (submitted -> a thread picked it up) and run time.
+
+Two runtimes offer the same interface:
+- ``green_runtime``: the agent's. eventlet's tpool (one global request queue, N native threads);
+  native threads hand events to greenthreads through a pipe the hub watches.
+- ``native_runtime``: plain threads. Unit tests use it, and it is the way off eventlet later.
+This module and the service are the only places that import eventlet.
+"""
+import collections
+import dataclasses
+import os
+import threading
+import time
+from typing import Any, Callable
+
+_DEFAULT_SAMPLES = 2048
+
+
+class OpStats:
+    """Per-operation counters: calls, errors, queue-wait and run-time samples (seconds)."""
+
+    def __init__(self, samples: int = _DEFAULT_SAMPLES):
+        self.calls = 0
+        self.errors = 0
+        self.wait = collections.deque(maxlen=samples)
+        self.run = collections.deque(maxlen=samples)
+        self.wait_total = 0.0
+        self.run_total = 0.0
+
+    def record(self, wait: float, run: float, failed: bool) -> None:
+        self.calls += 1
+        self.errors += failed
+        self.wait.append(wait)
+        self.run.append(run)
+        self.wait_total += wait
+        self.run_total += run
+
+    @staticmethod
+    def _pct(samples, q: float) -> float:
+        if not samples:
+            return 0.0
+        ordered = sorted(samples)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def summary(self) -> dict:
+        return {
+            'calls': self.calls, 'errors': self.errors,
+            'wait_p50_ms': round(self._pct(self.wait, 0.5) * 1000, 3),
+            'wait_p99_ms': round(self._pct(self.wait, 0.99) * 1000, 3),
+            'wait_max_ms': round(max(self.wait, default=0.0) * 1000, 3),
+            'run_p50_ms': round(self._pct(self.run, 0.5) * 1000, 3),
+            'run_p99_ms': round(self._pct(self.run, 0.99) * 1000, 3),
+            'wait_total_s': round(self.wait_total, 6), 'run_total_s': round(self.run_total, 6),
+        }
+
+
+def _timed(enqueued: float, fn: Callable, args, kwargs):
+    """Runs in a worker thread: the call plus its timing, never raising."""
+    start = time.monotonic()
+    try:
+        result, error = fn(*args, **kwargs), None
+    except BaseException as exc:  # handed back to the caller, re-raised there
+        result, error = None, exc
+    return result, error, start - enqueued, time.monotonic() - start
+
+
+class WorkQueue:
+    """Runs blocking callables on native threads that all draw from one queue.
+
+    ``execute`` blocks the calling (green)thread only, returns ``fn``'s result or raises its
+    exception, and records the queue wait and run time under ``op``. Statistics are updated in
+    the caller's context, so worker threads never touch a (possibly green) lock.
+    """
+
+    def __init__(self, threads: int, samples: int = _DEFAULT_SAMPLES):
+        self.threads = threads
+        self._samples = samples
+        self._stats: dict[str, OpStats] = {}
+
+    def _submit(self, call: Callable, *args) -> Any:
+        raise NotImplementedError
+
+    def execute(self, op: str, fn: Callable, *args, **kwargs) -> Any:
+        result, error, wait, run = self._submit(_timed, time.monotonic(), fn, args, kwargs)
+        stats = self._stats.get(op)
+        if stats is None:
+            stats = self._stats[op] = OpStats(self._samples)
+        stats.record(wait, run, error is not None)
+        if error is not None:
+            raise error
+        return result
+
+    def stats(self) -> dict:
+        """Per-operation summaries plus an ``all`` row over every operation."""
+        out = {op: s.summary() for op, s in sorted(self._stats.items())}
+        total = OpStats(self._samples * max(1, len(self._stats)))
+        for s in self._stats.values():
+            for w, r in zip(s.wait, s.run):
+                total.record(w, r, False)
+            total.errors += s.errors
+        out['all'] = total.summary()
+        out['all']['calls'] = sum(s.calls for s in self._stats.values())
+        out['threads'] = self.threads
+        return out
+
+    def shutdown(self) -> None:
+        pass
+
+
+class ThreadWorkQueue(WorkQueue):
+    """Plain native threads around one ``queue.SimpleQueue``."""
+
+    def __init__(self, threads: int, samples: int = _DEFAULT_SAMPLES):
+        super().__init__(threads, samples)
+        import queue
+        self._queue = queue.SimpleQueue()
+        self._workers = [threading.Thread(target=self._work, name='workqueue-%d' % i, daemon=True)
+                         for i in range(threads)]
+        for w in self._workers:
+            w.start()
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            call, args, done = item
+            done.append(call(*args))
+            done[0].set()
+
+    def _submit(self, call: Callable, *args) -> Any:
+        done = [threading.Event()]
+        self._queue.put((call, args, done))
+        done[0].wait()
+        return done[1]
+
+    def shutdown(self) -> None:
+        for _ in self._workers:
+            self._queue.put(None)
+
+
+class GreenWorkQueue(WorkQueue):
+    """eventlet.tpool: one global request queue served by ``threads`` native threads."""
+
+    def __init__(self, threads: int, samples: int = _DEFAULT_SAMPLES):
+        super().__init__(threads, samples)
+        from eventlet import tpool
+        tpool.set_num_threads(threads)
+        self._tpool = tpool
+
+    def _submit(self, call: Callable, *args) -> Any:
+        return self._tpool.execute(call, *args)
+
+    def shutdown(self) -> None:
+        self._tpool.killall()
+
+
+class GreenBridge:
+    """Hands items from native threads to a handler running in a greenthread.
+
+    ``put`` is safe from any native thread; the handler runs in one greenthread, in order.
+    A pipe wakes the hub; the items themselves travel through an unpatched queue.
+    """
+
+    def __init__(self, handler: Callable[[Any], None]):
+        import eventlet
+        from eventlet import hubs, patcher
+        self._queue = patcher.original('queue').SimpleQueue()
+        self._os = patcher.original('os')
+        self._rfd, self._wfd = self._os.pipe()
+        os.set_blocking(self._rfd, False)
+        os.set_blocking(self._wfd, False)
+        self._handler = handler
+        self._trampoline = hubs.trampoline
+        self._thread = eventlet.spawn(self._run)
+
+    def put(self, item: Any) -> None:
+        self._queue.put(item)
+        try:
+            self._os.write(self._wfd, b'x')
+        except BlockingIOError:   # a wake-up is already pending
+            pass
+
+    def _run(self) -> None:
+        import logging
+        log = logging.getLogger(__name__)
+        while True:
+            self._trampoline(self._rfd, read=True)
+            try:
+                self._os.read(self._rfd, 4096)
+            except BlockingIOError:
+                pass
+            while not self._queue.empty():
+                item = self._queue.get()
+                try:
+                    self._handler(item)
+                except Exception:
+                    log.exception('event handler failed on %r', item)
+
+
+class ThreadBridge:
+    """The native-thread counterpart of ``GreenBridge``: one consumer thread, in order."""
+
+    def __init__(self, handler: Callable[[Any], None]):
+        import queue
+        self._queue = queue.SimpleQueue()
+        self._handler = handler
+        threading.Thread(target=self._run, name='event-bridge', daemon=True).start()
+
+    def put(self, item: Any) -> None:
+        self._queue.put(item)
+
+    def _run(self) -> None:
+        import logging
+        log = logging.getLogger(__name__)
+        while True:
+            item = self._queue.get()
+            try:
+                self._handler(item)
+            except Exception:
+                log.exception('event handler failed on %r', item)
+
+
+@dataclasses.dataclass
+class Runtime:
+    """What plain code needs to run concurrently, independent of eventlet.
+
+    spawn(fn, *args): run fn concurrently with the caller (a greenthread under eventlet).
+    spawn_native(fn, name): run fn on a real OS thread (for loops that block in C).
+    bridge(handler): an object whose put(item), callable from native threads, hands items to
+    handler in spawn's context.
+    """
+
+    workqueue: WorkQueue
+    spawn: Callable[..., None]
+    spawn_native: Callable[[Callable[[], None], str], None]
+    bridge: Callable[[Callable[[Any], None]], Any]
+    sleep: Callable[[float], None]
+
+
+def _native_thread(fn: Callable[[], None], name: str, thread_cls=threading.Thread) -> None:
+    thread_cls(target=fn, name=name, daemon=True).start()
+
+
+def native_runtime(threads: int, samples: int = _DEFAULT_SAMPLES) -> Runtime:
+    def spawn(fn, *args):
+        threading.Thread(target=fn, args=args, daemon=True).start()
+    return Runtime(workqueue=ThreadWorkQueue(threads, samples), spawn=spawn,
+                   spawn_native=_native_thread, bridge=ThreadBridge, sleep=time.sleep)
+
+
+def green_runtime(threads: int, samples: int = _DEFAULT_SAMPLES) -> Runtime:
+    import eventlet
+    from eventlet import patcher
+    original_thread = patcher.original('threading').Thread
+
+    def spawn_native(fn, name):
+        _native_thread(fn, name, thread_cls=original_thread)
+    return Runtime(workqueue=GreenWorkQueue(threads, samples), spawn=eventlet.spawn_n,
+                   spawn_native=spawn_native, bridge=GreenBridge, sleep=eventlet.sleep)

@@ -1,0 +1,204 @@
+"""Functional fixtures: real libvirtd + QEMU, real RabbitMQ, the agent and conductor as processes.
+
+Prerequisites (tools/setup-node.sh, tools/build-test-guest.sh) are checked and a missing one
+FAILS the run: a skipped functional test would hide a break. ``COMPUTE_AGENT_VIRT_TYPE``
+(default qemu: TCG) switches every test to kvm where KVM works.
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid as uuidlib
+
+import libvirt
+import pytest
+
+from agent import conf as agent_conf
+from agent import rpc
+from agent.conductor import api as conductor_api
+from agent.rpc import api as compute_api
+
+IMAGES = os.environ.get('COMPUTE_AGENT_IMAGE_DIR', '/var/lib/compute-agent/images')
+VIRT_TYPE = os.environ.get('COMPUTE_AGENT_VIRT_TYPE', 'qemu')
+URI = 'qemu:///system'
+MARKER = 'COMPUTE-AGENT-GUEST-READY'
+
+
+def _check_node():
+    problems = []
+    if os.geteuid() != 0:
+        problems.append('functional tests run as root')
+    try:
+        libvirt.open(URI).close()
+    except libvirt.libvirtError as exc:
+        problems.append('libvirtd not reachable at %s (%s)' % (URI, exc))
+    try:
+        socket.create_connection(('127.0.0.1', 5672), timeout=2).close()
+    except OSError as exc:
+        problems.append('RabbitMQ not listening on 127.0.0.1:5672 (%s)' % exc)
+    for name in ('test-vmlinuz', 'test-initrd.img'):
+        if not os.path.isfile(os.path.join(IMAGES, name)):
+            problems.append('test guest %s missing in %s' % (name, IMAGES))
+    if problems:
+        pytest.fail('node not ready: %s. Run tools/setup-node.sh and tools/build-test-guest.sh.'
+                    % '; '.join(problems), pytrace=False)
+
+
+class Node:
+    """The running agent + conductor, their RPC clients, and direct libvirt access."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.host = 'ftest-%s' % uuidlib.uuid4().hex[:8]
+        self.topic = 'conductor-' + self.host
+        self.image_dir = os.path.join(workdir, 'images')
+        self.instances = os.path.join(workdir, 'instances')
+        os.makedirs(self.image_dir)
+        for name in ('test-vmlinuz', 'test-initrd.img'):
+            shutil.copy(os.path.join(IMAGES, name), self.image_dir)
+        with open(os.path.join(self.image_dir, 'bogus-kernel'), 'wb') as f:
+            f.write(os.urandom(4096))          # QEMU refuses to load it: a libvirt failure
+        with open(os.path.join(self.image_dir, 'test-disk.raw'), 'wb') as f:
+            f.truncate(1024 * 1024)
+        self.config = os.path.join(workdir, 'agent.conf')
+        with open(self.config, 'w') as f:
+            f.write('[DEFAULT]\nhost = %s\ntransport_url = rabbit://guest:guest@127.0.0.1:5672/\n'
+                    'image_dir = %s\ninstances_path = %s\ndebug = true\n'
+                    '[libvirt]\nvirt_type = %s\nconnection_uri = %s\n'
+                    '[conductor]\ntopic = %s\ndatabase = %s\n'
+                    % (self.host, self.image_dir, self.instances, VIRT_TYPE, URI, self.topic,
+                       os.path.join(workdir, 'conductor.sqlite')))
+        self.procs = {}
+        self.created: set[str] = set()
+        agent_conf.CONF(['--config-file', self.config], project='compute-agent-ftest',
+                        default_config_files=[])
+        self.transport = rpc.get_transport(agent_conf.CONF)
+        self.compute = compute_api.ComputeAPI(self.transport, timeout=30)
+        self.conductor = conductor_api.ConductorAPI(self.transport, self.topic, timeout=30)
+
+    # -- processes --------------------------------------------------------------------------
+    def start(self, name: str) -> None:
+        module = {'agent': 'agent.cmd.agent', 'conductor': 'agent.cmd.conductor'}[name]
+        log = open(os.path.join(self.workdir, name + '.log'), 'ab')
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, '-m', module, '--config-file', self.config],
+            stdout=log, stderr=subprocess.STDOUT)
+        if name == 'agent':
+            self.wait_agent()
+
+    def wait_agent(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.procs['agent'].poll() is not None:
+                raise AssertionError('agent exited: %s' % self.log_tail('agent'))
+            try:
+                self.compute.ping(self.host, timeout=2)
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise AssertionError('agent did not answer: %s' % self.log_tail('agent'))
+
+    def stop(self, name: str) -> None:
+        proc = self.procs.pop(name, None)
+        if proc and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        with open(os.path.join(self.workdir, name + '.log'), errors='replace') as f:
+            return ''.join(f.readlines()[-lines:])
+
+    # -- helpers ----------------------------------------------------------------------------
+    def spec(self, **extra) -> dict:
+        spec = {'uuid': str(uuidlib.uuid4()), 'vcpus': 1, 'memory_mb': 128,
+                'kernel': 'test-vmlinuz', 'initrd': 'test-initrd.img',
+                'cmdline': 'console=ttyS0 quiet'}
+        spec.update(extra)
+        return spec
+
+    def boot(self, spec: dict) -> dict:
+        self.created.add(spec['uuid'])
+        return self.compute.boot_instance(self.host, spec)
+
+    def wait_states(self, uuids, states, timeout: float = 180.0) -> dict:
+        rows = self.conductor.wait_instances(list(uuids), list(states), timeout)
+        bad = {u: r and (r['vm_state'], r['fault']) for u, r in rows.items()
+               if not r or r['vm_state'] not in states}
+        assert not bad, 'not %s in time: %s' % ('/'.join(states), bad)
+        return rows
+
+    def wait_job(self, job_id: str, timeout: float = 120.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.compute.get_job(self.host, job_id)
+            if job['state'] in ('done', 'failed') or time.monotonic() > deadline:
+                return job
+            time.sleep(0.1)
+
+    def console(self, uuid: str) -> str:
+        try:
+            with open(os.path.join(self.instances, uuid, 'console.log'), errors='replace') as f:
+                return f.read()
+        except FileNotFoundError:
+            return ''
+
+    def wait_console(self, uuid: str, text: str, timeout: float = 120.0) -> str:
+        deadline = time.monotonic() + timeout
+        while text not in self.console(uuid):
+            assert time.monotonic() < deadline, 'no %r on the console of %s: %r' % (
+                text, uuid, self.console(uuid)[-500:])
+            time.sleep(0.2)
+        return self.console(uuid)
+
+    def domains(self) -> set[str]:
+        """uuids of the libvirt domains this test run created (a fresh connection each time:
+        tests restart libvirtd)."""
+        conn = libvirt.open(URI)
+        try:
+            return {d.UUIDString() for d in conn.listAllDomains()
+                    if d.UUIDString() in self.created}
+        finally:
+            conn.close()
+
+    def delete(self, uuids) -> None:
+        for u in uuids:
+            self.compute.delete_instance(self.host, u)
+        self.wait_states(uuids, ['deleted'], timeout=120)
+
+    def libvirt_calls(self) -> int:
+        return self.compute.get_stats(self.host)['driver']['libvirt_calls_total']
+
+    def cleanup(self) -> None:
+        """Safety net for failed tests: remove any domain this run created."""
+        conn = libvirt.open(URI)
+        for dom in conn.listAllDomains():
+            if dom.UUIDString() in self.created:
+                try:
+                    if dom.isActive():
+                        dom.destroy()
+                    dom.undefine()
+                except libvirt.libvirtError:
+                    pass
+        conn.close()
+        self.transport.cleanup()
+
+
+@pytest.fixture(scope='session')
+def node(tmp_path_factory):
+    _check_node()
+    n = Node(str(tmp_path_factory.mktemp('node')))
+    try:
+        n.start('conductor')
+        n.start('agent')
+        yield n
+    finally:
+        n.stop('agent')
+        n.stop('conductor')
+        n.cleanup()

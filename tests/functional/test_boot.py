@@ -1,0 +1,151 @@
+"""Boot real VMs over RPC: real RabbitMQ, libvirtd and QEMU (TCG here, KVM with one setting)."""
+import os
+import re
+import subprocess
+import time
+import uuid as uuidlib
+
+import pytest
+
+from agent import exception
+from tests.functional.conftest import MARKER
+
+
+def _boot_and_check(node, count: int) -> None:
+    specs = [node.spec(name='ftest-%d' % i) for i in range(count)]
+    answers = [node.boot(s) for s in specs]
+    uuids = [s['uuid'] for s in specs]
+    assert [a['uuid'] for a in answers] == uuids
+    node.wait_states(uuids, ['active'])
+    for a in answers:
+        job = node.wait_job(a['job_id'])
+        assert job['state'] == 'done', job
+        assert job['libvirt_calls'] == 2, job        # define + start: the whole hot path
+    for u in uuids:
+        node.wait_console(u, MARKER)
+    assert node.domains() == set(uuids)
+    node.delete(uuids)
+    assert node.domains() == set()
+    for u in uuids:
+        assert not os.path.exists(os.path.join(node.instances, u))
+
+
+def test_boot_one_vm(node):
+    _boot_and_check(node, 1)
+
+
+def test_boot_five_vms_in_parallel(node):
+    _boot_and_check(node, 5)
+
+
+def test_state_comes_from_events_not_polling(node):
+    """A guest that powers itself off: the agent sees it stop and makes no libvirt call
+    for it besides define and start, through boot, idle and power-off."""
+    before = node.libvirt_calls()
+    spec = node.spec(cmdline='console=ttyS0 quiet ca.poweroff')
+    node.boot(spec)
+    node.wait_states([spec['uuid']], ['active'])
+    rows = node.wait_states([spec['uuid']], ['stopped'])
+    assert rows[spec['uuid']]['power_state'] == 'shutdown'
+    assert MARKER in node.console(spec['uuid'])
+    assert node.libvirt_calls() - before == 2
+    node.delete([spec['uuid']])
+    assert node.domains() == set()
+
+
+BAD_SPECS = [
+    ({'uuid': 'not-a-uuid'}, 'uuid'),
+    ({'vcpus': 0}, 'vcpus'),
+    ({'vcpus': 10 ** 9}, 'vcpus'),
+    ({'memory_mb': -1}, 'memory_mb'),
+    ({'memory_mb': 'lots'}, 'memory_mb'),
+    ({'name': "<x/>'; rm -rf /"}, 'name'),
+    ({'kernel': '../../../etc/passwd'}, 'kernel'),
+    ({'initrd': '/etc/shadow'}, 'initrd'),
+    ({'image': 'nosuchimage'}, 'image'),
+    ({'nics': [{'type': 'bridge', 'bridge': 'nosuchbr0'}]}, 'bridge'),
+    ({'colour': 'blue'}, 'unknown fields'),
+]
+
+
+@pytest.mark.parametrize('bad, field', BAD_SPECS)
+def test_bad_input_is_refused_by_boot_instance_and_creates_nothing(node, bad, field):
+    spec = node.spec(**bad)
+    with pytest.raises(exception.InvalidSpec) as err:
+        node.boot(spec)
+    assert field in err.value.args[0]
+    assert node.domains() == set()
+    assert not os.path.exists(os.path.join(node.instances, str(spec['uuid'])))
+
+
+def test_libvirt_failure_fails_the_job_with_its_reason_and_leaves_no_domain(node):
+    spec = node.spec(kernel='bogus-kernel', initrd=None, cmdline=None)
+    answer = node.boot(spec)
+    job = node.wait_job(answer['job_id'])
+    assert job['state'] == 'failed'
+    assert 'libvirt create failed' in job['reason'] and 'kernel' in job['reason'].lower(), job
+    rows = node.wait_states([spec['uuid']], ['error'])
+    assert rows[spec['uuid']]['fault'] == job['reason']
+    assert node.domains() == set()
+    assert not os.path.exists(os.path.join(node.instances, spec['uuid']))
+    node.delete([spec['uuid']])
+
+
+def test_booting_the_same_uuid_twice_makes_one_vm(node):
+    spec = node.spec()
+    first = node.boot(spec)
+    second = node.boot(spec)
+    assert second['job_id'] == first['job_id']
+    node.wait_states([spec['uuid']], ['active'])
+    assert node.domains() == {spec['uuid']}
+    node.delete([spec['uuid']])
+
+
+def test_image_disk_and_bridge_nic_reach_the_guest(node):
+    bridge = 'catest%s' % uuidlib.uuid4().hex[:6]
+    subprocess.run(['ip', 'link', 'add', 'name', bridge, 'type', 'bridge'], check=True)
+    try:
+        subprocess.run(['ip', 'link', 'set', bridge, 'up'], check=True)
+        mac = '52:54:00:ab:cd:%02x' % (uuidlib.uuid4().int % 256)
+        spec = node.spec(image='test-disk.raw',
+                         nics=[{'type': 'user'}, {'type': 'bridge', 'bridge': bridge, 'mac': mac}])
+        node.boot(spec)
+        node.wait_states([spec['uuid']], ['active'])
+        console = node.wait_console(spec['uuid'], 'guest-nic: eth1')
+        assert re.search(r'guest-disk: vda 2048\b', console), console   # 1 MiB = 2048 sectors
+        assert 'guest-nic: eth1 %s' % mac in console
+        node.delete([spec['uuid']])
+    finally:
+        subprocess.run(['ip', 'link', 'del', bridge], check=False)
+
+
+def _libvirtd_pid() -> int:
+    with open('/run/libvirtd.pid') as f:
+        return int(f.read().strip())
+
+
+def test_agent_reconnects_after_libvirtd_restart(node):
+    spec = node.spec()
+    node.boot(spec)
+    node.wait_states([spec['uuid']], ['active'])
+    opens = node.compute.get_stats(node.host)['driver']['libvirt_calls']['open']
+    pid = _libvirtd_pid()
+    os.kill(pid, 15)
+    deadline = time.monotonic() + 30
+    while os.path.exists('/proc/%d' % pid):
+        assert time.monotonic() < deadline, 'libvirtd did not stop'
+        time.sleep(0.05)
+    subprocess.run(['/usr/sbin/libvirtd', '-d'], check=True)
+    deadline = time.monotonic() + 60
+    while True:
+        stats = node.compute.get_stats(node.host)['driver']
+        if stats['connected'] and stats['libvirt_calls']['open'] > opens:
+            break
+        assert time.monotonic() < deadline, 'agent did not reconnect: %s' % stats
+        time.sleep(0.2)
+    # Stop the guest behind the agent's back: only a re-registered event can tell it.
+    subprocess.run(['virsh', '-c', 'qemu:///system', 'destroy', 'ca-' + spec['uuid']],
+                   check=True, capture_output=True)
+    node.wait_states([spec['uuid']], ['stopped'], timeout=60)
+    node.delete([spec['uuid']])
+    assert node.domains() == set()

@@ -1,0 +1,135 @@
+"""Unit-test fixtures: a fake libvirt, a private config, and an agent built on them.
+
+Unit tests never spawn processes (the autouse fixture refuses), never touch RabbitMQ or a real
+libvirtd, and run the agent's plain code on native threads (``workqueue.native_runtime``).
+"""
+import subprocess
+import threading
+import time
+
+import pytest
+from oslo_config import cfg
+
+from agent.conf import conductor as conf_conductor
+from agent.conf import default as conf_default
+from agent.conf import libvirt as conf_libvirt
+from agent.conf import workqueue as conf_workqueue
+from agent import manager as managermod
+from agent import reporter as reportermod
+from agent import spec as specmod
+from agent import workqueue
+from agent.virt.libvirt import driver as libvirt_driver
+from tests.unit import fakelibvirt
+
+
+@pytest.fixture(autouse=True)
+def no_subprocesses(monkeypatch):
+    def refuse(self, *args, **kwargs):
+        raise AssertionError('unit tests must not spawn processes: %r' % (args[:1],))
+    monkeypatch.setattr(subprocess.Popen, '__init__', refuse)
+
+
+def wait_until(predicate, timeout: float = 10.0, what: str = 'condition'):
+    """Wait for background work to reach a state; the timeout only catches hangs."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError('timed out waiting for %s' % what)
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def hv():
+    return fakelibvirt.reset()
+
+
+@pytest.fixture
+def image_dir(tmp_path):
+    d = tmp_path / 'images'
+    d.mkdir()
+    (d / 'vmlinuz').write_bytes(b'kernel')
+    (d / 'initrd.img').write_bytes(b'initrd')
+    (d / 'disk.raw').write_bytes(b'\0' * 512)
+    (d / 'disk.qcow2').write_bytes(b'QFI\xfb' + b'\0' * 508)
+    return d
+
+
+@pytest.fixture
+def conf(tmp_path, image_dir):
+    c = cfg.ConfigOpts()
+    for mod in (conf_default, conf_libvirt, conf_workqueue, conf_conductor):
+        mod.register_opts(c)
+    c([], project='compute-agent-test', default_config_files=[])
+    c.set_override('host', 'node1')
+    c.set_override('image_dir', str(image_dir))
+    c.set_override('instances_path', str(tmp_path / 'instances'))
+    c.set_override('virt_type', 'qemu', group='libvirt')
+    c.set_override('connection_uri', 'fake:///', group='libvirt')
+    c.set_override('reconnect_interval', 0.05, group='libvirt')
+    return c
+
+
+class Reports:
+    """The conductor side of the reporter: keeps every batch it was sent."""
+
+    def __init__(self):
+        self.batches: list[list[dict]] = []
+        self.lock = threading.Lock()
+
+    def send(self, states):
+        with self.lock:
+            self.batches.append(list(states))
+
+    def latest(self, uuid):
+        with self.lock:
+            found = [s for b in self.batches for s in b if s['uuid'] == uuid]
+        return max(found, key=lambda s: s['seq']) if found else None
+
+
+class Agent:
+    """An agent (manager + libvirt driver) over the fake libvirt, for tests."""
+
+    def __init__(self, conf, hv):
+        self.hv = hv
+        self.runtime = workqueue.native_runtime(4)
+        self.reports = Reports()
+        self.reporter = reportermod.StateReporter(self.reports.send, window=0.005)
+        self.runtime.spawn(self.reporter.run)
+        self.driver = libvirt_driver.LibvirtDriver(conf, self.runtime, fakelibvirt)
+        limits = specmod.Limits(image_dir=conf.image_dir, bridge_exists=lambda n: n == 'br0')
+        self.manager = managermod.ComputeManager(self.driver, self.runtime, self.reporter, limits,
+                                                 'node1', reconnect_interval=0.05)
+        self.manager.init_host()
+
+    def wait_job(self, job_id):
+        wait_until(lambda: self.manager.get_job(job_id)['state'] in ('done', 'failed'),
+                   what='job %s' % job_id)
+        return self.manager.get_job(job_id)
+
+    def wait_state(self, uuid, vm_state):
+        wait_until(lambda: self.manager.instances.get(uuid) is not None
+                   and self.manager.instances[uuid].vm_state == vm_state,
+                   what='%s to be %s' % (uuid, vm_state))
+
+    def wait_reported(self, uuid, vm_state):
+        self.reporter.flush(10)
+        wait_until(lambda: (self.reports.latest(uuid) or {}).get('vm_state') == vm_state,
+                   what='conductor to see %s %s' % (uuid, vm_state))
+
+    def stop(self):
+        self.reporter.stop()
+        self.runtime.workqueue.shutdown()
+
+
+@pytest.fixture
+def agent(conf, hv):
+    a = Agent(conf, hv)
+    yield a
+    a.stop()
+
+
+def boot_spec(uuid='11111111-2222-3333-4444-555555555555', **extra):
+    spec = {'uuid': uuid, 'vcpus': 1, 'memory_mb': 128, 'kernel': 'vmlinuz',
+            'initrd': 'initrd.img', 'cmdline': 'console=ttyS0'}
+    spec.update(extra)
+    return spec

@@ -1,0 +1,314 @@
+"""A stateful fake of the libvirt-python module for unit tests.
+
+One ``Hypervisor`` (module global, reset per test) keeps the domains, so it outlives connections
+like libvirtd does. Domains change state on API calls and emit lifecycle events to every open
+connection's callbacks, delivered by ``virEventRunDefaultImpl`` on the caller's event thread as
+with real libvirt. Every API call is recorded in ``Hypervisor.calls`` (independent of the
+agent's own counters); ``fail_next`` injects libvirt errors; ``restart`` drops connections.
+"""
+import queue
+import threading
+import xml.etree.ElementTree as ET
+
+# --- constants (values as in libvirt) ----------------------------------------------------
+VIR_DOMAIN_EVENT_ID_LIFECYCLE = 0
+VIR_DOMAIN_EVENT_DEFINED = 0
+VIR_DOMAIN_EVENT_UNDEFINED = 1
+VIR_DOMAIN_EVENT_STARTED = 2
+VIR_DOMAIN_EVENT_SUSPENDED = 3
+VIR_DOMAIN_EVENT_RESUMED = 4
+VIR_DOMAIN_EVENT_STOPPED = 5
+VIR_DOMAIN_EVENT_SHUTDOWN = 6
+VIR_DOMAIN_EVENT_PMSUSPENDED = 7
+VIR_DOMAIN_EVENT_CRASHED = 8
+VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN = 0
+VIR_DOMAIN_EVENT_STOPPED_DESTROYED = 1
+VIR_DOMAIN_EVENT_STOPPED_CRASHED = 2
+VIR_DOMAIN_EVENT_STOPPED_FAILED = 5
+VIR_DOMAIN_EVENT_SHUTDOWN_GUEST = 1
+VIR_DOMAIN_EVENT_SHUTDOWN_HOST = 2
+
+VIR_DOMAIN_NOSTATE = 0
+VIR_DOMAIN_RUNNING = 1
+VIR_DOMAIN_BLOCKED = 2
+VIR_DOMAIN_PAUSED = 3
+VIR_DOMAIN_SHUTDOWN = 4
+VIR_DOMAIN_SHUTOFF = 5
+VIR_DOMAIN_CRASHED = 6
+VIR_DOMAIN_PMSUSPENDED = 7
+
+VIR_DOMAIN_STATS_STATE = 1
+VIR_NODE_MEMORY_STATS_ALL_CELLS = -1
+VIR_CONNECT_CLOSE_REASON_EOF = 1
+
+VIR_ERR_INTERNAL_ERROR = 1
+VIR_ERR_NO_CONNECT = 5
+VIR_ERR_INVALID_CONN = 6
+VIR_ERR_SYSTEM_ERROR = 38
+VIR_ERR_RPC = 39
+VIR_ERR_OPERATION_INVALID = 55
+VIR_ERR_NO_DOMAIN = 42
+VIR_ERR_XML_ERROR = 27
+VIR_ERR_OPERATION_FAILED = 9
+
+CAPABILITIES = """<capabilities><host><cpu><arch>x86_64</arch></cpu></host>
+<guest><os_type>hvm</os_type><arch name='x86_64'><domain type='qemu'/><domain type='kvm'/></arch></guest>
+</capabilities>"""
+
+
+class libvirtError(Exception):
+    def __init__(self, msg, code=VIR_ERR_INTERNAL_ERROR):
+        super().__init__(msg)
+        self._code = code
+
+    def get_error_code(self):
+        return self._code
+
+    def get_error_message(self):
+        return str(self)
+
+
+# --- the event loop ------------------------------------------------------------------------
+_events: queue.SimpleQueue = queue.SimpleQueue()
+_delivering = threading.Event()
+_delivering.set()
+
+
+def hold_events() -> None:
+    """Queue events without delivering them (as when libvirt's event thread is busy)."""
+    _delivering.clear()
+
+
+def release_events() -> None:
+    _delivering.set()
+
+
+def virEventRegisterDefaultImpl():
+    return 0
+
+
+def registerErrorHandler(handler, ctx):
+    return 0
+
+
+def virEventRunDefaultImpl():
+    """Run one pending callback (blocks until there is one), like one loop iteration."""
+    fn, args = _events.get()
+    _delivering.wait()
+    fn(*args)
+    return 0
+
+
+# --- the hypervisor --------------------------------------------------------------------------
+class Hypervisor:
+    def __init__(self):
+        self.domains: dict[str, 'Domain'] = {}   # uuid -> Domain
+        self.connections: list['Connection'] = []
+        self.calls: list[str] = []
+        self.fail_next: dict[str, libvirtError] = {}
+        self.gates: dict[str, threading.Event] = {}   # a call waits until its gate is set
+        self.down = False
+        self.lock = threading.Lock()
+
+    def record(self, name: str) -> None:
+        with self.lock:
+            self.calls.append(name)
+            err = self.fail_next.pop(name, None)
+            gate = self.gates.get(name)
+        if gate is not None:
+            gate.wait(10)
+        if err is not None:
+            raise err
+
+    def emit(self, dom: 'Domain', event: int, detail: int) -> None:
+        for conn in list(self.connections):
+            for cb, opaque in list(conn.lifecycle_callbacks):
+                _events.put((cb, (conn, dom, event, detail, opaque)))
+
+    # what happens outside the agent's calls
+    def guest_poweroff(self, uuid: str) -> None:
+        dom = self.domains[uuid]
+        dom.run_state = VIR_DOMAIN_SHUTOFF
+        self.emit(dom, VIR_DOMAIN_EVENT_SHUTDOWN, VIR_DOMAIN_EVENT_SHUTDOWN_GUEST)
+        self.emit(dom, VIR_DOMAIN_EVENT_STOPPED, VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
+
+    def restart(self, stay_down: bool = False) -> None:
+        """libvirtd goes away: every connection is closed (close callbacks fire)."""
+        self.down = stay_down
+        for conn in list(self.connections):
+            conn.alive = False
+            if conn.close_callback:
+                cb, opaque = conn.close_callback
+                _events.put((cb, (conn, VIR_CONNECT_CLOSE_REASON_EOF, opaque)))
+        self.connections.clear()
+
+
+hypervisor = Hypervisor()
+
+
+def reset() -> Hypervisor:
+    global hypervisor
+    hypervisor = Hypervisor()
+    release_events()
+    return hypervisor
+
+
+def open(uri):   # noqa: A001 - the libvirt API name
+    hypervisor.record('open')
+    if hypervisor.down:
+        raise libvirtError('Failed to connect socket: Connection refused', VIR_ERR_SYSTEM_ERROR)
+    conn = Connection(hypervisor, uri)
+    hypervisor.connections.append(conn)
+    return conn
+
+
+class Connection:
+    def __init__(self, hv: Hypervisor, uri: str):
+        self.hv = hv
+        self.uri = uri
+        self.alive = True
+        self.lifecycle_callbacks = []
+        self.close_callback = None
+
+    def _call(self, name: str) -> None:
+        if not self.alive:
+            raise libvirtError('internal error: client socket is closed', VIR_ERR_INTERNAL_ERROR)
+        self.hv.record(name)
+
+    def isAlive(self):
+        return self.alive
+
+    def registerCloseCallback(self, cb, opaque):
+        self._call('registerCloseCallback')
+        self.close_callback = (cb, opaque)
+
+    def domainEventRegisterAny(self, dom, event_id, cb, opaque):
+        self._call('domainEventRegisterAny')
+        assert event_id == VIR_DOMAIN_EVENT_ID_LIFECYCLE
+        self.lifecycle_callbacks.append((cb, opaque))
+        return len(self.lifecycle_callbacks)
+
+    def setKeepAlive(self, interval, count):
+        self._call('setKeepAlive')
+
+    def close(self):
+        self.alive = False
+        if self in self.hv.connections:
+            self.hv.connections.remove(self)
+
+    def getCapabilities(self):
+        self._call('getCapabilities')
+        return CAPABILITIES
+
+    def getInfo(self):
+        self._call('getInfo')
+        return ['x86_64', 6000, 8, 2000, 1, 1, 4, 2]
+
+    def getMemoryStats(self, cell, flags):
+        self._call('getMemoryStats')
+        return {'total': 32 * 1024 * 1024, 'free': 16 * 1024 * 1024}
+
+    def getHostname(self):
+        self._call('getHostname')
+        return 'fakehost'
+
+    def getLibVersion(self):
+        self._call('getLibVersion')
+        return 9000000
+
+    def getVersion(self):
+        self._call('getVersion')
+        return 7002000
+
+    def defineXML(self, xml):
+        self._call('defineXML')
+        try:
+            root = ET.fromstring(xml)
+        except ET.ParseError as exc:
+            raise libvirtError('XML error: %s' % exc, VIR_ERR_XML_ERROR) from None
+        if root.get('type') not in ('qemu', 'kvm'):
+            raise libvirtError('unsupported domain type', VIR_ERR_XML_ERROR)
+        uuid, name = root.findtext('uuid'), root.findtext('name')
+        for other in self.hv.domains.values():
+            if other.name_ == name and other.uuid != uuid:
+                raise libvirtError("domain '%s' already exists with uuid %s" % (name, other.uuid),
+                                   VIR_ERR_OPERATION_FAILED)
+        dom = self.hv.domains.get(uuid)
+        if dom is None:
+            dom = self.hv.domains[uuid] = Domain(self, uuid, name, xml)
+        dom.xml = xml
+        self.hv.emit(dom, VIR_DOMAIN_EVENT_DEFINED, 0)
+        return dom
+
+    def lookupByUUIDString(self, uuid):
+        self._call('lookupByUUIDString')
+        dom = self.hv.domains.get(uuid)
+        if dom is None:
+            raise libvirtError("Domain not found: no domain with matching uuid '%s'" % uuid,
+                               VIR_ERR_NO_DOMAIN)
+        return Domain(self, dom.uuid, dom.name_, dom.xml, shared=dom)
+
+    def getAllDomainStats(self, stats, flags):
+        self._call('getAllDomainStats')
+        return [(Domain(self, d.uuid, d.name_, d.xml, shared=d), {'state.state': d.run_state,
+                                                                 'state.reason': 0})
+                for d in self.hv.domains.values()]
+
+
+class Domain:
+    """A domain handle; handles from different calls share the hypervisor's state object."""
+
+    def __init__(self, conn: Connection, uuid: str, name: str, xml: str, shared=None):
+        self._conn = conn
+        self.uuid = uuid
+        self.name_ = name
+        self._shared = shared
+        if shared is None:
+            self.xml = xml
+            self.run_state = VIR_DOMAIN_SHUTOFF
+
+    def _dom(self) -> 'Domain':
+        return self._shared or self
+
+    def _call(self, name: str) -> 'Domain':
+        self._conn._call(name)
+        dom = self._conn.hv.domains.get(self.uuid)
+        if dom is None:
+            raise libvirtError("Domain not found: '%s'" % self.uuid, VIR_ERR_NO_DOMAIN)
+        return dom
+
+    # local, no RPC in real libvirt
+    def UUIDString(self):
+        return self.uuid
+
+    def name(self):
+        return self.name_
+
+    def XMLDesc(self, flags=0):
+        return self._call('XMLDesc').xml
+
+    def create(self):
+        dom = self._call('create')
+        if dom.run_state == VIR_DOMAIN_RUNNING:
+            raise libvirtError('Requested operation is not valid: domain is already running',
+                               VIR_ERR_OPERATION_INVALID)
+        dom.run_state = VIR_DOMAIN_RUNNING
+        self._conn.hv.emit(dom, VIR_DOMAIN_EVENT_RESUMED, 0)
+        self._conn.hv.emit(dom, VIR_DOMAIN_EVENT_STARTED, 0)
+        return 0
+
+    def destroy(self):
+        dom = self._call('destroy')
+        if dom.run_state != VIR_DOMAIN_RUNNING:
+            raise libvirtError('Requested operation is not valid: domain is not running',
+                               VIR_ERR_OPERATION_INVALID)
+        dom.run_state = VIR_DOMAIN_SHUTOFF
+        self._conn.hv.emit(dom, VIR_DOMAIN_EVENT_SHUTDOWN, VIR_DOMAIN_EVENT_SHUTDOWN_HOST)
+        self._conn.hv.emit(dom, VIR_DOMAIN_EVENT_STOPPED, VIR_DOMAIN_EVENT_STOPPED_DESTROYED)
+        return 0
+
+    def undefine(self):
+        dom = self._call('undefine')
+        del self._conn.hv.domains[self.uuid]
+        self._conn.hv.emit(dom, VIR_DOMAIN_EVENT_UNDEFINED, 0)
+        return 0

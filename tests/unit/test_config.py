@@ -1,0 +1,66 @@
+"""Domain XML from objects, and the parsers of libvirt's XML."""
+import xml.etree.ElementTree as ET
+
+from agent.virt.libvirt import config as vconfig
+
+U = '11111111-2222-3333-4444-555555555555'
+
+
+def guest(**kw):
+    base = dict(uuid=U, name='web-1', virt_type='qemu', arch='x86_64', vcpus=2, memory_mb=96,
+                console_log='/var/lib/x/console.log', kernel='/img/vmlinuz',
+                initrd='/img/initrd.img', cmdline='console=ttyS0 a=<b>&"c"', tcg_tb_cache_mb=16)
+    base.update(kw)
+    return vconfig.GuestConfig(**base)
+
+
+def test_direct_kernel_boot_domain():
+    root = ET.fromstring(guest().to_xml())
+    assert root.get('type') == 'qemu'
+    assert root.findtext('name') == 'ca-' + U
+    assert root.findtext('uuid') == U
+    assert root.find('memory').get('unit') == 'MiB' and root.findtext('memory') == '96'
+    assert root.findtext('vcpu') == '2'
+    assert root.findtext('os/kernel') == '/img/vmlinuz'
+    # Metacharacters survive as data: ElementTree escapes them.
+    assert root.findtext('os/cmdline') == 'console=ttyS0 a=<b>&"c"'
+    assert root.find('features/tcg/tb-cache').text == '16'
+    assert root.find('devices/serial/source').get('path') == '/var/lib/x/console.log'
+    assert root.find('os/boot') is None
+
+
+def test_kvm_has_no_tcg_features_and_disk_boot_has_boot_dev():
+    root = ET.fromstring(guest(virt_type='kvm', kernel=None, initrd=None, cmdline=None,
+                               disks=(vconfig.DiskConfig('/img/d.qcow2', 'qcow2', transient=True),),
+                               cpu_mode='host-model').to_xml())
+    assert root.find('features/tcg') is None
+    assert root.find('os/boot').get('dev') == 'hd'
+    assert root.find('cpu').get('mode') == 'host-model'
+    disk = root.find('devices/disk')
+    assert disk.find('source').get('file') == '/img/d.qcow2'
+    assert disk.find('driver').get('type') == 'qcow2'
+    assert disk.find('transient') is not None
+
+
+def test_nics():
+    root = ET.fromstring(guest(nics=(vconfig.NicConfig('user', '52:54:00:00:00:01'),
+                                     vconfig.NicConfig('bridge', '52:54:00:00:00:02', 'br0'))).to_xml())
+    user, bridge = root.findall('devices/interface')
+    assert user.get('type') == 'user' and user.find('source') is None
+    assert bridge.find('source').get('bridge') == 'br0'
+    assert bridge.find('mac').get('address') == '52:54:00:00:00:02'
+
+
+def test_metadata_round_trip_and_foreign_domains():
+    meta = vconfig.parse_metadata(guest(metadata=(('host', 'n1'),)).to_xml())
+    assert meta == {'uuid': U, 'name': 'web-1', 'host': 'n1'}
+    assert vconfig.parse_metadata('<domain><name>x</name></domain>') is None
+    assert vconfig.parse_metadata('not xml') is None
+
+
+def test_parse_capabilities():
+    caps = vconfig.parse_capabilities(
+        "<capabilities><host><cpu><arch>x86_64</arch></cpu></host>"
+        "<guest><arch name='x86_64'><domain type='qemu'/><domain type='kvm'/></arch></guest>"
+        "<guest><arch name='i686'><domain type='qemu'/></arch></guest></capabilities>")
+    assert caps == {'arch': 'x86_64', 'domain_types': {'x86_64': ['kvm', 'qemu'], 'i686': ['qemu']}}

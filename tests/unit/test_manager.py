@@ -1,0 +1,214 @@
+"""The manager and libvirt driver over the stateful fake libvirt."""
+import os
+import threading
+import uuid as uuidlib
+
+import pytest
+
+from agent import exception
+from tests.unit import fakelibvirt
+from tests.unit.conftest import Agent, boot_spec, wait_until
+
+U1 = '11111111-2222-3333-4444-555555555555'
+
+
+def boot(agent, uuid=U1, **extra):
+    answer = agent.manager.boot_instance(boot_spec(uuid, **extra))
+    return answer, agent.wait_job(answer['job_id'])
+
+
+def test_boot_makes_two_libvirt_calls_and_turns_active_from_the_event(agent, hv):
+    before = len(hv.calls)
+    answer, job = boot(agent)
+    assert answer['uuid'] == U1
+    assert job['state'] == 'done' and job['reason'] is None
+    agent.wait_state(U1, 'active')
+    # The fake's own record, not the agent's counter: exactly define + start.
+    assert hv.calls[before:] == ['defineXML', 'create']
+    assert job['libvirt_calls'] == 2
+    assert job['libvirt_calls_by_op'] == {'defineXML': 1, 'create': 1}
+    agent.wait_reported(U1, 'active')
+    assert agent.reports.latest(U1)['power_state'] == 'running'
+    assert agent.reports.latest(U1)['active_at'] is not None
+
+
+def test_boot_answers_before_libvirt_is_done(agent, hv):
+    gate = hv.gates['create'] = threading.Event()
+    answer = agent.manager.boot_instance(boot_spec())
+    job = agent.manager.get_job(answer['job_id'])
+    assert job['state'] in ('queued', 'running')      # answered while create is blocked
+    assert agent.manager.get_instance(U1)['vm_state'] == 'building'
+    gate.set()
+    assert agent.wait_job(answer['job_id'])['state'] == 'done'
+
+
+def test_guest_poweroff_arrives_by_event_without_any_libvirt_call(agent, hv):
+    boot(agent)
+    agent.wait_state(U1, 'active')
+    idle_calls = len(hv.calls)
+    hv.guest_poweroff(U1)
+    agent.wait_reported(U1, 'stopped')
+    assert agent.manager.get_instance(U1)['power_state'] == 'shutdown'
+    assert len(hv.calls) == idle_calls
+
+
+def test_domain_xml_is_what_was_asked(agent, hv):
+    boot(agent, nics=[{'type': 'user'}, {'type': 'bridge', 'bridge': 'br0',
+                                         'mac': '52:54:00:00:00:01'}], image='disk.qcow2')
+    xml = hv.domains[U1].xml
+    assert "type=\"qemu\"" in xml or "type='qemu'" in xml
+    assert '<name>ca-%s</name>' % U1 in xml
+    assert 'br0' in xml and '52:54:00:00:00:01' in xml
+    assert '<transient />' in xml and 'type="qcow2"' in xml
+
+
+def test_start_failure_fails_the_job_with_libvirts_reason_and_leaves_nothing(agent, hv, conf):
+    hv.fail_next['create'] = fakelibvirt.libvirtError(
+        'internal error: qemu unexpectedly closed the monitor: could not load kernel')
+    fakelibvirt.hold_events()   # the clean-up's UNDEFINED event arrives after the job ended
+    _, job = boot(agent)
+    fakelibvirt.release_events()
+    assert job['state'] == 'failed'
+    assert 'could not load kernel' in job['reason']
+    assert U1 not in hv.domains
+    assert not os.path.exists(os.path.join(conf.instances_path, U1))
+    agent.wait_reported(U1, 'error')
+    # That late UNDEFINED must not replace libvirt's reason with "undefined outside the agent".
+    # Events arrive in order: once a later boot is active, that UNDEFINED was handled.
+    later = '22222222-2222-3333-4444-555555555555'
+    boot(agent, later)
+    agent.wait_state(later, 'active')
+    assert 'could not load kernel' in agent.manager.get_instance(U1)['fault']
+    assert 'could not load kernel' in agent.reports.latest(U1)['fault']
+
+
+def test_a_domain_undefined_behind_the_agents_back_is_an_error(agent, hv):
+    boot(agent)
+    agent.wait_state(U1, 'active')
+    hv.domains[U1].run_state = fakelibvirt.VIR_DOMAIN_SHUTOFF
+    fakelibvirt.Domain(hv.connections[0], U1, 'ca-' + U1, '').undefine()
+    agent.wait_reported(U1, 'error')
+    assert 'outside the agent' in agent.manager.get_instance(U1)['fault']
+
+
+def test_define_failure_leaves_nothing(agent, hv, conf):
+    hv.fail_next['defineXML'] = fakelibvirt.libvirtError('XML error: bad', fakelibvirt.VIR_ERR_XML_ERROR)
+    _, job = boot(agent)
+    assert job['state'] == 'failed' and 'XML error: bad' in job['reason']
+    assert hv.domains == {}
+    assert not os.path.exists(os.path.join(conf.instances_path, U1))
+
+
+def test_invalid_spec_is_refused_at_once_and_creates_nothing(agent, hv):
+    before = len(hv.calls)
+    with pytest.raises(exception.InvalidSpec, match='memory_mb'):
+        agent.manager.boot_instance(boot_spec(memory_mb=-5))
+    with pytest.raises(exception.InvalidSpec, match='kernel'):
+        agent.manager.boot_instance(boot_spec(kernel='../../etc/passwd'))
+    with pytest.raises(exception.InvalidSpec, match='bridge'):
+        agent.manager.boot_instance(boot_spec(nics=[{'type': 'bridge', 'bridge': 'nosuchbr'}]))
+    assert len(hv.calls) == before
+    assert agent.manager.list_instances() == []
+    assert agent.manager.jobs.by_state() == {}
+
+
+def test_booting_an_existing_uuid_returns_the_same_job_and_one_domain(agent, hv):
+    answer, _ = boot(agent)
+    again = agent.manager.boot_instance(boot_spec())
+    assert again['job_id'] == answer['job_id'] and again['existing'] is True
+    assert hv.calls.count('defineXML') == 1
+    assert list(hv.domains) == [U1]
+
+
+def test_delete_removes_domain_and_files_and_reports_deleted(agent, hv, conf):
+    boot(agent)
+    agent.wait_state(U1, 'active')
+    job = agent.wait_job(agent.manager.delete_instance(U1)['job_id'])
+    assert job['state'] == 'done'
+    assert hv.domains == {}
+    assert job['libvirt_calls_by_op'] == {'destroy': 1, 'undefine': 1}
+    assert not os.path.exists(os.path.join(conf.instances_path, U1))
+    agent.wait_reported(U1, 'deleted')
+    with pytest.raises(exception.InstanceNotFound):
+        agent.manager.get_instance(U1)
+
+
+def test_delete_of_a_missing_instance_is_a_noop(agent, hv):
+    before = len(hv.calls)
+    job = agent.manager.get_job(agent.manager.delete_instance(U1)['job_id'])
+    assert job['state'] == 'done'
+    assert len(hv.calls) == before
+
+
+def test_delete_during_boot_waits_for_the_boot_then_deletes(agent, hv):
+    gate = hv.gates['create'] = threading.Event()
+    boot_job = agent.manager.boot_instance(boot_spec())['job_id']
+    del_job = agent.manager.delete_instance(U1)['job_id']
+    assert agent.manager.get_job(del_job)['state'] == 'queued'
+    gate.set()
+    assert agent.wait_job(boot_job)['state'] == 'done'
+    assert agent.wait_job(del_job)['state'] == 'done'
+    assert hv.domains == {}
+    agent.wait_reported(U1, 'deleted')
+
+
+def test_parallel_boots_each_make_two_calls(agent, hv):
+    uuids = [str(uuidlib.uuid4()) for _ in range(20)]
+    before = len(hv.calls)
+    jobs = [agent.manager.boot_instance(boot_spec(u))['job_id'] for u in uuids]
+    for j in jobs:
+        assert agent.wait_job(j)['libvirt_calls'] == 2
+    for u in uuids:
+        agent.wait_state(u, 'active')
+    assert len(hv.calls) - before == 40
+    stats = agent.runtime.workqueue.stats()
+    assert stats['libvirt.defineXML']['calls'] == 20 and stats['libvirt.create']['calls'] == 20
+
+
+def test_reconnects_after_libvirtd_restart_and_keeps_receiving_events(agent, hv):
+    boot(agent)
+    agent.wait_state(U1, 'active')
+    opens = hv.calls.count('open')
+    hv.restart()
+    wait_until(lambda: hv.calls.count('open') > opens and len(hv.connections) == 1,
+               what='reconnect')
+    wait_until(lambda: len(hv.connections[0].lifecycle_callbacks) == 1, what='events re-registered')
+    hv.guest_poweroff(U1)
+    agent.wait_reported(U1, 'stopped')
+
+
+def test_state_missed_while_disconnected_is_resynced(agent, hv):
+    boot(agent)
+    agent.wait_state(U1, 'active')
+    hv.restart(stay_down=True)
+    wait_until(lambda: hv.calls.count('open') >= 3, what='reconnect attempts while down')
+    hv.domains[U1].run_state = fakelibvirt.VIR_DOMAIN_SHUTOFF   # no connection: no event
+    hv.down = False
+    agent.wait_reported(U1, 'stopped')
+    assert hv.calls.count('getAllDomainStats') == 2   # start-up + one resync
+
+
+def test_restarted_agent_adopts_its_domains_and_ignores_others(conf, hv):
+    first = Agent(conf, hv)
+    boot(first)
+    first.wait_state(U1, 'active')
+    first.stop()
+    foreign = '99999999-2222-3333-4444-555555555555'
+    hv.domains[foreign] = fakelibvirt.Domain(None, foreign, 'someone-else', '<domain/>')
+    second = Agent(conf, hv)
+    try:
+        assert second.manager.get_instance(U1)['vm_state'] == 'active'
+        with pytest.raises(exception.InstanceNotFound):
+            second.manager.get_instance(foreign)
+        job = second.wait_job(second.manager.delete_instance(U1)['job_id'])
+        assert job['state'] == 'done' and list(hv.domains) == [foreign]
+    finally:
+        second.stop()
+
+
+def test_virt_type_not_offered_refuses_to_start(conf, hv, monkeypatch):
+    monkeypatch.setattr(fakelibvirt, 'CAPABILITIES', fakelibvirt.CAPABILITIES.replace(
+        "<domain type='kvm'/>", ''))
+    conf.set_override('virt_type', 'kvm', group='libvirt')
+    with pytest.raises(exception.ConfigError, match='virt_type=kvm'):
+        Agent(conf, hv)

@@ -1,0 +1,71 @@
+"""Batched state reports: few sends, latest state wins, nothing lost on failure."""
+import threading
+
+from agent import reporter as reportermod
+
+
+class SlowConductor:
+    def __init__(self, fail_times=0):
+        self.batches = []
+        self.fail_times = fail_times
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def send(self, states):
+        self.entered.set()
+        self.gate.wait(5)
+        if self.fail_times:
+            self.fail_times -= 1
+            raise ConnectionError('conductor away')
+        self.batches.append(states)
+
+
+def start(conductor, **kw):
+    r = reportermod.StateReporter(conductor.send, **kw)
+    threading.Thread(target=r.run, daemon=True).start()
+    return r
+
+
+def state(uuid, seq, vm_state='active'):
+    return {'uuid': uuid, 'seq': seq, 'vm_state': vm_state}
+
+
+def test_changes_made_while_a_report_is_in_flight_go_in_one_later_report():
+    c = SlowConductor()
+    r = start(c, window=0.0)
+    c.gate.clear()
+    r.update(state('a', 1))
+    assert c.entered.wait(5)
+    for i in range(50):
+        r.update(state('u%d' % i, 10 + i))
+    c.gate.set()
+    assert r.flush(5)
+    sent = [s for b in c.batches for s in b]
+    assert {s['uuid'] for s in sent} == {'a'} | {'u%d' % i for i in range(50)}
+    assert len(c.batches) <= 3          # not 51
+    r.stop()
+
+
+def test_a_later_state_supersedes_an_unsent_one():
+    c = SlowConductor()
+    c.gate.clear()
+    r = start(c, window=0.0)
+    r.update(state('x', 1))
+    assert c.entered.wait(5)           # now in flight, blocked in send
+    for seq, vm in ((2, 'building'), (3, 'active'), (4, 'stopped')):
+        r.update(state('x', seq, vm))
+    r.update(state('x', 3, 'stale'))   # older than what is pending: ignored
+    c.gate.set()
+    assert r.flush(5)
+    assert [s['seq'] for b in c.batches for s in b] == [1, 4]
+
+
+def test_failed_sends_keep_their_states_until_the_conductor_returns():
+    c = SlowConductor(fail_times=3)
+    r = start(c, window=0.0, retry_max=0.05, sleep=lambda s: None)
+    r.update(state('a', 1))
+    r.update(state('b', 2))
+    assert r.flush(5)
+    assert r.send_failures == 3
+    assert sorted(s['uuid'] for b in c.batches for s in b) == ['a', 'b']

@@ -1,0 +1,99 @@
+"""Boot spec validation: every bad input gets InvalidSpec naming the field."""
+import os
+
+import pytest
+
+from agent import exception
+from agent import spec as specmod
+
+U = '11111111-2222-3333-4444-555555555555'
+
+
+@pytest.fixture
+def limits(image_dir):
+    return specmod.Limits(image_dir=str(image_dir), max_vcpus=8, max_memory_mb=4096,
+                          bridge_exists=lambda n: n == 'br0')
+
+
+def good(**extra):
+    spec = {'uuid': U, 'kernel': 'vmlinuz', 'initrd': 'initrd.img'}
+    spec.update(extra)
+    return spec
+
+
+def test_a_good_spec_is_normalised(limits, image_dir):
+    s = specmod.validate_boot_spec(good(uuid=U.upper(), nics=[{'type': 'user'}]), limits)
+    assert s.uuid == U
+    assert s.name == 'instance-11111111'
+    assert (s.vcpus, s.memory_mb) == (1, 128)
+    assert s.kernel == os.path.join(os.path.realpath(image_dir), 'vmlinuz')
+    assert s.nics == (specmod.Nic(type='user'),)
+
+
+@pytest.mark.parametrize('bad, field', [
+    ({'uuid': None}, 'uuid'),
+    ({'uuid': 'not-a-uuid'}, 'uuid'),
+    ({'uuid': 12345}, 'uuid'),
+    ({'uuid': '{%s}' % U}, 'canonical'),
+    ({'uuid': U.replace('-', '')}, 'canonical'),
+    ({'vcpus': 0}, 'vcpus'),
+    ({'vcpus': -1}, 'vcpus'),
+    ({'vcpus': 9}, 'vcpus'),
+    ({'vcpus': True}, 'vcpus'),
+    ({'vcpus': 1.5}, 'vcpus'),
+    ({'vcpus': '2'}, 'vcpus'),
+    ({'memory_mb': 0}, 'memory_mb'),
+    ({'memory_mb': 10 ** 15}, 'memory_mb'),
+    ({'name': '<domain>'}, 'name'),
+    ({'name': 'a;rm -rf /'}, 'name'),
+    ({'name': '$(reboot)'}, 'name'),
+    ({'name': 'x' * 64}, 'name'),
+    ({'name': 'ünïcode'}, 'name'),
+    ({'name': ''}, 'name'),
+    ({'name': 'web\n'}, 'name'),
+    ({'kernel': 'vmlinuz\n'}, 'kernel'),
+    ({'nics': [{'type': 'user', 'mac': '52:54:00:00:00:01\n'}]}, 'mac'),
+    ({'kernel': '../vmlinuz'}, 'kernel'),
+    ({'kernel': '/etc/passwd'}, 'kernel'),
+    ({'kernel': '..'}, 'kernel'),
+    ({'kernel': 'missing'}, 'kernel'),
+    ({'initrd': 'a/b'}, 'initrd'),
+    ({'image': 'x\x00y'}, 'image'),
+    ({'cmdline': 'console=ttyS0\n'}, 'cmdline'),
+    ({'cmdline': 'x' * 2000}, 'cmdline'),
+    ({'nics': 'user'}, 'nics'),
+    ({'nics': [{'type': 'tap'}]}, 'nics[0].type'),
+    ({'nics': [{'type': 'bridge'}]}, 'nics[0].bridge'),
+    ({'nics': [{'type': 'bridge', 'bridge': 'br0; ip link del eth0'}]}, 'bridge'),
+    ({'nics': [{'type': 'bridge', 'bridge': 'nosuch'}]}, 'no Linux bridge'),
+    ({'nics': [{'type': 'user', 'bridge': 'br0'}]}, 'only valid'),
+    ({'nics': [{'type': 'user', 'mac': '01:00:00:00:00:01'}]}, 'unicast'),
+    ({'nics': [{'type': 'user', 'mac': 'zz'}]}, 'mac'),
+    ({'nics': [{'type': 'user', 'extra': 1}]}, 'unknown fields'),
+    ({'nics': [{'type': 'user'}] * 9}, 'at most'),
+    ({'disk_gib': 3}, 'unknown fields'),
+    ({'kernel': None, 'initrd': None}, 'image or kernel'),
+])
+def test_bad_input_is_refused_with_the_field_named(limits, bad, field):
+    with pytest.raises(exception.InvalidSpec) as err:
+        specmod.validate_boot_spec(good(**bad), limits)
+    assert field in str(err.value)
+
+
+def test_initrd_without_kernel_is_refused(limits):
+    with pytest.raises(exception.InvalidSpec, match='only valid with a kernel'):
+        specmod.validate_boot_spec({'uuid': U, 'image': 'disk.raw', 'initrd': 'initrd.img'}, limits)
+
+
+def test_a_symlink_leaving_the_image_dir_is_refused(limits, image_dir, tmp_path):
+    outside = tmp_path / 'secret'
+    outside.write_text('x')
+    os.symlink(outside, image_dir / 'link')
+    with pytest.raises(exception.InvalidSpec, match='outside the image directory'):
+        specmod.validate_boot_spec(good(kernel='link'), limits)
+
+
+def test_a_non_object_spec_is_refused(limits):
+    for bad in (None, [], 'spec', 42):
+        with pytest.raises(exception.InvalidSpec, match='object'):
+            specmod.validate_boot_spec(bad, limits)

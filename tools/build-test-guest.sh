@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Build the tiny test guest: the Debian cloud kernel plus a busybox initramfs whose /init prints a ready
+# marker on ttyS0. Writes into the image directory (default /var/lib/compute-agent/images):
+#   test-vmlinuz       the kernel
+#   test-initrd.img    the initramfs (busybox-static + virtio modules)
+# The guest prints "COMPUTE-AGENT-GUEST-READY", then the block devices it sees ("guest-disk: vda 2048"),
+# then idles. Kernel cmdline "ca.poweroff" makes it power itself off right after the marker.
+# Idempotent: does nothing when both files exist (use --force to rebuild).
+set -euo pipefail
+
+IMAGE_DIR=${1:-/var/lib/compute-agent/images}
+FORCE=${2:-}
+[ "$IMAGE_DIR" = --force ] && { IMAGE_DIR=/var/lib/compute-agent/images; FORCE=--force; }
+MARKER=COMPUTE-AGENT-GUEST-READY
+
+if [ -s "$IMAGE_DIR/test-vmlinuz" ] && [ -s "$IMAGE_DIR/test-initrd.img" ] && [ "$FORCE" != --force ]; then
+    echo "[build-test-guest] present in $IMAGE_DIR"; exit 0
+fi
+command -v busybox >/dev/null && [ -f /bin/busybox ] || { echo "needs busybox-static (tools/setup-node.sh)" >&2; exit 1; }
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+# The meta package only depends on the versioned kernel package: fetch that one.
+kpkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
+[ -n "$kpkg" ] || { echo "cannot resolve the cloud kernel package (apt-get update?)" >&2; exit 1; }
+apt-get download -q "$kpkg" >/dev/null
+dpkg-deb -x ./*.deb root
+kver=$(ls root/lib/modules)
+mods=root/lib/modules/$kver/kernel
+
+mkdir -p initrd/{bin,dev,proc,sys,lib/modules}
+cp /bin/busybox initrd/bin/busybox
+for m in drivers/virtio/virtio.ko drivers/virtio/virtio_ring.ko drivers/virtio/virtio_pci_modern_dev.ko \
+         drivers/virtio/virtio_pci_legacy_dev.ko drivers/virtio/virtio_pci.ko drivers/block/virtio_blk.ko \
+         net/core/failover.ko drivers/net/net_failover.ko drivers/net/virtio_net.ko; do
+    for f in "$mods/$m" "$mods/$m.xz"; do
+        if [ -f "$f" ]; then
+            case "$f" in *.xz) xz -dc "$f" >"initrd/lib/modules/$(basename "$m")" ;; *) cp "$f" initrd/lib/modules/ ;; esac
+        fi
+    done
+done
+cat >initrd/init <<INIT
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev 2>/dev/null
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk failover net_failover virtio_net; do
+    [ -f /lib/modules/\$m.ko ] && { insmod /lib/modules/\$m.ko || echo "guest-insmod-failed: \$m" >/dev/ttyS0; }
+done
+echo "$MARKER" >/dev/ttyS0
+# Devices probe asynchronously (slowly under TCG): give them a few seconds before listing.
+i=0; while [ \$i -lt 50 ] && ! ls /sys/block | grep -q '^vd' && ! ls /sys/class/net | grep -qv '^lo\$'; do sleep 0.1; i=\$((i+1)); done
+sleep 0.5
+for d in /sys/block/vd*; do
+    [ -e "\$d" ] && echo "guest-disk: \$(basename \$d) \$(cat \$d/size)" >/dev/ttyS0
+done
+for n in /sys/class/net/*; do
+    [ "\$(basename \$n)" = lo ] || echo "guest-nic: \$(basename \$n) \$(cat \$n/address)" >/dev/ttyS0
+done
+if grep -q ca.poweroff /proc/cmdline; then poweroff -f; fi
+while true; do sleep 3600; done
+INIT
+chmod +x initrd/init
+mkdir -p "$IMAGE_DIR"
+(cd initrd && find . | cpio -o -H newc --quiet | gzip -1) >"$IMAGE_DIR/test-initrd.img.tmp"
+cp root/boot/vmlinuz-"$kver" "$IMAGE_DIR/test-vmlinuz.tmp"
+mv "$IMAGE_DIR/test-initrd.img.tmp" "$IMAGE_DIR/test-initrd.img"
+mv "$IMAGE_DIR/test-vmlinuz.tmp" "$IMAGE_DIR/test-vmlinuz"
+echo "[build-test-guest] kernel $kver -> $IMAGE_DIR"
