@@ -250,8 +250,8 @@ class Connection:
 
     def getAllDomainStats(self, stats, flags):
         self._call('getAllDomainStats')
-        return [(Domain(self, d.uuid, d.name_, d.xml, shared=d), {'state.state': d.run_state,
-                                                                 'state.reason': 0})
+        return [(Domain(self, d.uuid, d.name_, d.xml, shared=d),
+                 {'state.state': d.run_state, 'state.reason': 0})
                 for d in self.hv.domains.values()]
 
 

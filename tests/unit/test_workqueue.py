@@ -12,8 +12,10 @@ def test_thread_queue_runs_calls_and_records_wait_and_run():
     wq = workqueue.ThreadWorkQueue(2)
     gate = threading.Event()
     results = []
-    callers = [threading.Thread(target=lambda i=i: results.append(wq.execute('op', lambda: gate.wait(5) and i)))
-               for i in range(6)]
+
+    def call(i):
+        results.append(wq.execute('op', lambda: gate.wait(5) and i))
+    callers = [threading.Thread(target=call, args=(i,)) for i in range(6)]
     for c in callers:
         c.start()
     gate.set()

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command (as root): set the node up, then run style checks, unit and functional tests.
+#   tools/run-tests.sh [tox envs]        default: pep8,py3,functional
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+"$top/tools/setup-node.sh"
+"$top/tools/build-test-guest.sh" /var/lib/compute-agent/images
+venv=$("$top/tools/bootstrap.sh")
+cd "$top"
+exec "$venv/bin/tox" -e "${1:-pep8,py3,functional}"
