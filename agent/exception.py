@@ -52,3 +52,13 @@ class HypervisorUnavailable(HypervisorError):
 
 class ConfigError(AgentError):
     msg_fmt = 'Configuration error: %(reason)s'
+
+
+class StorageError(AgentError):
+    """A storage command failed; the message carries the command's own reason."""
+
+    msg_fmt = 'storage: %(reason)s'
+
+
+class InsufficientStorage(InvalidSpec):
+    msg_fmt = 'disk_gb: %(reason)s'

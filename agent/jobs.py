@@ -54,6 +54,12 @@ class JobTable:
             self.counts[QUEUED] += 1
         return job
 
+    def discard(self, job: Job) -> None:
+        """Forget a job whose request was refused after it was recorded."""
+        with self._lock:
+            self._jobs.pop(job.id, None)
+            self.counts[QUEUED] -= 1
+
     def start(self, job: Job) -> None:
         job.state, job.started_at = RUNNING, time.time()
         self.counts[RUNNING] += 1

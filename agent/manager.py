@@ -16,6 +16,7 @@ import time
 from agent import exception
 from agent import jobs as jobsmod
 from agent import spec as specmod
+from agent.storage import backend as storage_backend
 from agent.virt import driver as vdriver
 
 LOG = logging.getLogger(__name__)
@@ -59,9 +60,11 @@ class Instance:
 class ComputeManager:
     """Validates requests, runs boot/delete jobs, and keeps instance state from events."""
 
-    def __init__(self, driver: vdriver.ComputeDriver, runtime, reporter, limits: specmod.Limits,
-                 host: str, job_retention: float = 3600.0, reconnect_interval: float = 1.0):
+    def __init__(self, driver: vdriver.ComputeDriver, storage: storage_backend.StorageBackend,
+                 runtime, reporter, limits: specmod.Limits, host: str,
+                 job_retention: float = 3600.0, reconnect_interval: float = 1.0):
         self.driver = driver
+        self.storage = storage
         self.runtime = runtime
         self.reporter = reporter
         self.limits = limits
@@ -80,6 +83,7 @@ class ComputeManager:
     def init_host(self) -> None:
         """Connect to the hypervisor and adopt the instances it already holds for us."""
         self.facts = self.driver.init_host()
+        self.facts['storage'] = {'backend': self.storage.kind, **self.storage.init()}
         self._resync(adopt=True)
 
     def _resync(self, adopt: bool) -> None:
@@ -117,6 +121,16 @@ class ComputeManager:
             job = self.jobs.create('boot', spec.uuid)
             inst.boot_job = job.id
             self.instances[spec.uuid] = inst
+        if spec.disk_gb:
+            # May run the shared storage listing: done outside the lock, with the instance
+            # recorded so that a repeated request meanwhile gets this job.
+            try:
+                self.storage.reserve(spec.uuid, spec.disk_gb * storage_backend.GiB)
+            except exception.AgentError:
+                with self._lock:
+                    self.instances.pop(spec.uuid, None)
+                    self.jobs.discard(job)
+                raise
         self._report(inst)
         LOG.info('[instance: %s] boot accepted as job %s', spec.uuid, job.id)
         self.runtime.spawn(self._run_boot, job, inst, spec)
@@ -157,16 +171,21 @@ class ComputeManager:
         with inst.lock:
             self.jobs.start(job)
             try:
-                self.driver.spawn(spec, job.calls)
-            except exception.AgentError as exc:
-                LOG.error('[instance: %s] boot failed: %s', inst.uuid, exc)
-                self.jobs.finish(job, str(exc))
-                self._set(inst, vm_state=ERROR, task=None, fault=str(exc))
-                return
-            except Exception as exc:   # a bug, not a user error: still end the job
-                LOG.exception('[instance: %s] boot failed unexpectedly', inst.uuid)
-                self.jobs.finish(job, 'internal error: %s' % exc)
-                self._set(inst, vm_state=ERROR, task=None, fault='internal error')
+                disks = ()
+                if spec.disk_gb:
+                    disks = (self.storage.create_root_disk(
+                        spec.uuid, spec.disk_gb * storage_backend.GiB, spec.image),)
+                self.driver.spawn(spec, job.calls, disks)
+            except Exception as exc:
+                if isinstance(exc, exception.AgentError):
+                    LOG.error('[instance: %s] boot failed: %s', inst.uuid, exc)
+                    reason = str(exc)
+                else:   # a bug, not a user error: still end the job and clean up
+                    LOG.exception('[instance: %s] boot failed unexpectedly', inst.uuid)
+                    reason = 'internal error: %s' % exc
+                self._remove_disks(inst, created=bool(disks))
+                self.jobs.finish(job, reason)
+                self._set(inst, vm_state=ERROR, task=None, fault=reason)
                 return
             self.jobs.finish(job)
             self._set(inst, task=None)
@@ -179,6 +198,8 @@ class ComputeManager:
             self._set(inst, task='deleting', vm_state=DELETING)
             try:
                 self.driver.destroy(inst.uuid, job.calls)
+                if inst.spec.get('disk_gb') or (not inst.spec and inst.uuid in self.storage.disks()):
+                    self.storage.delete_disks(inst.uuid)
             except exception.AgentError as exc:
                 LOG.error('[instance: %s] delete failed: %s', inst.uuid, exc)
                 self.jobs.finish(job, str(exc))
@@ -189,6 +210,31 @@ class ComputeManager:
             self.jobs.finish(job)
             self._set(inst, vm_state=DELETED, power_state=vdriver.NOSTATE, task=None)
             LOG.info('[instance: %s] deleted', inst.uuid)
+
+    def _remove_disks(self, inst: Instance, created: bool) -> None:
+        """After a failed boot: drop its reservation and the disk it created, if any (a disk
+        that failed half-way was already removed by the backend)."""
+        self.storage.release(inst.uuid)
+        if not created:
+            return
+        try:
+            self.storage.delete_disks(inst.uuid)
+        except exception.AgentError as exc:
+            LOG.error('[instance: %s] could not remove the disk of a failed boot: %s',
+                      inst.uuid, exc)
+
+    def storage_report(self, uuids=None) -> dict:
+        """Capacity and the agent's disks, from one shared listing of the backend."""
+        if uuids is not None:
+            if not isinstance(uuids, list) or len(uuids) > 10000:
+                raise exception.InvalidSpec(reason='uuids: must be a list of uuids')
+            uuids = {specmod.validate_uuid(u, 'uuids') for u in uuids}
+        disks = self.storage.disks()
+        capacity = self.storage.capacity()
+        return {'backend': self.storage.kind,
+                'capacity': dict(capacity, reserved=self.storage.reserved()),
+                'disks': {u: {'name': d.name, 'size': d.size} for u, d in disks.items()
+                          if uuids is None or u in uuids}}
 
     # -- events -----------------------------------------------------------------------------
     def handle_event(self, event) -> None:

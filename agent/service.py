@@ -20,6 +20,9 @@ from agent.conductor import api as conductor_api
 from agent.conductor import db as conductor_db
 from agent.conductor import manager as conductor_manager
 from agent.rpc import server as rpc_server
+from agent.storage import commands
+from agent.storage import file as file_storage
+from agent.storage import lvm as lvm_storage
 from agent.virt.libvirt import driver as libvirt_driver
 
 LOG = logging.getLogger(__name__)
@@ -33,7 +36,16 @@ def limits_from_conf(conf) -> specmod.Limits:
     return specmod.Limits(image_dir=conf.image_dir, max_vcpus=conf.max_vcpus_per_instance,
                           min_memory_mb=conf.min_memory_mb_per_instance,
                           max_memory_mb=conf.max_memory_mb_per_instance,
-                          max_nics=conf.max_nics_per_instance, bridge_exists=_bridge_exists)
+                          max_nics=conf.max_nics_per_instance,
+                          max_disk_gb=conf.storage.max_disk_gb_per_instance,
+                          bridge_exists=_bridge_exists)
+
+
+def storage_from_conf(conf, runner):
+    if conf.storage.backend == 'lvm':
+        return lvm_storage.LvmBackend(runner, conf.lvm.volume_group,
+                                      conf.lvm.report_cache_seconds)
+    return file_storage.FileBackend(runner, conf.instances_path)
 
 
 class AgentService:
@@ -52,8 +64,13 @@ class AgentService:
             window=conf.conductor.report_window, retry_max=conf.conductor.report_retry_max,
             sleep=self.runtime.sleep)
         self.driver = libvirt_driver.LibvirtDriver(conf, self.runtime, libvirt_mod)
+        self.commands = commands.CommandRunner(
+            self.runtime.workqueue,
+            env={'LVM_SYSTEM_DIR': conf.lvm.lvm_system_dir} if conf.lvm.lvm_system_dir else {})
+        self.storage = storage_from_conf(conf, self.commands)
         self.manager = managermod.ComputeManager(
-            self.driver, self.runtime, self.reporter, limits_from_conf(conf), conf.host,
+            self.driver, self.storage, self.runtime, self.reporter, limits_from_conf(conf),
+            conf.host,
             reconnect_interval=conf.libvirt.reconnect_interval)
         target = oslo_messaging.Target(topic='compute', server=conf.host)
         self.server = oslo_messaging.get_rpc_server(
@@ -67,6 +84,7 @@ class AgentService:
         return {'host': self.conf.host, 'uptime_s': round(time.time() - self.started_at, 3),
                 'facts': self.manager.facts, 'workqueue': self.runtime.workqueue.stats(),
                 'driver': self.driver.stats(), 'reporter': self.reporter.stats(),
+                'storage': self.storage.stats(), 'commands': dict(self.commands.launches),
                 'manager': self.manager.stats(),
                 'process': {'max_rss_kb': usage.ru_maxrss,
                             'cpu_s': round(usage.ru_utime + usage.ru_stime, 3)}}
@@ -92,6 +110,7 @@ class AgentService:
         self.reporter.flush(timeout=5.0)
         self.reporter.stop()
         self.driver.host.close()
+        self.commands.shutdown()
         self.transport.cleanup()
 
 

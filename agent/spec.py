@@ -9,6 +9,7 @@ import re
 import uuid as uuidlib
 
 from agent import exception
+from agent import images
 
 NAME_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9._-]{0,62}')
 FILE_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9._+-]{0,254}')
@@ -41,6 +42,7 @@ class BootSpec:
     initrd: str | None = None
     cmdline: str | None = None
     nics: tuple[Nic, ...] = ()
+    disk_gb: int = 0            # >0: a root disk of this size from the storage backend
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -55,6 +57,7 @@ class Limits:
     min_memory_mb: int = 16
     max_memory_mb: int = 1024 * 1024
     max_nics: int = 8
+    max_disk_gb: int = 4096
     bridge_exists: object = None   # callable(name) -> bool; None skips the check
 
 
@@ -145,7 +148,7 @@ def _nics(spec: dict, limits: Limits) -> tuple[Nic, ...]:
 
 
 BOOT_FIELDS = frozenset({'uuid', 'name', 'vcpus', 'memory_mb', 'image', 'kernel', 'initrd',
-                         'cmdline', 'nics'})
+                         'cmdline', 'nics', 'disk_gb'})
 
 
 def validate_boot_spec(spec, limits: Limits) -> BootSpec:
@@ -168,6 +171,11 @@ def validate_boot_spec(spec, limits: Limits) -> BootSpec:
         raise exception.InvalidSpec(reason='image or kernel: one of them is required')
     if kernel is None and (initrd is not None or cmdline is not None):
         raise exception.InvalidSpec(reason='initrd and cmdline: only valid with a kernel')
+    disk_gb = _int(spec, 'disk_gb', 0, limits.max_disk_gb, default=0)
+    if disk_gb and image and images.virtual_size(image) > disk_gb * 1024 ** 3:
+        raise exception.InvalidSpec(
+            reason='disk_gb: %d GiB is smaller than image %s (%.1f GiB)'
+            % (disk_gb, os.path.basename(image), images.virtual_size(image) / 1024 ** 3))
     return BootSpec(uuid=uuid, name=name or 'instance-%s' % uuid[:8], vcpus=vcpus,
                     memory_mb=memory_mb, image=image, kernel=kernel, initrd=initrd,
-                    cmdline=cmdline, nics=_nics(spec, limits))
+                    cmdline=cmdline, nics=_nics(spec, limits), disk_gb=disk_gb)

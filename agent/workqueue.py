@@ -107,6 +107,10 @@ class WorkQueue:
         out['threads'] = self.threads
         return out
 
+    def thread_local(self):
+        """A thread-local object of the worker threads (each native thread sees its own)."""
+        return threading.local()
+
     def shutdown(self) -> None:
         pass
 
@@ -154,6 +158,10 @@ class GreenWorkQueue(WorkQueue):
 
     def _submit(self, call: Callable, *args) -> Any:
         return self._tpool.execute(call, *args)
+
+    def thread_local(self):
+        from eventlet import patcher
+        return patcher.original('threading').local()
 
     def shutdown(self) -> None:
         self._tpool.killall()

@@ -2,11 +2,12 @@
 from agent.conf import conductor
 from agent.conf import default
 from agent.conf import libvirt
+from agent.conf import storage
 from agent.conf import workqueue
 
 
 def list_opts():
     result = []
-    for mod in (default, libvirt, workqueue, conductor):
+    for mod in (default, libvirt, workqueue, conductor, storage):
         result.extend(mod.list_opts().items())
     return result

@@ -7,7 +7,7 @@ TOPIC = 'compute'
 class ComputeAPI:
     """Talks to the agent of node ``host``. Errors arrive as ``agent.exception`` classes."""
 
-    VERSION = '1.0'
+    VERSION = '1.1'
 
     def __init__(self, transport, timeout: float | None = None):
         target = oslo_messaging.Target(topic=TOPIC, version=self.VERSION)
@@ -31,6 +31,9 @@ class ComputeAPI:
 
     def list_instances(self, host: str) -> list:
         return self._cctxt(host).call({}, 'list_instances')
+
+    def get_storage(self, host: str, uuids: list | None = None) -> dict:
+        return self._cctxt(host).call({}, 'get_storage', uuids=uuids)
 
     def get_stats(self, host: str) -> dict:
         return self._cctxt(host).call({}, 'get_stats')

@@ -2,6 +2,7 @@
 
 Version history:
   1.0 - boot_instance, delete_instance, get_job, get_instance, list_instances, get_stats, ping
+  1.1 - get_storage; boot_instance spec field disk_gb
 
 Methods validate, hand work to the manager and answer at once: none waits for libvirt.
 """
@@ -13,7 +14,7 @@ _EXPECTED = oslo_messaging.expected_exceptions(exception.AgentError)
 
 
 class ComputeEndpoint:
-    target = oslo_messaging.Target(version='1.0')
+    target = oslo_messaging.Target(version='1.1')
 
     def __init__(self, manager, stats_fn):
         self._manager = manager
@@ -37,6 +38,10 @@ class ComputeEndpoint:
 
     def list_instances(self, ctxt):
         return self._manager.list_instances()
+
+    @_EXPECTED
+    def get_storage(self, ctxt, uuids=None):
+        return self._manager.storage_report(uuids)
 
     def get_stats(self, ctxt):
         return self._stats()

@@ -67,9 +67,10 @@ class ComputeDriver(abc.ABC):
         one at a time, in the manager's concurrency context (a greenthread)."""
 
     @abc.abstractmethod
-    def spawn(self, spec: specmod.BootSpec, calls: collections.Counter) -> None:
-        """Create and start the instance. On failure nothing of it is left and the error
-        carries the hypervisor's reason. ``calls`` counts the hypervisor calls made."""
+    def spawn(self, spec: specmod.BootSpec, calls: collections.Counter, disks: tuple = ()) -> None:
+        """Create and start the instance with ``disks`` (storage.backend.Disk) attached.
+        On failure nothing the driver made is left and the error carries the hypervisor's
+        reason. ``calls`` counts the hypervisor calls made."""
 
     @abc.abstractmethod
     def destroy(self, uuid: str, calls: collections.Counter) -> None:

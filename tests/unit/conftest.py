@@ -18,8 +18,13 @@ from agent import manager as managermod
 from agent import reporter as reportermod
 from agent import spec as specmod
 from agent import workqueue
+from agent.conf import storage as conf_storage
+from agent.storage import commands
+from agent.storage import file as file_storage
+from agent.storage import lvm as lvm_storage
 from agent.virt.libvirt import driver as libvirt_driver
 from tests.unit import fakelibvirt
+from tests.unit import fakelvm
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +62,7 @@ def image_dir(tmp_path):
 @pytest.fixture
 def conf(tmp_path, image_dir):
     c = cfg.ConfigOpts()
-    for mod in (conf_default, conf_libvirt, conf_workqueue, conf_conductor):
+    for mod in (conf_default, conf_libvirt, conf_workqueue, conf_conductor, conf_storage):
         mod.register_opts(c)
     c([], project='compute-agent-test', default_config_files=[])
     c.set_override('host', 'node1')
@@ -87,18 +92,27 @@ class Reports:
 
 
 class Agent:
-    """An agent (manager + libvirt driver) over the fake libvirt, for tests."""
+    """An agent (manager, libvirt driver, storage) over the fake libvirt and fake LVM."""
 
-    def __init__(self, conf, hv):
+    def __init__(self, conf, hv, lvm=None, backend='lvm', vg=None):
         self.hv = hv
+        self.lvm = lvm or fakelvm.FakeLvm()
         self.runtime = workqueue.native_runtime(4)
+        self.commands = commands.CommandRunner(self.runtime.workqueue,
+                                               worker_factory=self.lvm.worker)
+        if backend == 'lvm':
+            self.storage = lvm_storage.LvmBackend(self.commands, vg or self.lvm.vg,
+                                                  cache_seconds=60)
+        else:
+            self.storage = file_storage.FileBackend(self.commands, conf.instances_path)
         self.reports = Reports()
         self.reporter = reportermod.StateReporter(self.reports.send, window=0.005)
         self.runtime.spawn(self.reporter.run)
         self.driver = libvirt_driver.LibvirtDriver(conf, self.runtime, fakelibvirt)
         limits = specmod.Limits(image_dir=conf.image_dir, bridge_exists=lambda n: n == 'br0')
-        self.manager = managermod.ComputeManager(self.driver, self.runtime, self.reporter, limits,
-                                                 'node1', reconnect_interval=0.05)
+        self.manager = managermod.ComputeManager(self.driver, self.storage, self.runtime,
+                                                 self.reporter, limits, 'node1',
+                                                 reconnect_interval=0.05)
         self.manager.init_host()
 
     def wait_job(self, job_id):

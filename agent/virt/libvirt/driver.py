@@ -12,14 +12,13 @@ import time
 from typing import Callable
 
 from agent import exception
+from agent import images
 from agent import spec as specmod
 from agent.virt import driver
 from agent.virt.libvirt import config as vconfig
 from agent.virt.libvirt import host as vhost
 
 LOG = logging.getLogger(__name__)
-
-QCOW2_MAGIC = b'QFI\xfb'
 
 
 def _power_state_from_event(lv, event: int, detail: int) -> str | None:
@@ -48,11 +47,6 @@ def _power_state_from_state(lv, state: int) -> str:
 
 def random_mac() -> str:
     return '52:54:00:%02x:%02x:%02x' % tuple(random.randint(0, 255) for _ in range(3))
-
-
-def image_format(path: str) -> str:
-    with open(path, 'rb') as f:
-        return 'qcow2' if f.read(4) == QCOW2_MAGIC else 'raw'
 
 
 class LibvirtDriver(driver.ComputeDriver):
@@ -116,13 +110,16 @@ class LibvirtDriver(driver.ComputeDriver):
                 timestamp=item.timestamp))
 
     # -- boot / delete ----------------------------------------------------------------------
-    def _guest_config(self, spec: specmod.BootSpec) -> vconfig.GuestConfig:
+    def _guest_config(self, spec: specmod.BootSpec, disks: tuple) -> vconfig.GuestConfig:
         facts = self.host.facts()
-        disks = ()
-        if spec.image:
-            # Until instance storage lands, the image is attached with a throw-away overlay:
-            # the guest can write, the shared image is never modified.
-            disks = (vconfig.DiskConfig(path=spec.image, format=image_format(spec.image),
+        if disks:
+            disks = tuple(vconfig.DiskConfig(path=d.path, format=d.format, source_type=d.kind,
+                                             target='vd' + chr(ord('a') + i))
+                          for i, d in enumerate(disks))
+        elif spec.image:
+            # No root disk from storage: attach the image with a throw-away overlay, so the
+            # guest can write and the shared image is never modified.
+            disks = (vconfig.DiskConfig(path=spec.image, format=images.image_format(spec.image),
                                         transient=True),)
         nics = tuple(vconfig.NicConfig(type=n.type, bridge=n.bridge, mac=n.mac or random_mac())
                      for n in spec.nics)
@@ -137,8 +134,8 @@ class LibvirtDriver(driver.ComputeDriver):
     def instance_dir(self, uuid: str) -> str:
         return os.path.join(self._instances_path, uuid)
 
-    def spawn(self, spec: specmod.BootSpec, calls: collections.Counter) -> None:
-        xml = self._guest_config(spec).to_xml()
+    def spawn(self, spec: specmod.BootSpec, calls: collections.Counter, disks: tuple = ()) -> None:
+        xml = self._guest_config(spec, disks).to_xml()
         os.makedirs(self.instance_dir(spec.uuid), exist_ok=True)
         conn = self.host.conn()
         try:

@@ -1,0 +1,124 @@
+"""Running storage commands (LVM, qemu-img) from the agent, through ``sh``, safely.
+
+``sh`` misbehaves inside an eventlet process (lost output, hangs). So every command goes to
+the global work queue. There the native worker thread hands it to its own command-worker
+process (``agent.storage.cmdworker``), which runs it with ``sh`` and never imports eventlet.
+The pipes are driven with blocking ``io.FileIO`` calls from the native thread: no green I/O, no
+green lock, and no greenthread ever waits on a subprocess.
+"""
+import collections
+import dataclasses
+import io
+import json
+import logging
+import os
+import sys
+import time
+
+from agent import exception
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    rc: int
+    stdout: str
+    stderr: str
+    run_s: float
+
+
+class _Worker:
+    """One command-worker process; used by one native thread only."""
+
+    def __init__(self, python: str, env: dict):
+        child_in, self._wfd = os.pipe()
+        self._rfd, child_out = os.pipe()
+        self.pid = os.posix_spawn(
+            python, [python, '-m', 'agent.storage.cmdworker'], env,
+            file_actions=[(os.POSIX_SPAWN_DUP2, child_in, 0),
+                          (os.POSIX_SPAWN_DUP2, child_out, 1)])
+        os.close(child_in)
+        os.close(child_out)
+        self._w = io.FileIO(self._wfd, 'wb', closefd=True)
+        self._r = io.BufferedReader(io.FileIO(self._rfd, 'rb', closefd=True))
+
+    def call(self, argv: list[str], env: dict) -> dict:
+        self._w.write((json.dumps({'argv': argv, 'env': env}) + '\n').encode())
+        line = self._r.readline()
+        if not line:
+            raise EOFError('command worker %d exited' % self.pid)
+        return json.loads(line)
+
+    def close(self) -> None:
+        for f in (self._w, self._r):
+            try:
+                f.close()
+            except OSError:
+                pass
+        try:
+            os.waitpid(self.pid, os.WNOHANG)
+        except OSError:
+            pass
+
+
+class CommandRunner:
+    """Runs commands on the work queue; counts launches per command name.
+
+    env: extra environment for every command (e.g. LVM_SYSTEM_DIR).
+    """
+
+    def __init__(self, workqueue, env: dict | None = None, python: str = sys.executable,
+                 worker_factory=None):
+        self._wq = workqueue
+        self._worker_factory = worker_factory or _Worker
+        self._local = workqueue.thread_local()
+        self._env = dict(env or {})
+        self._python = python
+        self._spawn_env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        self._workers: list[_Worker] = []
+        self.launches = collections.Counter()   # command name -> processes started
+
+    def run(self, argv: list[str], instance: str | None = None) -> CommandResult:
+        """Run ``argv``; return its exit code and output (a non-zero exit is not an error)."""
+        name = os.path.basename(argv[0])
+        self.launches[name] += 1
+        result = self._wq.execute('cmd.' + name, self._run_in_thread, list(argv))
+        if result.rc:
+            LOG.debug('[instance: %s] %s exited %d: %s', instance, ' '.join(argv), result.rc,
+                      result.stderr.strip())
+        return result
+
+    def check(self, argv: list[str], instance: str | None = None, message=None) -> CommandResult:
+        """Run ``argv``; raise StorageError with the command's own message on a non-zero exit.
+
+        message(stderr) extracts the reason (default: the stripped stderr)."""
+        result = self.run(argv, instance)
+        if result.rc:
+            reason = (message or (lambda e: e.strip() or 'no message'))(result.stderr)
+            raise exception.StorageError(
+                reason='%s failed (exit %d): %s' % (os.path.basename(argv[0]), result.rc, reason))
+        return result
+
+    def _run_in_thread(self, argv: list[str]) -> CommandResult:
+        # Runs on a native work-queue thread: plain blocking I/O on this thread's own worker.
+        worker = getattr(self._local, 'worker', None)
+        if worker is None:
+            worker = self._local.worker = self._worker_factory(self._python, self._spawn_env)
+            self._workers.append(worker)
+        start = time.monotonic()
+        try:
+            answer = worker.call(argv, self._env)
+        except (OSError, EOFError, ValueError) as exc:
+            self._local.worker = None
+            worker.close()
+            return CommandResult(tuple(argv), 125, '', 'command worker failed: %s' % exc,
+                                 time.monotonic() - start)
+        return CommandResult(tuple(argv), answer['rc'], answer['stdout'], answer['stderr'],
+                             answer['run_s'])
+
+    def shutdown(self) -> None:
+        for worker in self._workers:
+            worker.close()
+        self._workers.clear()

@@ -1,0 +1,71 @@
+"""The file backend: a qcow2 per instance in ``[DEFAULT] instances_path/<uuid>/disk.qcow2``.
+
+With an image the qcow2 is an overlay over it (the image is never written); without one it is
+blank. Capacity is the instances filesystem's (statvfs): no command runs for it.
+"""
+import logging
+import os
+
+from agent import exception
+from agent import images
+from agent.storage import backend
+
+LOG = logging.getLogger(__name__)
+
+DISK_NAME = 'disk.qcow2'
+
+
+class FileBackend(backend.StorageBackend):
+    kind = 'file'
+
+    def __init__(self, runner, instances_path: str):
+        super().__init__()
+        self._run = runner
+        self._path = instances_path
+
+    def describe(self) -> str:
+        return 'the filesystem of %s' % self._path
+
+    def init(self) -> dict:
+        os.makedirs(self._path, exist_ok=True)
+        return self.capacity()
+
+    def capacity(self) -> dict:
+        st = os.statvfs(self._path)
+        return {'total': st.f_blocks * st.f_frsize, 'free': st.f_bavail * st.f_frsize}
+
+    def _disk_path(self, uuid: str) -> str:
+        return os.path.join(self._path, uuid, DISK_NAME)
+
+    def disks(self) -> dict[str, backend.DiskInfo]:
+        out = {}
+        for uuid in os.listdir(self._path):
+            path = self._disk_path(uuid)
+            if os.path.isfile(path):
+                out[uuid] = backend.DiskInfo(uuid=uuid, name=path, size=images.virtual_size(path))
+        return out
+
+    def create_root_disk(self, uuid: str, size: int, image: str | None) -> backend.Disk:
+        path = self._disk_path(uuid)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        argv = ['qemu-img', 'create', '-q', '-f', 'qcow2']
+        if image:
+            argv += ['-b', image, '-F', images.image_format(image)]
+        try:
+            self._run.check(argv + [path, str(size)], instance=uuid)
+        except exception.StorageError:
+            self.delete_disks(uuid)
+            raise
+        finally:
+            self.release(uuid)
+        LOG.info('[instance: %s] created %s (%d bytes)', uuid, path, size)
+        return backend.Disk(path=path, format='qcow2', kind='file')
+
+    def delete_disks(self, uuid: str) -> None:
+        try:
+            os.unlink(self._disk_path(uuid))
+        except FileNotFoundError:
+            pass
+
+    def stats(self) -> dict:
+        return {'commands': dict(self._run.launches)}

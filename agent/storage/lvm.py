@@ -1,0 +1,117 @@
+"""The LVM backend: one LV per instance root disk in ``[lvm] volume_group``.
+
+LVs are named ``ca-<uuid>-root`` and tagged ``compute-agent`` and ``ca-instance-<uuid>``; the
+agent recognises its LVs by those tags, never by name. Every question about LVs and VG capacity
+is answered from one ``lvs`` plus one ``vgs`` over the whole VG, shared by concurrent callers
+(``SharedSweep``); the agent's own lvcreate/lvremove invalidate it.
+"""
+import dataclasses
+import logging
+
+from agent import exception
+from agent.storage import backend
+from agent.storage import lvm_report
+from agent.storage import sweep
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    vg: lvm_report.VolumeGroup
+    lvs: tuple[lvm_report.LogicalVolume, ...]
+
+
+def lv_name(uuid: str) -> str:
+    return 'ca-%s-root' % uuid
+
+
+class LvmBackend(backend.StorageBackend):
+    kind = 'lvm'
+
+    def __init__(self, runner, volume_group: str, cache_seconds: float = 2.0):
+        super().__init__()
+        self._run = runner
+        self.vg = volume_group
+        self._sweep = sweep.SharedSweep(self._fetch, cache_seconds)
+
+    def describe(self) -> str:
+        return 'volume group %s' % self.vg
+
+    # -- the one listing ---------------------------------------------------------------------
+    def _fetch(self) -> Report:
+        lvs = self._run.check(['lvs', '--reportformat', 'json', '--units', 'b', '--nosuffix',
+                               '-o', lvm_report.LV_FIELDS, self.vg],
+                              message=lvm_report.lvm_message)
+        vgs = self._run.check(['vgs', '--reportformat', 'json', '--units', 'b', '--nosuffix',
+                               '-o', lvm_report.VG_FIELDS, self.vg],
+                              message=lvm_report.lvm_message)
+        vg = [v for v in lvm_report.parse_vgs(vgs.stdout) if v.name == self.vg]
+        if not vg:
+            raise exception.StorageError(reason='volume group %s not in the vgs report' % self.vg)
+        return Report(vg=vg[0], lvs=tuple(lvm_report.parse_lvs(lvs.stdout)))
+
+    def report(self) -> Report:
+        return self._sweep.get()
+
+    def init(self) -> dict:
+        try:
+            return self.capacity()
+        except exception.StorageError as exc:
+            raise exception.ConfigError(reason='[lvm] volume_group %s is not usable: %s'
+                                        % (self.vg, exc)) from None
+
+    def capacity(self) -> dict:
+        vg = self.report().vg
+        return {'total': vg.size, 'free': vg.free}
+
+    def disks(self) -> dict[str, backend.DiskInfo]:
+        out = {}
+        for lv in self.report().lvs:
+            if backend.OWNER_TAG not in lv.tags:
+                continue
+            for tag in lv.tags:
+                if tag.startswith(backend.INSTANCE_TAG_PREFIX):
+                    uuid = tag[len(backend.INSTANCE_TAG_PREFIX):]
+                    out[uuid] = backend.DiskInfo(uuid=uuid, name=lv.name, size=lv.size)
+        return out
+
+    # -- create / delete -------------------------------------------------------------------------
+    def create_root_disk(self, uuid: str, size: int, image: str | None) -> backend.Disk:
+        name = lv_name(uuid)
+        try:
+            self._run.check(['lvcreate', '--yes', '--name', name, '--size', '%db' % size,
+                             '--addtag', backend.OWNER_TAG,
+                             '--addtag', backend.INSTANCE_TAG_PREFIX + uuid, self.vg],
+                            instance=uuid, message=lvm_report.lvm_message)
+        finally:
+            self._sweep.invalidate()
+            self.release(uuid)
+        disk = backend.Disk(path='/dev/%s/%s' % (self.vg, name), format='raw', kind='block')
+        if image:
+            try:
+                self._run.check(['qemu-img', 'convert', '-n', '-O', 'raw', image, disk.path],
+                                instance=uuid)
+            except exception.StorageError:
+                LOG.warning('[instance: %s] writing the image failed; removing %s', uuid, name)
+                self.delete_disks(uuid)
+                raise
+        LOG.info('[instance: %s] created LV %s/%s (%d bytes)', uuid, self.vg, name, size)
+        return disk
+
+    def delete_disks(self, uuid: str) -> None:
+        """Remove the LVs tagged for this instance: selected by tag inside the one lvremove,
+        so an LV the agent did not tag (even one with the same name) is never removed."""
+        res = self._run.run(['lvremove', '--yes', '--select',
+                             'lv_tags=%s%s' % (backend.INSTANCE_TAG_PREFIX, uuid), self.vg],
+                            instance=uuid)
+        self._sweep.invalidate()
+        if res.rc:
+            raise exception.StorageError(reason='lvremove failed (exit %d): %s'
+                                         % (res.rc, lvm_report.lvm_message(res.stderr)))
+        if res.stdout.strip():
+            LOG.info('[instance: %s] removed its LV from %s', uuid, self.vg)
+
+    def stats(self) -> dict:
+        return {'sweeps': self._sweep.runs, 'sweeps_shared': self._sweep.shared,
+                'commands': dict(self._run.launches)}

@@ -1,0 +1,143 @@
+"""Instance disks through the manager and the LVM / file backends, over the fake LVM."""
+import os
+import threading
+import uuid as uuidlib
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from agent import exception
+from tests.unit import fakelvm
+from tests.unit.conftest import Agent, boot_spec
+
+U1 = '11111111-2222-3333-4444-555555555555'
+GiB = 1024 ** 3
+
+
+def boot(agent, uuid=U1, **extra):
+    answer = agent.manager.boot_instance(boot_spec(uuid, **extra))
+    return agent.wait_job(answer['job_id'])
+
+
+def test_boot_with_disk_creates_a_tagged_lv_and_attaches_it(agent, hv):
+    job = boot(agent, disk_gb=2)
+    assert job['state'] == 'done' and job['libvirt_calls'] == 2
+    lv = agent.lvm.lvs['ca-%s-root' % U1]
+    assert lv['size'] == 2 * GiB
+    assert lv['tags'] == {'compute-agent', 'ca-instance-' + U1}
+    disk = ET.fromstring(hv.domains[U1].xml).find('devices/disk')
+    assert disk.get('type') == 'block'
+    assert disk.find('source').get('dev') == '/dev/vg0/ca-%s-root' % U1
+    assert agent.manager.storage_report()['disks'] == {
+        U1: {'name': 'ca-%s-root' % U1, 'size': 2 * GiB}}
+
+
+def test_delete_removes_the_lv(agent):
+    boot(agent, disk_gb=1)
+    agent.wait_state(U1, 'active')
+    assert agent.wait_job(agent.manager.delete_instance(U1)['job_id'])['state'] == 'done'
+    assert agent.lvm.lvs == {}
+
+
+def test_a_disk_that_does_not_fit_is_refused_at_once_and_nothing_is_made(agent, hv):
+    with pytest.raises(exception.InsufficientStorage, match='does not fit: volume group vg0'):
+        agent.manager.boot_instance(boot_spec(disk_gb=11))
+    assert agent.lvm.lvs == {} and hv.domains == {}
+    assert agent.manager.list_instances() == [] and agent.manager.jobs.by_state() == {}
+    assert 'lvcreate' not in agent.lvm.launches
+
+
+def test_reservations_of_boots_in_progress_count_against_free_space(agent):
+    gate = agent.lvm.gates['lvcreate'] = threading.Event()
+    first = agent.manager.boot_instance(boot_spec(disk_gb=6))
+    with pytest.raises(exception.InsufficientStorage, match='6.0 GiB held'):
+        agent.manager.boot_instance(boot_spec(str(uuidlib.uuid4()), disk_gb=6))
+    gate.set()
+    assert agent.wait_job(first['job_id'])['state'] == 'done'
+    assert agent.storage.reserved() == 0
+
+
+def test_lvm_failure_fails_the_job_with_lvms_message_and_leaves_no_lv(agent, hv):
+    agent.lvm.fail['lvcreate'] = (5, '  Volume group "vg0" has insufficient free space '
+                                     '(10 extents): 256 required.\n')
+    job = boot(agent, disk_gb=1)
+    assert job['state'] == 'failed'
+    assert job['reason'] == ('storage: lvcreate failed (exit 5): Volume group "vg0" has '
+                             'insufficient free space (10 extents): 256 required.')
+    assert agent.lvm.lvs == {} and hv.domains == {}
+    assert agent.storage.reserved() == 0
+
+
+def test_image_write_failure_removes_the_lv(agent, hv):
+    agent.lvm.fail['qemu-img'] = (1, 'qemu-img: error while writing: No space left on device\n')
+    job = boot(agent, disk_gb=1, image='disk.raw')
+    assert job['state'] == 'failed' and 'No space left on device' in job['reason']
+    assert agent.lvm.lvs == {} and hv.domains == {}
+
+
+def test_libvirt_failure_after_the_lv_was_made_removes_the_lv(agent, hv):
+    from tests.unit import fakelibvirt
+    hv.fail_next['create'] = fakelibvirt.libvirtError('cannot open /dev/vg0/x')
+    job = boot(agent, disk_gb=1)
+    assert job['state'] == 'failed' and 'cannot open' in job['reason']
+    assert agent.lvm.lvs == {} and hv.domains == {}
+
+
+def test_an_lv_that_is_not_ours_is_never_removed(agent):
+    agent.lvm.lvs['ca-%s-root' % U1] = {'size': GiB, 'tags': set()}   # made by someone else
+    job = boot(agent, disk_gb=1)
+    assert job['state'] == 'failed' and 'already exists' in job['reason']
+    assert 'ca-%s-root' % U1 in agent.lvm.lvs
+    assert agent.manager.storage_report()['disks'] == {}    # untagged: not ours
+    # Deleting the failed instance must not take the other LV either.
+    assert agent.wait_job(agent.manager.delete_instance(U1)['job_id'])['state'] == 'done'
+    assert 'ca-%s-root' % U1 in agent.lvm.lvs
+
+
+def test_status_sweep_over_50_lvs_runs_one_lvs(agent):
+    for i in range(50):
+        u = str(uuidlib.UUID(int=i + 1))
+        agent.lvm.lvs['ca-%s-root' % u] = {'size': GiB, 'tags': {'compute-agent',
+                                                                 'ca-instance-' + u}}
+    agent.storage._sweep.invalidate()
+    before = list(agent.lvm.launches)
+    gate = agent.lvm.gates['lvs'] = threading.Event()
+    answers = []
+    askers = [threading.Thread(target=lambda i=i: answers.append(
+        agent.manager.storage_report([str(uuidlib.UUID(int=i + 1))])['disks']))
+        for i in range(50)]
+    for t in askers:
+        t.start()
+    gate.set()
+    for t in askers:
+        t.join()
+    assert sorted(len(a) for a in answers) == [1] * 50
+    new = agent.lvm.launches[len(before):]
+    assert new.count('lvs') == 1 and new.count('vgs') == 1
+
+
+def test_a_vg_that_is_missing_stops_the_agent_from_starting(conf, hv):
+    with pytest.raises(exception.ConfigError, match='Volume group "nosuchvg" not found'):
+        Agent(conf, hv, lvm=fakelvm.FakeLvm('vg0'), vg='nosuchvg')
+
+
+def test_file_backend_makes_a_qcow2_overlay(conf, hv):
+    a = Agent(conf, hv, backend='file')
+    try:
+        job = boot(a, disk_gb=1, image='disk.raw')
+        assert job['state'] == 'done'
+        disk = ET.fromstring(hv.domains[U1].xml).find('devices/disk')
+        path = os.path.join(conf.instances_path, U1, 'disk.qcow2')
+        assert disk.get('type') == 'file' and disk.find('source').get('file') == path
+        assert disk.find('driver').get('type') == 'qcow2' and disk.find('transient') is None
+        create = [c for c in a.lvm.launches if c == 'qemu-img']
+        assert create == ['qemu-img']
+    finally:
+        a.stop()
+
+
+def test_disk_smaller_than_the_image_is_refused(agent, image_dir):
+    with open(image_dir / 'big.raw', 'wb') as f:
+        f.truncate(2 * GiB)
+    with pytest.raises(exception.InvalidSpec, match='smaller than image big.raw'):
+        agent.manager.boot_instance(boot_spec(disk_gb=1, image='big.raw'))
