@@ -18,6 +18,10 @@ if [ -z "${VIRT_TYPE:-}" ]; then
     # KVM only where the CPU offers hardware virtualisation; TCG emulation otherwise.
     if [ -c /dev/kvm ] && grep -qE '\b(vmx|svm)\b' /proc/cpuinfo; then VIRT_TYPE=kvm; else VIRT_TYPE=qemu; fi
 fi
+# LVs need device-mapper to be opened by a VM; without it the file backend holds the disks.
+if [ -z "${STORAGE:-}" ]; then
+    if grep -qw device-mapper /proc/misc; then STORAGE=lvm; else STORAGE=file; fi
+fi
 mkdir -p "$run"
 cat >"$run/compute-agent.conf" <<CONF
 [DEFAULT]
@@ -30,6 +34,11 @@ virt_type = $VIRT_TYPE
 [conductor]
 topic = conductor-demo
 database = $run/conductor.sqlite
+[storage]
+backend = $STORAGE
+[lvm]
+volume_group = compute-agent-vg
+lvm_system_dir = /etc/compute-agent/lvm
 CONF
 ctl() { "$venv/bin/compute-ctl" --config-file "$run/compute-agent.conf" "$@"; }
 
@@ -55,16 +64,17 @@ for _ in $(seq 150); do
     sleep 0.2
 done
 echo
-echo "== booting $N VMs at once over RPC (virt_type=$VIRT_TYPE) =="
+echo "== booting $N VMs at once over RPC (virt_type=$VIRT_TYPE, 1 GiB root disk each on $STORAGE storage) =="
 ctl boot --count "$N" --kernel test-vmlinuz --initrd test-initrd.img \
-    --cmdline "console=ttyS0 quiet" --memory-mb 128 --nic user --wait --timeout 300
+    --cmdline "console=ttyS0 quiet" --memory-mb 128 --disk-gb 1 --nic user --wait --timeout 300
 echo
 echo "== guest consoles =="
 deadline=$((SECONDS + 120))
 for uuid in $(ctl list | awk 'NR>1{print $1}'); do
     log=$run/instances/$uuid/console.log
-    until grep -qa COMPUTE-AGENT-GUEST-READY "$log" 2>/dev/null || [ $SECONDS -gt $deadline ]; do sleep 0.2; done
-    printf '%s  %s\n' "$uuid" "$(grep -a -m1 -o 'COMPUTE-AGENT-GUEST-READY' "$log" 2>/dev/null || echo 'no ready marker yet')"
+    until grep -qa 'guest-disk:' "$log" 2>/dev/null || [ $SECONDS -gt $deadline ]; do sleep 0.2; done
+    printf '%s  %s  %s\n' "$uuid" "$(grep -a -m1 -o 'COMPUTE-AGENT-GUEST-READY' "$log" 2>/dev/null || echo 'no ready marker yet')" \
+        "$(grep -a -m1 -o 'guest-disk: vda [0-9]*' "$log" 2>/dev/null)"
 done
 echo
 echo "== agent counters =="
@@ -76,6 +86,7 @@ boots = s["manager"]["jobs_total"].get("done", 0)
 print("libvirt calls on the boot hot path: defineXML=%d create=%d for %d boots"
       % (calls.get("defineXML", 0), calls.get("create", 0), boots))
 print("conductor reports: %d carrying %d state changes" % (s["reporter"]["reports_sent"], s["reporter"]["states_sent"]))
+print("storage commands: %s" % (s["commands"] or "none"))
 print("work queue wait p50/p99: %.3f / %.3f ms; agent max RSS %.0f MiB"
       % (s["workqueue"]["all"]["wait_p50_ms"], s["workqueue"]["all"]["wait_p99_ms"], s["process"]["max_rss_kb"] / 1024))'
 if [ "${KEEP:-0}" = 1 ]; then

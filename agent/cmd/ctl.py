@@ -1,7 +1,7 @@
 """compute-ctl: a client for the agents' RPC API and the conductor's view.
 
   compute-ctl boot --kernel test-vmlinuz --initrd test-initrd.img --count 5 --wait
-  compute-ctl list | show UUID | job JOB_ID | delete UUID... [--wait] | wait UUID... | stats
+  compute-ctl list | show UUID | job JOB_ID | delete UUID... [--wait] | wait UUID... | stats | storage
 """
 import argparse
 import concurrent.futures
@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument('--kernel')
     b.add_argument('--initrd')
     b.add_argument('--cmdline')
+    b.add_argument('--disk-gb', type=int, default=0, help='root disk from the storage backend')
     b.add_argument('--nic', action='append', default=[],
                    help='"user" or "bridge:NAME" (repeatable)')
     b.add_argument('--count', type=int, default=1)
@@ -61,11 +62,14 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument('--state', action='append', default=None)
     w.add_argument('--timeout', type=float, default=300.0)
     sub.add_parser('stats', help="the agent's counters")
+    sub.add_parser('storage', help="the agent's storage capacity and disks (one shared listing)")
     return p
 
 
 def _spec(args, uuid: str, index: int) -> dict:
     spec = {'uuid': uuid, 'vcpus': args.vcpus, 'memory_mb': args.memory_mb}
+    if args.disk_gb:
+        spec['disk_gb'] = args.disk_gb
     if args.name:
         spec['name'] = args.name if args.count == 1 else '%s-%d' % (args.name, index)
     for field in ('image', 'kernel', 'initrd', 'cmdline'):
@@ -189,6 +193,9 @@ def main(argv=None) -> int:
             return 0
         if args.cmd == 'stats':
             _print_json(compute.get_stats(args.host))
+            return 0
+        if args.cmd == 'storage':
+            _print_json(compute.get_storage(args.host))
             return 0
         return globals()['cmd_' + args.cmd](args, compute, conductor)
     except exception.AgentError as exc:

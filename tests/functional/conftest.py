@@ -20,6 +20,7 @@ from agent import conf as agent_conf
 from agent import rpc
 from agent.conductor import api as conductor_api
 from agent.rpc import api as compute_api
+from tests.functional import lvm_harness
 
 IMAGES = os.environ.get('COMPUTE_AGENT_IMAGE_DIR', '/var/lib/compute-agent/images')
 VIRT_TYPE = os.environ.get('COMPUTE_AGENT_VIRT_TYPE', 'qemu')
@@ -50,8 +51,9 @@ def _check_node():
 class Node:
     """The running agent + conductor, their RPC clients, and direct libvirt access."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, vg: 'lvm_harness.LoopVolumeGroup | None' = None):
         self.workdir = workdir
+        self.vg = vg
         self.host = 'ftest-%s' % uuidlib.uuid4().hex[:8]
         self.topic = 'conductor-' + self.host
         self.image_dir = os.path.join(workdir, 'images')
@@ -64,13 +66,17 @@ class Node:
         with open(os.path.join(self.image_dir, 'test-disk.raw'), 'wb') as f:
             f.truncate(1024 * 1024)
         self.config = os.path.join(workdir, 'agent.conf')
+        storage = '[storage]\nbackend = file\n'
+        if vg is not None:
+            storage = ('[storage]\nbackend = lvm\n[lvm]\nvolume_group = %s\nlvm_system_dir = %s\n'
+                       'report_cache_seconds = 0.5\n' % (vg.name, vg.system_dir))
         with open(self.config, 'w') as f:
             f.write('[DEFAULT]\nhost = %s\ntransport_url = rabbit://guest:guest@127.0.0.1:5672/\n'
                     'image_dir = %s\ninstances_path = %s\ndebug = true\n'
                     '[libvirt]\nvirt_type = %s\nconnection_uri = %s\n'
-                    '[conductor]\ntopic = %s\ndatabase = %s\n'
+                    '[conductor]\ntopic = %s\ndatabase = %s\n%s'
                     % (self.host, self.image_dir, self.instances, VIRT_TYPE, URI, self.topic,
-                       os.path.join(workdir, 'conductor.sqlite')))
+                       os.path.join(workdir, 'conductor.sqlite'), storage))
         self.procs = {}
         self.created: set[str] = set()
         agent_conf.CONF(['--config-file', self.config], project='compute-agent-ftest',
@@ -83,9 +89,10 @@ class Node:
     def start(self, name: str) -> None:
         module = {'agent': 'agent.cmd.agent', 'conductor': 'agent.cmd.conductor'}[name]
         log = open(os.path.join(self.workdir, name + '.log'), 'ab')
+        env = dict(os.environ, **(self.vg.env if self.vg and name == 'agent' else {}))
         self.procs[name] = subprocess.Popen(
             [sys.executable, '-m', module, '--config-file', self.config],
-            stdout=log, stderr=subprocess.STDOUT)
+            stdout=log, stderr=subprocess.STDOUT, env=env)
         if name == 'agent':
             self.wait_agent()
 
@@ -190,10 +197,7 @@ class Node:
         self.transport.cleanup()
 
 
-@pytest.fixture(scope='session')
-def node(tmp_path_factory):
-    _check_node()
-    n = Node(str(tmp_path_factory.mktemp('node')))
+def _run_node(n: Node):
     try:
         n.start('conductor')
         n.start('agent')
@@ -202,3 +206,22 @@ def node(tmp_path_factory):
         n.stop('agent')
         n.stop('conductor')
         n.cleanup()
+
+
+@pytest.fixture(scope='session')
+def node(tmp_path_factory):
+    """An agent with the file storage backend."""
+    _check_node()
+    yield from _run_node(Node(str(tmp_path_factory.mktemp('node'))))
+
+
+@pytest.fixture(scope='session')
+def lvm_node(tmp_path_factory):
+    """An agent with the LVM backend on a private loop-backed VG behind counting wrappers."""
+    _check_node()
+    workdir = str(tmp_path_factory.mktemp('lvmnode'))
+    vg = lvm_harness.LoopVolumeGroup(workdir)
+    try:
+        yield from _run_node(Node(workdir, vg))
+    finally:
+        vg.destroy()

@@ -1,0 +1,124 @@
+"""Instance disks with real LVM commands on a loop-backed VG, and with the file backend."""
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid as uuidlib
+
+import pytest
+
+from agent import exception
+
+GiB = 1024 ** 3
+
+
+def _lv(uuid):
+    return 'ca-%s-root' % uuid
+
+
+def test_twenty_parallel_boots_get_tagged_lvs_that_vanish_on_delete(lvm_node):
+    vg = lvm_node.vg
+    specs = [lvm_node.spec(disk_gb=1, name='lv%d' % i) for i in range(20)]
+    answers = [lvm_node.boot(s) for s in specs]
+    uuids = [s['uuid'] for s in specs]
+    lvm_node.wait_states(uuids, ['active'], timeout=300)
+    lvs = vg.lvs()
+    for u in uuids:
+        assert lvs[_lv(u)]['size'] == GiB
+        assert lvs[_lv(u)]['tags'] == {'compute-agent', 'ca-instance-' + u}
+    for a in answers:
+        job = lvm_node.wait_job(a['job_id'])
+        assert job['state'] == 'done' and job['libvirt_calls'] == 2, job
+    # The guests really boot from their LVs: 1 GiB = 2097152 sectors.
+    for u in uuids[:2]:
+        assert 'guest-disk: vda 2097152' in lvm_node.wait_console(u, 'guest-disk:', timeout=240)
+    lvm_node.delete(uuids)
+    assert not set(vg.lvs()) & {_lv(u) for u in uuids}
+    assert lvm_node.domains() == set()
+
+
+def test_image_is_written_into_the_lv(lvm_node):
+    spec = lvm_node.spec(disk_gb=1, image='test-disk.raw')
+    lvm_node.boot(spec)
+    lvm_node.wait_states([spec['uuid']], ['active'])
+    assert 'guest-disk: vda 2097152' in lvm_node.wait_console(spec['uuid'], 'guest-disk:')
+    assert lvm_node.vg.launches('lvcreate') >= 1
+    lvm_node.delete([spec['uuid']])
+    assert _lv(spec['uuid']) not in lvm_node.vg.lvs()
+
+
+def test_a_boot_that_does_not_fit_the_vg_is_refused_with_nothing_left(lvm_node):
+    before = lvm_node.vg.launches('lvcreate')
+    spec = lvm_node.spec(disk_gb=100)        # the VG has 32 GiB
+    with pytest.raises(exception.InsufficientStorage) as err:
+        lvm_node.boot(spec)
+    assert 'does not fit: volume group %s' % lvm_node.vg.name in err.value.args[0]
+    assert lvm_node.vg.launches('lvcreate') == before
+    assert _lv(spec['uuid']) not in lvm_node.vg.lvs()
+    assert lvm_node.domains() == set()
+    with pytest.raises(exception.InstanceNotFound):
+        lvm_node.compute.get_instance(lvm_node.host, spec['uuid'])
+
+
+def test_lvm_failure_fails_the_job_with_lvms_message_and_never_touches_other_lvs(lvm_node):
+    spec = lvm_node.spec(disk_gb=1)
+    vg = lvm_node.vg
+    vg.lvm('lvcreate', '-q', '-y', '-n', _lv(spec['uuid']), '-L', '8m', vg.name)  # not the agent's
+    try:
+        job = lvm_node.wait_job(lvm_node.boot(spec)['job_id'])
+        assert job['state'] == 'failed'
+        assert 'Logical Volume "%s" already exists' % _lv(spec['uuid']) in job['reason'], job
+        lvm_node.delete([spec['uuid']])
+        assert _lv(spec['uuid']) in vg.lvs()      # still there: it carries none of our tags
+        assert lvm_node.domains() == set()
+    finally:
+        vg.lvm('lvremove', '-q', '-y', '%s/%s' % (vg.name, _lv(spec['uuid'])), check=False)
+
+
+def test_status_sweep_over_50_lvs_runs_exactly_one_lvs(lvm_node):
+    vg = lvm_node.vg
+    uuids = [str(uuidlib.uuid4()) for _ in range(50)]
+    for u in uuids:   # made directly, like a restarted agent would find them
+        vg.lvm('lvcreate', '-q', '-y', '-n', _lv(u), '-L', '4m', '--addtag', 'compute-agent',
+               '--addtag', 'ca-instance-' + u, vg.name)
+    try:
+        time.sleep(1.0)      # older than [lvm] report_cache_seconds (0.5 s): a sweep is due
+        before = vg.launches('lvs'), vg.launches('vgs')
+        with concurrent.futures.ThreadPoolExecutor(50) as pool:
+            answers = list(pool.map(
+                lambda u: lvm_node.compute.get_storage(lvm_node.host, [u])['disks'], uuids))
+        for u, disks in zip(uuids, answers):
+            assert disks == {u: {'name': _lv(u), 'size': 4 * 1024 * 1024}}
+        assert (vg.launches('lvs') - before[0], vg.launches('vgs') - before[1]) == (1, 1)
+    finally:
+        for u in uuids:
+            vg.lvm('lvremove', '-q', '-y', '%s/%s' % (vg.name, _lv(u)), check=False)
+
+
+def test_stress_150_concurrent_lvm_requests_under_eventlet(lvm_node):
+    vg = lvm_node.vg
+    proc = subprocess.run(
+        [sys.executable, '-m', 'tests.functional.lvm_stress', '--vg', vg.name,
+         '--lvm-system-dir', vg.system_dir, '-n', '150'],
+        capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHONWARNINGS='ignore'))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result['errors'] == [] and result['ok'] == 150, result
+    assert result['leftover_lvs'] == []
+    assert result['hub_ticks'] > 0        # greenthreads kept running throughout
+    assert result['launches']['lvcreate'] == 150 and result['launches']['lvremove'] == 150
+
+
+def test_file_backend_boot_reaches_active_and_the_guest_sees_its_disk(node):
+    spec = node.spec(disk_gb=1, image='test-disk.raw')
+    node.boot(spec)
+    node.wait_states([spec['uuid']], ['active'])
+    assert 'guest-disk: vda 2097152' in node.wait_console(spec['uuid'], 'guest-disk:')
+    disk = os.path.join(node.instances, spec['uuid'], 'disk.qcow2')
+    assert os.path.isfile(disk)
+    assert node.compute.get_storage(node.host, [spec['uuid']])['disks'][spec['uuid']]['size'] == GiB
+    node.delete([spec['uuid']])
+    assert not os.path.exists(os.path.dirname(disk))
