@@ -67,17 +67,35 @@ class StorageBackend(abc.ABC):
         return {}
 
     # -- reservations -----------------------------------------------------------------------
+    def _free_space(self) -> tuple[int, object]:
+        """Free bytes and the version of the listing they come from."""
+        return self.capacity()['free'], None
+
+    def _listing_version(self) -> object:
+        """The version a listing must have to show every disk made so far."""
+        return None
+
     def reserve(self, uuid: str, size: int) -> None:
-        """Hold ``size`` bytes for a boot until its disk exists (or the boot fails)."""
-        free = self.capacity()['free']     # may run the shared listing: outside the lock
-        with self._lock:
-            pending = sum(self._reserved.values())
-            if size > free - pending:
-                raise exception.InsufficientStorage(
-                    reason='%.1f GiB does not fit: %s has %.1f GiB free (%.1f GiB held for '
-                           'boots in progress)' % (size / GiB, self.describe(), free / GiB,
-                                                   pending / GiB))
-            self._reserved[uuid] = size
+        """Hold ``size`` bytes for a boot until its disk exists (or the boot fails).
+
+        A disk created while the free space was being read has already dropped its own
+        reservation, so a reading older than the listing version is read again; otherwise
+        that disk's space would count as free.
+        """
+        for attempt in range(5):
+            free, version = self._free_space()    # may run the listing: outside the lock
+            with self._lock:
+                # One critical section: creators invalidate the listing before they release.
+                if version != self._listing_version() and attempt < 4:
+                    continue
+                pending = sum(self._reserved.values())
+                if size > free - pending:
+                    raise exception.InsufficientStorage(
+                        reason='%.1f GiB does not fit: %s has %.1f GiB free (%.1f GiB held for '
+                               'boots in progress)' % (size / GiB, self.describe(), free / GiB,
+                                                       pending / GiB))
+                self._reserved[uuid] = size
+                return
 
     def release(self, uuid: str) -> None:
         with self._lock:

@@ -65,6 +65,13 @@ class LvmBackend(backend.StorageBackend):
         vg = self.report().vg
         return {'total': vg.size, 'free': vg.free}
 
+    def _free_space(self) -> tuple[int, object]:
+        report, generation = self._sweep.get_versioned()
+        return report.vg.free, generation
+
+    def _listing_version(self) -> object:
+        return self._sweep.generation
+
     def disks(self) -> dict[str, backend.DiskInfo]:
         out = {}
         for lv in self.report().lvs:

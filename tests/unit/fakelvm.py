@@ -19,7 +19,8 @@ class FakeLvm:
         self.lvs: dict[str, dict] = {}
         self.launches: list[str] = []
         self.fail: dict[str, tuple[int, str]] = {}     # command -> (rc, stderr) once
-        self.gates: dict[str, threading.Event] = {}
+        self.gates: dict[str, threading.Event] = {}        # wait before answering
+        self.late_gates: dict[str, threading.Event] = {}   # answer now, return it later
         self.lock = threading.Lock()
 
     def worker(self, *args, **kwargs):
@@ -42,7 +43,11 @@ class FakeLvm:
         if handler is None:
             return {'rc': 127, 'stdout': '', 'stderr': 'command not found: %s' % name}
         with self.lock:
-            return handler(argv[1:])
+            answer = handler(argv[1:])
+        late = self.late_gates.get(name)
+        if late is not None:
+            late.wait(10)
+        return answer
 
     def _vg_missing(self, vg):
         return {'rc': 5, 'stdout': '', 'stderr': WARNING + '  Volume group "%s" not found\n'

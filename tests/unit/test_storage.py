@@ -8,7 +8,7 @@ import pytest
 
 from agent import exception
 from tests.unit import fakelvm
-from tests.unit.conftest import Agent, boot_spec
+from tests.unit.conftest import Agent, boot_spec, wait_until
 
 U1 = '11111111-2222-3333-4444-555555555555'
 GiB = 1024 ** 3
@@ -55,6 +55,38 @@ def test_reservations_of_boots_in_progress_count_against_free_space(agent):
     gate.set()
     assert agent.wait_job(first['job_id'])['state'] == 'done'
     assert agent.storage.reserved() == 0
+
+
+def test_a_stale_capacity_reading_cannot_overcommit_the_vg(conf, hv):
+    """B reads free space before A's LV exists, and checks the reservations after A released
+    its own: B must re-read, not count A's space twice as free."""
+    a = Agent(conf, hv)
+    a.storage._sweep._max_age = 0        # every capacity question runs the listing
+    try:
+        create_gate = a.lvm.gates['lvcreate'] = threading.Event()
+        first = a.manager.boot_instance(boot_spec(disk_gb=6))       # reserves 6 of 10 GiB
+        stale = a.lvm.late_gates['vgs'] = threading.Event()
+        outcome = []
+        vgs_before = a.lvm.launches.count('vgs')
+
+        def second():
+            try:
+                a.manager.boot_instance(boot_spec(str(uuidlib.uuid4()), disk_gb=6))
+                outcome.append('accepted')
+            except exception.InsufficientStorage:
+                outcome.append('refused')
+        t = threading.Thread(target=second)
+        t.start()
+        wait_until(lambda: a.lvm.launches.count('vgs') == vgs_before + 1, what="B's vgs answered")
+        create_gate.set()                                  # A's LV lands, A releases
+        assert a.wait_job(first['job_id'])['state'] == 'done'
+        del a.lvm.late_gates['vgs']
+        stale.set()                                        # B gets its stale 10 GiB free
+        t.join(10)
+        assert outcome == ['refused']
+        assert sum(lv['size'] for lv in a.lvm.lvs.values()) <= a.lvm.size
+    finally:
+        a.stop()
 
 
 def test_lvm_failure_fails_the_job_with_lvms_message_and_leaves_no_lv(agent, hv):
