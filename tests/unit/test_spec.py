@@ -72,12 +72,22 @@ def test_a_good_spec_is_normalised(limits, image_dir):
     ({'nics': [{'type': 'user', 'extra': 1}]}, 'unknown fields'),
     ({'nics': [{'type': 'user'}] * 9}, 'at most'),
     ({'disk_gib': 3}, 'unknown fields'),
+    ({'disk_gb': -1}, 'disk_gb'),
+    ({'disk_gb': 1.5}, 'disk_gb'),
+    ({'disk_gb': '10'}, 'disk_gb'),
+    ({'disk_gb': True}, 'disk_gb'),
+    ({'disk_gb': 10 ** 12}, 'disk_gb'),
     ({'kernel': None, 'initrd': None}, 'image or kernel'),
 ])
 def test_bad_input_is_refused_with_the_field_named(limits, bad, field):
     with pytest.raises(exception.InvalidSpec) as err:
         specmod.validate_boot_spec(good(**bad), limits)
     assert field in str(err.value)
+
+
+def test_disk_gb_is_kept(limits):
+    assert specmod.validate_boot_spec(good(disk_gb=20), limits).disk_gb == 20
+    assert specmod.validate_boot_spec(good(), limits).disk_gb == 0
 
 
 def test_initrd_without_kernel_is_refused(limits):
