@@ -84,17 +84,18 @@ class ComputeManager:
         """Connect to the hypervisor and adopt the instances it already holds for us."""
         self.facts = self.driver.init_host()
         self.facts['storage'] = {'backend': self.storage.kind, **self.storage.init()}
-        self._resync(adopt=True)
+        self._resync()
 
-    def _resync(self, adopt: bool) -> None:
-        """Bring every instance's power state in line with one listing of the hypervisor."""
+    def _resync(self) -> None:
+        """Bring every instance's power state in line with one listing of the hypervisor,
+        adopting the instances of ours it holds that the agent does not know."""
         seen = set()
         for info in self.driver.list_instances():
             if not info.ours:
                 continue
             seen.add(info.uuid)
             inst = self.instances.get(info.uuid)
-            if inst is None and adopt:
+            if inst is None:
                 inst = Instance(uuid=info.uuid, name=info.name, spec={}, vm_state=ACTIVE)
                 self.instances[info.uuid] = inst
                 LOG.info('[instance: %s] adopted from the hypervisor (%s)', info.uuid,
@@ -183,7 +184,8 @@ class ComputeManager:
                 else:   # a bug, not a user error: still end the job and clean up
                     LOG.exception('[instance: %s] boot failed unexpectedly', inst.uuid)
                     reason = 'internal error: %s' % exc
-                self._remove_disks(inst, created=bool(disks))
+                if disks:   # a disk that failed half-way was removed by the backend
+                    self._remove_disks(inst)
                 self.jobs.finish(job, reason)
                 self._set(inst, vm_state=ERROR, task=None, fault=reason)
                 return
@@ -211,12 +213,8 @@ class ComputeManager:
             self._set(inst, vm_state=DELETED, power_state=vdriver.NOSTATE, task=None)
             LOG.info('[instance: %s] deleted', inst.uuid)
 
-    def _remove_disks(self, inst: Instance, created: bool) -> None:
-        """After a failed boot: drop its reservation and the disk it created, if any (a disk
-        that failed half-way was already removed by the backend)."""
-        self.storage.release(inst.uuid)
-        if not created:
-            return
+    def _remove_disks(self, inst: Instance) -> None:
+        """After a failed boot: remove the disk it created."""
         try:
             self.storage.delete_disks(inst.uuid)
         except exception.AgentError as exc:
@@ -286,7 +284,7 @@ class ComputeManager:
                     LOG.info('reconnect failed (%s); retrying', exc)
                     self.runtime.sleep(self._reconnect_interval)
             LOG.info('hypervisor reconnected; resynchronising instance states')
-            self._resync(adopt=True)
+            self._resync()
         finally:
             self._reconnecting = False
 

@@ -12,12 +12,22 @@ This module and the service are the only places that import eventlet.
 """
 import collections
 import dataclasses
+import logging
 import os
 import threading
 import time
 from typing import Any, Callable
 
+LOG = logging.getLogger(__name__)
+
 _DEFAULT_SAMPLES = 2048
+
+
+def _deliver(handler: Callable[[Any], None], item: Any) -> None:
+    try:
+        handler(item)
+    except Exception:   # one bad event must not stop the delivery of the next
+        LOG.exception('event handler failed on %r', item)
 
 
 class OpStats:
@@ -194,8 +204,6 @@ class GreenBridge:
             pass
 
     def _run(self) -> None:
-        import logging
-        log = logging.getLogger(__name__)
         while True:
             self._trampoline(self._rfd, read=True)
             try:
@@ -203,11 +211,7 @@ class GreenBridge:
             except BlockingIOError:
                 pass
             while not self._queue.empty():
-                item = self._queue.get()
-                try:
-                    self._handler(item)
-                except Exception:
-                    log.exception('event handler failed on %r', item)
+                _deliver(self._handler, self._queue.get())
 
 
 class ThreadBridge:
@@ -223,14 +227,8 @@ class ThreadBridge:
         self._queue.put(item)
 
     def _run(self) -> None:
-        import logging
-        log = logging.getLogger(__name__)
         while True:
-            item = self._queue.get()
-            try:
-                self._handler(item)
-            except Exception:
-                log.exception('event handler failed on %r', item)
+            _deliver(self._handler, self._queue.get())
 
 
 @dataclasses.dataclass

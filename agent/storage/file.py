@@ -47,25 +47,30 @@ class FileBackend(backend.StorageBackend):
 
     def create_root_disk(self, uuid: str, size: int, image: str | None) -> backend.Disk:
         path = self._disk_path(uuid)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         argv = ['qemu-img', 'create', '-q', '-f', 'qcow2']
-        if image:
-            argv += ['-b', image, '-F', images.image_format(image)]
         try:
+            if image:
+                argv += ['-b', image, '-F', images.image_format(image)]
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             self._run.check(argv + [path, str(size)], instance=uuid)
         except exception.StorageError:
             self.delete_disks(uuid)
             raise
+        except OSError as exc:
+            self.delete_disks(uuid)
+            raise exception.StorageError(reason='%s: %s' % (path, exc)) from None
         finally:
             self.release(uuid)
         LOG.info('[instance: %s] created %s (%d bytes)', uuid, path, size)
         return backend.Disk(path=path, format='qcow2', kind='file')
 
     def delete_disks(self, uuid: str) -> None:
+        path = self._disk_path(uuid)
         try:
-            os.unlink(self._disk_path(uuid))
+            os.unlink(path)
         except FileNotFoundError:
             pass
-
-    def stats(self) -> dict:
-        return {'commands': dict(self._run.launches)}
+        try:
+            os.rmdir(os.path.dirname(path))    # only if nothing else of the instance is left
+        except OSError:
+            pass

@@ -120,5 +120,4 @@ class LvmBackend(backend.StorageBackend):
             LOG.info('[instance: %s] removed its LV from %s', uuid, self.vg)
 
     def stats(self) -> dict:
-        return {'sweeps': self._sweep.runs, 'sweeps_shared': self._sweep.shared,
-                'commands': dict(self._run.launches)}
+        return {'sweeps': self._sweep.runs, 'sweeps_shared': self._sweep.shared}

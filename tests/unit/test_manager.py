@@ -186,6 +186,7 @@ def test_state_missed_while_disconnected_is_resynced(agent, hv):
     hv.down = False
     agent.wait_reported(U1, 'stopped')
     assert hv.calls.count('getAllDomainStats') == 2   # start-up + one resync
+    assert hv.calls.count('XMLDesc') == 0             # known instances: no XML re-read
 
 
 def test_restarted_agent_adopts_its_domains_and_ignores_others(conf, hv):

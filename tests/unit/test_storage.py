@@ -168,6 +168,19 @@ def test_file_backend_makes_a_qcow2_overlay(conf, hv):
         a.stop()
 
 
+@pytest.mark.parametrize('backend', ['lvm', 'file'])
+def test_boot_while_libvirt_is_disconnected_leaves_no_disk_and_no_directory(conf, hv, backend):
+    a = Agent(conf, hv, backend=backend)
+    try:
+        a.driver.host.mark_disconnected()
+        job = boot(a, disk_gb=1)
+        assert job['state'] == 'failed' and 'not connected' in job['reason']
+        assert a.lvm.lvs == {} and hv.domains == {}
+        assert os.listdir(conf.instances_path) == []
+    finally:
+        a.stop()
+
+
 def test_disk_smaller_than_the_image_is_refused(agent, image_dir):
     with open(image_dir / 'big.raw', 'wb') as f:
         f.truncate(2 * GiB)

@@ -65,7 +65,8 @@ class LibvirtDriver(driver.ComputeDriver):
             conf.libvirt.connection_uri, runtime.workqueue, libvirt_mod,
             event_sink=self._bridge.put, spawn_native=runtime.spawn_native,
             keepalive=(conf.libvirt.keepalive_interval, conf.libvirt.keepalive_count))
-        self._domains: dict = {}   # uuid -> virDomain, so the hot path needs no lookup
+        self._domains: dict = {}   # uuid -> virDomain of this connection: no lookup on delete
+        self._ours: set[str] = set()   # uuids of domains the agent made or adopted
         self._own_undefines: set[str] = set()   # UNDEFINED events we caused: not "vanished"
 
     # -- set-up -----------------------------------------------------------------------------
@@ -98,6 +99,7 @@ class LibvirtDriver(driver.ComputeDriver):
             return   # not a domain of ours
         if item.event == self._lv.VIR_DOMAIN_EVENT_UNDEFINED:
             self._domains.pop(item.uuid, None)
+            self._ours.discard(item.uuid)
             if item.uuid in self._own_undefines:
                 self._own_undefines.discard(item.uuid)
                 return
@@ -135,15 +137,16 @@ class LibvirtDriver(driver.ComputeDriver):
         return os.path.join(self._instances_path, uuid)
 
     def spawn(self, spec: specmod.BootSpec, calls: collections.Counter, disks: tuple = ()) -> None:
+        conn = self.host.conn()            # before anything is made: nothing to undo
         xml = self._guest_config(spec, disks).to_xml()
         os.makedirs(self.instance_dir(spec.uuid), exist_ok=True)
-        conn = self.host.conn()
         try:
             dom = self.host.call('defineXML', conn.defineXML, xml, instance=spec.uuid, counter=calls)
         except exception.AgentError:
             self._remove_files(spec.uuid)
             raise
         self._domains[spec.uuid] = dom
+        self._ours.add(spec.uuid)
         try:
             self.host.call('create', dom.create, instance=spec.uuid, counter=calls)
         except exception.AgentError:
@@ -182,6 +185,7 @@ class LibvirtDriver(driver.ComputeDriver):
             if not self.host.is_error(exc, 'VIR_ERR_NO_DOMAIN'):
                 raise
         self._domains.pop(uuid, None)
+        self._ours.discard(uuid)
 
     def _remove_files(self, uuid: str) -> None:
         shutil.rmtree(self.instance_dir(uuid), ignore_errors=True)
@@ -189,7 +193,7 @@ class LibvirtDriver(driver.ComputeDriver):
     # -- listing ----------------------------------------------------------------------------
     def list_instances(self) -> list[driver.InstanceInfo]:
         """One getAllDomainStats call for every domain's state; domains with our name prefix
-        not seen before get their XML read once to confirm they carry our metadata."""
+        never seen before get their XML read once to confirm they carry our metadata."""
         conn = self.host.conn()
         stats = self.host.call('getAllDomainStats', conn.getAllDomainStats,
                                self._lv.VIR_DOMAIN_STATS_STATE, 0)
@@ -197,14 +201,16 @@ class LibvirtDriver(driver.ComputeDriver):
         for dom, values in stats:
             uuid = dom.UUIDString()
             name = ''                  # known instances: the manager holds the display name
-            ours = uuid in self._domains
+            ours = uuid in self._ours
             if not ours and dom.name().startswith(vconfig.DOMAIN_PREFIX):
                 meta = vconfig.parse_metadata(
                     self.host.call('XMLDesc', dom.XMLDesc, 0, instance=uuid))
                 ours = bool(meta) and meta.get('uuid') == uuid
                 if ours:
-                    self._domains[uuid] = dom
+                    self._ours.add(uuid)
                     name = meta.get('name', '')
+            if ours:
+                self._domains[uuid] = dom      # this connection's object (after a reconnect)
             out.append(driver.InstanceInfo(
                 uuid=uuid, name=name, ours=ours,
                 power_state=_power_state_from_state(self._lv, values.get('state.state', 0))))

@@ -72,8 +72,10 @@ class Host:
         self._keepalive = keepalive
         self._conn = None
         self._facts: HostFacts | None = None
-        self.calls = collections.Counter()   # op -> count, every libvirt call the agent made
-        self._codes = {getattr(libvirt_mod, name): name for name in _CONNECTION_ERRORS
+        # op -> count of work-queue items; one per libvirt call, except the start-up and
+        # reconnect bundles 'open' (open + 3 registrations) and 'host_facts' (6 reads).
+        self.calls = collections.Counter()
+        self._codes = {getattr(libvirt_mod, name) for name in _CONNECTION_ERRORS
                        if hasattr(libvirt_mod, name)}
 
     # -- connection -------------------------------------------------------------------------
