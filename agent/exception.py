@@ -60,5 +60,11 @@ class StorageError(AgentError):
     msg_fmt = 'storage: %(reason)s'
 
 
-class InsufficientStorage(InvalidSpec):
-    msg_fmt = 'disk_gb: %(reason)s'
+class InsufficientResources(InvalidSpec):
+    """A claim does not fit the node; the message names the resource."""
+
+    msg_fmt = '%(resource)s: %(reason)s'
+
+
+class ClaimExists(InvalidSpec):
+    msg_fmt = 'Instance %(uuid)s already holds a resource claim'

@@ -15,6 +15,7 @@ import time
 
 from agent import exception
 from agent import jobs as jobsmod
+from agent import resources
 from agent import spec as specmod
 from agent.storage import backend as storage_backend
 from agent.virt import driver as vdriver
@@ -62,11 +63,13 @@ class ComputeManager:
 
     def __init__(self, driver: vdriver.ComputeDriver, storage: storage_backend.StorageBackend,
                  runtime, reporter, limits: specmod.Limits, host: str,
+                 allocation: resources.Allocation = resources.Allocation(),
                  job_retention: float = 3600.0, reconnect_interval: float = 1.0):
         self.driver = driver
         self.storage = storage
         self.runtime = runtime
         self.reporter = reporter
+        self.tracker = resources.ResourceTracker(host, allocation, reporter.update_resources)
         self.limits = limits
         self.host = host
         self.jobs = jobsmod.JobTable(job_retention)
@@ -84,19 +87,23 @@ class ComputeManager:
         """Connect to the hypervisor and adopt the instances it already holds for us."""
         self.facts = self.driver.init_host()
         self.facts['storage'] = {'backend': self.storage.kind, **self.storage.init()}
-        self._resync()
+        self.tracker.set_inventory(cpus=self.facts['cpus'], memory_mb=self.facts['memory_mb'])
+        self.audit(self._resync())
 
-    def _resync(self) -> None:
+    def _resync(self) -> list[vdriver.InstanceInfo]:
         """Bring every instance's power state in line with one listing of the hypervisor,
-        adopting the instances of ours it holds that the agent does not know."""
+        adopting the instances of ours it holds that the agent does not know. Returns the
+        listing (the audit that follows uses it too)."""
         seen = set()
-        for info in self.driver.list_instances():
+        infos = self.driver.list_instances()
+        for info in infos:
             if not info.ours:
                 continue
             seen.add(info.uuid)
             inst = self.instances.get(info.uuid)
             if inst is None:
-                inst = Instance(uuid=info.uuid, name=info.name, spec={}, vm_state=ACTIVE)
+                inst = Instance(uuid=info.uuid, name=info.name, spec=dict(info.sizes or {}),
+                                vm_state=ACTIVE)
                 self.instances[info.uuid] = inst
                 LOG.info('[instance: %s] adopted from the hypervisor (%s)', info.uuid,
                          info.power_state)
@@ -106,6 +113,42 @@ class ComputeManager:
             if inst.uuid not in seen and inst.task is None and inst.vm_state not in (ERROR,):
                 self._set(inst, vm_state=ERROR, power_state=vdriver.NOSTATE,
                           fault='the hypervisor no longer holds this instance')
+        return infos
+
+    # -- resource audit -----------------------------------------------------------------------
+    def audit(self, infos: list[vdriver.InstanceInfo] | None = None) -> list[str]:
+        """Re-derive usage from one hypervisor listing and one storage listing; correct the
+        tracker where it differs (a report goes out only then). Returns the uuids corrected."""
+        token = self.tracker.begin_audit()
+        busy = {i.uuid for i in list(self.instances.values()) if i.task}
+        if infos is None:
+            infos = self.driver.list_instances()
+        inventory = self.storage.inventory(fresh=True)
+        observed = {}
+        for info in infos:
+            if not info.ours:
+                continue
+            inst = self.instances.get(info.uuid)
+            sizes = inst.spec if inst is not None and inst.spec else (info.sizes or {})
+            observed[info.uuid] = resources.Amounts(sizes.get('vcpus', 0),
+                                                    sizes.get('memory_mb', 0), 0)
+        for uuid, disk in inventory.disks.items():
+            held = observed.get(uuid, resources.Amounts())
+            observed[uuid] = dataclasses.replace(held, disk_gb=-(-disk.size // storage_backend.GiB))
+        busy |= {i.uuid for i in list(self.instances.values()) if i.task}
+        return self.tracker.apply_audit(token, observed, busy,
+                                        disk_gb=inventory.instance_bytes // storage_backend.GiB)
+
+    def run_audits(self, interval: float) -> None:
+        """The periodic audit loop; run it in its own (green)thread."""
+        while True:
+            self.runtime.sleep(interval)
+            try:
+                self.audit()
+            except exception.AgentError as exc:
+                LOG.warning('resource audit skipped: %s', exc)
+            except Exception:
+                LOG.exception('resource audit failed')
 
     # -- requests ---------------------------------------------------------------------------
     def boot_instance(self, raw_spec) -> dict:
@@ -118,20 +161,12 @@ class ComputeManager:
                     raise exception.InstanceBusy(uuid=spec.uuid, state='being deleted')
                 LOG.info('[instance: %s] boot repeated; returning the existing job', spec.uuid)
                 return {'job_id': inst.boot_job, 'uuid': spec.uuid, 'existing': True}
+            # In-memory arithmetic only; a refusal leaves nothing recorded.
+            self.tracker.claim(spec.uuid, spec.vcpus, spec.memory_mb, spec.disk_gb)
             inst = Instance(uuid=spec.uuid, name=spec.name, spec=spec.to_dict(), task='spawning')
             job = self.jobs.create('boot', spec.uuid)
             inst.boot_job = job.id
             self.instances[spec.uuid] = inst
-        if spec.disk_gb:
-            # May run the shared storage listing: done outside the lock, with the instance
-            # recorded so that a repeated request meanwhile gets this job.
-            try:
-                self.storage.reserve(spec.uuid, spec.disk_gb * storage_backend.GiB)
-            except exception.AgentError:
-                with self._lock:
-                    self.instances.pop(spec.uuid, None)
-                    self.jobs.discard(job)
-                raise
         self._report(inst)
         LOG.info('[instance: %s] boot accepted as job %s', spec.uuid, job.id)
         self.runtime.spawn(self._run_boot, job, inst, spec)
@@ -186,6 +221,7 @@ class ComputeManager:
                     reason = 'internal error: %s' % exc
                 if disks:   # a disk that failed half-way was removed by the backend
                     self._remove_disks(inst)
+                self.tracker.release(inst.uuid)
                 self.jobs.finish(job, reason)
                 self._set(inst, vm_state=ERROR, task=None, fault=reason)
                 return
@@ -209,6 +245,7 @@ class ComputeManager:
                 return
             with self._lock:
                 self.instances.pop(inst.uuid, None)
+            self.tracker.release(inst.uuid)
             self.jobs.finish(job)
             self._set(inst, vm_state=DELETED, power_state=vdriver.NOSTATE, task=None)
             LOG.info('[instance: %s] deleted', inst.uuid)
@@ -227,12 +264,15 @@ class ComputeManager:
             if not isinstance(uuids, list) or len(uuids) > 10000:
                 raise exception.InvalidSpec(reason='uuids: must be a list of uuids')
             uuids = {specmod.validate_uuid(u, 'uuids') for u in uuids}
-        disks = self.storage.disks()
-        capacity = self.storage.capacity()
+        inventory = self.storage.inventory()
         return {'backend': self.storage.kind,
-                'capacity': dict(capacity, reserved=self.storage.reserved()),
-                'disks': {u: {'name': d.name, 'size': d.size} for u, d in disks.items()
+                'capacity': dict(self.storage.capacity(), instances=inventory.instance_bytes),
+                'disks': {u: {'name': d.name, 'size': d.size} for u, d in inventory.disks.items()
                           if uuids is None or u in uuids}}
+
+    def resource_report(self) -> dict:
+        """The node's capacity and usage as last reported, with the tracker's counters."""
+        return dict(self.tracker.snapshot(), stats=self.tracker.stats())
 
     # -- events -----------------------------------------------------------------------------
     def handle_event(self, event) -> None:
@@ -284,7 +324,11 @@ class ComputeManager:
                     LOG.info('reconnect failed (%s); retrying', exc)
                     self.runtime.sleep(self._reconnect_interval)
             LOG.info('hypervisor reconnected; resynchronising instance states')
-            self._resync()
+            infos = self._resync()
+            try:
+                self.audit(infos)
+            except exception.AgentError as exc:
+                LOG.warning('resource audit after reconnect skipped: %s', exc)
         finally:
             self._reconnecting = False
 
@@ -304,4 +348,5 @@ class ComputeManager:
 
     def stats(self) -> dict:
         return {'instances': len(self.instances), 'jobs_by_state': self.jobs.by_state(),
+                'resources': self.tracker.stats(),
                 'jobs_total': dict(self.jobs.counts), 'events_handled': self.events_handled}

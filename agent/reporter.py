@@ -1,10 +1,12 @@
-"""Batched instance-state reports to the conductor.
+"""Batched reports to the conductor: instance states and the node's resource usage.
 
-Callers ``update()`` an instance's latest state and return at once. One sender loop sends
-whatever is pending in one report, after a short window that gathers concurrent changes:
-at most one report is in flight, a later state of an instance supersedes an unsent earlier
-one, and a failed send keeps its states for the next attempt (with back-off), so nothing is
-lost while the conductor is away.
+Callers ``update()`` an instance's latest state, or ``update_resources()`` the node's latest
+usage report, and return at once. One sender loop sends whatever is pending in one message,
+after a short window that gathers concurrent changes: at most one message is in flight, a
+later state of an instance (or a later resource generation) supersedes an unsent earlier one,
+a resource report whose capacity and usage equal the last one sent is dropped, and a failed
+send keeps its content for the next attempt (with back-off), so nothing is lost while the
+conductor is away.
 """
 import logging
 import threading
@@ -15,18 +17,24 @@ LOG = logging.getLogger(__name__)
 
 
 class StateReporter:
-    def __init__(self, send: Callable[[list[dict]], None], window: float = 0.05,
+    def __init__(self, send: Callable[[list[dict], dict | None], None], window: float = 0.05,
                  retry_max: float = 10.0, sleep: Callable[[float], None] = time.sleep):
         self._send = send
         self._window = window
         self._retry_max = retry_max
         self._sleep = sleep
         self._pending: dict[str, dict] = {}
+        self._resources: dict | None = None      # the newest unsent resource report
+        self._resources_sent: dict | None = None
+        self._newest_generation = -1
         self._cond = threading.Condition()
         self._inflight = False
         self._stopped = False
         self.reports_sent = 0
         self.states_sent = 0
+        self.resource_reports_sent = 0
+        self.resource_reports_superseded = 0
+        self.resource_reports_unchanged = 0
         self.send_failures = 0
 
     def update(self, state: dict) -> None:
@@ -37,30 +45,60 @@ class StateReporter:
                 self._pending[state['uuid']] = state
             self._cond.notify_all()
 
+    def update_resources(self, report: dict) -> None:
+        """Queue the node's resource report (a dict with a growing 'generation')."""
+        with self._cond:
+            if report['generation'] <= self._newest_generation:
+                return      # an older report handed in late: a newer one is queued or sent
+            self._newest_generation = report['generation']
+            if self._resources is not None:
+                self.resource_reports_superseded += 1
+            self._resources = report
+            self._cond.notify_all()
+
+    @staticmethod
+    def _same_usage(a: dict | None, b: dict | None) -> bool:
+        return (a is not None and b is not None and a['capacity'] == b['capacity']
+                and a['usage'] == b['usage'] and a['instances'] == b['instances'])
+
+    def _take(self) -> tuple[dict, dict | None]:
+        """Under the lock: everything pending, minus a resource report that changes nothing."""
+        batch, self._pending = self._pending, {}
+        resources, self._resources = self._resources, None
+        if self._same_usage(resources, self._resources_sent):
+            self.resource_reports_unchanged += 1
+            resources = None
+        return batch, resources
+
     def run(self) -> None:
         """The sender loop; run it in its own (green)thread."""
         backoff = 0.0
         while True:
             with self._cond:
-                while not self._pending and not self._stopped:
+                while not self._pending and self._resources is None and not self._stopped:
                     self._cond.wait()
-                if self._stopped and not self._pending:
+                if self._stopped and not self._pending and self._resources is None:
                     return
             if self._window and not backoff:
                 self._sleep(self._window)
             with self._cond:
-                batch, self._pending = self._pending, {}
+                batch, resources = self._take()
+                if not batch and resources is None:
+                    self._cond.notify_all()
+                    continue
                 self._inflight = True
             try:
-                self._send(sorted(batch.values(), key=lambda s: s['seq']))
+                self._send(sorted(batch.values(), key=lambda s: s['seq']), resources)
             except Exception as exc:
                 self.send_failures += 1
                 backoff = min(self._retry_max, max(0.1, backoff * 2))
-                LOG.warning('state report of %d instances failed (%s); retrying in %.1fs',
-                            len(batch), exc, backoff)
+                LOG.warning('report of %d instance states%s failed (%s); retrying in %.1fs',
+                            len(batch), ' and usage' if resources else '', exc, backoff)
                 with self._cond:
                     for uuid, state in batch.items():
                         self._pending.setdefault(uuid, state)   # a newer update wins
+                    if resources is not None and self._resources is None:
+                        self._resources = resources
                     self._inflight = False
                 self._sleep(backoff)
                 continue
@@ -69,13 +107,16 @@ class StateReporter:
                 self._inflight = False
                 self.reports_sent += 1
                 self.states_sent += len(batch)
+                if resources is not None:
+                    self._resources_sent = resources
+                    self.resource_reports_sent += 1
                 self._cond.notify_all()
 
     def flush(self, timeout: float) -> bool:
         """Wait until nothing is pending or in flight; False on timeout."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._pending or self._inflight:
+            while self._pending or self._resources is not None or self._inflight:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -89,4 +130,8 @@ class StateReporter:
 
     def stats(self) -> dict:
         return {'reports_sent': self.reports_sent, 'states_sent': self.states_sent,
+                'resource_reports_sent': self.resource_reports_sent,
+                'resource_reports_superseded': self.resource_reports_superseded,
+                'resource_reports_unchanged': self.resource_reports_unchanged,
+                'resource_generation_sent': (self._resources_sent or {}).get('generation'),
                 'send_failures': self.send_failures, 'pending': len(self._pending)}

@@ -13,6 +13,7 @@ import oslo_messaging
 
 from agent import manager as managermod
 from agent import reporter as reportermod
+from agent import resources
 from agent import rpc
 from agent import spec as specmod
 from agent import workqueue
@@ -41,6 +42,14 @@ def limits_from_conf(conf) -> specmod.Limits:
                           bridge_exists=_bridge_exists)
 
 
+def allocation_from_conf(conf) -> resources.Allocation:
+    r = conf.resources
+    return resources.Allocation(
+        cpu_ratio=r.cpu_allocation_ratio, ram_ratio=r.ram_allocation_ratio,
+        disk_ratio=r.disk_allocation_ratio, reserved_cpus=r.reserved_host_cpus,
+        reserved_memory_mb=r.reserved_host_memory_mb, reserved_disk_gb=r.reserved_host_disk_gb)
+
+
 def storage_from_conf(conf, runner):
     if conf.storage.backend == 'lvm':
         return lvm_storage.LvmBackend(runner, conf.lvm.volume_group,
@@ -60,7 +69,7 @@ class AgentService:
         conductor = conductor_api.ConductorAPI(self.transport, conf.conductor.topic,
                                                timeout=conf.conductor.report_timeout)
         self.reporter = reportermod.StateReporter(
-            lambda states: conductor.report_instance_states(conf.host, states),
+            lambda states, usage: conductor.report(conf.host, states, usage),
             window=conf.conductor.report_window, retry_max=conf.conductor.report_retry_max,
             sleep=self.runtime.sleep)
         self.driver = libvirt_driver.LibvirtDriver(conf, self.runtime, libvirt_mod)
@@ -70,7 +79,7 @@ class AgentService:
         self.storage = storage_from_conf(conf, self.commands)
         self.manager = managermod.ComputeManager(
             self.driver, self.storage, self.runtime, self.reporter, limits_from_conf(conf),
-            conf.host,
+            conf.host, allocation=allocation_from_conf(conf),
             reconnect_interval=conf.libvirt.reconnect_interval)
         target = oslo_messaging.Target(topic='compute', server=conf.host)
         self.server = oslo_messaging.get_rpc_server(
@@ -92,6 +101,8 @@ class AgentService:
     def start(self) -> None:
         self.manager.init_host()
         self.runtime.spawn(self.reporter.run)
+        if self.conf.resources.audit_interval > 0:
+            self.runtime.spawn(self.manager.run_audits, self.conf.resources.audit_interval)
         self.server.start()
         LOG.info('compute-agent %s serving topic compute (virt_type=%s, %d work-queue threads)',
                  self.conf.host, self.conf.libvirt.virt_type, self.conf.workqueue.threads)
@@ -124,7 +135,8 @@ class ConductorService:
         self.transport = rpc.get_transport(conf)
         target = oslo_messaging.Target(topic=conf.conductor.topic, server=conf.host)
         self.server = oslo_messaging.get_rpc_server(
-            self.transport, target, [conductor_manager.ConductorEndpoint(self.store)],
+            self.transport, target,
+            [conductor_manager.ConductorEndpoint(self.store, conf.conductor.debug_report_delay)],
             executor='threading')
         self._stop = threading.Event()
 

@@ -3,14 +3,20 @@ import oslo_messaging
 
 
 class ConductorAPI:
-    VERSION = '1.0'
+    VERSION = '1.1'
 
     def __init__(self, transport, topic: str = 'conductor', timeout: float | None = None):
         target = oslo_messaging.Target(topic=topic, version=self.VERSION)
         self._client = oslo_messaging.get_rpc_client(transport, target, timeout=timeout)
 
-    def report_instance_states(self, host: str, states: list[dict]) -> int:
-        return self._client.call({}, 'report_instance_states', host=host, states=states)
+    def report(self, host: str, states: list[dict], resources: dict | None) -> int:
+        return self._client.call({}, 'report', host=host, states=states, resources=resources)
+
+    def get_node(self, host: str) -> dict | None:
+        return self._client.call({}, 'get_node', host=host)
+
+    def list_reports(self, host: str) -> list[dict]:
+        return self._client.call({}, 'list_reports', host=host)
 
     def get_instance(self, uuid: str) -> dict | None:
         return self._client.call({}, 'get_instance', uuid=uuid)

@@ -1,7 +1,8 @@
-"""The conductor's store: the latest reported state of every instance, in SQLite.
+"""The conductor's store: the latest state of every instance and the latest usage of every
+node, in SQLite.
 
-A report row is applied only if its ``seq`` is newer than the stored one, so reports that
-arrive late or twice never roll an instance back.
+An instance row is applied only if its ``seq`` is newer than the stored one, and a node's usage
+only if its ``generation`` is higher, so reports that arrive late or twice never roll back.
 """
 import json
 import sqlite3
@@ -22,7 +23,15 @@ CREATE TABLE IF NOT EXISTS reports (
     id INTEGER PRIMARY KEY AUTOINCREMENT, host TEXT NOT NULL, received_at REAL NOT NULL,
     states INTEGER NOT NULL, applied INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS nodes (
+    host TEXT PRIMARY KEY, generation INTEGER NOT NULL, capacity TEXT NOT NULL,
+    usage TEXT NOT NULL, inventory TEXT, instances INTEGER NOT NULL, reported_at REAL,
+    received_at REAL NOT NULL
+);
 """
+
+# Columns added after the first release: (table, column, declaration).
+_ADDED_COLUMNS = (('reports', 'generation', 'INTEGER'), ('reports', 'node_applied', 'INTEGER'))
 
 
 class InstanceStore:
@@ -33,12 +42,18 @@ class InstanceStore:
         self._db.execute('PRAGMA journal_mode=WAL')
         self._db.execute('PRAGMA synchronous=NORMAL')
         self._db.executescript(_SCHEMA)
+        for table, column, decl in _ADDED_COLUMNS:
+            have = {row[1] for row in self._db.execute('PRAGMA table_info(%s)' % table)}
+            if column not in have:
+                self._db.execute('ALTER TABLE %s ADD COLUMN %s %s' % (table, column, decl))
         self._cond = threading.Condition()
 
-    def apply_report(self, host: str, states: list[dict]) -> int:
-        """Store the newer of each state; one transaction per report. Returns rows applied."""
+    def apply_report(self, host: str, states: list[dict], resources: dict | None = None) -> int:
+        """Store the newer of each state, and the node's usage if its generation is higher;
+        one transaction per report. Returns the instance rows applied."""
         now = time.time()
         applied = 0
+        node_applied = None
         with self._cond:
             cur = self._db.cursor()
             cur.execute('BEGIN')
@@ -53,8 +68,24 @@ class InstanceStore:
                        ', '.join('%s=excluded.%s' % (f, f) for f in FIELDS[1:] + ('received_at',))),
                     row)
                 applied += cur.rowcount
-            cur.execute('INSERT INTO reports (host, received_at, states, applied) '
-                        'VALUES (?, ?, ?, ?)', (host, now, len(states), applied))
+            if resources is not None:
+                cur.execute(
+                    'INSERT INTO nodes (host, generation, capacity, usage, inventory, instances, '
+                    'reported_at, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) '
+                    'ON CONFLICT(host) DO UPDATE SET generation=excluded.generation, '
+                    'capacity=excluded.capacity, usage=excluded.usage, '
+                    'inventory=excluded.inventory, instances=excluded.instances, '
+                    'reported_at=excluded.reported_at, received_at=excluded.received_at '
+                    'WHERE excluded.generation > nodes.generation',
+                    (host, int(resources['generation']), json.dumps(resources['capacity']),
+                     json.dumps(resources['usage']), json.dumps(resources.get('inventory')),
+                     int(resources['instances']), resources.get('at'), now))
+                node_applied = cur.rowcount
+            cur.execute('INSERT INTO reports (host, received_at, states, applied, generation, '
+                        'node_applied) VALUES (?, ?, ?, ?, ?, ?)',
+                        (host, now, len(states), applied,
+                         None if resources is None else int(resources['generation']),
+                         node_applied))
             cur.execute('COMMIT')
             self._cond.notify_all()
         return applied
@@ -77,6 +108,26 @@ class InstanceStore:
         with self._cond:
             q = 'SELECT COUNT(*) FROM reports' + (' WHERE host = ?' if host else '')
             return self._db.execute(q, (host,) if host else ()).fetchone()[0]
+
+    def get_node(self, host: str) -> dict | None:
+        with self._cond:
+            row = self._db.execute(
+                'SELECT host, generation, capacity, usage, inventory, instances, reported_at, '
+                'received_at FROM nodes WHERE host = ?', (host,)).fetchone()
+        if row is None:
+            return None
+        return {'host': row[0], 'generation': row[1], 'capacity': json.loads(row[2]),
+                'usage': json.loads(row[3]), 'inventory': json.loads(row[4] or 'null'),
+                'instances': row[5], 'reported_at': row[6], 'received_at': row[7]}
+
+    def list_reports(self, host: str) -> list[dict]:
+        """Every report received from ``host``, oldest first."""
+        with self._cond:
+            rows = self._db.execute(
+                'SELECT received_at, states, applied, generation, node_applied FROM reports '
+                'WHERE host = ? ORDER BY id', (host,)).fetchall()
+        return [dict(zip(('received_at', 'states', 'applied', 'generation', 'node_applied'), r))
+                for r in rows]
 
     def wait_for(self, uuids: list[str], states: list[str], timeout: float) -> dict:
         """Block until every uuid is in one of ``states`` (or absent when 'deleted' is among

@@ -4,10 +4,11 @@ from oslo_config import cfg
 from agent.conf import conductor
 from agent.conf import default
 from agent.conf import libvirt
+from agent.conf import resources
 from agent.conf import storage
 from agent.conf import workqueue
 
 CONF = cfg.CONF
 
-for _mod in (default, libvirt, workqueue, conductor, storage):
+for _mod in (default, libvirt, workqueue, conductor, storage, resources):
     _mod.register_opts(CONF)

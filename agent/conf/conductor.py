@@ -13,6 +13,9 @@ opts = [
                       'at most one report is in flight and later changes supersede earlier ones.'),
     cfg.FloatOpt('report_timeout', default=10.0, min=0.1,
                  help='(agent) RPC timeout of one state report.'),
+    cfg.FloatOpt('debug_report_delay', default=0.0, min=0.0, max=60.0,
+                 help='(conductor) Testing aid: seconds the conductor sleeps before storing each '
+                      'report, to show the agent is not slowed by a slow conductor. Keep 0.'),
     cfg.FloatOpt('report_retry_max', default=10.0, min=0.1,
                  help='(agent) Longest back-off between retries while the conductor is unreachable.'),
 ]

@@ -2,12 +2,13 @@
 from agent.conf import conductor
 from agent.conf import default
 from agent.conf import libvirt
+from agent.conf import resources
 from agent.conf import storage
 from agent.conf import workqueue
 
 
 def list_opts():
     result = []
-    for mod in (default, libvirt, workqueue, conductor, storage):
+    for mod in (default, libvirt, workqueue, conductor, storage, resources):
         result.extend(mod.list_opts().items())
     return result

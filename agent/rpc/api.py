@@ -7,7 +7,7 @@ TOPIC = 'compute'
 class ComputeAPI:
     """Talks to the agent of node ``host``. Errors arrive as ``agent.exception`` classes."""
 
-    VERSION = '1.1'
+    VERSION = '1.2'
 
     def __init__(self, transport, timeout: float | None = None):
         target = oslo_messaging.Target(topic=TOPIC, version=self.VERSION)
@@ -34,6 +34,12 @@ class ComputeAPI:
 
     def get_storage(self, host: str, uuids: list | None = None) -> dict:
         return self._cctxt(host).call({}, 'get_storage', uuids=uuids)
+
+    def get_resources(self, host: str) -> dict:
+        return self._cctxt(host).call({}, 'get_resources')
+
+    def audit_resources(self, host: str) -> list:
+        return self._cctxt(host).call({}, 'audit_resources')
 
     def get_stats(self, host: str) -> dict:
         return self._cctxt(host).call({}, 'get_stats')

@@ -3,6 +3,7 @@
 Version history:
   1.0 - boot_instance, delete_instance, get_job, get_instance, list_instances, get_stats, ping
   1.1 - get_storage; boot_instance spec field disk_gb
+  1.2 - get_resources, audit_resources
 
 Methods validate, hand work to the manager and answer at once: none waits for libvirt.
 """
@@ -14,7 +15,7 @@ _EXPECTED = oslo_messaging.expected_exceptions(exception.AgentError)
 
 
 class ComputeEndpoint:
-    target = oslo_messaging.Target(version='1.1')
+    target = oslo_messaging.Target(version='1.2')
 
     def __init__(self, manager, stats_fn):
         self._manager = manager
@@ -42,6 +43,14 @@ class ComputeEndpoint:
     @_EXPECTED
     def get_storage(self, ctxt, uuids=None):
         return self._manager.storage_report(uuids)
+
+    def get_resources(self, ctxt):
+        return self._manager.resource_report()
+
+    @_EXPECTED
+    def audit_resources(self, ctxt):
+        """Run a resource audit now; returns the uuids whose usage it corrected."""
+        return self._manager.audit()
 
     def get_stats(self, ctxt):
         return self._stats()

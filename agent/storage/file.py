@@ -45,6 +45,18 @@ class FileBackend(backend.StorageBackend):
                 out[uuid] = backend.DiskInfo(uuid=uuid, name=path, size=images.virtual_size(path))
         return out
 
+    def inventory(self, fresh: bool = False) -> backend.Inventory:
+        """Instance disks may take the free space plus what the agent's own disk files already
+        take (their allocated blocks: qcow2 files are thin)."""
+        disks = self.disks()
+        own = 0
+        for info in disks.values():
+            try:
+                own += os.stat(info.name).st_blocks * 512
+            except FileNotFoundError:
+                pass
+        return backend.Inventory(disks=disks, instance_bytes=self.capacity()['free'] + own)
+
     def create_root_disk(self, uuid: str, size: int, image: str | None) -> backend.Disk:
         path = self._disk_path(uuid)
         argv = ['qemu-img', 'create', '-q', '-f', 'qcow2']
@@ -59,8 +71,6 @@ class FileBackend(backend.StorageBackend):
         except OSError as exc:
             self.delete_disks(uuid)
             raise exception.StorageError(reason='%s: %s' % (path, exc)) from None
-        finally:
-            self.release(uuid)
         LOG.info('[instance: %s] created %s (%d bytes)', uuid, path, size)
         return backend.Disk(path=path, format='qcow2', kind='file')
 

@@ -65,16 +65,13 @@ class LvmBackend(backend.StorageBackend):
         vg = self.report().vg
         return {'total': vg.size, 'free': vg.free}
 
-    def _free_space(self) -> tuple[int, object]:
-        report, generation = self._sweep.get_versioned()
-        return report.vg.free, generation
-
-    def _listing_version(self) -> object:
-        return self._sweep.generation
-
     def disks(self) -> dict[str, backend.DiskInfo]:
+        return self._disks(self.report())
+
+    @staticmethod
+    def _disks(report: Report) -> dict[str, backend.DiskInfo]:
         out = {}
-        for lv in self.report().lvs:
+        for lv in report.lvs:
             if backend.OWNER_TAG not in lv.tags:
                 continue
             for tag in lv.tags:
@@ -82,6 +79,16 @@ class LvmBackend(backend.StorageBackend):
                     uuid = tag[len(backend.INSTANCE_TAG_PREFIX):]
                     out[uuid] = backend.DiskInfo(uuid=uuid, name=lv.name, size=lv.size)
         return out
+
+    def inventory(self, fresh: bool = False) -> backend.Inventory:
+        """Instance disks may take the VG's size less the LVs that are not the agent's: a
+        figure the agent's own creates and removes never move, so no race with them."""
+        if fresh:
+            self._sweep.invalidate()
+        report = self.report()
+        foreign = sum(lv.size for lv in report.lvs if backend.OWNER_TAG not in lv.tags)
+        return backend.Inventory(disks=self._disks(report),
+                                 instance_bytes=max(0, report.vg.size - foreign))
 
     # -- create / delete -------------------------------------------------------------------------
     def create_root_disk(self, uuid: str, size: int, image: str | None) -> backend.Disk:
@@ -93,7 +100,6 @@ class LvmBackend(backend.StorageBackend):
                             instance=uuid, message=lvm_report.lvm_message)
         finally:
             self._sweep.invalidate()
-            self.release(uuid)
         disk = backend.Disk(path='/dev/%s/%s' % (self.vg, name), format='raw', kind='block')
         if image:
             try:

@@ -48,6 +48,7 @@ class InstanceInfo:
     name: str
     power_state: str
     ours: bool          # created by this agent (recognised by its metadata)
+    sizes: dict | None = None   # vcpus/memory_mb/disk_gb from the metadata, when it was read
 
 
 class ComputeDriver(abc.ABC):

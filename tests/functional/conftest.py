@@ -51,7 +51,8 @@ def _check_node():
 class Node:
     """The running agent + conductor, their RPC clients, and direct libvirt access."""
 
-    def __init__(self, workdir, vg: 'lvm_harness.LoopVolumeGroup | None' = None):
+    def __init__(self, workdir, vg: 'lvm_harness.LoopVolumeGroup | None' = None,
+                 extra_config: str = ''):
         self.workdir = workdir
         self.vg = vg
         self.host = 'ftest-%s' % uuidlib.uuid4().hex[:8]
@@ -77,6 +78,7 @@ class Node:
                     '[conductor]\ntopic = %s\ndatabase = %s\n%s'
                     % (self.host, self.image_dir, self.instances, VIRT_TYPE, URI, self.topic,
                        os.path.join(workdir, 'conductor.sqlite'), storage))
+            f.write(extra_config)
         self.procs = {}
         self.created: set[str] = set()
         agent_conf.CONF(['--config-file', self.config], project='compute-agent-ftest',
@@ -222,6 +224,8 @@ def lvm_node(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp('lvmnode'))
     vg = lvm_harness.LoopVolumeGroup(workdir)
     try:
-        yield from _run_node(Node(workdir, vg))
+        # No periodic audit here: tests of this node count lvs launches exactly. The
+        # periodic audit has its own node in test_resources.py.
+        yield from _run_node(Node(workdir, vg, extra_config='[resources]\naudit_interval = 0\n'))
     finally:
         vg.destroy()

@@ -52,9 +52,10 @@ def test_image_is_written_into_the_lv(lvm_node):
 def test_a_boot_that_does_not_fit_the_vg_is_refused_with_nothing_left(lvm_node):
     before = lvm_node.vg.launches('lvcreate')
     spec = lvm_node.spec(disk_gb=100)        # the VG has 32 GiB
-    with pytest.raises(exception.InsufficientStorage) as err:
+    with pytest.raises(exception.InsufficientResources) as err:
         lvm_node.boot(spec)
-    assert 'does not fit: volume group %s' % lvm_node.vg.name in err.value.args[0]
+    assert err.value.args[0] == ('disk_gb: 100 requested, more than this node offers instances '
+                                 'in all (31)'), err.value.args[0]
     assert lvm_node.vg.launches('lvcreate') == before
     assert _lv(spec['uuid']) not in lvm_node.vg.lvs()
     assert lvm_node.domains() == set()

@@ -13,9 +13,11 @@ from oslo_config import cfg
 from agent.conf import conductor as conf_conductor
 from agent.conf import default as conf_default
 from agent.conf import libvirt as conf_libvirt
+from agent.conf import resources as conf_resources
 from agent.conf import workqueue as conf_workqueue
 from agent import manager as managermod
 from agent import reporter as reportermod
+from agent import resources
 from agent import spec as specmod
 from agent import workqueue
 from agent.conf import storage as conf_storage
@@ -62,7 +64,8 @@ def image_dir(tmp_path):
 @pytest.fixture
 def conf(tmp_path, image_dir):
     c = cfg.ConfigOpts()
-    for mod in (conf_default, conf_libvirt, conf_workqueue, conf_conductor, conf_storage):
+    for mod in (conf_default, conf_libvirt, conf_workqueue, conf_conductor, conf_storage,
+                conf_resources):
         mod.register_opts(c)
     c([], project='compute-agent-test', default_config_files=[])
     c.set_override('host', 'node1')
@@ -75,15 +78,22 @@ def conf(tmp_path, image_dir):
 
 
 class Reports:
-    """The conductor side of the reporter: keeps every batch it was sent."""
+    """The conductor side of the reporter: keeps every batch and resource report it was sent."""
 
     def __init__(self):
         self.batches: list[list[dict]] = []
+        self.usage: list[dict] = []
         self.lock = threading.Lock()
+        self.delay = 0.0
 
-    def send(self, states):
+    def send(self, states, resources=None):
+        if self.delay:
+            time.sleep(self.delay)
         with self.lock:
-            self.batches.append(list(states))
+            if states:
+                self.batches.append(list(states))
+            if resources is not None:
+                self.usage.append(resources)
 
     def latest(self, uuid):
         with self.lock:
@@ -94,7 +104,7 @@ class Reports:
 class Agent:
     """An agent (manager, libvirt driver, storage) over the fake libvirt and fake LVM."""
 
-    def __init__(self, conf, hv, lvm=None, backend='lvm', vg=None):
+    def __init__(self, conf, hv, lvm=None, backend='lvm', vg=None, allocation=None):
         self.hv = hv
         self.lvm = lvm or fakelvm.FakeLvm()
         self.runtime = workqueue.native_runtime(4)
@@ -112,6 +122,7 @@ class Agent:
         limits = specmod.Limits(image_dir=conf.image_dir, bridge_exists=lambda n: n == 'br0')
         self.manager = managermod.ComputeManager(self.driver, self.storage, self.runtime,
                                                  self.reporter, limits, 'node1',
+                                                 allocation=allocation or resources.Allocation(),
                                                  reconnect_interval=0.05)
         self.manager.init_host()
 

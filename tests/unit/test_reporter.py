@@ -1,4 +1,4 @@
-"""Batched state reports: few sends, latest state wins, nothing lost on failure."""
+"""Batched reports: few sends, latest state and usage win, nothing lost on failure."""
 import threading
 
 from agent import reporter as reportermod
@@ -7,18 +7,22 @@ from agent import reporter as reportermod
 class SlowConductor:
     def __init__(self, fail_times=0):
         self.batches = []
+        self.usage = []
         self.fail_times = fail_times
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
 
-    def send(self, states):
+    def send(self, states, resources):
         self.entered.set()
         self.gate.wait(5)
         if self.fail_times:
             self.fail_times -= 1
             raise ConnectionError('conductor away')
-        self.batches.append(states)
+        if states:
+            self.batches.append(states)
+        if resources is not None:
+            self.usage.append(resources)
 
 
 def start(conductor, **kw):
@@ -69,3 +73,53 @@ def test_failed_sends_keep_their_states_until_the_conductor_returns():
     assert r.flush(5)
     assert r.send_failures == 3
     assert sorted(s['uuid'] for b in c.batches for s in b) == ['a', 'b']
+
+
+def usage(generation, vcpus, instances=1):
+    return {'generation': generation, 'capacity': {'vcpus': 8}, 'usage': {'vcpus': vcpus},
+            'instances': instances}
+
+
+def test_usage_reports_supersede_and_travel_with_states():
+    c = SlowConductor()
+    c.gate.clear()
+    r = start(c, window=0.0)
+    r.update_resources(usage(10, 1))
+    assert c.entered.wait(5)           # generation 10 in flight
+    for gen in range(11, 31):
+        r.update_resources(usage(gen, gen - 9))
+        r.update(state('u%d' % gen, gen))
+    r.update_resources(usage(12, 99))  # older than what is queued: ignored
+    c.gate.set()
+    assert r.flush(5)
+    assert [u['generation'] for u in c.usage] == [10, 30]
+    assert r.resource_reports_superseded == 19
+    assert len(c.batches) == 1 and len(c.batches[0]) == 20   # the states came in the same send
+    r.stop()
+
+
+def test_a_usage_report_equal_to_the_last_sent_is_not_sent():
+    c = SlowConductor()
+    c.gate.clear()
+    r = start(c, window=0.0)
+    r.update_resources(usage(1, 1))
+    assert c.entered.wait(5)
+    r.update_resources(usage(2, 2))    # claimed ...
+    r.update_resources(usage(3, 1))    # ... and released before it was sent
+    c.gate.set()
+    assert r.flush(5)
+    assert [u['generation'] for u in c.usage] == [1]
+    assert r.resource_reports_unchanged == 1 and r.reports_sent == 1
+    r.update_resources(usage(4, 5))
+    assert r.flush(5)
+    assert [u['generation'] for u in c.usage] == [1, 4]
+    r.stop()
+
+
+def test_a_usage_report_that_failed_is_retried_unless_a_newer_one_came():
+    c = SlowConductor(fail_times=2)
+    r = start(c, window=0.0, retry_max=0.05, sleep=lambda s: None)
+    r.update_resources(usage(1, 1))
+    assert r.flush(5)
+    assert [u['generation'] for u in c.usage] == [1] and r.send_failures == 2
+    r.stop()

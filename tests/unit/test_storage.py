@@ -8,7 +8,7 @@ import pytest
 
 from agent import exception
 from tests.unit import fakelvm
-from tests.unit.conftest import Agent, boot_spec, wait_until
+from tests.unit.conftest import Agent, boot_spec
 
 U1 = '11111111-2222-3333-4444-555555555555'
 GiB = 1024 ** 3
@@ -40,53 +40,40 @@ def test_delete_removes_the_lv(agent):
 
 
 def test_a_disk_that_does_not_fit_is_refused_at_once_and_nothing_is_made(agent, hv):
-    with pytest.raises(exception.InsufficientStorage, match='does not fit: volume group vg0'):
+    with pytest.raises(exception.InsufficientResources,
+                       match=r'disk_gb: 11 requested, more than this node offers instances in '
+                             r'all \(10\)'):
         agent.manager.boot_instance(boot_spec(disk_gb=11))
     assert agent.lvm.lvs == {} and hv.domains == {}
     assert agent.manager.list_instances() == [] and agent.manager.jobs.by_state() == {}
     assert 'lvcreate' not in agent.lvm.launches
 
 
-def test_reservations_of_boots_in_progress_count_against_free_space(agent):
+def test_disks_of_boots_in_progress_count_against_the_vg(agent):
     gate = agent.lvm.gates['lvcreate'] = threading.Event()
+    launches = len(agent.lvm.launches)
     first = agent.manager.boot_instance(boot_spec(disk_gb=6))
-    with pytest.raises(exception.InsufficientStorage, match='6.0 GiB held'):
+    with pytest.raises(exception.InsufficientResources, match='disk_gb: 6 requested, 4 of 10 free'):
         agent.manager.boot_instance(boot_spec(str(uuidlib.uuid4()), disk_gb=6))
     gate.set()
     assert agent.wait_job(first['job_id'])['state'] == 'done'
-    assert agent.storage.reserved() == 0
+    assert agent.manager.tracker.snapshot()['usage']['disk_gb'] == 6
+    # The claim and the refusal ran no LVM command: only the first boot's lvcreate did.
+    assert agent.lvm.launches[launches:] == ['lvcreate']
 
 
-def test_a_stale_capacity_reading_cannot_overcommit_the_vg(conf, hv):
-    """B reads free space before A's LV exists, and checks the reservations after A released
-    its own: B must re-read, not count A's space twice as free."""
-    a = Agent(conf, hv)
-    a.storage._sweep._max_age = 0        # every capacity question runs the listing
-    try:
-        create_gate = a.lvm.gates['lvcreate'] = threading.Event()
-        first = a.manager.boot_instance(boot_spec(disk_gb=6))       # reserves 6 of 10 GiB
-        stale = a.lvm.late_gates['vgs'] = threading.Event()
-        outcome = []
-        vgs_before = a.lvm.launches.count('vgs')
-
-        def second():
-            try:
-                a.manager.boot_instance(boot_spec(str(uuidlib.uuid4()), disk_gb=6))
-                outcome.append('accepted')
-            except exception.InsufficientStorage:
-                outcome.append('refused')
-        t = threading.Thread(target=second)
-        t.start()
-        wait_until(lambda: a.lvm.launches.count('vgs') == vgs_before + 1, what="B's vgs answered")
-        create_gate.set()                                  # A's LV lands, A releases
-        assert a.wait_job(first['job_id'])['state'] == 'done'
-        del a.lvm.late_gates['vgs']
-        stale.set()                                        # B gets its stale 10 GiB free
-        t.join(10)
-        assert outcome == ['refused']
-        assert sum(lv['size'] for lv in a.lvm.lvs.values()) <= a.lvm.size
-    finally:
-        a.stop()
+def test_lvs_that_are_not_ours_shrink_the_disk_capacity_at_the_next_audit(agent):
+    agent.lvm.lvs['someone-elses'] = {'size': 4 * GiB, 'tags': {'backup'}}
+    assert agent.manager.tracker.snapshot()['capacity']['disk_gb'] == 10
+    assert agent.manager.audit() == []          # no instance usage changed ...
+    assert agent.manager.tracker.snapshot()['capacity']['disk_gb'] == 6   # ... capacity did
+    with pytest.raises(exception.InsufficientResources, match='disk_gb: 7 requested, more than'):
+        agent.manager.boot_instance(boot_spec(disk_gb=7))
+    # Our own LVs never count as someone else's: a boot does not shrink the capacity.
+    assert boot(agent, disk_gb=6)['state'] == 'done'
+    agent.manager.audit()
+    snap = agent.manager.tracker.snapshot()
+    assert snap['capacity']['disk_gb'] == 6 and snap['usage']['disk_gb'] == 6
 
 
 def test_lvm_failure_fails_the_job_with_lvms_message_and_leaves_no_lv(agent, hv):
@@ -97,7 +84,7 @@ def test_lvm_failure_fails_the_job_with_lvms_message_and_leaves_no_lv(agent, hv)
     assert job['reason'] == ('storage: lvcreate failed (exit 5): Volume group "vg0" has '
                              'insufficient free space (10 extents): 256 required.')
     assert agent.lvm.lvs == {} and hv.domains == {}
-    assert agent.storage.reserved() == 0
+    assert agent.manager.tracker.snapshot()['usage'] == {'vcpus': 0, 'memory_mb': 0, 'disk_gb': 0}
 
 
 def test_image_write_failure_removes_the_lv(agent, hv):

@@ -131,7 +131,9 @@ class LibvirtDriver(driver.ComputeDriver):
             console_log=os.path.join(self.instance_dir(spec.uuid), 'console.log'),
             kernel=spec.kernel, initrd=spec.initrd, cmdline=spec.cmdline, disks=disks, nics=nics,
             cpu_mode=self._conf.libvirt.cpu_mode, tcg_tb_cache_mb=self._conf.libvirt.tcg_tb_cache_mb,
-            metadata=(('host', self._conf.host), ('created', '%.3f' % time.time())))
+            metadata=(('host', self._conf.host), ('created', '%.3f' % time.time()),
+                      ('vcpus', str(spec.vcpus)), ('memory_mb', str(spec.memory_mb)),
+                      ('disk_gb', str(spec.disk_gb))))
 
     def instance_dir(self, uuid: str) -> str:
         return os.path.join(self._instances_path, uuid)
@@ -200,7 +202,8 @@ class LibvirtDriver(driver.ComputeDriver):
         out = []
         for dom, values in stats:
             uuid = dom.UUIDString()
-            name = ''                  # known instances: the manager holds the display name
+            name = ''                  # known instances: the manager holds name and sizes
+            sizes = None
             ours = uuid in self._ours
             if not ours and dom.name().startswith(vconfig.DOMAIN_PREFIX):
                 meta = vconfig.parse_metadata(
@@ -209,10 +212,12 @@ class LibvirtDriver(driver.ComputeDriver):
                 if ours:
                     self._ours.add(uuid)
                     name = meta.get('name', '')
+                    sizes = {k: int(meta[k]) for k in ('vcpus', 'memory_mb', 'disk_gb')
+                             if meta.get(k, '').isdigit()}
             if ours:
                 self._domains[uuid] = dom      # this connection's object (after a reconnect)
             out.append(driver.InstanceInfo(
-                uuid=uuid, name=name, ours=ours,
+                uuid=uuid, name=name, ours=ours, sizes=sizes,
                 power_state=_power_state_from_state(self._lv, values.get('state.state', 0))))
         return out
 
