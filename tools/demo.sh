@@ -87,8 +87,22 @@ print("libvirt calls on the boot hot path: defineXML=%d create=%d for %d boots"
       % (calls.get("defineXML", 0), calls.get("create", 0), boots))
 print("conductor reports: %d carrying %d state changes" % (s["reporter"]["reports_sent"], s["reporter"]["states_sent"]))
 print("storage commands: %s" % (s["commands"] or "none"))
+r = s["manager"]["resources"]
+print("resource claims %d, refusals %d, usage reports queued %d, no-op updates skipped %d; "
+      "claim lock wait max %.1f us, hold p50 %.1f us" % (r["claims"], r["refusals"], r["reports_queued"],
+      r["reports_skipped_noop"], r["lock"]["wait_max_us"], r["lock"]["hold_p50_us"]))
 print("work queue wait p50/p99: %.3f / %.3f ms; agent max RSS %.0f MiB"
       % (s["workqueue"]["all"]["wait_p50_ms"], s["workqueue"]["all"]["wait_p99_ms"], s["process"]["max_rss_kb"] / 1024))'
+echo
+echo "== node usage: agent vs conductor =="
+ctl resources | "$venv/bin/python" -c '
+import json, sys
+v = json.load(sys.stdin)
+a, c = v["agent"], v["conductor"] or {}
+print("capacity %s" % a["capacity"])
+print("agent     usage %s  generation %s" % (a["usage"], a["generation"]))
+print("conductor usage %s  generation %s" % (c.get("usage"), c.get("generation")))
+print("in agreement: %s" % v["in_agreement"])'
 if [ "${KEEP:-0}" = 1 ]; then
     echo "KEEP=1: VMs and services left running (config $run/compute-agent.conf)"
 else

@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument('--timeout', type=float, default=300.0)
     sub.add_parser('stats', help="the agent's counters")
     sub.add_parser('storage', help="the agent's storage capacity and disks (one shared listing)")
+    r = sub.add_parser('resources', help="capacity and usage: the agent's and the conductor's view")
+    r.add_argument('--audit', action='store_true',
+                   help='run a resource audit on the agent first (prints what it corrected)')
     return p
 
 
@@ -165,6 +168,19 @@ def cmd_show(args, compute, conductor) -> int:
         view['agent'] = compute.get_instance(args.host, args.uuid)
     except exception.InstanceNotFound as exc:
         view['agent'] = _message(exc)
+    _print_json(view)
+    return 0
+
+
+def cmd_resources(args, compute, conductor) -> int:
+    view = {}
+    if args.audit:
+        view['audit_corrected'] = compute.audit_resources(args.host)
+    agent = compute.get_resources(args.host)
+    node = conductor.get_node(args.host)
+    view.update(agent=agent, conductor=node,
+                in_agreement=bool(node) and all(node[k] == agent.get(k) for k in
+                                                ('generation', 'capacity', 'usage')))
     _print_json(view)
     return 0
 
