@@ -68,3 +68,7 @@ class InsufficientResources(InvalidSpec):
 
 class ClaimExists(InvalidSpec):
     msg_fmt = 'Instance %(uuid)s already holds a resource claim'
+
+
+class JournalUnavailable(AgentError):
+    msg_fmt = 'The request was not recorded, so not accepted: %(reason)s'

@@ -1,6 +1,9 @@
 """Jobs: every boot and delete is one, with an id, a state and, when failed, the reason.
 
-Kept in memory; finished jobs are pruned after ``retention`` seconds.
+States: queued -> running -> done | failed (with the reason). The table is the in-memory
+mirror of the durable journal (``agent.journal``): every change is put there, the table is
+loaded from it at start-up, and finished jobs are pruned from both after ``retention``
+seconds.
 """
 import collections
 import dataclasses
@@ -27,48 +30,76 @@ class Job:
     created_at: float = dataclasses.field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
+    attempts: int = 1          # runs, counting resumptions after restarts
+    spec: dict | None = None   # a boot's validated spec: what a resumed boot runs again
     calls: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
     def to_dict(self) -> dict:
         return {'job_id': self.id, 'kind': self.kind, 'uuid': self.uuid, 'state': self.state,
                 'reason': self.reason, 'created_at': self.created_at,
                 'started_at': self.started_at, 'finished_at': self.finished_at,
-                'libvirt_calls': sum(self.calls.values()),
+                'attempts': self.attempts, 'libvirt_calls': sum(self.calls.values()),
                 'libvirt_calls_by_op': dict(self.calls)}
+
+    def row(self) -> dict:
+        return {'id': self.id, 'kind': self.kind, 'uuid': self.uuid, 'state': self.state,
+                'reason': self.reason, 'created_at': self.created_at,
+                'started_at': self.started_at, 'finished_at': self.finished_at,
+                'attempts': self.attempts, 'calls': dict(self.calls), 'spec': self.spec}
+
+    @classmethod
+    def from_row(cls, row: dict) -> 'Job':
+        return cls(id=row['id'], kind=row['kind'], uuid=row['uuid'], state=row['state'],
+                   reason=row['reason'], created_at=row['created_at'],
+                   started_at=row['started_at'], finished_at=row['finished_at'],
+                   attempts=row['attempts'] or 1, spec=row['spec'],
+                   calls=collections.Counter(row['calls'] or {}))
 
 
 class JobTable:
-    """Thread-safe registry of jobs."""
+    """Thread-safe registry of jobs, written through to ``journal``."""
 
-    def __init__(self, retention: float = 3600.0):
+    def __init__(self, journal, retention: float = 3600.0):
+        self._journal = journal
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._retention = retention
+        self._pruned_at = time.time()
         self.counts = collections.Counter()   # jobs that reached each state
 
-    def create(self, kind: str, uuid: str) -> Job:
-        job = Job(id=str(uuidlib.uuid4()), kind=kind, uuid=uuid)
+    def restore(self, rows: list[dict]) -> list[Job]:
+        """Load the journal's jobs at start-up; returns them, oldest first."""
+        jobs = [Job.from_row(r) for r in rows]
         with self._lock:
-            self._prune_locked(time.time())
+            for job in jobs:
+                self._jobs[job.id] = job
+        return jobs
+
+    def create(self, kind: str, uuid: str, spec: dict | None = None) -> tuple[Job, int]:
+        """A new queued job; returns it and the journal ticket of its record."""
+        job = Job(id=str(uuidlib.uuid4()), kind=kind, uuid=uuid, spec=spec)
+        with self._lock:
             self._jobs[job.id] = job
             self.counts[QUEUED] += 1
-        return job
-
-    def discard(self, job: Job) -> None:
-        """Forget a job whose request was refused after it was recorded."""
-        with self._lock:
-            self._jobs.pop(job.id, None)
-            self.counts[QUEUED] -= 1
+        self._maybe_prune()
+        return job, self._journal.put(job.row())
 
     def start(self, job: Job) -> None:
         job.state, job.started_at = RUNNING, time.time()
         self.counts[RUNNING] += 1
+        self._journal.put(job.row())
+
+    def requeue(self, job: Job) -> None:
+        """An interrupted job that will run again (after a restart)."""
+        job.state, job.attempts = QUEUED, job.attempts + 1
+        self._journal.put(job.row())
 
     def finish(self, job: Job, reason: str | None = None) -> None:
         job.state = FAILED if reason else DONE
         job.reason = reason
         job.finished_at = time.time()
         self.counts[job.state] += 1
+        self._journal.put(job.row())
 
     def get(self, job_id) -> Job:
         job = self._jobs.get(job_id) if isinstance(job_id, str) else None
@@ -76,11 +107,29 @@ class JobTable:
             raise exception.JobNotFound(job_id=str(job_id)[:64])
         return job
 
+    def all(self) -> list[Job]:
+        return list(self._jobs.values())
+
+    def unfinished(self) -> list[Job]:
+        return [j for j in list(self._jobs.values()) if j.state not in FINISHED]
+
     def by_state(self) -> dict:
         return dict(collections.Counter(j.state for j in list(self._jobs.values())))
 
-    def _prune_locked(self, now: float) -> None:
+    def _maybe_prune(self) -> None:
+        """At most once a minute: drop jobs finished longer than ``retention`` ago."""
+        now = time.time()
+        if now - self._pruned_at < min(60.0, self._retention):
+            return
+        self._pruned_at = now
+        self.prune(now)
+
+    def prune(self, now: float) -> int:
         cutoff = now - self._retention
-        for job_id in [j.id for j in self._jobs.values()
-                       if j.state in FINISHED and j.finished_at < cutoff]:
-            del self._jobs[job_id]
+        with self._lock:
+            old = [j.id for j in self._jobs.values()
+                   if j.state in FINISHED and j.finished_at < cutoff]
+            for job_id in old:
+                del self._jobs[job_id]
+        self._journal.prune(cutoff)
+        return len(old)

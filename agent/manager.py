@@ -7,6 +7,7 @@ Instance vm_states: building -> active | error; active <-> paused | stopped; del
 A boot job ends ``done`` once the domain is started; the instance turns ``active`` when the
 hypervisor's STARTED event arrives.
 """
+import collections
 import dataclasses
 import itertools
 import logging
@@ -14,7 +15,10 @@ import threading
 import time
 
 from agent import exception
+from agent import instancedir
 from agent import jobs as jobsmod
+from agent import journal as journalmod
+from agent import reconcile
 from agent import resources
 from agent import spec as specmod
 from agent.storage import backend as storage_backend
@@ -63,8 +67,10 @@ class ComputeManager:
 
     def __init__(self, driver: vdriver.ComputeDriver, storage: storage_backend.StorageBackend,
                  runtime, reporter, limits: specmod.Limits, host: str,
+                 journal: journalmod.JobJournal, instances_path: str,
                  allocation: resources.Allocation = resources.Allocation(),
-                 job_retention: float = 3600.0, reconnect_interval: float = 1.0):
+                 job_retention: float = 3600.0, max_boot_attempts: int = 2,
+                 reconnect_interval: float = 1.0):
         self.driver = driver
         self.storage = storage
         self.runtime = runtime
@@ -72,7 +78,11 @@ class ComputeManager:
         self.tracker = resources.ResourceTracker(host, allocation, reporter.update_resources)
         self.limits = limits
         self.host = host
-        self.jobs = jobsmod.JobTable(job_retention)
+        self.journal = journal
+        self.jobs = jobsmod.JobTable(journal, job_retention)
+        self.instances_path = instances_path
+        self._max_boot_attempts = max_boot_attempts
+        self.reconciled = collections.Counter()    # start-up actions and removed orphans
         self.instances: dict[str, Instance] = {}
         self.facts: dict = {}
         self._lock = threading.Lock()
@@ -84,18 +94,138 @@ class ComputeManager:
 
     # -- start-up ---------------------------------------------------------------------------
     def init_host(self) -> None:
-        """Connect to the hypervisor and adopt the instances it already holds for us."""
+        """Connect, then reconcile the journal, the hypervisor and the storage (one listing
+        each; see ``agent.reconcile``) and derive the resource usage from what is left."""
         self.facts = self.driver.init_host()
         self.facts['storage'] = {'backend': self.storage.kind, **self.storage.init()}
-        self.tracker.set_inventory(cpus=self.facts['cpus'], memory_mb=self.facts['memory_mb'])
-        self.audit(self._resync())
+        self.jobs.restore(self.journal.load())
+        infos = self.driver.list_instances()
+        inventory = self.storage.inventory(fresh=True)
+        self.tracker.set_inventory(cpus=self.facts['cpus'], memory_mb=self.facts['memory_mb'],
+                                   disk_gb=inventory.instance_bytes // storage_backend.GiB)
+        changed = self._reconcile(infos, inventory)
+        self.audit(self._resync(None if changed else infos))
 
-    def _resync(self) -> list[vdriver.InstanceInfo]:
+    # -- reconciliation ---------------------------------------------------------------------
+    def _reconcile(self, infos: list[vdriver.InstanceInfo], inventory) -> bool:
+        """Carry out the start-up plan; True if it changed what libvirt or storage hold."""
+        domains = {i.uuid: i for i in infos if i.ours}
+        running = {u for u, i in domains.items() if i.power_state == vdriver.RUNNING}
+        plan = reconcile.plan(self.jobs.all(), domains, inventory.disks,
+                              instancedir.owned(self.instances_path), running,
+                              self._max_boot_attempts)
+        changed = False
+        for step in plan.steps:
+            self.reconciled[step.action] += 1
+            changed |= getattr(self, '_reconcile_' + step.action)(step) or False
+        for uuid in plan.orphan_disks:
+            LOG.warning('[instance: %s] removing its disk: no instance or job holds it', uuid)
+            self._try(uuid, 'remove orphan disk', self.storage.delete_disks, uuid)
+            self.reconciled['orphan_disks'] += 1
+            changed = True
+        for uuid in plan.orphan_dirs:
+            LOG.warning('[instance: %s] removing its directory: no instance or job holds it', uuid)
+            instancedir.remove(self.instances_path, uuid)
+            self.reconciled['orphan_dirs'] += 1
+        return changed
+
+    @staticmethod
+    def _try(uuid: str, what: str, fn, *args) -> bool:
+        try:
+            fn(*args)
+            return True
+        except exception.AgentError as exc:
+            LOG.error('[instance: %s] %s failed: %s', uuid, what, exc)
+            return False
+
+    def _instance_from(self, step: reconcile.Step, **state) -> Instance:
+        spec = step.boot.spec if step.boot is not None and step.boot.spec else None
+        if spec is None:     # no journal record: what the domain's metadata says
+            sizes = (step.domain.sizes if step.domain is not None else None) or {}
+            spec = dict(sizes)
+        name = spec.get('name') or (step.domain.name if step.domain is not None else '') \
+            or 'instance-%s' % step.uuid[:8]
+        inst = Instance(uuid=step.uuid, name=name, spec=spec,
+                        boot_job=step.boot.id if step.boot is not None else None, **state)
+        self.instances[step.uuid] = inst
+        return inst
+
+    def _remove_remnants(self, step: reconcile.Step) -> None:
+        """What an interrupted boot made: its (not running) domain, disk and directory."""
+        calls = step.job.calls
+        if step.remove_domain:
+            self._try(step.uuid, 'remove half-made domain', self.driver.destroy, step.uuid, calls)
+        if (step.boot.spec or {}).get('disk_gb'):
+            self._try(step.uuid, 'remove disk of an interrupted boot',
+                      self.storage.delete_disks, step.uuid)
+        instancedir.remove(self.instances_path, step.uuid)
+
+    def _reconcile_finish_boot(self, step: reconcile.Step) -> None:
+        LOG.info('[instance: %s] boot job %s was interrupted after the domain started: done',
+                 step.uuid, step.job.id)
+        inst = self._instance_from(step, vm_state=ACTIVE, power_state=vdriver.RUNNING)
+        self.jobs.finish(step.job)
+        self._report(inst)
+
+    def _reconcile_resume_boot(self, step: reconcile.Step) -> bool:
+        LOG.warning('[instance: %s] boot job %s was interrupted by a restart; running it again '
+                    '(attempt %d)', step.uuid, step.job.id, step.job.attempts + 1)
+        self._remove_remnants(step)
+        spec = specmod.BootSpec.from_dict(step.job.spec)
+        inst = self._instance_from(step, task='spawning')
+        try:
+            self.tracker.claim(spec.uuid, spec.vcpus, spec.memory_mb, spec.disk_gb)
+        except exception.AgentError as exc:
+            self.jobs.finish(step.job, 'interrupted by an agent restart; no longer fits: %s' % exc)
+            self._set(inst, vm_state=ERROR, task=None, fault=step.job.reason)
+            return True
+        self.jobs.requeue(step.job)
+        self._report(inst)
+        self.runtime.spawn(self._run_boot, step.job, inst, spec)
+        return True
+
+    def _reconcile_fail_boot(self, step: reconcile.Step) -> bool:
+        reason = 'interrupted by agent restarts %d times; given up' % step.job.attempts
+        LOG.error('[instance: %s] boot job %s %s', step.uuid, step.job.id, reason)
+        self._remove_remnants(step)
+        inst = self._instance_from(step, vm_state=ERROR, fault=reason)
+        self.jobs.finish(step.job, reason)
+        self._report(inst)
+        return True
+
+    def _reconcile_resume_delete(self, step: reconcile.Step) -> bool:
+        LOG.warning('[instance: %s] delete job %s was interrupted by a restart; running it again',
+                    step.uuid, step.job.id)
+        inst = self._instance_from(step, vm_state=DELETING, task='deleting')
+        self.jobs.requeue(step.job)
+        self.runtime.spawn(self._run_delete, step.job, inst)
+        return True
+
+    def _reconcile_adopt(self, step: reconcile.Step) -> None:
+        if step.boot is None or step.boot.state != jobsmod.DONE:
+            LOG.warning('[instance: %s] the hypervisor holds a domain of ours with no record in '
+                        'the job journal: adopted and reported, not stopped', step.uuid)
+        inst = self._instance_from(step, vm_state=ACTIVE)
+        self._apply_power(inst, step.domain.power_state, 'start-up', time.time())
+        self._report(inst)
+
+    def _reconcile_restore_error(self, step: reconcile.Step) -> None:
+        inst = self._instance_from(step, vm_state=ERROR, fault=step.job.reason)
+        self._report(inst)
+
+    def _reconcile_lost(self, step: reconcile.Step) -> None:
+        inst = self._instance_from(step, vm_state=ERROR,
+                                   fault='the hypervisor no longer holds this instance')
+        self._report(inst)
+
+    def _resync(self, infos: list[vdriver.InstanceInfo] | None = None
+                ) -> list[vdriver.InstanceInfo]:
         """Bring every instance's power state in line with one listing of the hypervisor,
         adopting the instances of ours it holds that the agent does not know. Returns the
         listing (the audit that follows uses it too)."""
         seen = set()
-        infos = self.driver.list_instances()
+        if infos is None:
+            infos = self.driver.list_instances()
         for info in infos:
             if not info.ours:
                 continue
@@ -164,9 +294,17 @@ class ComputeManager:
             # In-memory arithmetic only; a refusal leaves nothing recorded.
             self.tracker.claim(spec.uuid, spec.vcpus, spec.memory_mb, spec.disk_gb)
             inst = Instance(uuid=spec.uuid, name=spec.name, spec=spec.to_dict(), task='spawning')
-            job = self.jobs.create('boot', spec.uuid)
+            job, ticket = self.jobs.create('boot', spec.uuid, spec=spec.to_dict())
             inst.boot_job = job.id
             self.instances[spec.uuid] = inst
+        try:
+            self.journal.wait(ticket)     # answered only once the job is on disk
+        except journalmod.JournalError as exc:
+            with self._lock:
+                self.instances.pop(spec.uuid, None)
+            self.tracker.release(spec.uuid)
+            self.jobs.finish(job, str(exc))
+            raise exception.JournalUnavailable(reason=str(exc)) from None
         self._report(inst)
         LOG.info('[instance: %s] boot accepted as job %s', spec.uuid, job.id)
         self.runtime.spawn(self._run_boot, job, inst, spec)
@@ -176,7 +314,7 @@ class ComputeManager:
         uuid = specmod.validate_uuid(uuid)
         with self._lock:
             inst = self.instances.get(uuid)
-            job = self.jobs.create('delete', uuid)
+            job, ticket = self.jobs.create('delete', uuid)
             if inst is None:
                 self.jobs.start(job)
                 self.jobs.finish(job)   # deleting what is not there: nothing to do
@@ -185,6 +323,11 @@ class ComputeManager:
                 self.jobs.start(job)
                 self.jobs.finish(job, 'superseded: instance already being deleted')
                 return {'job_id': job.id, 'uuid': uuid}
+        try:
+            self.journal.wait(ticket)
+        except journalmod.JournalError as exc:
+            self.jobs.finish(job, str(exc))
+            raise exception.JournalUnavailable(reason=str(exc)) from None
         LOG.info('[instance: %s] delete accepted as job %s', uuid, job.id)
         self.runtime.spawn(self._run_delete, job, inst)
         return {'job_id': job.id, 'uuid': uuid}
@@ -348,5 +491,6 @@ class ComputeManager:
 
     def stats(self) -> dict:
         return {'instances': len(self.instances), 'jobs_by_state': self.jobs.by_state(),
+                'journal': self.journal.stats(), 'reconciled': dict(self.reconciled),
                 'resources': self.tracker.stats(),
                 'jobs_total': dict(self.jobs.counts), 'events_handled': self.events_handled}

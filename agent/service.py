@@ -11,6 +11,7 @@ import time
 
 import oslo_messaging
 
+from agent import journal as journalmod
 from agent import manager as managermod
 from agent import reporter as reportermod
 from agent import resources
@@ -77,9 +78,13 @@ class AgentService:
             self.runtime.workqueue,
             env={'LVM_SYSTEM_DIR': conf.lvm.lvm_system_dir} if conf.lvm.lvm_system_dir else {})
         self.storage = storage_from_conf(conf, self.commands)
+        self.journal = journalmod.JobJournal(conf.jobs.journal, self.runtime.workqueue.execute,
+                                             sleep=self.runtime.sleep)
         self.manager = managermod.ComputeManager(
             self.driver, self.storage, self.runtime, self.reporter, limits_from_conf(conf),
-            conf.host, allocation=allocation_from_conf(conf),
+            conf.host, self.journal, conf.instances_path,
+            allocation=allocation_from_conf(conf), job_retention=conf.jobs.retention,
+            max_boot_attempts=conf.jobs.max_boot_attempts,
             reconnect_interval=conf.libvirt.reconnect_interval)
         target = oslo_messaging.Target(topic='compute', server=conf.host)
         self.server = oslo_messaging.get_rpc_server(
@@ -99,6 +104,7 @@ class AgentService:
                             'cpu_s': round(usage.ru_utime + usage.ru_stime, 3)}}
 
     def start(self) -> None:
+        self.runtime.spawn(self.journal.run)
         self.manager.init_host()
         self.runtime.spawn(self.reporter.run)
         if self.conf.resources.audit_interval > 0:
@@ -120,6 +126,11 @@ class AgentService:
         self.server.wait()
         self.reporter.flush(timeout=5.0)
         self.reporter.stop()
+        try:
+            self.journal.flush(timeout=5.0)
+        except journalmod.JournalError as exc:
+            LOG.error('job journal not flushed: %s', exc)
+        self.journal.stop()
         self.driver.host.close()
         self.commands.shutdown()
         self.transport.cleanup()

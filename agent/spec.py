@@ -47,6 +47,11 @@ class BootSpec:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> 'BootSpec':
+        """The inverse of ``to_dict`` (a spec validated before, e.g. read from the journal)."""
+        return cls(**dict(d, nics=tuple(Nic(**n) for n in d.get('nics') or ())))
+
 
 @dataclasses.dataclass(frozen=True)
 class Limits:

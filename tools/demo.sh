@@ -34,6 +34,8 @@ virt_type = $VIRT_TYPE
 [conductor]
 topic = conductor-demo
 database = $run/conductor.sqlite
+[jobs]
+journal = $run/jobs.sqlite
 [storage]
 backend = $STORAGE
 [lvm]

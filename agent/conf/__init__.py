@@ -3,6 +3,7 @@ from oslo_config import cfg
 
 from agent.conf import conductor
 from agent.conf import default
+from agent.conf import jobs
 from agent.conf import libvirt
 from agent.conf import resources
 from agent.conf import storage
@@ -10,5 +11,5 @@ from agent.conf import workqueue
 
 CONF = cfg.CONF
 
-for _mod in (default, libvirt, workqueue, conductor, storage, resources):
+for _mod in (default, libvirt, workqueue, conductor, storage, resources, jobs):
     _mod.register_opts(CONF)

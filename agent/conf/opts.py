@@ -1,6 +1,7 @@
 """Entry point for oslo-config-generator: every option group of the agent and conductor."""
 from agent.conf import conductor
 from agent.conf import default
+from agent.conf import jobs
 from agent.conf import libvirt
 from agent.conf import resources
 from agent.conf import storage
@@ -9,6 +10,6 @@ from agent.conf import workqueue
 
 def list_opts():
     result = []
-    for mod in (default, libvirt, workqueue, conductor, storage, resources):
+    for mod in (default, libvirt, workqueue, conductor, storage, resources, jobs):
         result.extend(mod.list_opts().items())
     return result

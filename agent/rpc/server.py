@@ -4,56 +4,80 @@ Version history:
   1.0 - boot_instance, delete_instance, get_job, get_instance, list_instances, get_stats, ping
   1.1 - get_storage; boot_instance spec field disk_gb
   1.2 - get_resources, audit_resources
+  1.3 - every method checks its arguments against ``agent.rpc.schema`` (unknown ones refused)
 
 Methods validate, hand work to the manager and answer at once: none waits for libvirt.
 """
 import oslo_messaging
 
 from agent import exception
+from agent.rpc import schema
 
 _EXPECTED = oslo_messaging.expected_exceptions(exception.AgentError)
 
 
 class ComputeEndpoint:
-    target = oslo_messaging.Target(version='1.2')
+    target = oslo_messaging.Target(version='1.3')
 
     def __init__(self, manager, stats_fn):
         self._manager = manager
         self._stats = stats_fn
+        self.invalid_requests = 0
+
+    def _args(self, method: str, args: dict) -> dict:
+        try:
+            return schema.validate(method, args)
+        except exception.InvalidSpec:
+            self.invalid_requests += 1
+            raise
 
     @_EXPECTED
-    def boot_instance(self, ctxt, spec):
-        return self._manager.boot_instance(spec)
+    def boot_instance(self, ctxt, **args):
+        spec = self._args('boot_instance', args)['spec']
+        try:
+            return self._manager.boot_instance(spec)
+        except exception.InvalidSpec:
+            self.invalid_requests += 1
+            raise
 
     @_EXPECTED
-    def delete_instance(self, ctxt, uuid):
-        return self._manager.delete_instance(uuid)
+    def delete_instance(self, ctxt, **args):
+        return self._manager.delete_instance(self._args('delete_instance', args)['uuid'])
 
     @_EXPECTED
-    def get_job(self, ctxt, job_id):
-        return self._manager.get_job(job_id)
+    def get_job(self, ctxt, **args):
+        return self._manager.get_job(self._args('get_job', args)['job_id'])
 
     @_EXPECTED
-    def get_instance(self, ctxt, uuid):
-        return self._manager.get_instance(uuid)
+    def get_instance(self, ctxt, **args):
+        return self._manager.get_instance(self._args('get_instance', args)['uuid'])
 
-    def list_instances(self, ctxt):
+    @_EXPECTED
+    def list_instances(self, ctxt, **args):
+        self._args('list_instances', args)
         return self._manager.list_instances()
 
     @_EXPECTED
-    def get_storage(self, ctxt, uuids=None):
-        return self._manager.storage_report(uuids)
+    def get_storage(self, ctxt, **args):
+        return self._manager.storage_report(self._args('get_storage', args).get('uuids'))
 
-    def get_resources(self, ctxt):
+    @_EXPECTED
+    def get_resources(self, ctxt, **args):
+        self._args('get_resources', args)
         return self._manager.resource_report()
 
     @_EXPECTED
-    def audit_resources(self, ctxt):
+    def audit_resources(self, ctxt, **args):
         """Run a resource audit now; returns the uuids whose usage it corrected."""
+        self._args('audit_resources', args)
         return self._manager.audit()
 
-    def get_stats(self, ctxt):
-        return self._stats()
+    @_EXPECTED
+    def get_stats(self, ctxt, **args):
+        self._args('get_stats', args)
+        return dict(self._stats(), invalid_requests=self.invalid_requests)
 
-    def ping(self, ctxt):
+    @_EXPECTED
+    def ping(self, ctxt, **args):
+        self._args('ping', args)
         return 'pong'

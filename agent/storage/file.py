@@ -8,6 +8,7 @@ import os
 
 from agent import exception
 from agent import images
+from agent import instancedir
 from agent.storage import backend
 
 LOG = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class FileBackend(backend.StorageBackend):
         try:
             if image:
                 argv += ['-b', image, '-F', images.image_format(image)]
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            instancedir.create(self._path, uuid)
             self._run.check(argv + [path, str(size)], instance=uuid)
         except exception.StorageError:
             self.delete_disks(uuid)
@@ -80,7 +81,4 @@ class FileBackend(backend.StorageBackend):
             os.unlink(path)
         except FileNotFoundError:
             pass
-        try:
-            os.rmdir(os.path.dirname(path))    # only if nothing else of the instance is left
-        except OSError:
-            pass
+        instancedir.remove_if_empty(self._path, uuid)   # only if nothing else of it is left

@@ -75,9 +75,10 @@ class Node:
             f.write('[DEFAULT]\nhost = %s\ntransport_url = rabbit://guest:guest@127.0.0.1:5672/\n'
                     'image_dir = %s\ninstances_path = %s\ndebug = true\n'
                     '[libvirt]\nvirt_type = %s\nconnection_uri = %s\n'
-                    '[conductor]\ntopic = %s\ndatabase = %s\n%s'
+                    '[conductor]\ntopic = %s\ndatabase = %s\n[jobs]\njournal = %s\n%s'
                     % (self.host, self.image_dir, self.instances, VIRT_TYPE, URI, self.topic,
-                       os.path.join(workdir, 'conductor.sqlite'), storage))
+                       os.path.join(workdir, 'conductor.sqlite'),
+                       os.path.join(workdir, 'jobs.sqlite'), storage))
             f.write(extra_config)
         self.procs = {}
         self.created: set[str] = set()
@@ -119,6 +120,12 @@ class Node:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+    def kill(self, name: str) -> None:
+        """kill -9: no clean stop, nothing flushed."""
+        proc = self.procs.pop(name)
+        proc.kill()
+        proc.wait()
 
     def log_tail(self, name: str, lines: int = 30) -> str:
         with open(os.path.join(self.workdir, name + '.log'), errors='replace') as f:

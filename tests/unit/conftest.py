@@ -12,9 +12,11 @@ from oslo_config import cfg
 
 from agent.conf import conductor as conf_conductor
 from agent.conf import default as conf_default
+from agent.conf import jobs as conf_jobs
 from agent.conf import libvirt as conf_libvirt
 from agent.conf import resources as conf_resources
 from agent.conf import workqueue as conf_workqueue
+from agent import journal as journalmod
 from agent import manager as managermod
 from agent import reporter as reportermod
 from agent import resources
@@ -65,12 +67,13 @@ def image_dir(tmp_path):
 def conf(tmp_path, image_dir):
     c = cfg.ConfigOpts()
     for mod in (conf_default, conf_libvirt, conf_workqueue, conf_conductor, conf_storage,
-                conf_resources):
+                conf_resources, conf_jobs):
         mod.register_opts(c)
     c([], project='compute-agent-test', default_config_files=[])
     c.set_override('host', 'node1')
     c.set_override('image_dir', str(image_dir))
     c.set_override('instances_path', str(tmp_path / 'instances'))
+    c.set_override('journal', str(tmp_path / 'jobs.sqlite'), group='jobs')
     c.set_override('virt_type', 'qemu', group='libvirt')
     c.set_override('connection_uri', 'fake:///', group='libvirt')
     c.set_override('reconnect_interval', 0.05, group='libvirt')
@@ -120,10 +123,13 @@ class Agent:
         self.runtime.spawn(self.reporter.run)
         self.driver = libvirt_driver.LibvirtDriver(conf, self.runtime, fakelibvirt)
         limits = specmod.Limits(image_dir=conf.image_dir, bridge_exists=lambda n: n == 'br0')
-        self.manager = managermod.ComputeManager(self.driver, self.storage, self.runtime,
-                                                 self.reporter, limits, 'node1',
-                                                 allocation=allocation or resources.Allocation(),
-                                                 reconnect_interval=0.05)
+        self.journal = journalmod.JobJournal(conf.jobs.journal, self.runtime.workqueue.execute)
+        self.runtime.spawn(self.journal.run)
+        self.manager = managermod.ComputeManager(
+            self.driver, self.storage, self.runtime, self.reporter, limits, 'node1',
+            self.journal, conf.instances_path, allocation=allocation or resources.Allocation(),
+            job_retention=conf.jobs.retention, max_boot_attempts=conf.jobs.max_boot_attempts,
+            reconnect_interval=0.05)
         self.manager.init_host()
 
     def wait_job(self, job_id):
@@ -142,7 +148,17 @@ class Agent:
                    what='conductor to see %s %s' % (uuid, vm_state))
 
     def stop(self):
+        """A clean stop: everything reported and journaled first."""
+        self.reporter.flush(10)
         self.reporter.stop()
+        self.journal.flush(10)
+        self.journal.stop()
+        self.runtime.workqueue.shutdown()
+
+    def crash(self):
+        """Stop like kill -9: nothing flushed, background work abandoned where it is."""
+        self.reporter.stop()
+        self.journal.stop()
         self.runtime.workqueue.shutdown()
 
 

@@ -7,12 +7,12 @@ import collections
 import logging
 import os
 import random
-import shutil
 import time
 from typing import Callable
 
 from agent import exception
 from agent import images
+from agent import instancedir
 from agent import spec as specmod
 from agent.virt import driver
 from agent.virt.libvirt import config as vconfig
@@ -136,12 +136,12 @@ class LibvirtDriver(driver.ComputeDriver):
                       ('disk_gb', str(spec.disk_gb))))
 
     def instance_dir(self, uuid: str) -> str:
-        return os.path.join(self._instances_path, uuid)
+        return instancedir.path(self._instances_path, uuid)
 
     def spawn(self, spec: specmod.BootSpec, calls: collections.Counter, disks: tuple = ()) -> None:
         conn = self.host.conn()            # before anything is made: nothing to undo
         xml = self._guest_config(spec, disks).to_xml()
-        os.makedirs(self.instance_dir(spec.uuid), exist_ok=True)
+        instancedir.create(self._instances_path, spec.uuid)
         try:
             dom = self.host.call('defineXML', conn.defineXML, xml, instance=spec.uuid, counter=calls)
         except exception.AgentError:
@@ -190,7 +190,7 @@ class LibvirtDriver(driver.ComputeDriver):
         self._ours.discard(uuid)
 
     def _remove_files(self, uuid: str) -> None:
-        shutil.rmtree(self.instance_dir(uuid), ignore_errors=True)
+        instancedir.remove(self._instances_path, uuid)
 
     # -- listing ----------------------------------------------------------------------------
     def list_instances(self) -> list[driver.InstanceInfo]:

@@ -1,0 +1,178 @@
+"""The durable job journal: one SQLite file (WAL) on the node, written with group commit.
+
+Every job change is handed to ``put`` and lands in a pending set that keeps only the newest
+row per job. One committer loop writes everything pending in one transaction on the global
+work queue (SQLite blocks) and confirms it with one fsync, however many jobs and changes it
+holds. A job row is inserted once and then updated in place; the spec is written with the
+insert only. Callers that must not answer before their record is on disk (a boot or delete
+request) ``wait`` for their ticket.
+
+Plain code: ``execute`` is the work queue's, the Condition is green under the agent.
+"""
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from typing import Callable
+
+LOG = logging.getLogger(__name__)
+
+COLUMNS = ('id', 'kind', 'uuid', 'state', 'reason', 'created_at', 'started_at', 'finished_at',
+           'attempts', 'calls', 'spec')
+_MUTABLE = ('state', 'reason', 'started_at', 'finished_at', 'attempts', 'calls')
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, uuid TEXT NOT NULL, state TEXT NOT NULL,
+    reason TEXT, created_at REAL NOT NULL, started_at REAL, finished_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 1, calls TEXT, spec TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_uuid ON jobs(uuid);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at);
+"""
+
+
+class JournalError(Exception):
+    pass
+
+
+class JobJournal:
+    def __init__(self, path: str, execute: Callable, synchronous: str = 'FULL',
+                 sleep: Callable[[float], None] = time.sleep):
+        os.makedirs(os.path.dirname(os.path.abspath(path)) or '.', exist_ok=True)
+        self.path = path
+        self._execute = execute
+        self._sleep = sleep
+        # Used by one committer at a time (on a work-queue thread) and by load() at start-up.
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute('PRAGMA journal_mode=WAL')
+        self._db.execute('PRAGMA synchronous=%s' % synchronous)
+        self._db.executescript(_SCHEMA)
+        self._cond = threading.Condition()
+        self._pending: dict[str, dict] = {}
+        self._prune_before: float | None = None
+        self._queued = 0          # tickets handed out
+        self._committed = 0       # every ticket up to this one is on disk
+        self._failed: BaseException | None = None
+        self._stopped = False
+        self.commits = 0
+        self.rows_written = 0
+        self.puts = 0
+        self.pruned = 0
+
+    # -- writes ---------------------------------------------------------------------------------
+    def put(self, row: dict) -> int:
+        """Queue the newest version of one job row; returns a ticket for ``wait``."""
+        with self._cond:
+            self.puts += 1
+            old = self._pending.get(row['id'])
+            if old is not None and old.get('spec') is not None and row.get('spec') is None:
+                row = dict(row, spec=old['spec'])     # an unwritten insert keeps its spec
+            self._pending[row['id']] = row
+            self._queued += 1
+            self._cond.notify_all()
+            return self._queued
+
+    def prune(self, before: float) -> None:
+        """Remove finished jobs that finished before ``before`` at the next commit."""
+        with self._cond:
+            self._prune_before = before
+            self._queued += 1
+            self._cond.notify_all()
+
+    def wait(self, ticket: int, timeout: float = 30.0) -> None:
+        """Block until the change behind ``ticket`` is on disk."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._committed < ticket:
+                if self._failed is not None:
+                    raise JournalError('job journal %s: %s' % (self.path, self._failed))
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise JournalError('job journal %s: no commit within %.0f s'
+                                       % (self.path, timeout))
+                self._cond.wait(left)
+
+    def run(self) -> None:
+        """The committer loop; run it in its own (green)thread."""
+        while True:
+            with self._cond:
+                while not self._pending and self._prune_before is None and not self._stopped:
+                    self._cond.wait()
+                if self._stopped:       # flush() first for a clean stop
+                    return
+                batch, self._pending = self._pending, {}
+                prune, self._prune_before = self._prune_before, None
+                upto = self._queued
+            try:
+                self._execute('journal.commit', self._write, list(batch.values()), prune)
+            except Exception as exc:   # disk full, I/O error: waiters get it, writes retry
+                LOG.error('job journal commit failed: %s', exc)
+                with self._cond:
+                    for job_id, row in batch.items():
+                        self._pending.setdefault(job_id, row)
+                    self._failed = exc
+                    self._cond.notify_all()
+                self._sleep(0.5)
+                continue
+            with self._cond:
+                self._failed = None
+                self._committed = max(self._committed, upto)
+                self.commits += 1
+                self.rows_written += len(batch)
+                self._cond.notify_all()
+
+    def _write(self, rows: list[dict], prune: float | None) -> None:
+        cur = self._db.cursor()
+        cur.execute('BEGIN IMMEDIATE')
+        try:
+            for row in rows:
+                values = {c: row.get(c) for c in COLUMNS}
+                values['calls'] = json.dumps(row.get('calls') or {})
+                values['spec'] = json.dumps(row['spec']) if row.get('spec') is not None else None
+                values['attempts'] = row.get('attempts') or 1
+                cur.execute(
+                    'INSERT INTO jobs (%s) VALUES (%s) ON CONFLICT(id) DO UPDATE SET %s'
+                    % (', '.join(COLUMNS), ', '.join(':' + c for c in COLUMNS),
+                       ', '.join('%s=excluded.%s' % (c, c) for c in _MUTABLE)), values)
+            if prune is not None:
+                cur.execute('DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?',
+                            (prune,))
+                self.pruned += cur.rowcount
+            cur.execute('COMMIT')      # WAL + synchronous=FULL: one fsync for the whole batch
+        except BaseException:
+            cur.execute('ROLLBACK')
+            raise
+
+    def flush(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            ticket = self._queued
+        self.wait(ticket, timeout)
+
+    def stop(self) -> None:
+        """Stop the committer; what is still pending is not written."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    # -- reads ----------------------------------------------------------------------------------
+    def load(self) -> list[dict]:
+        """Every job row, oldest first (start-up, before the committer runs)."""
+        cur = self._db.execute('SELECT %s FROM jobs ORDER BY created_at' % ', '.join(COLUMNS))
+        out = []
+        for values in cur.fetchall():
+            row = dict(zip(COLUMNS, values))
+            row['calls'] = json.loads(row['calls'] or '{}')
+            row['spec'] = json.loads(row['spec']) if row['spec'] else None
+            out.append(row)
+        return out
+
+    def close(self) -> None:
+        self._db.close()
+
+    def stats(self) -> dict:
+        return {'path': self.path, 'puts': self.puts, 'commits': self.commits,
+                'rows_written': self.rows_written, 'pruned': self.pruned,
+                'pending': len(self._pending)}

@@ -1,0 +1,181 @@
+"""Faults the agent must survive, with real daemons: kill -9 of the agent in the middle of a
+boot storm, libvirtd killed while instances boot, RabbitMQ stopped and started, the conductor
+away for a while. Each test ends with nothing of its instances left."""
+import concurrent.futures
+import os
+import signal
+import subprocess
+import time
+
+import libvirt
+import pytest
+
+from tests.functional import conftest
+from tests.functional import lvm_harness
+
+
+@pytest.fixture(scope='module')
+def fault_node(tmp_path_factory):
+    conftest._check_node()
+    workdir = str(tmp_path_factory.mktemp('faultnode'))
+    vg = lvm_harness.LoopVolumeGroup(workdir)
+    extra = '[conductor]\nreport_timeout = 2\nreport_retry_max = 1\n'
+    try:
+        yield from conftest._run_node(conftest.Node(workdir, vg, extra_config=extra))
+    finally:
+        vg.destroy()
+
+
+def _lv(uuid):
+    return 'ca-%s-root' % uuid
+
+
+def _our_lvs(node):
+    return {name for name, lv in node.vg.lvs().items() if 'compute-agent' in lv['tags']}
+
+
+def _marked_dirs(node):
+    return {d for d in os.listdir(node.instances)
+            if os.path.exists(os.path.join(node.instances, d, '.compute-agent-instance'))}
+
+
+def _running(node):
+    conn = libvirt.open(conftest.URI)
+    try:
+        return {d.UUIDString() for d in conn.listAllDomains() if d.isActive()
+                and d.UUIDString() in node.created}
+    finally:
+        conn.close()
+
+
+def _boot_all(node, specs):
+    with concurrent.futures.ThreadPoolExecutor(len(specs)) as pool:
+        return list(pool.map(node.boot, specs))
+
+
+def _assert_nothing_orphaned(node, rows):
+    active = {u for u, r in rows.items() if r['vm_state'] == 'active'}
+    failed = {u: r['fault'] for u, r in rows.items() if r['vm_state'] == 'error'}
+    assert all(failed.values()), failed                    # every failure says why
+    assert node.domains() == active
+    assert _our_lvs(node) == {_lv(u) for u in active if u in node.with_disk}
+    assert _marked_dirs(node) & set(rows) == active
+    return active, failed
+
+
+def test_kill_9_in_the_middle_of_twenty_boots(fault_node):
+    node = fault_node
+    specs = [node.spec(disk_gb=1, name='k%d' % i) for i in range(20)]
+    node.with_disk = {s['uuid'] for s in specs}
+    uuids = [s['uuid'] for s in specs]
+    creates = node.vg.launches('lvcreate')
+    answers = _boot_all(node, specs)
+    deadline = time.monotonic() + 120
+    while node.vg.launches('lvcreate') < creates + 6:        # in the middle of the storm
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    node.kill('agent')
+    at_kill = len(node.domains()), len(_our_lvs(node))
+    node.start('agent')
+    rows = node.wait_states(uuids, ['active', 'error'], timeout=400)
+    active, failed = _assert_nothing_orphaned(node, rows)
+    jobs = [node.compute.get_job(node.host, a['job_id']) for a in answers]   # from the journal
+    assert all(j['state'] in ('done', 'failed') for j in jobs)
+    assert all(j['reason'] for j in jobs if j['state'] == 'failed')
+    reconciled = node.compute.get_stats(node.host)['manager']['reconciled']
+    print('\nkill -9 with %d domains and %d LVs made: %d active, %d failed; reconciled %s'
+          % (at_kill + (len(active), len(failed), reconciled)))
+    assert sum(reconciled.get(k, 0) for k in ('resume_boot', 'finish_boot', 'fail_boot')) > 0
+    node.delete(uuids)
+    assert node.domains() == set() and not _our_lvs(node)
+    assert not _marked_dirs(node) & set(uuids)
+
+
+def test_libvirtd_killed_while_instances_boot(fault_node):
+    node = fault_node
+    specs = [node.spec(name='lv%d' % i) for i in range(8)]
+    node.with_disk = set()
+    uuids = [s['uuid'] for s in specs]
+    _boot_all(node, specs)
+    with open('/run/libvirtd.pid') as f:
+        pid = int(f.read().strip())
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while os.path.exists('/proc/%d' % pid):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(1.0)                  # boots in flight meet a dead libvirtd
+    subprocess.run(['/usr/sbin/libvirtd', '-d'], check=True)
+    rows = node.wait_states(uuids, ['active', 'error'], timeout=300)
+    active, failed = _assert_nothing_orphaned(node, rows)
+    assert _running(node) == active                    # the conductor's view is libvirt's
+    print('\nlibvirtd killed during 8 boots: %d active, %d failed (%s)'
+          % (len(active), len(failed), sorted(set(failed.values()))))
+    # Events were re-registered: a domain destroyed now is seen, with no polling.
+    if active:
+        victim = sorted(active)[0]
+        conn = libvirt.open(conftest.URI)
+        conn.lookupByUUIDString(victim).destroy()
+        conn.close()
+        node.wait_states([victim], ['stopped'], timeout=60)
+    node.delete(uuids)
+    assert node.domains() == set()
+
+
+def _rabbitmq(action):
+    if action == 'stop':
+        subprocess.run(['rabbitmqctl', '-q', 'stop'], check=True, capture_output=True)
+        return
+    subprocess.run(['rabbitmq-server', '-detached'], check=True, capture_output=True,
+                   env=dict(os.environ, HOME='/var/lib/rabbitmq'))
+    subprocess.run(['rabbitmqctl', '-q', 'await_startup'], check=True, capture_output=True,
+                   timeout=120)
+
+
+def test_rabbitmq_stopped_and_started(fault_node):
+    node = fault_node
+    node.with_disk = set()
+    first = node.spec(name='rmq1')
+    node.boot(first)
+    node.wait_states([first['uuid']], ['active'])
+    _rabbitmq('stop')
+    try:
+        conn = libvirt.open(conftest.URI)            # a state change while RabbitMQ is down
+        conn.lookupByUUIDString(first['uuid']).destroy()
+        conn.close()
+        time.sleep(2)
+    finally:
+        _rabbitmq('start')
+    deadline = time.monotonic() + 120
+    while True:                                       # the agent serves again
+        try:
+            node.compute.ping(node.host, timeout=5)
+            break
+        except Exception:
+            assert time.monotonic() < deadline, node.log_tail('agent')
+    node.wait_states([first['uuid']], ['stopped'], timeout=120)
+    second = node.spec(name='rmq2')
+    node.boot(second)
+    node.wait_states([second['uuid']], ['active'])
+    node.delete([first['uuid'], second['uuid']])
+    assert node.domains() == set()
+
+
+def test_conductor_away_for_a_while(fault_node):
+    node = fault_node
+    node.with_disk = set()
+    first = node.spec(name='cond1')
+    node.boot(first)
+    node.wait_states([first['uuid']], ['active'])
+    node.stop('conductor')
+    node.compute.delete_instance(node.host, first['uuid'])
+    second = node.spec(name='cond2')
+    node.wait_job(node.boot(second)['job_id'])
+    time.sleep(3)                      # reports fail and are retried meanwhile
+    assert node.compute.get_stats(node.host)['reporter']['send_failures'] > 0
+    node.start('conductor')
+    rows = node.wait_states([first['uuid'], second['uuid']], ['deleted', 'active'], timeout=60)
+    assert rows[first['uuid']]['vm_state'] == 'deleted'
+    assert rows[second['uuid']]['vm_state'] == 'active'
+    node.delete([second['uuid']])
+    assert node.domains() == set()
