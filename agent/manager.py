@@ -209,9 +209,14 @@ class ComputeManager:
         self._apply_power(inst, step.domain.power_state, 'start-up', time.time())
         self._report(inst)
 
-    def _reconcile_restore_error(self, step: reconcile.Step) -> None:
+    def _reconcile_restore_error(self, step: reconcile.Step) -> bool:
+        if step.remove_domain:
+            LOG.warning('[instance: %s] removing the domain its failed boot left', step.uuid)
+            self._try(step.uuid, 'remove domain of a failed boot', self.driver.destroy,
+                      step.uuid, step.job.calls)
         inst = self._instance_from(step, vm_state=ERROR, fault=step.job.reason)
         self._report(inst)
+        return step.remove_domain
 
     def _reconcile_lost(self, step: reconcile.Step) -> None:
         inst = self._instance_from(step, vm_state=ERROR,
@@ -221,29 +226,48 @@ class ComputeManager:
     def _resync(self, infos: list[vdriver.InstanceInfo] | None = None
                 ) -> list[vdriver.InstanceInfo]:
         """Bring every instance's power state in line with one listing of the hypervisor,
-        adopting the instances of ours it holds that the agent does not know. Returns the
-        listing (the audit that follows uses it too)."""
+        adopting the instances of ours it holds that the agent does not know, and removing
+        domains left by failed boots. Returns what the listing holds after that (the audit
+        that follows uses it too)."""
         seen = set()
         if infos is None:
             infos = self.driver.list_instances()
+        kept = []
         for info in infos:
+            inst = self.instances.get(info.uuid) if info.ours else None
+            if inst is not None and self._remove_failed_boot_remnant(inst):
+                continue
+            kept.append(info)
             if not info.ours:
                 continue
             seen.add(info.uuid)
-            inst = self.instances.get(info.uuid)
             if inst is None:
                 inst = Instance(uuid=info.uuid, name=info.name, spec=dict(info.sizes or {}),
                                 vm_state=ACTIVE)
                 self.instances[info.uuid] = inst
                 LOG.info('[instance: %s] adopted from the hypervisor (%s)', info.uuid,
                          info.power_state)
-            if inst is not None:
-                self._apply_power(inst, info.power_state, 'resync', time.time())
+            self._apply_power(inst, info.power_state, 'resync', time.time())
         for inst in list(self.instances.values()):
             if inst.uuid not in seen and inst.task is None and inst.vm_state not in (ERROR,):
                 self._set(inst, vm_state=ERROR, power_state=vdriver.NOSTATE,
                           fault='the hypervisor no longer holds this instance')
-        return infos
+        return kept
+
+    def _remove_failed_boot_remnant(self, inst: Instance) -> bool:
+        """A domain listed for an instance whose boot failed: the boot's undefine was lost
+        with the connection (or its define's answer was). Remove it; the job stays failed."""
+        if inst.task is not None or inst.vm_state != ERROR or inst.boot_job is None:
+            return False
+        try:
+            job = self.jobs.get(inst.boot_job)
+        except exception.JobNotFound:
+            return False
+        if job.state != jobsmod.FAILED:
+            return False
+        LOG.warning('[instance: %s] removing the domain its failed boot left', inst.uuid)
+        return self._try(inst.uuid, 'remove domain of a failed boot', self.driver.destroy,
+                         inst.uuid, job.calls)
 
     # -- resource audit -----------------------------------------------------------------------
     def audit(self, infos: list[vdriver.InstanceInfo] | None = None) -> list[str]:
@@ -362,6 +386,9 @@ class ComputeManager:
                 else:   # a bug, not a user error: still end the job and clean up
                     LOG.exception('[instance: %s] boot failed unexpectedly', inst.uuid)
                     reason = 'internal error: %s' % exc
+                if (isinstance(exc, exception.HypervisorUnavailable)
+                        and self._settled_running(job, inst, reason)):
+                    return
                 if disks:   # a disk that failed half-way was removed by the backend
                     self._remove_disks(inst)
                 self.tracker.release(inst.uuid)
@@ -372,6 +399,32 @@ class ComputeManager:
             self._set(inst, task=None)
             LOG.info('[instance: %s] started (%d libvirt calls)', inst.uuid,
                      sum(job.calls.values()))
+
+    def _settled_running(self, job: jobsmod.Job, inst: Instance, reason: str) -> bool:
+        """The connection went in the middle of the boot: the domain may or may not have been
+        defined or started. The job stays running (the instance lock held) until libvirt is
+        back; then True if the domain runs (the boot is done), else False after removing
+        what the boot left in libvirt (the caller removes the disk and fails the job)."""
+        LOG.warning('[instance: %s] libvirt went away during the boot (%s); settling it when '
+                    'libvirt is back', inst.uuid, reason)
+        while True:
+            while not self.driver.is_connected() or self._reconnecting:
+                self._start_reconnect()     # in case no close event announced the loss
+                self.runtime.sleep(self._reconnect_interval)
+            try:
+                power = self.driver.power_state(inst.uuid, job.calls)
+                if power == vdriver.RUNNING:
+                    LOG.info('[instance: %s] the domain runs: the boot went through', inst.uuid)
+                    self.jobs.finish(job)
+                    self._set(inst, task=None)
+                    self._apply_power(inst, power, 'settled', time.time())
+                    return True
+                self.driver.destroy(inst.uuid, job.calls)   # domain (if any) and files
+                return False
+            except exception.HypervisorError as exc:
+                if self.driver.is_connected():
+                    LOG.error('[instance: %s] could not settle the boot: %s', inst.uuid, exc)
+                    return False
 
     def _run_delete(self, job: jobsmod.Job, inst: Instance) -> None:
         with inst.lock:   # waits for a boot still in progress

@@ -12,7 +12,8 @@ Rules (also in the README):
   - else it ends ``failed`` ("interrupted by agent restarts"), with whatever it made removed;
 - an interrupted delete runs again (deleting is idempotent);
 - a domain of ours with no unfinished job is adopted and reported; never stopped or removed;
-- a boot that failed before the restart comes back as an ``error`` instance with its reason;
+- a boot that failed before the restart comes back as an ``error`` instance with its reason,
+  and a domain it left behind (its removal failed with the connection) is removed;
   a finished boot whose domain is gone comes back as ``error`` with its disk kept;
 - disks and instance directories of ours that belong to none of the above are orphans and
   are removed. Ownership comes from LV tags and directory markers, never from names.
@@ -75,10 +76,13 @@ def plan(jobs: list[jobsmod.Job], domains: dict, disks, dirs, running: set[str],
                             remove_domain=info is not None)
         elif unfinished:
             step = Step(uuid, RESUME_DELETE, job=job, boot=boot.get(uuid), domain=info)
+        elif job is not None and job.kind == 'boot' and job.state == jobsmod.FAILED:
+            # A domain left by a failed boot (its undefine was lost with the connection)
+            # is that boot's remnant, not an instance: it goes.
+            step = Step(uuid, RESTORE_ERROR, job=job, boot=job, domain=info,
+                        remove_domain=info is not None)
         elif info is not None:
             step = Step(uuid, ADOPT, boot=boot.get(uuid), domain=info)
-        elif job is not None and job.kind == 'boot' and job.state == jobsmod.FAILED:
-            step = Step(uuid, RESTORE_ERROR, job=job, boot=job)
         elif job is not None and job.kind == 'boot' and job.state == jobsmod.DONE:
             step = Step(uuid, LOST, job=job, boot=job)
         if step is None:

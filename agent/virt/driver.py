@@ -82,6 +82,15 @@ class ComputeDriver(abc.ABC):
         """Every instance the hypervisor holds, with its power state."""
 
     @abc.abstractmethod
+    def is_connected(self) -> bool:
+        """False once the hypervisor connection is known to be lost (until reconnected)."""
+
+    @abc.abstractmethod
+    def power_state(self, uuid: str, calls: collections.Counter) -> str | None:
+        """The instance's power state from the hypervisor, None if it holds no such instance.
+        Not for the hot path: used to settle a boot whose answer was lost."""
+
+    @abc.abstractmethod
     def reconnect(self) -> None:
         """Re-open the hypervisor connection and re-register events; raise if it is down."""
 

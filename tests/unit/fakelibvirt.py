@@ -287,6 +287,9 @@ class Domain:
     def XMLDesc(self, flags=0):
         return self._call('XMLDesc').xml
 
+    def state(self, flags=0):
+        return [self._call('state').run_state, 0]
+
     def create(self):
         dom = self._call('create')
         if dom.run_state == VIR_DOMAIN_RUNNING:
@@ -295,6 +298,8 @@ class Domain:
         dom.run_state = VIR_DOMAIN_RUNNING
         self._conn.hv.emit(dom, VIR_DOMAIN_EVENT_RESUMED, 0)
         self._conn.hv.emit(dom, VIR_DOMAIN_EVENT_STARTED, 0)
+        if not self._conn.alive:    # libvirtd went away while the call was in flight
+            raise libvirtError('Cannot recv data: Connection reset by peer', VIR_ERR_SYSTEM_ERROR)
         return 0
 
     def destroy(self):

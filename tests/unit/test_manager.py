@@ -213,3 +213,43 @@ def test_virt_type_not_offered_refuses_to_start(conf, hv, monkeypatch):
     conf.set_override('virt_type', 'kvm', group='libvirt')
     with pytest.raises(exception.ConfigError, match='virt_type=kvm'):
         Agent(conf, hv)
+
+
+def test_a_domain_left_by_a_failed_boot_is_removed_at_the_next_resync(agent, hv):
+    """create and then undefine fail (the connection went): the job fails, the domain stays
+    defined. After the reconnect the resync removes it; the instance stays in error."""
+    hv.fail_next['create'] = fakelibvirt.libvirtError('Cannot recv data: Connection reset')
+    hv.fail_next['undefine'] = fakelibvirt.libvirtError('client socket is closed')
+    job = agent.wait_job(agent.manager.boot_instance(boot_spec())['job_id'])
+    assert job['state'] == 'failed' and U1 in hv.domains
+    hv.restart()
+    wait_until(lambda: U1 not in hv.domains, what='the remnant to be removed')
+    assert agent.manager.get_instance(U1)['vm_state'] == 'error'
+    assert agent.manager.tracker.claim_of(U1) is None
+
+
+def test_a_boot_whose_answer_was_lost_with_libvirtd_is_settled_after_the_reconnect(agent, hv):
+    """libvirtd dies while create is in flight: the domain started, the answer never came.
+    The boot waits for the reconnect, finds the domain running, and ends done."""
+    gate = hv.gates['create'] = threading.Event()
+    answer = agent.manager.boot_instance(boot_spec())
+    wait_until(lambda: 'create' in hv.calls, what='create to be in flight')
+    hv.restart()                 # connections close; the close event starts the reconnect
+    gate.set()
+    job = agent.wait_job(answer['job_id'])
+    assert job['state'] == 'done', job['reason']
+    agent.wait_state(U1, 'active')
+    assert hv.domains[U1].run_state == fakelibvirt.VIR_DOMAIN_RUNNING
+    assert agent.manager.tracker.claim_of(U1) is not None
+
+
+def test_a_boot_cut_off_before_start_is_cleaned_after_the_reconnect(agent, hv):
+    gate = hv.gates['defineXML'] = threading.Event()
+    answer = agent.manager.boot_instance(boot_spec(disk_gb=1))
+    wait_until(lambda: 'defineXML' in hv.calls, what='defineXML to be in flight')
+    hv.restart()
+    gate.set()                   # the define fails: its connection is gone
+    job = agent.wait_job(answer['job_id'])
+    assert job['state'] == 'failed' and job['reason']
+    assert U1 not in hv.domains and agent.lvm.lvs == {}
+    assert agent.manager.tracker.claim_of(U1) is None

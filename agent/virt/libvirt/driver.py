@@ -84,6 +84,22 @@ class LibvirtDriver(driver.ComputeDriver):
     def set_event_listener(self, listener) -> None:
         self._listener = listener
 
+    def is_connected(self) -> bool:
+        return self.host.connected
+
+    def power_state(self, uuid: str, calls: collections.Counter) -> str | None:
+        try:
+            dom = self.host.call('lookupByUUIDString', self.host.conn().lookupByUUIDString, uuid,
+                                 instance=uuid, counter=calls)
+            state = self.host.call('state', dom.state, instance=uuid, counter=calls)[0]
+        except exception.HypervisorError as exc:
+            if self.host.is_error(exc, 'VIR_ERR_NO_DOMAIN'):
+                return None
+            raise
+        self._domains[uuid] = dom
+        self._ours.add(uuid)
+        return _power_state_from_state(self._lv, state)
+
     def reconnect(self) -> None:
         self._domains.clear()          # objects of the old connection are dead
         self.host.mark_disconnected()
@@ -142,8 +158,12 @@ class LibvirtDriver(driver.ComputeDriver):
         conn = self.host.conn()            # before anything is made: nothing to undo
         xml = self._guest_config(spec, disks).to_xml()
         instancedir.create(self._instances_path, spec.uuid)
+        # HypervisorUnavailable: the connection went during the call, which may or may not
+        # have been carried out; nothing is undone here (the manager settles it).
         try:
             dom = self.host.call('defineXML', conn.defineXML, xml, instance=spec.uuid, counter=calls)
+        except exception.HypervisorUnavailable:
+            raise
         except exception.AgentError:
             self._remove_files(spec.uuid)
             raise
@@ -151,9 +171,14 @@ class LibvirtDriver(driver.ComputeDriver):
         self._ours.add(spec.uuid)
         try:
             self.host.call('create', dom.create, instance=spec.uuid, counter=calls)
+        except exception.HypervisorUnavailable:
+            raise
         except exception.AgentError:
             LOG.warning('[instance: %s] start failed; removing its definition', spec.uuid)
-            self._undefine(spec.uuid, dom, calls)
+            try:
+                self._undefine(spec.uuid, dom, calls)
+            except exception.AgentError as exc:   # the start's error is the one to report
+                LOG.warning('[instance: %s] could not remove the definition: %s', spec.uuid, exc)
             self._remove_files(spec.uuid)
             raise
 

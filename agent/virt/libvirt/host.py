@@ -71,6 +71,7 @@ class Host:
         self._spawn_native = spawn_native
         self._keepalive = keepalive
         self._conn = None
+        self._epoch = 0          # grows with every connection: a call can tell it lost its own
         self._facts: HostFacts | None = None
         # op -> count of work-queue items; one per libvirt call, except the start-up and
         # reconnect bundles 'open' (open + 3 registrations) and 'host_facts' (6 reads).
@@ -99,6 +100,7 @@ class Host:
         self.start_event_loop()
         conn = self.call('open', self._open)
         self._conn = conn
+        self._epoch += 1
         LOG.info('connected to %s', self.uri)
 
     def _open(self):
@@ -149,18 +151,24 @@ class Host:
         self.calls[op] += 1
         if counter is not None:
             counter[op] += 1
+        epoch = self._epoch
         try:
             return self._wq.execute('libvirt.' + op, fn, *args)
         except self._lv.libvirtError as exc:
-            raise self._translate(op, exc, instance) from None
+            raise self._translate(op, exc, instance, epoch) from None
 
-    def _translate(self, op: str, exc, instance: str | None) -> exception.HypervisorError:
+    def _translate(self, op: str, exc, instance: str | None,
+                   epoch: int) -> exception.HypervisorError:
+        """HypervisorUnavailable when the call's own connection is gone (whether or not a
+        new one exists by now): the call may or may not have been carried out."""
         code = exc.get_error_code() if hasattr(exc, 'get_error_code') else None
         reason = exc.get_error_message() if hasattr(exc, 'get_error_message') else str(exc)
         reason = reason or str(exc)
-        if code in self._codes and self._conn is not None and not self._alive():
-            self._conn = None
-            LOG.warning('libvirt connection lost during %s: %s', op, reason)
+        if code in self._codes and (epoch != self._epoch or self._conn is None
+                                    or not self._alive()):
+            if epoch == self._epoch and self._conn is not None:
+                self._conn = None
+                LOG.warning('libvirt connection lost during %s: %s', op, reason)
             return exception.HypervisorUnavailable(reason=reason)
         # Callers decide whether an error matters (e.g. "not running" on destroy does not).
         LOG.debug('[instance: %s] libvirt %s failed: %s', instance, op, reason)
