@@ -181,6 +181,7 @@ class ComputeManager:
             return True
         self.jobs.requeue(step.job)
         self._report(inst)
+        inst.lock.acquire()          # new instance: free; _run_boot releases it
         self.runtime.spawn(self._run_boot, step.job, inst, spec)
         return True
 
@@ -318,6 +319,9 @@ class ComputeManager:
             # In-memory arithmetic only; a refusal leaves nothing recorded.
             self.tracker.claim(spec.uuid, spec.vcpus, spec.memory_mb, spec.disk_gb)
             inst = Instance(uuid=spec.uuid, name=spec.name, spec=spec.to_dict(), task='spawning')
+            # Held from here until the boot job ends: a delete that arrives meanwhile (even
+            # while the job is being journaled) waits for the boot, never runs before it.
+            inst.lock.acquire()
             job, ticket = self.jobs.create('boot', spec.uuid, spec=spec.to_dict())
             inst.boot_job = job.id
             self.instances[spec.uuid] = inst
@@ -328,6 +332,7 @@ class ComputeManager:
                 self.instances.pop(spec.uuid, None)
             self.tracker.release(spec.uuid)
             self.jobs.finish(job, str(exc))
+            inst.lock.release()
             raise exception.JournalUnavailable(reason=str(exc)) from None
         self._report(inst)
         LOG.info('[instance: %s] boot accepted as job %s', spec.uuid, job.id)
@@ -371,34 +376,40 @@ class ComputeManager:
 
     # -- jobs -------------------------------------------------------------------------------
     def _run_boot(self, job: jobsmod.Job, inst: Instance, spec: specmod.BootSpec) -> None:
-        with inst.lock:
-            self.jobs.start(job)
-            try:
-                disks = ()
-                if spec.disk_gb:
-                    disks = (self.storage.create_root_disk(
-                        spec.uuid, spec.disk_gb * storage_backend.GiB, spec.image),)
-                self.driver.spawn(spec, job.calls, disks)
-            except Exception as exc:
-                if isinstance(exc, exception.AgentError):
-                    LOG.error('[instance: %s] boot failed: %s', inst.uuid, exc)
-                    reason = str(exc)
-                else:   # a bug, not a user error: still end the job and clean up
-                    LOG.exception('[instance: %s] boot failed unexpectedly', inst.uuid)
-                    reason = 'internal error: %s' % exc
-                if (isinstance(exc, exception.HypervisorUnavailable)
-                        and self._settled_running(job, inst, reason)):
-                    return
-                if disks:   # a disk that failed half-way was removed by the backend
-                    self._remove_disks(inst)
-                self.tracker.release(inst.uuid)
-                self.jobs.finish(job, reason)
-                self._set(inst, vm_state=ERROR, task=None, fault=reason)
+        """Run a boot job; the caller acquired ``inst.lock``, released here when it ends."""
+        try:
+            self._boot(job, inst, spec)
+        finally:
+            inst.lock.release()
+
+    def _boot(self, job: jobsmod.Job, inst: Instance, spec: specmod.BootSpec) -> None:
+        self.jobs.start(job)
+        try:
+            disks = ()
+            if spec.disk_gb:
+                disks = (self.storage.create_root_disk(
+                    spec.uuid, spec.disk_gb * storage_backend.GiB, spec.image),)
+            self.driver.spawn(spec, job.calls, disks)
+        except Exception as exc:
+            if isinstance(exc, exception.AgentError):
+                LOG.error('[instance: %s] boot failed: %s', inst.uuid, exc)
+                reason = str(exc)
+            else:   # a bug, not a user error: still end the job and clean up
+                LOG.exception('[instance: %s] boot failed unexpectedly', inst.uuid)
+                reason = 'internal error: %s' % exc
+            if (isinstance(exc, exception.HypervisorUnavailable)
+                    and self._settled_running(job, inst, reason)):
                 return
-            self.jobs.finish(job)
-            self._set(inst, task=None)
-            LOG.info('[instance: %s] started (%d libvirt calls)', inst.uuid,
-                     sum(job.calls.values()))
+            if disks:   # a disk that failed half-way was removed by the backend
+                self._remove_disks(inst)
+            self.tracker.release(inst.uuid)
+            self.jobs.finish(job, reason)
+            self._set(inst, vm_state=ERROR, task=None, fault=reason)
+            return
+        self.jobs.finish(job)
+        self._set(inst, task=None)
+        LOG.info('[instance: %s] started (%d libvirt calls)', inst.uuid,
+                 sum(job.calls.values()))
 
     def _settled_running(self, job: jobsmod.Job, inst: Instance, reason: str) -> bool:
         """The connection went in the middle of the boot: the domain may or may not have been

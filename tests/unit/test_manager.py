@@ -253,3 +253,29 @@ def test_a_boot_cut_off_before_start_is_cleaned_after_the_reconnect(agent, hv):
     assert job['state'] == 'failed' and job['reason']
     assert U1 not in hv.domains and agent.lvm.lvs == {}
     assert agent.manager.tracker.claim_of(U1) is None
+
+
+def test_a_delete_that_arrives_while_the_boot_is_journaled_runs_after_the_boot(agent, hv):
+    """The boot's job is held at the journal commit; a delete accepted meanwhile must not
+    run first (or the boot would create the VM after it was deleted)."""
+    gate = threading.Event()
+    real = agent.journal._execute
+
+    def held(op, fn, *args):
+        gate.wait(10)
+        return real(op, fn, *args)
+    agent.journal._execute = held
+    booted = []
+    t = threading.Thread(target=lambda: booted.append(agent.manager.boot_instance(boot_spec())))
+    t.start()
+    wait_until(lambda: U1 in agent.manager.instances, what='the boot to be recorded')
+    deleted = []
+    d = threading.Thread(target=lambda: deleted.append(agent.manager.delete_instance(U1)))
+    d.start()
+    gate.set()
+    t.join(10)
+    d.join(10)
+    agent.journal._execute = real
+    assert agent.wait_job(booted[0]['job_id'])['state'] == 'done'
+    assert agent.wait_job(deleted[0]['job_id'])['state'] == 'done'
+    assert hv.domains == {} and U1 not in agent.manager.instances
