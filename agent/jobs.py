@@ -110,9 +110,6 @@ class JobTable:
     def all(self) -> list[Job]:
         return list(self._jobs.values())
 
-    def unfinished(self) -> list[Job]:
-        return [j for j in list(self._jobs.values()) if j.state not in FINISHED]
-
     def by_state(self) -> dict:
         return dict(collections.Counter(j.state for j in list(self._jobs.values())))
 

@@ -160,8 +160,10 @@ class LibvirtDriver(driver.ComputeDriver):
         instancedir.create(self._instances_path, spec.uuid)
         # HypervisorUnavailable: the connection went during the call, which may or may not
         # have been carried out; nothing is undone here (the manager settles it).
+        epoch = self.host.epoch          # both calls belong to this connection
         try:
-            dom = self.host.call('defineXML', conn.defineXML, xml, instance=spec.uuid, counter=calls)
+            dom = self.host.call('defineXML', conn.defineXML, xml, instance=spec.uuid,
+                                 counter=calls, epoch=epoch)
         except exception.HypervisorUnavailable:
             raise
         except exception.AgentError:
@@ -170,7 +172,7 @@ class LibvirtDriver(driver.ComputeDriver):
         self._domains[spec.uuid] = dom
         self._ours.add(spec.uuid)
         try:
-            self.host.call('create', dom.create, instance=spec.uuid, counter=calls)
+            self.host.call('create', dom.create, instance=spec.uuid, counter=calls, epoch=epoch)
         except exception.HypervisorUnavailable:
             raise
         except exception.AgentError:

@@ -142,16 +142,23 @@ class Host:
         self._sink(ConnectionLost(reason=reason, timestamp=time.time()))
 
     # -- calls ------------------------------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        """The number of the current connection (a new one after every reconnect)."""
+        return self._epoch
+
     def call(self, op: str, fn: Callable, *args, instance: str | None = None,
-             counter: collections.Counter | None = None) -> Any:
+             counter: collections.Counter | None = None, epoch: int | None = None) -> Any:
         """Run one libvirt call on the work queue; count it; translate its errors.
 
         ``counter`` (e.g. a job's) is incremented too, so calls can be attributed per boot.
+        ``epoch``: the connection the call's objects come from (default: the current one);
+        an error after that connection was replaced means the connection was lost.
         """
         self.calls[op] += 1
         if counter is not None:
             counter[op] += 1
-        epoch = self._epoch
+        epoch = self._epoch if epoch is None else epoch
         try:
             return self._wq.execute('libvirt.' + op, fn, *args)
         except self._lv.libvirtError as exc:
