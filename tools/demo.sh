@@ -89,6 +89,9 @@ print("libvirt calls on the boot hot path: defineXML=%d create=%d for %d boots"
       % (calls.get("defineXML", 0), calls.get("create", 0), boots))
 print("conductor reports: %d carrying %d state changes" % (s["reporter"]["reports_sent"], s["reporter"]["states_sent"]))
 print("storage commands: %s" % (s["commands"] or "none"))
+j = s["manager"]["journal"]
+print("job journal: %d job changes written as %d rows in %d commits (one fsync each)"
+      % (j["puts"], j["rows_written"], j["commits"]))
 r = s["manager"]["resources"]
 print("resource claims %d, refusals %d, usage reports queued %d, no-op updates skipped %d; "
       "claim lock wait max %.1f us, hold p50 %.1f us" % (r["claims"], r["refusals"], r["reports_queued"],

@@ -88,6 +88,9 @@ def test_fifty_parallel_boots_few_reports_and_the_conductor_agrees(acct_node):
     # Instance states travel batched in the same messages: far fewer than the 100 changes.
     assert len(reports) <= math.ceil(all_active / WINDOW) + 2 and len(reports) < N
 
+    journal = node.compute.get_stats(node.host)['manager']['journal']
+    print('job journal: %d job changes, %d rows written, %d commits'
+          % (journal['puts'], journal['rows_written'], journal['commits']))
     stats = agent['stats']
     assert stats['claims'] >= N and stats['audit_corrections'] == 0, stats
     # Claims ran while each report took the conductor DELAY seconds. No caller waited for
