@@ -270,15 +270,35 @@ class ComputeManager:
         return self._try(inst.uuid, 'remove domain of a failed boot', self.driver.destroy,
                          inst.uuid, job.calls)
 
+    def _remove_orphans(self, inventory: storage_backend.Inventory) -> bool:
+        """Disks and marked directories of uuids the agent holds no instance for (an instance
+        is recorded before its boot makes anything, and dropped only after its delete
+        removed everything). True if a disk was removed."""
+        removed = False
+        for uuid in inventory.disks:
+            if uuid not in self.instances:
+                LOG.warning('[instance: %s] removing its disk: no instance holds it', uuid)
+                removed |= self._try(uuid, 'remove orphan disk', self.storage.delete_disks, uuid)
+                self.reconciled['orphan_disks'] += 1
+        for uuid in instancedir.owned(self.instances_path):
+            if uuid not in self.instances:
+                LOG.warning('[instance: %s] removing its directory: no instance holds it', uuid)
+                instancedir.remove(self.instances_path, uuid)
+                self.reconciled['orphan_dirs'] += 1
+        return removed
+
     # -- resource audit -----------------------------------------------------------------------
-    def audit(self, infos: list[vdriver.InstanceInfo] | None = None) -> list[str]:
-        """Re-derive usage from one hypervisor listing and one storage listing; correct the
-        tracker where it differs (a report goes out only then). Returns the uuids corrected."""
+    def audit(self, infos: list[vdriver.InstanceInfo] | None = None,
+              inventory: storage_backend.Inventory | None = None) -> list[str]:
+        """Re-derive usage from one hypervisor listing and one storage listing (either may be
+        handed in, read just before); correct the tracker where it differs (a report goes out
+        only then). Returns the uuids corrected."""
         token = self.tracker.begin_audit()
         busy = {i.uuid for i in list(self.instances.values()) if i.task}
         if infos is None:
             infos = self.driver.list_instances()
-        inventory = self.storage.inventory(fresh=True)
+        if inventory is None:
+            inventory = self.storage.inventory(fresh=True)
         observed = {}
         for info in infos:
             if not info.ours:
@@ -533,9 +553,11 @@ class ComputeManager:
             LOG.info('hypervisor reconnected; resynchronising instance states')
             infos = self._resync()
             try:
-                self.audit(infos)
+                inventory = self.storage.inventory(fresh=True)
+                removed = self._remove_orphans(inventory)
+                self.audit(infos, None if removed else inventory)
             except exception.AgentError as exc:
-                LOG.warning('resource audit after reconnect skipped: %s', exc)
+                LOG.warning('storage reconciliation after reconnect skipped: %s', exc)
         finally:
             self._reconnecting = False
 

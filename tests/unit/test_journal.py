@@ -275,3 +275,16 @@ def test_jobs_and_failed_boots_survive_a_restart(conf, hv):
         assert b.wait_job(b.manager.delete_instance(U1)['job_id'])['state'] == 'done'
     finally:
         b.stop()
+
+
+def test_after_a_libvirtd_reconnect_orphans_are_removed_and_instances_kept(agent, hv):
+    agent.wait_job(agent.manager.boot_instance(boot_spec(disk_gb=1))['job_id'])
+    orphan = str(uuidlib.uuid4())
+    tags = {'compute-agent', 'ca-instance-' + orphan}
+    agent.lvm.lvs['ca-%s-root' % orphan] = {'size': GiB, 'tags': tags}
+    instancedir.create(agent.manager.instances_path, orphan)
+    hv.restart()
+    wait_until(lambda: agent.manager.reconciled['orphan_dirs'] == 1, what='the orphans to go')
+    assert list(agent.lvm.lvs) == ['ca-%s-root' % U1]
+    assert sorted(instancedir.owned(agent.manager.instances_path)) == [U1]
+    assert agent.manager.get_instance(U1)['vm_state'] == 'active'
