@@ -89,6 +89,7 @@ class ComputeManager:
         self._seq = itertools.count(time.time_ns())   # grows across restarts too
         self._reconnecting = False
         self._reconnect_interval = reconnect_interval
+        self._settle_attempts = 5
         self.events_handled = 0
         driver.set_event_listener(self.handle_event)
 
@@ -231,14 +232,10 @@ class ComputeManager:
         domains left by failed boots. Returns what the listing holds after that (the audit
         that follows uses it too)."""
         seen = set()
-        if infos is None:
-            infos = self.driver.list_instances()
-        kept = []
-        for info in infos:
+        kept = self._without_failed_boot_remnants(
+            self.driver.list_instances() if infos is None else infos)
+        for info in kept:
             inst = self.instances.get(info.uuid) if info.ours else None
-            if inst is not None and self._remove_failed_boot_remnant(inst):
-                continue
-            kept.append(info)
             if not info.ours:
                 continue
             seen.add(info.uuid)
@@ -253,6 +250,16 @@ class ComputeManager:
             if inst.uuid not in seen and inst.task is None and inst.vm_state not in (ERROR,):
                 self._set(inst, vm_state=ERROR, power_state=vdriver.NOSTATE,
                           fault='the hypervisor no longer holds this instance')
+        return kept
+
+    def _without_failed_boot_remnants(self, infos: list[vdriver.InstanceInfo]
+                                      ) -> list[vdriver.InstanceInfo]:
+        """The listing less the domains of failed boots, which are removed."""
+        kept = []
+        for info in infos:
+            inst = self.instances.get(info.uuid) if info.ours else None
+            if inst is None or not self._remove_failed_boot_remnant(inst):
+                kept.append(info)
         return kept
 
     def _remove_failed_boot_remnant(self, inst: Instance) -> bool:
@@ -319,7 +326,8 @@ class ComputeManager:
         while True:
             self.runtime.sleep(interval)
             try:
-                self.audit()
+                # The audit's listing also finds domains that failed boots could not remove.
+                self.audit(self._without_failed_boot_remnants(self.driver.list_instances()))
             except exception.AgentError as exc:
                 LOG.warning('resource audit skipped: %s', exc)
             except Exception:
@@ -438,6 +446,7 @@ class ComputeManager:
         what the boot left in libvirt (the caller removes the disk and fails the job)."""
         LOG.warning('[instance: %s] libvirt went away during the boot (%s); settling it when '
                     'libvirt is back', inst.uuid, reason)
+        failures = 0
         while True:
             while not self.driver.is_connected() or self._reconnecting:
                 self._start_reconnect()     # in case no close event announced the loss
@@ -453,9 +462,15 @@ class ComputeManager:
                 self.driver.destroy(inst.uuid, job.calls)   # domain (if any) and files
                 return False
             except exception.HypervisorError as exc:
-                if self.driver.is_connected():
+                # A restarted libvirtd may still hold the domain's state lock while it
+                # finishes its own start-up work on it: try again a few times.
+                failures += self.driver.is_connected()
+                if failures >= self._settle_attempts:
                     LOG.error('[instance: %s] could not settle the boot: %s', inst.uuid, exc)
                     return False
+                LOG.warning('[instance: %s] settling the boot failed (%s); retrying',
+                            inst.uuid, exc)
+                self.runtime.sleep(self._reconnect_interval * 2 ** failures)
 
     def _run_delete(self, job: jobsmod.Job, inst: Instance) -> None:
         with inst.lock:   # waits for a boot still in progress

@@ -135,7 +135,7 @@ class Node:
     def spec(self, **extra) -> dict:
         spec = {'uuid': str(uuidlib.uuid4()), 'vcpus': 1, 'memory_mb': 128,
                 'kernel': 'test-vmlinuz', 'initrd': 'test-initrd.img',
-                'cmdline': 'console=ttyS0 quiet'}
+                'cmdline': 'console=ttyS0 quiet no_timer_check'}
         spec.update(extra)
         return spec
 

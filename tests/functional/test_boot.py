@@ -42,7 +42,7 @@ def test_state_comes_from_events_not_polling(node):
     """A guest that powers itself off: the agent sees it stop and makes no libvirt call
     for it besides define and start, through boot, idle and power-off."""
     before = node.libvirt_calls()
-    spec = node.spec(cmdline='console=ttyS0 quiet ca.poweroff')
+    spec = node.spec(cmdline='console=ttyS0 quiet no_timer_check ca.poweroff')
     node.boot(spec)
     node.wait_states([spec['uuid']], ['active'])
     rows = node.wait_states([spec['uuid']], ['stopped'])

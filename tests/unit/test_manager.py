@@ -279,3 +279,19 @@ def test_a_delete_that_arrives_while_the_boot_is_journaled_runs_after_the_boot(a
     assert agent.wait_job(booted[0]['job_id'])['state'] == 'done'
     assert agent.wait_job(deleted[0]['job_id'])['state'] == 'done'
     assert hv.domains == {} and U1 not in agent.manager.instances
+
+
+def test_domains_another_node_made_are_not_adopted(conf, hv):
+    from agent.virt.libvirt import config as vconfig
+    other = '99999999-2222-3333-4444-555555555555'
+    xml = vconfig.GuestConfig(uuid=other, name='theirs', virt_type='qemu', arch='x86_64',
+                              vcpus=1, memory_mb=64, console_log='/dev/null', kernel='/k',
+                              metadata=(('host', 'node2'),)).to_xml()
+    hv.domains[other] = fakelibvirt.Domain(None, other, vconfig.domain_name(other), xml)
+    a = Agent(conf, hv)
+    try:
+        with pytest.raises(exception.InstanceNotFound):
+            a.manager.get_instance(other)
+        assert other in hv.domains and a.manager.tracker.snapshot()['usage']['vcpus'] == 0
+    finally:
+        a.stop()

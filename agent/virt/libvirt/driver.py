@@ -235,7 +235,10 @@ class LibvirtDriver(driver.ComputeDriver):
             if not ours and dom.name().startswith(vconfig.DOMAIN_PREFIX):
                 meta = vconfig.parse_metadata(
                     self.host.call('XMLDesc', dom.XMLDesc, 0, instance=uuid))
-                ours = bool(meta) and meta.get('uuid') == uuid
+                # Ours: our metadata, naming this domain and this node (an agent never takes
+                # the domains another agent made, even on a shared libvirtd).
+                ours = (bool(meta) and meta.get('uuid') == uuid
+                        and meta.get('host') == self._conf.host)
                 if ours:
                     self._ours.add(uuid)
                     name = meta.get('name', '')
