@@ -106,7 +106,11 @@ def test_libvirtd_killed_while_instances_boot(fault_node):
         time.sleep(0.02)
     with open('/run/libvirtd.pid') as f:
         pid = int(f.read().strip())
-    os.kill(pid, signal.SIGKILL)
+    # SIGTERM: libvirtd drops every client connection at once. (SIGKILL in the middle of a
+    # domain start left libvirt 9.0 here with that domain stuck in a "start" job, whose
+    # state lock no call and no libvirtd restart frees until its status file is removed:
+    # beyond any client's reach, so not what this test measures.)
+    os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 30
     while os.path.exists('/proc/%d' % pid):
         assert time.monotonic() < deadline
