@@ -67,9 +67,6 @@ class JobJournal:
         """Queue the newest version of one job row; returns a ticket for ``wait``."""
         with self._cond:
             self.puts += 1
-            old = self._pending.get(row['id'])
-            if old is not None and old.get('spec') is not None and row.get('spec') is None:
-                row = dict(row, spec=old['spec'])     # an unwritten insert keeps its spec
             self._pending[row['id']] = row
             self._queued += 1
             self._cond.notify_all()

@@ -105,7 +105,10 @@ class ComputeManager:
         self.tracker.set_inventory(cpus=self.facts['cpus'], memory_mb=self.facts['memory_mb'],
                                    disk_gb=inventory.instance_bytes // storage_backend.GiB)
         changed = self._reconcile(infos, inventory)
-        self.audit(self._resync(None if changed else infos))
+        if changed:          # what the listings showed is no longer what exists
+            self.audit(self._resync())
+        else:
+            self.audit(self._resync(infos), inventory)
 
     # -- reconciliation ---------------------------------------------------------------------
     def _reconcile(self, infos: list[vdriver.InstanceInfo], inventory) -> bool:
@@ -119,16 +122,7 @@ class ComputeManager:
         for step in plan.steps:
             self.reconciled[step.action] += 1
             changed |= getattr(self, '_reconcile_' + step.action)(step) or False
-        for uuid in plan.orphan_disks:
-            LOG.warning('[instance: %s] removing its disk: no instance or job holds it', uuid)
-            self._try(uuid, 'remove orphan disk', self.storage.delete_disks, uuid)
-            self.reconciled['orphan_disks'] += 1
-            changed = True
-        for uuid in plan.orphan_dirs:
-            LOG.warning('[instance: %s] removing its directory: no instance or job holds it', uuid)
-            instancedir.remove(self.instances_path, uuid)
-            self.reconciled['orphan_dirs'] += 1
-        return changed
+        return self._remove_orphans(plan.orphan_disks, plan.orphan_dirs) or changed
 
     @staticmethod
     def _try(uuid: str, what: str, fn, *args) -> bool:
@@ -277,21 +271,18 @@ class ComputeManager:
         return self._try(inst.uuid, 'remove domain of a failed boot', self.driver.destroy,
                          inst.uuid, job.calls)
 
-    def _remove_orphans(self, inventory: storage_backend.Inventory) -> bool:
-        """Disks and marked directories of uuids the agent holds no instance for (an instance
-        is recorded before its boot makes anything, and dropped only after its delete
-        removed everything). True if a disk was removed."""
+    def _remove_orphans(self, disks, dirs) -> bool:
+        """Remove the disks and marked directories of these uuids, which no instance or job
+        holds. True if a disk was removed."""
         removed = False
-        for uuid in inventory.disks:
-            if uuid not in self.instances:
-                LOG.warning('[instance: %s] removing its disk: no instance holds it', uuid)
-                removed |= self._try(uuid, 'remove orphan disk', self.storage.delete_disks, uuid)
-                self.reconciled['orphan_disks'] += 1
-        for uuid in instancedir.owned(self.instances_path):
-            if uuid not in self.instances:
-                LOG.warning('[instance: %s] removing its directory: no instance holds it', uuid)
-                instancedir.remove(self.instances_path, uuid)
-                self.reconciled['orphan_dirs'] += 1
+        for uuid in disks:
+            LOG.warning('[instance: %s] removing its disk: no instance or job holds it', uuid)
+            removed |= self._try(uuid, 'remove orphan disk', self.storage.delete_disks, uuid)
+            self.reconciled['orphan_disks'] += 1
+        for uuid in dirs:
+            LOG.warning('[instance: %s] removing its directory: no instance or job holds it', uuid)
+            instancedir.remove(self.instances_path, uuid)
+            self.reconciled['orphan_dirs'] += 1
         return removed
 
     # -- resource audit -----------------------------------------------------------------------
@@ -429,7 +420,8 @@ class ComputeManager:
                     and self._settled_running(job, inst, reason)):
                 return
             if disks:   # a disk that failed half-way was removed by the backend
-                self._remove_disks(inst)
+                self._try(inst.uuid, 'remove the disk of a failed boot',
+                          self.storage.delete_disks, inst.uuid)
             self.tracker.release(inst.uuid)
             self.jobs.finish(job, reason)
             self._set(inst, vm_state=ERROR, task=None, fault=reason)
@@ -492,20 +484,10 @@ class ComputeManager:
             self._set(inst, vm_state=DELETED, power_state=vdriver.NOSTATE, task=None)
             LOG.info('[instance: %s] deleted', inst.uuid)
 
-    def _remove_disks(self, inst: Instance) -> None:
-        """After a failed boot: remove the disk it created."""
-        try:
-            self.storage.delete_disks(inst.uuid)
-        except exception.AgentError as exc:
-            LOG.error('[instance: %s] could not remove the disk of a failed boot: %s',
-                      inst.uuid, exc)
-
-    def storage_report(self, uuids=None) -> dict:
-        """Capacity and the agent's disks, from one shared listing of the backend."""
-        if uuids is not None:
-            if not isinstance(uuids, list) or len(uuids) > 10000:
-                raise exception.InvalidSpec(reason='uuids: must be a list of uuids')
-            uuids = {specmod.validate_uuid(u, 'uuids') for u in uuids}
+    def storage_report(self, uuids: list[str] | None = None) -> dict:
+        """Capacity and the agent's disks, from one shared listing of the backend (``uuids``
+        as checked by ``agent.rpc.schema``)."""
+        uuids = None if uuids is None else set(uuids)
         inventory = self.storage.inventory()
         return {'backend': self.storage.kind,
                 'capacity': dict(self.storage.capacity(), instances=inventory.instance_bytes),
@@ -568,8 +550,12 @@ class ComputeManager:
             LOG.info('hypervisor reconnected; resynchronising instance states')
             infos = self._resync()
             try:
+                # An instance is recorded before its boot makes anything and dropped only
+                # after its delete removed everything: what no instance holds is an orphan.
                 inventory = self.storage.inventory(fresh=True)
-                removed = self._remove_orphans(inventory)
+                removed = self._remove_orphans(
+                    [u for u in inventory.disks if u not in self.instances],
+                    [u for u in instancedir.owned(self.instances_path) if u not in self.instances])
                 self.audit(infos, None if removed else inventory)
             except exception.AgentError as exc:
                 LOG.warning('storage reconciliation after reconnect skipped: %s', exc)

@@ -91,8 +91,6 @@ def plan(jobs: list[jobsmod.Job], domains: dict, disks, dirs, running: set[str],
         if step.action in (FINISH_BOOT, RESUME_DELETE, ADOPT, LOST):
             keep.add(uuid)       # its disk and directory belong to an instance
     # A resumed or failed boot removes its own remnants; nothing else may hold them.
-    return Plan(steps=steps,
-                orphan_disks=sorted(u for u in disks if u not in keep and u not in
-                                    {s.uuid for s in steps if s.action in (RESUME_BOOT, FAIL_BOOT)}),
-                orphan_dirs=sorted(u for u in dirs if u not in keep and u not in
-                                   {s.uuid for s in steps if s.action in (RESUME_BOOT, FAIL_BOOT)}))
+    keep |= {s.uuid for s in steps if s.action in (RESUME_BOOT, FAIL_BOOT)}
+    return Plan(steps=steps, orphan_disks=sorted(set(disks) - keep),
+                orphan_dirs=sorted(set(dirs) - keep))

@@ -13,6 +13,8 @@ import threading
 import time
 from typing import Callable
 
+from agent import resources as resources_mod
+
 LOG = logging.getLogger(__name__)
 
 
@@ -56,16 +58,11 @@ class StateReporter:
             self._resources = report
             self._cond.notify_all()
 
-    @staticmethod
-    def _same_usage(a: dict | None, b: dict | None) -> bool:
-        return (a is not None and b is not None and a['capacity'] == b['capacity']
-                and a['usage'] == b['usage'] and a['instances'] == b['instances'])
-
     def _take(self) -> tuple[dict, dict | None]:
         """Under the lock: everything pending, minus a resource report that changes nothing."""
         batch, self._pending = self._pending, {}
         resources, self._resources = self._resources, None
-        if self._same_usage(resources, self._resources_sent):
+        if resources_mod.same_usage(resources, self._resources_sent):
             self.resource_reports_unchanged += 1
             resources = None
         return batch, resources

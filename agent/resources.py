@@ -23,6 +23,12 @@ from agent import exception
 LOG = logging.getLogger(__name__)
 
 RESOURCES = ('vcpus', 'memory_mb', 'disk_gb')
+USAGE_KEYS = ('capacity', 'usage', 'instances')   # what a usage report is about
+
+
+def same_usage(a: dict | None, b: dict | None) -> bool:
+    """True if two usage reports say the same (whatever their generations)."""
+    return a is not None and b is not None and all(a[k] == b[k] for k in USAGE_KEYS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,7 +266,7 @@ class ResourceTracker:
         """The report to send if capacity or usage differs from the last one, else None."""
         body = {'capacity': self._capacity.to_dict(), 'usage': self._usage.to_dict(),
                 'instances': len(self._claims)}
-        if self._last is not None and all(self._last[k] == v for k, v in body.items()):
+        if same_usage(self._last, body):
             self.counts['reports_skipped_noop'] += 1
             return None
         body.update(generation=next(self._generation), host=self.host,

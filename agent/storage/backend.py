@@ -73,6 +73,3 @@ class StorageBackend(abc.ABC):
     def inventory(self, fresh: bool = False) -> Inventory:
         """The agent's disks and the space instance disks may take, from one listing
         (``fresh``: a listing that starts now, not a cached one)."""
-
-    def describe(self) -> str:
-        return self.kind

@@ -24,9 +24,6 @@ class FileBackend(backend.StorageBackend):
         self._run = runner
         self._path = instances_path
 
-    def describe(self) -> str:
-        return 'the filesystem of %s' % self._path
-
     def init(self) -> dict:
         os.makedirs(self._path, exist_ok=True)
         return self.capacity()

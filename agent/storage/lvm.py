@@ -35,9 +35,6 @@ class LvmBackend(backend.StorageBackend):
         self.vg = volume_group
         self._sweep = sweep.SharedSweep(self._fetch, cache_seconds)
 
-    def describe(self) -> str:
-        return 'volume group %s' % self.vg
-
     # -- the one listing ---------------------------------------------------------------------
     def _fetch(self) -> Report:
         lvs = self._run.check(['lvs', '--reportformat', 'json', '--units', 'b', '--nosuffix',

@@ -36,23 +36,14 @@ class SharedSweep(Generic[T]):
         with self._lock:
             self._generation += 1
 
-    @property
-    def generation(self) -> int:
-        return self._generation
-
     def get(self) -> T:
-        return self.get_versioned()[0]
-
-    def get_versioned(self) -> tuple[T, int]:
-        """The result and the generation its run started in (older than ``generation`` means
-        the agent changed things while it ran)."""
         with self._lock:
             now = time.monotonic()
             last = self._last
             if (last is not None and last.generation == self._generation
                     and now - last.finished_at <= self._max_age):
                 self.shared += 1
-                return last.result, last.generation
+                return last.result
             run = self._running
             if run is not None and run.generation == self._generation:
                 self.shared += 1
@@ -78,4 +69,4 @@ class SharedSweep(Generic[T]):
             run.done.wait()
         if run.error is not None:
             raise run.error
-        return run.result, run.generation
+        return run.result

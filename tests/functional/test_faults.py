@@ -53,6 +53,15 @@ def _boot_all(node, specs):
         return list(pool.map(node.boot, specs))
 
 
+def _one_active(node, name):
+    """One instance without a disk, booted and ACTIVE."""
+    node.with_disk = set()
+    spec = node.spec(name=name)
+    node.boot(spec)
+    node.wait_states([spec['uuid']], ['active'])
+    return spec
+
+
 def _assert_nothing_orphaned(node, rows):
     active = {u for u, r in rows.items() if r['vm_state'] == 'active'}
     failed = {u: r['fault'] for u, r in rows.items() if r['vm_state'] == 'error'}
@@ -155,10 +164,7 @@ def _rabbitmq(action):
 
 def test_rabbitmq_stopped_and_started(fault_node):
     node = fault_node
-    node.with_disk = set()
-    first = node.spec(name='rmq1')
-    node.boot(first)
-    node.wait_states([first['uuid']], ['active'])
+    first = _one_active(node, 'rmq1')
     _rabbitmq('stop')
     try:
         conn = libvirt.open(conftest.URI)            # a state change while RabbitMQ is down
@@ -184,10 +190,7 @@ def test_rabbitmq_stopped_and_started(fault_node):
 
 def test_conductor_away_for_a_while(fault_node):
     node = fault_node
-    node.with_disk = set()
-    first = node.spec(name='cond1')
-    node.boot(first)
-    node.wait_states([first['uuid']], ['active'])
+    first = _one_active(node, 'cond1')
     node.stop('conductor')
     node.compute.delete_instance(node.host, first['uuid'])
     second = node.spec(name='cond2')
