@@ -18,9 +18,11 @@ from agent import exception
 from agent import instancedir
 from agent import jobs as jobsmod
 from agent import journal as journalmod
+from agent import metrics as metricsmod
 from agent import reconcile
 from agent import resources
 from agent import spec as specmod
+from agent import trace as tracemod
 from agent.storage import backend as storage_backend
 from agent.virt import driver as vdriver
 
@@ -70,8 +72,11 @@ class ComputeManager:
                  journal: journalmod.JobJournal, instances_path: str,
                  allocation: resources.Allocation = resources.Allocation(),
                  job_retention: float = 3600.0, max_boot_attempts: int = 2,
-                 reconnect_interval: float = 1.0):
+                 reconnect_interval: float = 1.0, tracer: tracemod.NullTracer | None = None,
+                 metrics: metricsmod.NullMetrics | None = None):
         self.driver = driver
+        self.tracer = tracer or tracemod.NullTracer()
+        self.metrics = metrics or metricsmod.NullMetrics()
         self.storage = storage
         self.runtime = runtime
         self.reporter = reporter
@@ -97,6 +102,10 @@ class ComputeManager:
     def init_host(self) -> None:
         """Connect, then reconcile the journal, the hypervisor and the storage (one listing
         each; see ``agent.reconcile``) and derive the resource usage from what is left."""
+        with self.tracer.bind_track('start-up'):
+            self._init_host()
+
+    def _init_host(self) -> None:
         self.facts = self.driver.init_host()
         self.facts['storage'] = {'backend': self.storage.kind, **self.storage.init()}
         self.jobs.restore(self.journal.load())
@@ -318,7 +327,8 @@ class ComputeManager:
             self.runtime.sleep(interval)
             try:
                 # The audit's listing also finds domains that failed boots could not remove.
-                self.audit(self._without_failed_boot_remnants(self.driver.list_instances()))
+                with self.tracer.bind_track('audit'):
+                    self.audit(self._without_failed_boot_remnants(self.driver.list_instances()))
             except exception.AgentError as exc:
                 LOG.warning('resource audit skipped: %s', exc)
             except Exception:
@@ -327,8 +337,12 @@ class ComputeManager:
     # -- requests ---------------------------------------------------------------------------
     def boot_instance(self, raw_spec) -> dict:
         """Validate, record, enqueue; return at once with the job id."""
+        now = self.tracer.now
+        t_received = now()
         spec = specmod.validate_boot_spec(raw_spec, self.limits)
+        t_valid = now()
         with self._lock:
+            t_locked = now()
             inst = self.instances.get(spec.uuid)
             if inst is not None:
                 if inst.task == 'deleting':
@@ -337,6 +351,7 @@ class ComputeManager:
                 return {'job_id': inst.boot_job, 'uuid': spec.uuid, 'existing': True}
             # In-memory arithmetic only; a refusal leaves nothing recorded.
             self.tracker.claim(spec.uuid, spec.vcpus, spec.memory_mb, spec.disk_gb)
+            t_claimed = now()
             inst = Instance(uuid=spec.uuid, name=spec.name, spec=spec.to_dict(), task='spawning')
             # Held from here until the boot job ends: a delete that arrives meanwhile (even
             # while the job is being journaled) waits for the boot, never runs before it.
@@ -344,6 +359,7 @@ class ComputeManager:
             job, ticket = self.jobs.create('boot', spec.uuid, spec=spec.to_dict())
             inst.boot_job = job.id
             self.instances[spec.uuid] = inst
+        t_journal = now()
         try:
             self.journal.wait(ticket)     # answered only once the job is on disk
         except journalmod.JournalError as exc:
@@ -353,8 +369,18 @@ class ComputeManager:
             self.jobs.finish(job, str(exc))
             inst.lock.release()
             raise exception.JournalUnavailable(reason=str(exc)) from None
+        t_journaled = now()
         self._report(inst)
         LOG.info('[instance: %s] boot accepted as job %s', spec.uuid, job.id)
+        t_answer = now()
+        # Recorded before the job is spawned: the job's span follows the request's.
+        self.metrics.request('boot_instance', t_answer - t_received)
+        for name, start, end in (('validate', t_received, t_valid), ('lock wait', t_valid, t_locked),
+                                 ('claim', t_locked, t_claimed),
+                                 ('journal wait', t_journal, t_journaled)):
+            self.tracer.complete(name, 'request', start, end, uuid=spec.uuid)
+        self.tracer.complete('boot_instance', 'rpc', t_received, t_answer, uuid=spec.uuid,
+                             job_id=job.id)
         self.runtime.spawn(self._run_boot, job, inst, spec)
         return {'job_id': job.id, 'uuid': spec.uuid}
 
@@ -396,9 +422,15 @@ class ComputeManager:
     # -- jobs -------------------------------------------------------------------------------
     def _run_boot(self, job: jobsmod.Job, inst: Instance, spec: specmod.BootSpec) -> None:
         """Run a boot job; the caller acquired ``inst.lock``, released here when it ends."""
+        start = self.tracer.now()
         try:
-            self._boot(job, inst, spec)
+            with self.tracer.bind(inst.uuid):
+                self._boot(job, inst, spec)
         finally:
+            end = self.tracer.now()
+            self.tracer.complete('boot job', 'job', start, end, uuid=inst.uuid, job_id=job.id,
+                                 state=job.state, attempt=job.attempts + 1)
+            self.metrics.boot_finished(end - start, job.state == jobsmod.DONE)
             inst.lock.release()
 
     def _boot(self, job: jobsmod.Job, inst: Instance, spec: specmod.BootSpec) -> None:
@@ -466,23 +498,30 @@ class ComputeManager:
 
     def _run_delete(self, job: jobsmod.Job, inst: Instance) -> None:
         with inst.lock:   # waits for a boot still in progress
-            self.jobs.start(job)
-            self._set(inst, task='deleting', vm_state=DELETING)
-            try:
-                self.driver.destroy(inst.uuid, job.calls)
-                if inst.spec.get('disk_gb') or (not inst.spec and inst.uuid in self.storage.disks()):
-                    self.storage.delete_disks(inst.uuid)
-            except exception.AgentError as exc:
-                LOG.error('[instance: %s] delete failed: %s', inst.uuid, exc)
-                self.jobs.finish(job, str(exc))
-                self._set(inst, vm_state=ERROR, task=None, fault=str(exc))
-                return
-            with self._lock:
-                self.instances.pop(inst.uuid, None)
-            self.tracker.release(inst.uuid)
-            self.jobs.finish(job)
-            self._set(inst, vm_state=DELETED, power_state=vdriver.NOSTATE, task=None)
-            LOG.info('[instance: %s] deleted', inst.uuid)
+            start = self.tracer.now()
+            with self.tracer.bind(inst.uuid):
+                self._delete(job, inst)
+            self.tracer.complete('delete job', 'job', start, self.tracer.now(), uuid=inst.uuid,
+                                 job_id=job.id, state=job.state)
+
+    def _delete(self, job: jobsmod.Job, inst: Instance) -> None:
+        self.jobs.start(job)
+        self._set(inst, task='deleting', vm_state=DELETING)
+        try:
+            self.driver.destroy(inst.uuid, job.calls)
+            if inst.spec.get('disk_gb') or (not inst.spec and inst.uuid in self.storage.disks()):
+                self.storage.delete_disks(inst.uuid)
+        except exception.AgentError as exc:
+            LOG.error('[instance: %s] delete failed: %s', inst.uuid, exc)
+            self.jobs.finish(job, str(exc))
+            self._set(inst, vm_state=ERROR, task=None, fault=str(exc))
+            return
+        with self._lock:
+            self.instances.pop(inst.uuid, None)
+        self.tracker.release(inst.uuid)
+        self.jobs.finish(job)
+        self._set(inst, vm_state=DELETED, power_state=vdriver.NOSTATE, task=None)
+        LOG.info('[instance: %s] deleted', inst.uuid)
 
     def storage_report(self, uuids: list[str] | None = None) -> dict:
         """Capacity and the agent's disks, from one shared listing of the backend (``uuids``
@@ -526,6 +565,9 @@ class ComputeManager:
                     changes['fault'] = None
                     if inst.active_at is None:
                         changes['active_at'] = when
+                        if cause not in ('start-up', 'resync'):   # a boot, not an adoption
+                            self.metrics.boot_active(when - inst.accepted_at)
+                            self.tracer.instant('ACTIVE', 'event', uuid=inst.uuid, cause=cause)
         if all(getattr(inst, k) == v for k, v in changes.items()):
             return
         LOG.info('[instance: %s] power %s -> %s (%s)', inst.uuid, inst.power_state, power, cause)
@@ -539,6 +581,10 @@ class ComputeManager:
         self.runtime.spawn(self._reconnect_loop)
 
     def _reconnect_loop(self) -> None:
+        with self.tracer.bind_track('reconnect'):
+            self._reconnect()
+
+    def _reconnect(self) -> None:
         try:
             while True:
                 try:

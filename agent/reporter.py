@@ -14,14 +14,17 @@ import time
 from typing import Callable
 
 from agent import resources as resources_mod
+from agent import trace as tracemod
 
 LOG = logging.getLogger(__name__)
 
 
 class StateReporter:
     def __init__(self, send: Callable[[list[dict], dict | None], None], window: float = 0.05,
-                 retry_max: float = 10.0, sleep: Callable[[float], None] = time.sleep):
+                 retry_max: float = 10.0, sleep: Callable[[float], None] = time.sleep,
+                 tracer: tracemod.NullTracer | None = None):
         self._send = send
+        self._tracer = tracer or tracemod.NullTracer()
         self._window = window
         self._retry_max = retry_max
         self._sleep = sleep
@@ -85,7 +88,7 @@ class StateReporter:
                     continue
                 self._inflight = True
             try:
-                self._send(sorted(batch.values(), key=lambda s: s['seq']), resources)
+                self._traced_send(sorted(batch.values(), key=lambda s: s['seq']), resources)
             except Exception as exc:
                 self.send_failures += 1
                 backoff = min(self._retry_max, max(0.1, backoff * 2))
@@ -108,6 +111,19 @@ class StateReporter:
                     self._resources_sent = resources
                     self.resource_reports_sent += 1
                 self._cond.notify_all()
+
+    def _traced_send(self, states: list[dict], resources: dict | None) -> None:
+        """Send; traced on the 'conductor reports' track, with a mark on the track of every
+        instance whose state the message carried."""
+        start = self._tracer.now()
+        self._send(states, resources)
+        if self._tracer.enabled:
+            self._tracer.complete('report', 'conductor', start, self._tracer.now(),
+                                  track='conductor reports', states=len(states),
+                                  usage=resources is not None)
+            for state in states:
+                self._tracer.instant('reported %s' % state.get('vm_state'), 'conductor',
+                                     uuid=state['uuid'])
 
     def flush(self, timeout: float) -> bool:
         """Wait until nothing is pending or in flight; False on timeout."""

@@ -13,10 +13,12 @@ import oslo_messaging
 
 from agent import journal as journalmod
 from agent import manager as managermod
+from agent import metrics as metricsmod
 from agent import reporter as reportermod
 from agent import resources
 from agent import rpc
 from agent import spec as specmod
+from agent import trace as tracemod
 from agent import workqueue
 from agent.conductor import api as conductor_api
 from agent.conductor import db as conductor_db
@@ -66,13 +68,23 @@ class AgentService:
         self.started_at = time.time()
         self.runtime = workqueue.green_runtime(conf.workqueue.threads,
                                                conf.workqueue.stats_samples)
+        self.tracer = (tracemod.Tracer(conf.trace.path, 'compute-agent %s' % conf.host,
+                                       conf.trace.max_events)
+                       if conf.trace.path else tracemod.NullTracer())
+        self.metrics = (metricsmod.Metrics(self._metric_sources) if conf.metrics.port
+                        else metricsmod.NullMetrics())
+        self.metrics_port = None
+        if self.tracer.enabled:
+            self.runtime.workqueue.observers.append(self.tracer.on_call)
+        if conf.metrics.port:
+            self.runtime.workqueue.observers.append(self.metrics.on_call)
         self.transport = rpc.get_transport(conf)
-        conductor = conductor_api.ConductorAPI(self.transport, conf.conductor.topic,
-                                               timeout=conf.conductor.report_timeout)
+        self._conductor = conductor_api.ConductorAPI(self.transport, conf.conductor.topic,
+                                                     timeout=conf.conductor.report_timeout)
         self.reporter = reportermod.StateReporter(
-            lambda states, usage: conductor.report(conf.host, states, usage),
+            lambda states, usage: self._conductor.report(conf.host, states, usage),
             window=conf.conductor.report_window, retry_max=conf.conductor.report_retry_max,
-            sleep=self.runtime.sleep)
+            sleep=self.runtime.sleep, tracer=self.tracer)
         self.driver = libvirt_driver.LibvirtDriver(conf, self.runtime, libvirt_mod)
         self.commands = commands.CommandRunner(
             self.runtime.workqueue,
@@ -85,12 +97,22 @@ class AgentService:
             conf.host, self.journal, conf.instances_path,
             allocation=allocation_from_conf(conf), job_retention=conf.jobs.retention,
             max_boot_attempts=conf.jobs.max_boot_attempts,
-            reconnect_interval=conf.libvirt.reconnect_interval)
+            reconnect_interval=conf.libvirt.reconnect_interval, tracer=self.tracer,
+            metrics=self.metrics)
         target = oslo_messaging.Target(topic='compute', server=conf.host)
         self.server = oslo_messaging.get_rpc_server(
-            self.transport, target, [rpc_server.ComputeEndpoint(self.manager, self.stats)],
+            self.transport, target,
+            [rpc_server.ComputeEndpoint(self.manager, self.stats, self._write_trace)],
             executor='eventlet')
         self._stop = threading.Event()
+
+    def _write_trace(self) -> dict:
+        # Serialising a large trace takes a while: on a work-queue thread, not the hub.
+        return self.runtime.workqueue.execute('trace.write', self.tracer.write)
+
+    def _metric_sources(self) -> dict:
+        return {'driver': self.driver, 'commands': self.commands, 'reporter': self.reporter,
+                'manager': self.manager}
 
     def stats(self) -> dict:
         import resource
@@ -99,7 +121,8 @@ class AgentService:
                 'facts': self.manager.facts, 'workqueue': self.runtime.workqueue.stats(),
                 'driver': self.driver.stats(), 'reporter': self.reporter.stats(),
                 'storage': self.storage.stats(), 'commands': dict(self.commands.launches),
-                'manager': self.manager.stats(),
+                'manager': self.manager.stats(), 'trace': self.tracer.stats(),
+                'metrics_port': self.metrics_port,
                 'process': {'max_rss_kb': usage.ru_maxrss,
                             'cpu_s': round(usage.ru_utime + usage.ru_stime, 3)}}
 
@@ -109,6 +132,9 @@ class AgentService:
         self.runtime.spawn(self.reporter.run)
         if self.conf.resources.audit_interval > 0:
             self.runtime.spawn(self.manager.run_audits, self.conf.resources.audit_interval)
+        if self.conf.metrics.port:
+            self.metrics_port = self.metrics.serve(self.conf.metrics.listen_address,
+                                                   self.conf.metrics.port)
         self.server.start()
         LOG.info('compute-agent %s serving topic compute (virt_type=%s, %d work-queue threads)',
                  self.conf.host, self.conf.libvirt.virt_type, self.conf.workqueue.threads)
@@ -131,6 +157,10 @@ class AgentService:
         except journalmod.JournalError as exc:
             LOG.error('job journal not flushed: %s', exc)
         self.journal.stop()
+        if self.tracer.enabled:
+            LOG.info('trace written: %s', self.tracer.write())
+        if self.conf.metrics.port:
+            self.metrics.stop()
         self.driver.host.close()
         self.commands.shutdown()
         self.transport.cleanup()

@@ -90,16 +90,22 @@ class WorkQueue:
         self.threads = threads
         self._samples = samples
         self._stats: dict[str, OpStats] = {}
+        # observe(op, enqueued, started, ended, failed), called in the caller's context after
+        # each call (the tracer, the metrics); times are time.monotonic() seconds.
+        self.observers: list[Callable[[str, float, float, float, bool], None]] = []
 
     def _submit(self, call: Callable, *args) -> Any:
         raise NotImplementedError
 
     def execute(self, op: str, fn: Callable, *args, **kwargs) -> Any:
-        result, error, wait, run = self._submit(_timed, time.monotonic(), fn, args, kwargs)
+        enqueued = time.monotonic()
+        result, error, wait, run = self._submit(_timed, enqueued, fn, args, kwargs)
         stats = self._stats.get(op)
         if stats is None:
             stats = self._stats[op] = OpStats(self._samples)
         stats.record(wait, run, error is not None)
+        for observe in self.observers:
+            observe(op, enqueued, enqueued + wait, enqueued + wait + run, error is not None)
         if error is not None:
             raise error
         return result

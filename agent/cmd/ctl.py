@@ -2,6 +2,7 @@
 
   compute-ctl boot --kernel test-vmlinuz --initrd test-initrd.img --count 5 --wait
   compute-ctl list | show UUID | job JOB_ID | delete UUID... [--wait] | wait UUID... | stats | storage
+  compute-ctl trace       (write the agent's Chrome trace to its [trace] path)
 """
 import argparse
 import concurrent.futures
@@ -63,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument('--timeout', type=float, default=300.0)
     sub.add_parser('stats', help="the agent's counters")
     sub.add_parser('storage', help="the agent's storage capacity and disks (one shared listing)")
+    sub.add_parser('trace', help="write the agent's Chrome trace so far to its [trace] path")
     r = sub.add_parser('resources', help="capacity and usage: the agent's and the conductor's view")
     r.add_argument('--audit', action='store_true',
                    help='run a resource audit on the agent first (prints what it corrected)')
@@ -212,6 +214,14 @@ def main(argv=None) -> int:
             return 0
         if args.cmd == 'storage':
             _print_json(compute.get_storage(args.host))
+            return 0
+        if args.cmd == 'trace':
+            written = compute.write_trace(args.host)
+            if not written.get('enabled'):
+                print('error: tracing is off on %s: set [trace] path and restart the agent'
+                      % args.host, file=sys.stderr)
+                return 1
+            _print_json(written)
             return 0
         return globals()['cmd_' + args.cmd](args, compute, conductor)
     except exception.AgentError as exc:

@@ -5,11 +5,14 @@ from agent.conf import conductor
 from agent.conf import default
 from agent.conf import jobs
 from agent.conf import libvirt
+from agent.conf import metrics
 from agent.conf import resources
 from agent.conf import storage
+from agent.conf import trace
 from agent.conf import workqueue
 
 CONF = cfg.CONF
 
-for _mod in (default, libvirt, workqueue, conductor, storage, resources, jobs):
+for _mod in (default, libvirt, workqueue, conductor, storage, resources, jobs, metrics,
+             trace):
     _mod.register_opts(CONF)

@@ -3,13 +3,16 @@ from agent.conf import conductor
 from agent.conf import default
 from agent.conf import jobs
 from agent.conf import libvirt
+from agent.conf import metrics
 from agent.conf import resources
 from agent.conf import storage
+from agent.conf import trace
 from agent.conf import workqueue
 
 
 def list_opts():
     result = []
-    for mod in (default, libvirt, workqueue, conductor, storage, resources, jobs):
+    for mod in (default, libvirt, workqueue, conductor, storage, resources, jobs, metrics,
+                trace):
         result.extend(mod.list_opts().items())
     return result

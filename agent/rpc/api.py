@@ -7,7 +7,7 @@ TOPIC = 'compute'
 class ComputeAPI:
     """Talks to the agent of node ``host``. Errors arrive as ``agent.exception`` classes."""
 
-    VERSION = '1.3'
+    VERSION = '1.4'
 
     def __init__(self, transport, timeout: float | None = None):
         target = oslo_messaging.Target(topic=TOPIC, version=self.VERSION)
@@ -43,6 +43,9 @@ class ComputeAPI:
 
     def get_stats(self, host: str) -> dict:
         return self._cctxt(host).call({}, 'get_stats')
+
+    def write_trace(self, host: str) -> dict:
+        return self._cctxt(host).call({}, 'write_trace')
 
     def ping(self, host: str, timeout: float | None = None) -> str:
         return self._cctxt(host, timeout).call({}, 'ping')

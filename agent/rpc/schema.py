@@ -52,6 +52,7 @@ METHODS: dict[str, tuple[Arg, ...]] = {
     'audit_resources': (),
     'get_stats': (),
     'ping': (),
+    'write_trace': (),
 }
 
 

@@ -5,6 +5,7 @@ Version history:
   1.1 - get_storage; boot_instance spec field disk_gb
   1.2 - get_resources, audit_resources
   1.3 - every method checks its arguments against ``agent.rpc.schema`` (unknown ones refused)
+  1.4 - write_trace
 
 Methods validate, hand work to the manager and answer at once: none waits for libvirt.
 """
@@ -17,11 +18,12 @@ _EXPECTED = oslo_messaging.expected_exceptions(exception.AgentError)
 
 
 class ComputeEndpoint:
-    target = oslo_messaging.Target(version='1.3')
+    target = oslo_messaging.Target(version='1.4')
 
-    def __init__(self, manager, stats_fn):
+    def __init__(self, manager, stats_fn, write_trace_fn=None):
         self._manager = manager
         self._stats = stats_fn
+        self._write_trace = write_trace_fn or (lambda: {'enabled': False})
         self.invalid_requests = 0
 
     def _args(self, method: str, args: dict) -> dict:
@@ -76,6 +78,13 @@ class ComputeEndpoint:
     def get_stats(self, ctxt, **args):
         self._args('get_stats', args)
         return dict(self._stats(), invalid_requests=self.invalid_requests)
+
+    @_EXPECTED
+    def write_trace(self, ctxt, **args):
+        """Write the trace recorded so far to ``[trace] path``; {path, events, tracks,
+        dropped}, or {enabled: false} when tracing is off."""
+        self._args('write_trace', args)
+        return self._write_trace()
 
     @_EXPECTED
     def ping(self, ctxt, **args):

@@ -107,10 +107,12 @@ class Reports:
 class Agent:
     """An agent (manager, libvirt driver, storage) over the fake libvirt and fake LVM."""
 
-    def __init__(self, conf, hv, lvm=None, backend='lvm', vg=None, allocation=None):
+    def __init__(self, conf, hv, lvm=None, backend='lvm', vg=None, allocation=None,
+                 tracer=None, metrics=None):
         self.hv = hv
         self.lvm = lvm or fakelvm.FakeLvm()
         self.runtime = workqueue.native_runtime(4)
+        self.runtime.workqueue.observers.extend(o.on_call for o in (tracer, metrics) if o)
         self.commands = commands.CommandRunner(self.runtime.workqueue,
                                                worker_factory=self.lvm.worker)
         if backend == 'lvm':
@@ -119,7 +121,7 @@ class Agent:
         else:
             self.storage = file_storage.FileBackend(self.commands, conf.instances_path)
         self.reports = Reports()
-        self.reporter = reportermod.StateReporter(self.reports.send, window=0.005)
+        self.reporter = reportermod.StateReporter(self.reports.send, window=0.005, tracer=tracer)
         self.runtime.spawn(self.reporter.run)
         self.driver = libvirt_driver.LibvirtDriver(conf, self.runtime, fakelibvirt)
         limits = specmod.Limits(image_dir=conf.image_dir, bridge_exists=lambda n: n == 'br0')
@@ -129,7 +131,7 @@ class Agent:
             self.driver, self.storage, self.runtime, self.reporter, limits, 'node1',
             self.journal, conf.instances_path, allocation=allocation or resources.Allocation(),
             job_retention=conf.jobs.retention, max_boot_attempts=conf.jobs.max_boot_attempts,
-            reconnect_interval=0.05)
+            reconnect_interval=0.05, tracer=tracer, metrics=metrics)
         self.manager.init_host()
 
     def wait_job(self, job_id):

@@ -1,0 +1,21 @@
+"""[metrics] options: the agent's Prometheus endpoint."""
+from oslo_config import cfg
+
+group = cfg.OptGroup('metrics', help='Prometheus metrics of the agent (GET /metrics).')
+
+opts = [
+    cfg.HostAddressOpt('listen_address', default='0.0.0.0',
+                       help='Address the metrics endpoint listens on.'),
+    cfg.PortOpt('port', default=9781,
+                help='Port of the metrics endpoint; 0 turns it off. If the port cannot be '
+                     'bound the agent logs an error and runs without it.'),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    conf.register_group(group)
+    conf.register_opts(opts, group=group)
+
+
+def list_opts():
+    return {group: opts}

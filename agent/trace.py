@@ -1,0 +1,186 @@
+"""Chrome trace-event recording (opens in Perfetto and chrome://tracing).
+
+One track per instance (``instance <uuid>``): its boot_instance request (lock wait, claim,
+journal wait), its job (each work-queue wait and each libvirt call or storage command the job
+made), the lifecycle event that made it active and every report to the conductor that carried
+its state. Work that belongs to no instance goes to a track per kind: ``journal`` (group
+commits), ``libvirt`` / ``storage`` (listings, audits), ``conductor reports``.
+
+Which track a work-queue call belongs to is whatever the calling (green)thread bound with
+``bind(uuid)``: a context variable, so every greenthread (and native thread) has its own.
+Events are kept in memory (at most ``max_events``; later ones are counted as dropped) and
+written by ``write()`` as one JSON object, atomically. Plain code: no eventlet here.
+"""
+import contextlib
+import contextvars
+import json
+import os
+import threading
+import time
+from typing import Callable
+
+_TRACK: contextvars.ContextVar = contextvars.ContextVar('compute_agent_trace_track', default=None)
+
+# Work-queue operation prefix -> (event category, track for calls bound to no instance).
+_KINDS = {'libvirt': ('libvirt', 'libvirt'), 'cmd': ('storage', 'storage'),
+          'journal': ('journal', 'journal')}
+
+
+def _kind(op: str) -> tuple[str, str]:
+    return _KINDS.get(op.split('.', 1)[0], ('workqueue', 'workqueue'))
+
+
+def instance_track(uuid: str) -> str:
+    return 'instance %s' % uuid
+
+
+class NullTracer:
+    """Tracing off: every method is a no-op."""
+
+    enabled = False
+    path = None
+    now = staticmethod(time.monotonic)
+
+    def bind(self, uuid: str):
+        return contextlib.nullcontext()
+
+    def bind_track(self, track: str):
+        return contextlib.nullcontext()
+
+    def complete(self, name: str, cat: str, start: float, end: float,
+                 uuid: str | None = None, track: str | None = None, **args) -> None:
+        pass
+
+    def instant(self, name: str, cat: str, uuid: str | None = None, track: str | None = None,
+                **args) -> None:
+        pass
+
+    def on_call(self, op: str, enqueued: float, started: float, ended: float,
+                failed: bool) -> None:
+        pass
+
+    def stats(self) -> dict:
+        return {'enabled': False}
+
+    def write(self, path: str | None = None) -> dict:
+        return {'enabled': False}
+
+
+class Tracer(NullTracer):
+    """Records trace events; timestamps come from ``clock`` (seconds, monotonic)."""
+
+    enabled = True
+
+    def __init__(self, path: str, process_name: str = 'compute-agent', max_events: int = 1_000_000,
+                 clock: Callable[[], float] = time.monotonic):
+        self.path = path
+        self._clock = clock
+        self._origin = clock()
+        self._wall_origin = time.time()
+        self._pid = os.getpid()
+        self._process_name = process_name
+        self._max = max_events
+        self._events: list[dict] = []
+        self._tids: dict[str, int] = {}
+        self._write_lock = threading.Lock()
+        self.dropped = 0
+
+    def now(self) -> float:
+        return self._clock()
+
+    # -- tracks -----------------------------------------------------------------------------
+    def bind(self, uuid: str):
+        """Within this block, work-queue calls of this (green)thread go to ``uuid``'s track."""
+        return _bound(instance_track(uuid))
+
+    def bind_track(self, track: str):
+        """Within this block, work-queue calls of this (green)thread go to ``track``."""
+        return _bound(track)
+
+    def _tid(self, track: str) -> int:
+        tid = self._tids.get(track)
+        if tid is None:
+            tid = self._tids.setdefault(track, len(self._tids) + 1)
+        return tid
+
+    def _track(self, uuid: str | None, track: str | None) -> str:
+        if uuid is not None:
+            return instance_track(uuid)
+        return track or _TRACK.get() or 'agent'
+
+    def _us(self, t: float) -> float:
+        return round((t - self._origin) * 1e6, 3)
+
+    def _add(self, event: dict) -> None:
+        if len(self._events) >= self._max:
+            self.dropped += 1
+            return
+        self._events.append(event)    # list.append: atomic, from any (green)thread
+
+    # -- events -----------------------------------------------------------------------------
+    def complete(self, name: str, cat: str, start: float, end: float,
+                 uuid: str | None = None, track: str | None = None, **args) -> None:
+        """A span ("X" event) from ``start`` to ``end`` (clock seconds)."""
+        ts = self._us(start)
+        event = {'name': name, 'cat': cat, 'ph': 'X', 'ts': ts,
+                 'dur': max(0.0, round(self._us(end) - ts, 3)), 'pid': self._pid,
+                 'tid': self._tid(self._track(uuid, track))}
+        if args:
+            event['args'] = args
+        self._add(event)
+
+    def instant(self, name: str, cat: str, uuid: str | None = None, track: str | None = None,
+                **args) -> None:
+        event = {'name': name, 'cat': cat, 'ph': 'i', 's': 't', 'ts': self._us(self._clock()),
+                 'pid': self._pid, 'tid': self._tid(self._track(uuid, track))}
+        if args:
+            event['args'] = args
+        self._add(event)
+
+    def on_call(self, op: str, enqueued: float, started: float, ended: float,
+                failed: bool) -> None:
+        """Work-queue observer: the queue wait and the call, on the caller's track."""
+        cat, default_track = _kind(op)
+        track = _TRACK.get() or default_track
+        self.complete('wait ' + op, 'queue', enqueued, started, track=track)
+        args = {'failed': True} if failed else {}
+        self.complete(op, cat, started, ended, track=track, **args)
+
+    # -- output -----------------------------------------------------------------------------
+    def events(self) -> list[dict]:
+        """Metadata (process and track names, tracks ordered as first seen) plus the events."""
+        meta = [{'name': 'process_name', 'ph': 'M', 'pid': self._pid, 'tid': 0,
+                 'args': {'name': self._process_name}}]
+        for track, tid in sorted(self._tids.items(), key=lambda kv: kv[1]):
+            meta.append({'name': 'thread_name', 'ph': 'M', 'pid': self._pid, 'tid': tid,
+                         'args': {'name': track}})
+            meta.append({'name': 'thread_sort_index', 'ph': 'M', 'pid': self._pid, 'tid': tid,
+                         'args': {'sort_index': tid}})
+        return meta + list(self._events)
+
+    def stats(self) -> dict:
+        return {'enabled': True, 'path': self.path, 'events': len(self._events),
+                'tracks': len(self._tids), 'dropped': self.dropped}
+
+    def write(self, path: str | None = None) -> dict:
+        """Write everything recorded so far (tmp file + rename); returns ``stats()``."""
+        path = path or self.path
+        doc = {'traceEvents': self.events(), 'displayTimeUnit': 'ms',
+               'otherData': {'clock_origin_unix_s': self._wall_origin,
+                             'dropped_events': self.dropped}}
+        with self._write_lock:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            tmp = '%s.tmp.%d' % (path, os.getpid())
+            with open(tmp, 'w') as f:
+                json.dump(doc, f, separators=(',', ':'))
+            os.replace(tmp, path)
+        return dict(self.stats(), path=path)
+
+
+@contextlib.contextmanager
+def _bound(track: str):
+    token = _TRACK.set(track)
+    try:
+        yield
+    finally:
+        _TRACK.reset(token)
