@@ -51,6 +51,22 @@ user = "root"
 group = "root"
 CONF
     fi
+    # One agent connection carries every call of a boot storm: libvirtd's default of 5
+    # requests in progress per client (and 20 workers in all) queued creates behind each other
+    # (measured: the 20th of 20 parallel boots ACTIVE ~1.3x later than with 20 connections).
+    conf=/etc/libvirt/libvirtd.conf
+    if ! grep -q '^# compute-agent setup-node' "$conf" 2>/dev/null; then
+        cat >>"$conf" <<'CONF'
+# compute-agent setup-node
+max_workers = 64
+max_client_requests = 64
+CONF
+        if pid_alive /run/libvirtd.pid; then
+            log "restarting libvirtd for its new limits (domains keep running)"
+            kill "$(cat /run/libvirtd.pid)"
+            for _ in $(seq 100); do pid_alive /run/libvirtd.pid || break; sleep 0.1; done
+        fi
+    fi
     mkdir -p /var/log/libvirt/qemu /run/libvirt
 }
 

@@ -91,9 +91,10 @@ class InstanceStore:
         return applied
 
     def _rows(self, where: str = '', args=()) -> list[dict]:
+        columns = FIELDS + ('received_at',)     # when the conductor got the current state
         cur = self._db.execute('SELECT %s FROM instances %s ORDER BY accepted_at'
-                               % (', '.join(FIELDS), where), args)
-        return [dict(zip(FIELDS, row)) for row in cur.fetchall()]
+                               % (', '.join(columns), where), args)
+        return [dict(zip(columns, row)) for row in cur.fetchall()]
 
     def get(self, uuid: str) -> dict | None:
         with self._cond:

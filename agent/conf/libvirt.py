@@ -6,9 +6,11 @@ group = cfg.OptGroup('libvirt', help='How the agent drives libvirt.')
 opts = [
     cfg.StrOpt('connection_uri', default='qemu:///system',
                help='libvirt connection URI.'),
-    cfg.StrOpt('virt_type', default='kvm', choices=['kvm', 'qemu'],
+    cfg.StrOpt('virt_type', default='kvm', choices=['kvm', 'qemu', 'test'],
                help='Domain type: "kvm" for hardware virtualisation, "qemu" for TCG emulation '
-                    '(for hosts where KVM does not work, such as nested test machines).'),
+                    '(for hosts where KVM does not work, such as nested test machines), '
+                    '"test" for libvirt\'s in-process test driver (connection_uri = '
+                    'test:///default): no VM runs; for benchmarks of the agent itself.'),
     cfg.StrOpt('cpu_mode', default='none', choices=['none', 'host-model', 'host-passthrough'],
                help='Guest CPU model mode; "none" leaves it to the hypervisor default.'),
     cfg.IntOpt('tcg_tb_cache_mb', default=16, min=0,

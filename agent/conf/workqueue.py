@@ -5,9 +5,13 @@ group = cfg.OptGroup('workqueue', help='The one global native-thread queue that 
                                        'blocking libvirt call.')
 
 opts = [
-    cfg.IntOpt('threads', default=8, min=1, max=256,
-               help='Native threads drawing from the one shared queue. libvirtd serves at most '
-                    'max_client_requests (default 5) calls per connection at once.'),
+    cfg.IntOpt('threads', default=64, min=1, max=256,
+               help='Native threads drawing from the one shared queue. A domain start holds its '
+                    'thread for seconds under load, so there must be more threads than starts '
+                    'in progress, or short calls (journal commits, storage commands) wait '
+                    'behind them. An idle thread costs nothing but its stack. libvirtd serves '
+                    'at most max_client_requests calls per connection at once (default 5; '
+                    'tools/setup-node.sh sets 64).'),
     cfg.IntOpt('stats_samples', default=2048, min=16,
                help='Recent samples kept per operation for the queue-wait and run-time percentiles.'),
 ]

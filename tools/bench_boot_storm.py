@@ -1,0 +1,581 @@
+#!/usr/bin/env python3
+"""Boot-storm benchmark: N boots at once through RabbitMQ to a running agent, against the floor.
+
+Run it through tools/bench-boot-storm.sh (node set-up, test guest, venv, then this). For each N
+and each repetition it runs, one after the other on the same node:
+
+- the floor: the same N domains (the agent's own XML builder, renamed) defined and started
+  directly with libvirt-python from N native threads, one connection each, no agent. Time to
+  ACTIVE = request to the STARTED lifecycle event reaching this process.
+- the agent: a fresh compute-agent process (already serving) gets N boot_instance requests
+  released at once from N client threads. Time to ACTIVE = request to the STARTED event's
+  report reaching the conductor (its ``received_at``).
+
+Both wait for each guest's ready marker on its console too. Then everything is deleted. The
+figures per N are medians over the repetitions (this machine is noisy: +-30 % run to run).
+Output: a table, ``boot-storm.json`` (every run, and per N: median, p90, max, floor, ratio,
+accepts/s, libvirt calls per boot, storage commands, conductor messages, work-queue wait
+p50/p99, agent peak RSS, CPU seconds per boot), ``boot-storm.png`` (median and max time to
+ACTIVE against N, agent beside floor) and one Chrome trace per agent run.
+
+``--accept-rate M`` measures how many boot_instance requests per second an agent accepts
+(validated, claimed, journaled, answered) against the round trip of the no-op ``ping`` over
+the same clients: an agent on libvirt's in-process test driver (``test:///default``: no VM is
+started, everything else is the real agent), M requests from ``--clients`` threads.
+"""
+import argparse
+import concurrent.futures
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid as uuidlib
+
+import libvirt
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, TOP)
+
+from agent import conf as agent_conf  # noqa: E402
+from agent import exception  # noqa: E402
+from agent import rpc  # noqa: E402
+from agent.conductor import api as conductor_api  # noqa: E402
+from agent.rpc import api as compute_api  # noqa: E402
+from agent.virt.libvirt import config as vconfig  # noqa: E402
+
+MARKER = b'COMPUTE-AGENT-GUEST-READY'
+URI = 'qemu:///system'
+CMDLINE = 'console=ttyS0 quiet no_timer_check'
+
+
+def pct(values, q):
+    values = sorted(values)
+    if not values:
+        return None
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Progress:
+    """One status line, rewritten in place on a terminal, every few seconds otherwise."""
+
+    def __init__(self):
+        self._tty = sys.stderr.isatty()
+        self._last = 0.0
+
+    def show(self, text: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if self._tty:
+            sys.stderr.write('\r\033[K' + text)
+            sys.stderr.flush()
+        elif force or now - self._last >= 5:
+            sys.stderr.write(text + '\n')
+            self._last = now
+
+    def done(self, text: str) -> None:
+        if self._tty:
+            sys.stderr.write('\r\033[K')
+        sys.stderr.write(text + '\n')
+
+
+def wait_markers(paths: dict, t0: dict, timeout: float, found: dict) -> None:
+    """Poll console logs (both runs the same way, every 50 ms) until each has the marker."""
+    deadline = time.monotonic() + timeout
+    while len(found) < len(paths) and time.monotonic() < deadline:
+        for uuid, path in paths.items():
+            if uuid in found:
+                continue
+            try:
+                with open(path, 'rb') as f:
+                    if MARKER in f.read():
+                        found[uuid] = time.monotonic() - t0[uuid]
+            except FileNotFoundError:
+                pass
+        time.sleep(0.05)
+
+
+class Floor:
+    """Raw libvirt-python: N threads, one connection each, define + create; STARTED events."""
+
+    def __init__(self, workdir: str, image_dir: str, virt_type: str, progress: Progress):
+        self.dir = os.path.join(workdir, 'floor')
+        os.makedirs(self.dir, exist_ok=True)
+        self.image_dir = image_dir
+        self.virt_type = virt_type
+        self.progress = progress
+        libvirt.registerErrorHandler(lambda ctx, err: None, None)
+        libvirt.virEventRegisterDefaultImpl()
+        threading.Thread(target=self._loop, daemon=True).start()
+        self.conn = libvirt.open(URI)
+        self.arch = vconfig.parse_capabilities(self.conn.getCapabilities())['arch']
+        self.started: dict = {}
+        self.conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                         self._event, None)
+
+    @staticmethod
+    def _loop():
+        while True:
+            libvirt.virEventRunDefaultImpl()
+
+    def _event(self, conn, dom, event, detail, opaque):
+        if event == libvirt.VIR_DOMAIN_EVENT_STARTED:
+            self.started.setdefault(dom.UUIDString(), time.monotonic())
+
+    def _xml(self, uuid: str, index: int, memory_mb: int) -> str:
+        xml = vconfig.GuestConfig(
+            uuid=uuid, name='floor', virt_type=self.virt_type, arch=self.arch, vcpus=1,
+            memory_mb=memory_mb, console_log=os.path.join(self.dir, uuid + '.log'),
+            kernel=os.path.join(self.image_dir, 'test-vmlinuz'),
+            initrd=os.path.join(self.image_dir, 'test-initrd.img'), cmdline=CMDLINE,
+            nics=(vconfig.NicConfig(type='user', mac='52:54:00:fe:%02x:%02x'
+                                    % (index // 256, index % 256)),),
+            tcg_tb_cache_mb=16).to_xml()
+        # Not the agent's name prefix and not its metadata host: the agent never takes these.
+        return xml.replace('<name>%s' % vconfig.DOMAIN_PREFIX, '<name>bench-floor-', 1)
+
+    def run(self, n: int, memory_mb: int, ready_timeout: float) -> dict:
+        uuids = [str(uuidlib.uuid4()) for _ in range(n)]
+        xmls = {u: self._xml(u, i, memory_mb) for i, u in enumerate(uuids)}
+        barrier = threading.Barrier(n)
+        t0, errors = {}, {}
+
+        def boot(uuid):
+            conn = libvirt.open(URI)
+            try:
+                barrier.wait()
+                t0[uuid] = time.monotonic()
+                conn.defineXML(xmls[uuid]).create()
+            except libvirt.libvirtError as exc:
+                errors[uuid] = str(exc)
+            finally:
+                conn.close()
+        threads = [threading.Thread(target=boot, args=(u,)) for u in uuids]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and (
+                any(t.is_alive() for t in threads)
+                or len([u for u in uuids if u in self.started]) + len(errors) < n):
+            self.progress.show('floor N=%d: started %d/%d' % (
+                n, len([u for u in uuids if u in self.started]), n))
+            time.sleep(0.1)
+        active = {u: self.started[u] - t0[u] for u in uuids if u in self.started}
+        ready: dict = {}
+        wait_markers({u: os.path.join(self.dir, u + '.log') for u in active}, t0,
+                     ready_timeout, ready)
+        self._remove(uuids)
+        return {'active_s': active, 'ready_s': ready, 'errors': errors}
+
+    def _remove(self, uuids):
+        def remove(uuid):
+            try:
+                dom = self.conn.lookupByUUIDString(uuid)
+            except libvirt.libvirtError:
+                return
+            try:
+                dom.destroy()
+            except libvirt.libvirtError:
+                pass
+            dom.undefine()
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            list(pool.map(remove, uuids))
+        for uuid in uuids:
+            try:
+                os.unlink(os.path.join(self.dir, uuid + '.log'))
+            except FileNotFoundError:
+                pass
+
+
+def proc_status(pid: int) -> dict:
+    out = {}
+    with open('/proc/%d/status' % pid) as f:
+        for line in f:
+            key, _, value = line.partition(':')
+            if key in ('VmRSS', 'VmHWM'):
+                out[key] = int(value.split()[0]) * 1024
+    with open('/proc/%d/stat' % pid) as f:
+        fields = f.read().rsplit(')', 1)[1].split()
+    out['cpu_s'] = (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+    return out
+
+
+class Services:
+    """The conductor (for the whole benchmark) and an agent process per run."""
+
+    def __init__(self, workdir: str, venv: str, virt_type: str, image_dir: str, progress):
+        self.workdir = workdir
+        self.venv = venv
+        self.progress = progress
+        self.host = 'bench-%s' % socket.gethostname().split('.')[0]
+        self.topic = 'conductor-bench'
+        self.config = os.path.join(workdir, 'agent.conf')
+        with open(self.config, 'w') as f:
+            f.write('[DEFAULT]\nhost = %s\ntransport_url = rabbit://guest:guest@127.0.0.1:5672/\n'
+                    'image_dir = %s\ninstances_path = %s\n'
+                    '[libvirt]\nvirt_type = %s\n[conductor]\ntopic = %s\ndatabase = %s\n'
+                    '[storage]\nbackend = file\n'
+                    % (self.host, image_dir, os.path.join(workdir, 'instances'), virt_type,
+                       self.topic, os.path.join(workdir, 'conductor.sqlite')))
+        agent_conf.CONF(['--config-file', self.config], project='compute-agent-bench',
+                        default_config_files=[])
+        self.transport = rpc.get_transport(agent_conf.CONF)
+        self.compute = compute_api.ComputeAPI(self.transport, timeout=120)
+        self.conductor = conductor_api.ConductorAPI(self.transport, self.topic, timeout=120)
+        self.procs: dict = {}
+        self.start('conductor', 'agent.cmd.conductor', [])
+
+    def start(self, name: str, module: str, extra_configs: list) -> subprocess.Popen:
+        log = open(os.path.join(self.workdir, name + '.log'), 'ab')
+        argv = [os.path.join(self.venv, 'bin', 'python'), '-m', module, '--config-file', self.config]
+        for extra in extra_configs:
+            argv += ['--config-file', extra]
+        proc = self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        return proc
+
+    def start_agent(self, run: str, overrides: str, trace: bool = True) -> subprocess.Popen:
+        """A fresh agent with its own journal, trace and metrics port; returns once it serves."""
+        self.metrics_port = free_port()
+        for suffix in ('-jobs.sqlite', '-jobs.sqlite-wal', '-jobs.sqlite-shm', '-trace.json'):
+            try:
+                os.unlink(os.path.join(self.workdir, run + suffix))   # of an earlier benchmark
+            except FileNotFoundError:
+                pass
+        extra = os.path.join(self.workdir, run + '.conf')
+        with open(extra, 'w') as f:
+            f.write('[jobs]\njournal = %s\n[metrics]\nlisten_address = 127.0.0.1\nport = %d\n'
+                    % (os.path.join(self.workdir, run + '-jobs.sqlite'), self.metrics_port))
+            if trace:
+                f.write('[trace]\npath = %s\n' % os.path.join(self.workdir, run + '-trace.json'))
+            f.write(overrides)
+        proc = self.start('agent', 'agent.cmd.agent', [extra])
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit('agent exited; see %s/agent.log' % self.workdir)
+            try:
+                self.compute.ping(self.host, timeout=2)
+                return proc
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise SystemExit('agent did not answer; see %s/agent.log' % self.workdir)
+
+    def stop(self, name: str) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen('http://127.0.0.1:%d/metrics' % self.metrics_port,
+                                    timeout=10) as answer:
+            return answer.read().decode()
+
+    def close(self) -> None:
+        self.stop('agent')
+        self.stop('conductor')
+        self.transport.cleanup()
+
+
+def storm(svc: Services, n: int, memory_mb: int, ready_timeout: float, progress, run: str,
+          overrides: str = '') -> dict:
+    proc = svc.start_agent(run, overrides)
+    before = svc.compute.get_stats(svc.host)
+    proc_before = proc_status(proc.pid)
+    reports_before = svc.conductor.report_count(svc.host)
+    uuids = [str(uuidlib.uuid4()) for _ in range(n)]
+    barrier = threading.Barrier(n)
+    t0, t0_wall, answered, refused = {}, {}, {}, {}
+
+    def boot(i, uuid):
+        spec = {'uuid': uuid, 'name': 'storm-%d' % i, 'vcpus': 1, 'memory_mb': memory_mb,
+                'kernel': 'test-vmlinuz', 'initrd': 'test-initrd.img', 'cmdline': CMDLINE,
+                'nics': [{'type': 'user'}]}
+        barrier.wait()
+        t0_wall[uuid], t0[uuid] = time.time(), time.monotonic()
+        try:
+            svc.compute.boot_instance(svc.host, spec)
+            answered[uuid] = time.monotonic() - t0[uuid]
+        except exception.AgentError as exc:
+            refused[uuid] = exc.args[0]
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        futures = [pool.submit(boot, i, u) for i, u in enumerate(uuids)]
+        while not all(f.done() for f in futures):
+            progress.show('agent N=%d: accepted %d/%d' % (n, len(answered), n))
+            time.sleep(0.05)
+        for f in futures:
+            f.result()
+    first = min(t0.values())
+    accept_span = max(t0[u] + answered[u] for u in answered) - first if answered else None
+    waiting = list(answered)
+    rows = {}
+    while waiting:
+        done = svc.conductor.wait_instances(waiting, ['active', 'error'], 2.0)
+        rows.update({u: r for u, r in done.items() if r and r['vm_state'] in ('active', 'error')})
+        waiting = [u for u in waiting if u not in rows]
+        progress.show('agent N=%d: accepted %d/%d, active %d/%d'
+                      % (n, len(answered), n, len(rows), n))
+        if time.monotonic() - first > 600:
+            break
+    reports = svc.conductor.report_count(svc.host) - reports_before
+    active = {u: r['received_at'] - t0_wall[u] for u, r in rows.items() if r['vm_state'] == 'active'}
+    ready: dict = {}
+    wait_markers({u: os.path.join(svc.workdir, 'instances', u, 'console.log') for u in active},
+                 t0, ready_timeout, ready)
+    after = svc.compute.get_stats(svc.host)
+    holding = proc_status(proc.pid)
+    metrics_ok = 'compute_agent_boot_to_active_seconds_count' in svc.metrics_text()
+    trace = svc.compute.write_trace(svc.host)
+    progress.show('agent N=%d: deleting' % n, force=True)
+    for u in answered:
+        svc.compute.delete_instance(svc.host, u)
+    svc.conductor.wait_instances(list(answered), ['deleted'], 300)
+    svc.stop('agent')
+
+    def diff(a, b):
+        return {k: b.get(k, 0) - a.get(k, 0) for k in set(a) | set(b) if b.get(k, 0) - a.get(k, 0)}
+    calls = diff(before['driver']['libvirt_calls'], after['driver']['libvirt_calls'])
+    calls.pop('getAllDomainStats', None)     # the periodic audit's listing, not a boot's
+    commands = diff(before['commands'], after['commands'])
+    wq = after['workqueue']['all']
+    return {
+        'active_s': active, 'ready_s': ready, 'answer_s': answered, 'refused': refused,
+        'errors': {u: r['fault'] for u, r in rows.items() if r['vm_state'] != 'active'},
+        'accepts_per_s': len(answered) / accept_span if accept_span else None,
+        'libvirt_calls': calls, 'libvirt_calls_per_boot': sum(calls.values()) / n,
+        'storage_commands': commands, 'lvs_invocations': commands.get('lvs', 0),
+        'conductor_messages': reports,
+        'reporter': {k: after['reporter'][k] - before['reporter'].get(k, 0)
+                     for k in ('reports_sent', 'states_sent', 'resource_reports_sent')},
+        'workqueue_wait_p50_ms': wq['wait_p50_ms'], 'workqueue_wait_p99_ms': wq['wait_p99_ms'],
+        'agent_rss_bytes': holding['VmRSS'], 'agent_peak_rss_bytes': holding['VmHWM'],
+        'agent_cpu_s_per_boot': (holding['cpu_s'] - proc_before['cpu_s']) / n,
+        'metrics_endpoint_ok': metrics_ok, 'trace': trace.get('path'),
+        'trace_events': trace.get('events'),
+    }
+
+
+def summarize(n: int, runs: list, floors: list) -> dict:
+    def med(key, sub=None):
+        vals = [r[key] for r in runs if r.get(key) is not None]
+        return statistics.median(vals) if vals else None
+
+    def per_run(results, field, q):
+        return [pct(list(r[field].values()), q) for r in results if r[field]]
+    out = {'n': n, 'repeats': len(runs),
+           'median_s': statistics.median(per_run(runs, 'active_s', 0.5)),
+           'p90_s': statistics.median(per_run(runs, 'active_s', 0.9)),
+           'max_s': statistics.median(per_run(runs, 'active_s', 1.0)),
+           'ready_median_s': statistics.median(per_run(runs, 'ready_s', 0.5) or [0]),
+           'ready_max_s': statistics.median(per_run(runs, 'ready_s', 1.0) or [0]),
+           'accepts_per_s': med('accepts_per_s'),
+           'libvirt_calls_per_boot': med('libvirt_calls_per_boot'),
+           'lvs_invocations': med('lvs_invocations'),
+           'conductor_messages': med('conductor_messages'),
+           'workqueue_wait_p50_ms': med('workqueue_wait_p50_ms'),
+           'workqueue_wait_p99_ms': med('workqueue_wait_p99_ms'),
+           'agent_peak_rss_mib': round(max(r['agent_peak_rss_bytes'] for r in runs) / 2 ** 20, 1),
+           'agent_cpu_s_per_boot': med('agent_cpu_s_per_boot'),
+           'all_active': all(len(r['active_s']) == n for r in runs)}
+    if floors:
+        out['floor_median_s'] = statistics.median(per_run(floors, 'active_s', 0.5))
+        out['floor_p90_s'] = statistics.median(per_run(floors, 'active_s', 0.9))
+        out['floor_max_s'] = statistics.median(per_run(floors, 'active_s', 1.0))
+        out['floor_ready_median_s'] = statistics.median(per_run(floors, 'ready_s', 0.5) or [0])
+        out['floor_ready_max_s'] = statistics.median(per_run(floors, 'ready_s', 1.0) or [0])
+        out['ratio_median'] = out['median_s'] / out['floor_median_s']
+        out['ratio_max'] = out['max_s'] / out['floor_max_s']
+        # The same ratios run by run (agent run k against the floor run just before it).
+        out['ratio_max_per_run'] = [round(pct(list(a['active_s'].values()), 1.0)
+                                          / pct(list(f['active_s'].values()), 1.0), 3)
+                                    for a, f in zip(runs, floors)]
+    return out
+
+
+def accept_rate(svc: Services, count: int, clients: int, progress) -> dict:
+    """boot_instance against ping, the same clients, on an agent over libvirt's test driver."""
+    overrides = ('[libvirt]\nvirt_type = test\nconnection_uri = test:///default\n'
+                 '[resources]\ncpu_allocation_ratio = 10000\nram_allocation_ratio = 10000\n'
+                 'reserved_host_memory_mb = 0\n')
+    agent = svc.start_agent('accept-rate', overrides, trace=False)   # as in production
+
+    def fire(method):
+        times, refused = [], []
+        lock = threading.Lock()
+        todo = iter(range(count))
+
+        def client():
+            while True:
+                with lock:
+                    i = next(todo, None)
+                if i is None:
+                    return
+                t = time.monotonic()
+                try:
+                    if method == 'ping':
+                        svc.compute.ping(svc.host)
+                    else:
+                        svc.compute.boot_instance(svc.host, {
+                            'uuid': str(uuidlib.uuid4()), 'memory_mb': 128,
+                            'kernel': 'test-vmlinuz', 'initrd': 'test-initrd.img'})
+                except exception.AgentError as exc:
+                    refused.append(exc.args[0])
+                times.append(time.monotonic() - t)
+        cpu = proc_status(agent.pid)['cpu_s']
+        start = time.monotonic()
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            progress.show('accept rate: %s %d/%d' % (method, len(times), count))
+            time.sleep(0.1)
+        span = time.monotonic() - start
+        cpu = proc_status(agent.pid)['cpu_s'] - cpu     # includes boot jobs still running
+        return {'requests': count, 'clients': clients, 'seconds': round(span, 3),
+                'agent_cpu_ms_per_request': round(cpu / count * 1000, 2),
+                'per_s': round(count / span, 1), 'refused': len(refused),
+                'p50_ms': round(pct(times, 0.5) * 1000, 2), 'p99_ms': round(pct(times, 0.99) * 1000, 2),
+                'max_ms': round(max(times) * 1000, 2)}
+    fire('ping')                      # warm-up: connections, reply queues
+    ping = fire('ping')
+    boot = fire('boot_instance')
+    stats = svc.compute.get_stats(svc.host)
+    svc.stop('agent')
+    return {'ping': ping, 'boot_instance': boot,
+            'p99_ratio_to_ping': round(boot['p99_ms'] / ping['p99_ms'], 2),
+            'journal': stats['manager']['journal'],
+            'agent_max_rss_mib': round(stats['process']['max_rss_kb'] / 1024, 1),
+            'instances_held': stats['manager']['instances']}
+
+
+def plot(summaries: list, path: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib import pyplot
+    ns = [s['n'] for s in summaries]
+    fig, ax = pyplot.subplots(figsize=(7, 4.5))
+    ax.plot(ns, [s['median_s'] for s in summaries], 'o-', color='tab:blue', label='agent median')
+    ax.plot(ns, [s['max_s'] for s in summaries], 's-', color='tab:blue', alpha=0.6,
+            label='agent max')
+    if 'floor_median_s' in summaries[0]:
+        ax.plot(ns, [s['floor_median_s'] for s in summaries], 'o--', color='tab:gray',
+                label='libvirt floor median')
+        ax.plot(ns, [s['floor_max_s'] for s in summaries], 's--', color='tab:gray', alpha=0.6,
+                label='libvirt floor max')
+    ax.set_xlabel('boots requested at once (N)')
+    ax.set_ylabel('time from request to ACTIVE (s)')
+    ax.set_title('Boot storm: compute-agent vs raw libvirt-python (%d repeats per N)'
+                 % summaries[0]['repeats'])
+    ax.set_xticks(ns)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def table(summaries: list) -> str:
+    head = '%4s %8s %8s %8s %9s %9s %7s %7s %9s %9s %6s %8s' % (
+        'N', 'median', 'p90', 'max', 'floor med', 'floor max', 'ratio', 'ratio', 'accepts/s',
+        'calls/boot', 'msgs', 'RSS MiB')
+    head2 = '%4s %8s %8s %8s %9s %9s %7s %7s' % ('', '(s)', '(s)', '(s)', '(s)', '(s)', 'median', 'max')
+    lines = [head, head2]
+    for s in summaries:
+        lines.append('%4d %8.2f %8.2f %8.2f %9s %9s %7s %7s %9s %10.2f %6d %8.1f' % (
+            s['n'], s['median_s'], s['p90_s'], s['max_s'],
+            '%.2f' % s['floor_median_s'] if 'floor_median_s' in s else '-',
+            '%.2f' % s['floor_max_s'] if 'floor_max_s' in s else '-',
+            '%.2f' % s['ratio_median'] if 'ratio_median' in s else '-',
+            '%.2f' % s['ratio_max'] if 'ratio_max' in s else '-',
+            '%.0f' % s['accepts_per_s'] if s['accepts_per_s'] else '-',
+            s['libvirt_calls_per_boot'], s['conductor_messages'], s['agent_peak_rss_mib']))
+    return '\n'.join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--sizes', default='1,5,10,20',
+                   help='comma-separated N values (default: the sweep 1,5,10,20)')
+    p.add_argument('--repeat', type=int, default=3, help='runs per N, floor and agent each')
+    p.add_argument('--no-floor', action='store_true', help='skip the raw-libvirt floor')
+    p.add_argument('--memory-mb', type=int, default=96)
+    p.add_argument('--ready-timeout', type=float, default=180.0,
+                   help='seconds to wait for the guests\' ready markers after ACTIVE')
+    p.add_argument('--accept-rate', type=int, default=0, metavar='M',
+                   help='also run the acceptance-rate benchmark with M requests')
+    p.add_argument('--clients', type=int, default=16, help='client threads of --accept-rate')
+    p.add_argument('--workdir', default='/var/lib/compute-agent/bench')
+    p.add_argument('--venv', default=os.path.join(TOP, '.venv'))
+    p.add_argument('--image-dir', default='/var/lib/compute-agent/images')
+    p.add_argument('--virt-type', default='qemu')
+    args = p.parse_args(argv)
+    sizes = [int(x) for x in args.sizes.split(',') if x]
+    os.makedirs(args.workdir, exist_ok=True)
+    progress = Progress()
+    svc = Services(args.workdir, args.venv, args.virt_type, args.image_dir, progress)
+    floor = None if args.no_floor else Floor(args.workdir, args.image_dir, args.virt_type,
+                                             progress)
+    result = {'started_at': time.time(), 'virt_type': args.virt_type, 'sizes': sizes,
+              'repeat': args.repeat, 'memory_mb': args.memory_mb, 'cpus': os.cpu_count(),
+              'runs': [], 'summary': []}
+    out = os.path.join(args.workdir, 'boot-storm.json')
+    try:
+        for n in sizes:
+            runs, floors = [], []
+            for rep in range(args.repeat):
+                if floor is not None:
+                    f = floor.run(n, args.memory_mb, args.ready_timeout)
+                    floors.append(f)
+                    result['runs'].append({'kind': 'floor', 'n': n, 'rep': rep, **f})
+                    progress.done('floor N=%d run %d: max %.2f s to STARTED' % (
+                        n, rep + 1, max(f['active_s'].values(), default=0)))
+                a = storm(svc, n, args.memory_mb, args.ready_timeout, progress,
+                          'n%d-r%d' % (n, rep))
+                runs.append(a)
+                result['runs'].append({'kind': 'agent', 'n': n, 'rep': rep, **a})
+                progress.done('agent N=%d run %d: max %.2f s to ACTIVE, %d active, %s' % (
+                    n, rep + 1, max(a['active_s'].values(), default=0), len(a['active_s']),
+                    'errors: %s' % a['errors'] if a['errors'] or a['refused'] else 'no errors'))
+            result['summary'].append(summarize(n, runs, floors))
+            with open(out, 'w') as f:
+                json.dump(result, f, indent=1)
+        if args.accept_rate:
+            result['accept_rate'] = accept_rate(svc, args.accept_rate, args.clients, progress)
+            progress.done('accept rate: %s' % json.dumps(result['accept_rate']))
+    finally:
+        svc.close()
+        with open(out, 'w') as f:
+            json.dump(result, f, indent=1)
+    if result['summary']:
+        png = os.path.join(args.workdir, 'boot-storm.png')
+        plot(result['summary'], png)
+        print(table(result['summary']))
+        print('\nJSON %s\nplot %s\ntraces %s/*-trace.json' % (out, png, args.workdir))
+    if 'accept_rate' in result:
+        ar = result['accept_rate']
+        print('\naccept rate (%d requests, %d clients): boot_instance %.0f/s, p50 %.1f ms, '
+              'p99 %.1f ms; ping %.0f/s, p50 %.1f ms, p99 %.1f ms; p99 ratio %.2f'
+              % (ar['boot_instance']['requests'], ar['boot_instance']['clients'],
+                 ar['boot_instance']['per_s'], ar['boot_instance']['p50_ms'],
+                 ar['boot_instance']['p99_ms'], ar['ping']['per_s'], ar['ping']['p50_ms'],
+                 ar['ping']['p99_ms'], ar['p99_ratio_to_ping']))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
