@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid as uuidlib
 
 import libvirt
@@ -48,6 +49,14 @@ def _check_node():
                     % '; '.join(problems), pytrace=False)
 
 
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 class Node:
     """The running agent + conductor, their RPC clients, and direct libvirt access."""
 
@@ -67,6 +76,8 @@ class Node:
         with open(os.path.join(self.image_dir, 'test-disk.raw'), 'wb') as f:
             f.truncate(1024 * 1024)
         self.config = os.path.join(workdir, 'agent.conf')
+        self.trace_path = os.path.join(workdir, 'trace.json')
+        self.metrics_port = _free_port()
         storage = '[storage]\nbackend = file\n'
         if vg is not None:
             storage = ('[storage]\nbackend = lvm\n[lvm]\nvolume_group = %s\nlvm_system_dir = %s\n'
@@ -75,10 +86,12 @@ class Node:
             f.write('[DEFAULT]\nhost = %s\ntransport_url = rabbit://guest:guest@127.0.0.1:5672/\n'
                     'image_dir = %s\ninstances_path = %s\ndebug = true\n'
                     '[libvirt]\nvirt_type = %s\nconnection_uri = %s\n'
-                    '[conductor]\ntopic = %s\ndatabase = %s\n[jobs]\njournal = %s\n%s'
+                    '[conductor]\ntopic = %s\ndatabase = %s\n[jobs]\njournal = %s\n'
+                    '[trace]\npath = %s\n[metrics]\nlisten_address = 127.0.0.1\nport = %d\n%s'
                     % (self.host, self.image_dir, self.instances, VIRT_TYPE, URI, self.topic,
                        os.path.join(workdir, 'conductor.sqlite'),
-                       os.path.join(workdir, 'jobs.sqlite'), storage))
+                       os.path.join(workdir, 'jobs.sqlite'), self.trace_path, self.metrics_port,
+                       storage))
             f.write(extra_config)
         self.procs = {}
         self.created: set[str] = set()
@@ -187,6 +200,12 @@ class Node:
         for u in uuids:
             self.compute.delete_instance(self.host, u)
         self.wait_states(uuids, ['deleted'], timeout=120)
+
+    def metrics(self) -> str:
+        """The agent's Prometheus exposition text."""
+        url = 'http://127.0.0.1:%d/metrics' % self.metrics_port
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.read().decode()
 
     def libvirt_calls(self) -> int:
         return self.compute.get_stats(self.host)['driver']['libvirt_calls_total']

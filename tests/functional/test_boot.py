@@ -7,7 +7,10 @@ import uuid as uuidlib
 
 import pytest
 
+from prometheus_client import parser
+
 from agent import exception
+from tests import trace_format
 from tests.functional.conftest import MARKER
 
 
@@ -36,6 +39,33 @@ def test_boot_one_vm(node):
 
 def test_boot_five_vms_in_parallel(node):
     _boot_and_check(node, 5)
+
+
+def test_parallel_boots_are_traced_and_counted_in_metrics(node):
+    """The real agent's Chrome trace (written on request) has a well-formed track per boot
+    with its two libvirt calls, and /metrics counts the boots."""
+    specs = [node.spec() for _ in range(3)]
+    for s in specs:
+        node.boot(s)
+    uuids = [s['uuid'] for s in specs]
+    node.wait_states(uuids, ['active'])
+    written = node.compute.write_trace(node.host)
+    assert written['path'] == node.trace_path and written['dropped'] == 0
+    tracks = trace_format.load(node.trace_path)
+    for u in uuids:
+        events = tracks['instance %s' % u]
+        calls = [n for n in trace_format.names_in(events, 'boot job', slices_only=True)
+                 if n.startswith('libvirt.')]
+        assert calls == ['libvirt.defineXML', 'libvirt.create']
+        assert trace_format.names_in(events, 'boot_instance')[-1] == 'journal wait'
+        assert 'ACTIVE' in trace_format.names_in(events)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in parser.text_string_to_metric_families(node.metrics()) for s in f.samples}
+    assert samples[('compute_agent_boot_to_active_seconds_count', ())] >= 3
+    stats = node.compute.get_stats(node.host)
+    assert (samples[('compute_agent_libvirt_calls_total', (('op', 'create'),))]
+            == stats['driver']['libvirt_calls']['create'])
+    node.delete(uuids)
 
 
 def test_state_comes_from_events_not_polling(node):
