@@ -67,7 +67,8 @@ class AgentService:
         self.conf = conf
         self.started_at = time.time()
         self.runtime = workqueue.green_runtime(conf.workqueue.threads,
-                                               conf.workqueue.stats_samples)
+                                               conf.workqueue.stats_samples,
+                                               conf.workqueue.reserved_threads)
         self.tracer = (tracemod.Tracer(conf.trace.path, 'compute-agent %s' % conf.host,
                                        conf.trace.max_events)
                        if conf.trace.path else tracemod.NullTracer())
@@ -90,7 +91,8 @@ class AgentService:
             self.runtime.workqueue,
             env={'LVM_SYSTEM_DIR': conf.lvm.lvm_system_dir} if conf.lvm.lvm_system_dir else {})
         self.storage = storage_from_conf(conf, self.commands)
-        self.journal = journalmod.JobJournal(conf.jobs.journal, self.runtime.workqueue.execute,
+        self.journal = journalmod.JobJournal(conf.jobs.journal,
+                                             self.runtime.workqueue.execute_urgent,
                                              sleep=self.runtime.sleep)
         self.manager = managermod.ComputeManager(
             self.driver, self.storage, self.runtime, self.reporter, limits_from_conf(conf),
@@ -108,7 +110,7 @@ class AgentService:
 
     def _write_trace(self) -> dict:
         # Serialising a large trace takes a while: on a work-queue thread, not the hub.
-        return self.runtime.workqueue.execute('trace.write', self.tracer.write)
+        return self.runtime.workqueue.execute_urgent('trace.write', self.tracer.write)
 
     def _metric_sources(self) -> dict:
         return {'driver': self.driver, 'commands': self.commands, 'reporter': self.reporter,

@@ -1,8 +1,12 @@
 """The global native-thread work queue, and the other points where threads meet greenthreads.
 
-Every blocking call the agent makes (libvirt today) runs through ``WorkQueue.execute``: ONE queue
-shared by all worker threads, so a call never waits behind a busy thread while another is idle.
-Each call is timed in two parts: queue wait (submitted -> a thread picked it up) and run time.
+Every blocking call the agent makes (libvirt, storage commands) runs through
+``WorkQueue.execute``: ONE queue shared by all worker threads, so a call never waits behind a
+busy thread while another is idle. Those calls may occupy all threads but ``reserved``; the
+reserved ones serve ``execute_urgent`` (the job journal's commits), so a boot request's answer
+never waits behind domain starts, however many are in progress. Each call is timed in two
+parts: queue wait (submitted -> a thread picked it up, including the wait for a share of the
+threads) and run time.
 
 Two runtimes offer the same interface:
 - ``green_runtime``: the agent's. eventlet's tpool (one global request queue, N native threads);
@@ -86,8 +90,10 @@ class WorkQueue:
     the caller's context, so worker threads never touch a (possibly green) lock.
     """
 
-    def __init__(self, threads: int, samples: int = _DEFAULT_SAMPLES):
+    def __init__(self, threads: int, samples: int = _DEFAULT_SAMPLES, reserved: int = 0):
         self.threads = threads
+        self.reserved = min(reserved, threads - 1)
+        self._shared = threading.BoundedSemaphore(threads - self.reserved)   # green in the agent
         self._samples = samples
         self._stats: dict[str, OpStats] = {}
         # observe(op, enqueued, started, ended, failed), called in the caller's context after
@@ -98,7 +104,16 @@ class WorkQueue:
         raise NotImplementedError
 
     def execute(self, op: str, fn: Callable, *args, **kwargs) -> Any:
+        """Run ``fn`` on a thread of the shared (unreserved) part of the pool."""
         enqueued = time.monotonic()
+        with self._shared:
+            return self._execute(op, enqueued, fn, args, kwargs)
+
+    def execute_urgent(self, op: str, fn: Callable, *args, **kwargs) -> Any:
+        """Run ``fn`` at once on any free thread, the reserved ones included."""
+        return self._execute(op, time.monotonic(), fn, args, kwargs)
+
+    def _execute(self, op: str, enqueued: float, fn: Callable, args, kwargs) -> Any:
         result, error, wait, run = self._submit(_timed, enqueued, fn, args, kwargs)
         stats = self._stats.get(op)
         if stats is None:
@@ -134,8 +149,8 @@ class WorkQueue:
 class ThreadWorkQueue(WorkQueue):
     """Plain native threads around one ``queue.SimpleQueue``."""
 
-    def __init__(self, threads: int, samples: int = _DEFAULT_SAMPLES):
-        super().__init__(threads, samples)
+    def __init__(self, threads: int, samples: int = _DEFAULT_SAMPLES, reserved: int = 0):
+        super().__init__(threads, samples, reserved)
         import queue
         self._queue = queue.SimpleQueue()
         self._workers = [threading.Thread(target=self._work, name='workqueue-%d' % i, daemon=True)
@@ -166,8 +181,10 @@ class ThreadWorkQueue(WorkQueue):
 class GreenWorkQueue(WorkQueue):
     """eventlet.tpool: one global request queue served by ``threads`` native threads."""
 
-    def __init__(self, threads: int, samples: int = _DEFAULT_SAMPLES):
-        super().__init__(threads, samples)
+    def __init__(self, threads: int, samples: int = _DEFAULT_SAMPLES, reserved: int = 0):
+        super().__init__(threads, samples, reserved)
+        from eventlet import semaphore
+        self._shared = semaphore.BoundedSemaphore(threads - self.reserved)
         from eventlet import tpool
         tpool.set_num_threads(threads)
         self._tpool = tpool
@@ -258,19 +275,19 @@ def _native_thread(fn: Callable[[], None], name: str, thread_cls=threading.Threa
     thread_cls(target=fn, name=name, daemon=True).start()
 
 
-def native_runtime(threads: int, samples: int = _DEFAULT_SAMPLES) -> Runtime:
+def native_runtime(threads: int, samples: int = _DEFAULT_SAMPLES, reserved: int = 0) -> Runtime:
     def spawn(fn, *args):
         threading.Thread(target=fn, args=args, daemon=True).start()
-    return Runtime(workqueue=ThreadWorkQueue(threads, samples), spawn=spawn,
+    return Runtime(workqueue=ThreadWorkQueue(threads, samples, reserved), spawn=spawn,
                    spawn_native=_native_thread, bridge=ThreadBridge, sleep=time.sleep)
 
 
-def green_runtime(threads: int, samples: int = _DEFAULT_SAMPLES) -> Runtime:
+def green_runtime(threads: int, samples: int = _DEFAULT_SAMPLES, reserved: int = 0) -> Runtime:
     import eventlet
     from eventlet import patcher
     original_thread = patcher.original('threading').Thread
 
     def spawn_native(fn, name):
         _native_thread(fn, name, thread_cls=original_thread)
-    return Runtime(workqueue=GreenWorkQueue(threads, samples), spawn=eventlet.spawn_n,
+    return Runtime(workqueue=GreenWorkQueue(threads, samples, reserved), spawn=eventlet.spawn_n,
                    spawn_native=spawn_native, bridge=GreenBridge, sleep=eventlet.sleep)

@@ -12,6 +12,10 @@ opts = [
                     'behind them. An idle thread costs nothing but its stack. libvirtd serves '
                     'at most max_client_requests calls per connection at once (default 5; '
                     'tools/setup-node.sh sets 64).'),
+    cfg.IntOpt('reserved_threads', default=2, min=0,
+               help='Threads kept for the job journal\'s commits: libvirt calls and storage '
+                    'commands may occupy all the others, so boot requests are answered (their '
+                    'job on disk) even while every other thread holds a domain start.'),
     cfg.IntOpt('stats_samples', default=2048, min=16,
                help='Recent samples kept per operation for the queue-wait and run-time percentiles.'),
 ]

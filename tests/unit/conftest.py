@@ -125,7 +125,8 @@ class Agent:
         self.runtime.spawn(self.reporter.run)
         self.driver = libvirt_driver.LibvirtDriver(conf, self.runtime, fakelibvirt)
         limits = specmod.Limits(image_dir=conf.image_dir, bridge_exists=lambda n: n == 'br0')
-        self.journal = journalmod.JobJournal(conf.jobs.journal, self.runtime.workqueue.execute)
+        self.journal = journalmod.JobJournal(conf.jobs.journal,
+                                             self.runtime.workqueue.execute_urgent)
         self.runtime.spawn(self.journal.run)
         self.manager = managermod.ComputeManager(
             self.driver, self.storage, self.runtime, self.reporter, limits, 'node1',

@@ -79,3 +79,41 @@ def test_thread_bridge_hands_items_in_order():
         bridge.put(i)
     assert done.wait(5)
     assert got == list(range(50))
+
+
+@pytest.mark.parametrize('kind', ['native', 'green'])
+def test_urgent_calls_get_a_reserved_thread_while_shared_ones_are_all_busy(kind):
+    """Domain starts hold every shared thread: a journal commit still runs at once, and a
+    further start waits for a shared thread (its wait is counted) instead of taking a
+    reserved one."""
+    if kind == 'native':
+        wq, Event = workqueue.ThreadWorkQueue(3, reserved=1), threading.Event
+    else:
+        wq, Event = workqueue.GreenWorkQueue(3, reserved=1), patcher.original('threading').Event
+    gate = Event()
+    started = []
+
+    def start(i):
+        return wq.execute('libvirt.create', lambda: (started.append(i), gate.wait(10))[1])
+    if kind == 'native':
+        busy = [threading.Thread(target=start, args=(i,)) for i in range(3)]
+        for t in busy:
+            t.start()
+        workqueue_wait = lambda: [t.join() for t in busy]  # noqa: E731
+    else:
+        pool = eventlet.GreenPool()
+        busy = [pool.spawn(start, i) for i in range(3)]
+        workqueue_wait = pool.waitall
+    for _ in range(500):
+        if len(started) == 2:
+            break
+        eventlet.sleep(0.01) if kind == 'green' else gate.wait(0.01)
+    assert len(started) == 2             # the third start waits: one thread is reserved
+    assert wq.execute_urgent('journal.commit', lambda: 'committed') == 'committed'
+    assert len(started) == 2
+    gate.set()
+    workqueue_wait()
+    stats = wq.stats()
+    assert stats['libvirt.create']['calls'] == 3 and stats['journal.commit']['calls'] == 1
+    assert stats['libvirt.create']['wait_max_ms'] > 0
+    wq.shutdown()
