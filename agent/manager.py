@@ -429,7 +429,7 @@ class ComputeManager:
         finally:
             end = self.tracer.now()
             self.tracer.complete('boot job', 'job', start, end, uuid=inst.uuid, job_id=job.id,
-                                 state=job.state, attempt=job.attempts + 1)
+                                 state=job.state, attempt=job.attempts)
             self.metrics.boot_finished(end - start, job.state == jobsmod.DONE)
             inst.lock.release()
 
