@@ -118,22 +118,28 @@ def test_a_periodic_audit_with_no_change_sends_nothing(acct_node):
     node = acct_node
     spec = node.spec(disk_gb=1)
     node.boot(spec)
-    node.wait_states([spec['uuid']], ['active'])
-    _settled(node)
-    reports = len(node.conductor.list_reports(node.host))
-    audits = node.compute.get_resources(node.host)['stats']['audits']
-    lvs = node.vg.launches('lvs')
-    deadline = time.monotonic() + 30
-    while node.compute.get_resources(node.host)['stats']['audits'] < audits + 3:
-        assert time.monotonic() < deadline, 'no periodic audits ran'
-        time.sleep(0.2)
-    assert node.compute.audit_resources(node.host) == []
-    stats = node.compute.get_resources(node.host)['stats']
-    assert len(node.conductor.list_reports(node.host)) == reports
-    assert stats['audit_corrections'] == 0
-    # Each audit read LVM once (one lvs; the libvirt side is one getAllDomainStats).
-    assert node.vg.launches('lvs') - lvs == stats['audits'] - audits
-    node.delete([spec['uuid']])
+    try:
+        node.wait_states([spec['uuid']], ['active'])
+        _settled(node)
+        reports = len(node.conductor.list_reports(node.host))
+        audits = node.compute.get_resources(node.host)['stats']['audits']
+        lvs = node.vg.launches('lvs')
+        deadline = time.monotonic() + 30
+        while node.compute.get_resources(node.host)['stats']['audits'] < audits + 5:
+            assert time.monotonic() < deadline, 'no periodic audits ran'
+            time.sleep(0.2)
+        assert node.compute.audit_resources(node.host) == []
+        stats = node.compute.get_resources(node.host)['stats']
+        lvs = node.vg.launches('lvs') - lvs
+        assert len(node.conductor.list_reports(node.host)) == reports
+        assert stats['audit_corrections'] == 0
+        # Each audit read LVM once (one lvs; the libvirt side is one getAllDomainStats). A
+        # periodic audit running while a count is read has its lvs counted and not yet
+        # itself (or the other way round): one of either end.
+        audits = stats['audits'] - audits
+        assert audits - 2 <= lvs <= audits + 2, (lvs, audits)
+    finally:
+        node.delete([spec['uuid']])
 
 
 def test_an_over_capacity_boot_is_refused_with_nothing_created(acct_node):
