@@ -70,5 +70,9 @@ class ClaimExists(InvalidSpec):
     msg_fmt = 'Instance %(uuid)s already holds a resource claim'
 
 
+class TraceWriteFailed(AgentError):
+    msg_fmt = 'Could not write the trace to %(path)s: %(reason)s'
+
+
 class JournalUnavailable(AgentError):
     msg_fmt = 'The request was not recorded, so not accepted: %(reason)s'

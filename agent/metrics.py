@@ -13,17 +13,14 @@ from prometheus_client import exposition
 from prometheus_client import metrics as pmetrics
 from prometheus_client import registry as pregistry
 
+from agent import trace
+
 LOG = logging.getLogger(__name__)
 
 BOOT_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256)
 WAIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                 0.5, 1, 2.5, 5, 10)
 REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
-
-
-def _kind(op: str) -> str:
-    return {'libvirt': 'libvirt', 'cmd': 'storage', 'journal': 'journal'}.get(
-        op.split('.', 1)[0], 'other')
 
 
 class NullMetrics:
@@ -71,7 +68,7 @@ class Metrics(NullMetrics):
         self._server = None
 
     def on_call(self, op, enqueued, started, ended, failed) -> None:
-        kind = _kind(op)
+        kind = trace.op_kind(op)
         self.queue_wait.labels(kind).observe(started - enqueued)
         self.queue_run.labels(kind).observe(ended - started)
 

@@ -11,6 +11,7 @@ import time
 
 import oslo_messaging
 
+from agent import exception
 from agent import journal as journalmod
 from agent import manager as managermod
 from agent import metrics as metricsmod
@@ -80,10 +81,10 @@ class AgentService:
         if conf.metrics.port:
             self.runtime.workqueue.observers.append(self.metrics.on_call)
         self.transport = rpc.get_transport(conf)
-        self._conductor = conductor_api.ConductorAPI(self.transport, conf.conductor.topic,
-                                                     timeout=conf.conductor.report_timeout)
+        conductor = conductor_api.ConductorAPI(self.transport, conf.conductor.topic,
+                                               timeout=conf.conductor.report_timeout)
         self.reporter = reportermod.StateReporter(
-            lambda states, usage: self._conductor.report(conf.host, states, usage),
+            lambda states, usage: conductor.report(conf.host, states, usage),
             window=conf.conductor.report_window, retry_max=conf.conductor.report_retry_max,
             sleep=self.runtime.sleep, tracer=self.tracer)
         self.driver = libvirt_driver.LibvirtDriver(conf, self.runtime, libvirt_mod)
@@ -160,7 +161,10 @@ class AgentService:
             LOG.error('job journal not flushed: %s', exc)
         self.journal.stop()
         if self.tracer.enabled:
-            LOG.info('trace written: %s', self.tracer.write())
+            try:
+                LOG.info('trace written: %s', self.tracer.write())
+            except exception.TraceWriteFailed as exc:
+                LOG.error('%s', exc)
         if self.conf.metrics.port:
             self.metrics.stop()
         self.driver.host.close()

@@ -3,8 +3,9 @@
 One track per instance (``instance <uuid>``): its boot_instance request (lock wait, claim,
 journal wait), its job (each work-queue wait and each libvirt call or storage command the job
 made), the lifecycle event that made it active and every report to the conductor that carried
-its state. Work that belongs to no instance goes to a track per kind: ``journal`` (group
-commits), ``libvirt`` / ``storage`` (listings, audits), ``conductor reports``.
+its state. Work that belongs to no instance goes to a track of its own: ``journal`` (group
+commits), ``libvirt`` / ``storage`` / ``other`` (calls of RPC requests), ``conductor reports``,
+``start-up``, ``audit``, ``reconnect``.
 
 Which track a work-queue call belongs to is whatever the calling (green)thread bound with
 ``bind(uuid)``: a context variable, so every greenthread (and native thread) has its own.
@@ -13,21 +14,24 @@ written by ``write()`` as one JSON object, atomically. Plain code: no eventlet h
 """
 import contextlib
 import contextvars
+import itertools
 import json
 import os
 import threading
 import time
 from typing import Callable
 
+from agent import exception
+
 _TRACK: contextvars.ContextVar = contextvars.ContextVar('compute_agent_trace_track', default=None)
 
-# Work-queue operation prefix -> (event category, track for calls bound to no instance).
-_KINDS = {'libvirt': ('libvirt', 'libvirt'), 'cmd': ('storage', 'storage'),
-          'journal': ('journal', 'journal')}
+_KINDS = {'libvirt': 'libvirt', 'cmd': 'storage', 'journal': 'journal'}
 
 
-def _kind(op: str) -> tuple[str, str]:
-    return _KINDS.get(op.split('.', 1)[0], ('workqueue', 'workqueue'))
+def op_kind(op: str) -> str:
+    """The kind of a work-queue operation (its prefix): libvirt, storage, journal or other.
+    A call's trace category, its track when no instance is bound, and its metrics label."""
+    return _KINDS.get(op.split('.', 1)[0], 'other')
 
 
 def instance_track(uuid: str) -> str:
@@ -82,6 +86,7 @@ class Tracer(NullTracer):
         self._max = max_events
         self._events: list[dict] = []
         self._tids: dict[str, int] = {}
+        self._next_tid = itertools.count(1)     # next(): atomic, unlike len(dict) + 1
         self._write_lock = threading.Lock()
         self.dropped = 0
 
@@ -100,7 +105,7 @@ class Tracer(NullTracer):
     def _tid(self, track: str) -> int:
         tid = self._tids.get(track)
         if tid is None:
-            tid = self._tids.setdefault(track, len(self._tids) + 1)
+            tid = self._tids.setdefault(track, next(self._next_tid))
         return tid
 
     def _track(self, uuid: str | None, track: str | None) -> str:
@@ -140,11 +145,11 @@ class Tracer(NullTracer):
     def on_call(self, op: str, enqueued: float, started: float, ended: float,
                 failed: bool) -> None:
         """Work-queue observer: the queue wait and the call, on the caller's track."""
-        cat, default_track = _kind(op)
-        track = _TRACK.get() or default_track
+        kind = op_kind(op)
+        track = _TRACK.get() or kind
         self.complete('wait ' + op, 'queue', enqueued, started, track=track)
         args = {'failed': True} if failed else {}
-        self.complete(op, cat, started, ended, track=track, **args)
+        self.complete(op, kind, started, ended, track=track, **args)
 
     # -- output -----------------------------------------------------------------------------
     def events(self) -> list[dict]:
@@ -163,17 +168,25 @@ class Tracer(NullTracer):
                 'tracks': len(self._tids), 'dropped': self.dropped}
 
     def write(self, path: str | None = None) -> dict:
-        """Write everything recorded so far (tmp file + rename); returns ``stats()``."""
+        """Write everything recorded so far (tmp file + rename); returns ``stats()``.
+        TraceWriteFailed if it cannot: the previous file stays, no partial file is left."""
         path = path or self.path
         doc = {'traceEvents': self.events(), 'displayTimeUnit': 'ms',
                'otherData': {'clock_origin_unix_s': self._wall_origin,
                              'dropped_events': self.dropped}}
+        tmp = '%s.tmp.%d' % (path, os.getpid())
         with self._write_lock:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            tmp = '%s.tmp.%d' % (path, os.getpid())
-            with open(tmp, 'w') as f:
-                json.dump(doc, f, separators=(',', ':'))
-            os.replace(tmp, path)
+            try:
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+                with open(tmp, 'w') as f:
+                    json.dump(doc, f, separators=(',', ':'))
+                os.replace(tmp, path)
+            except (OSError, TypeError, ValueError) as exc:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise exception.TraceWriteFailed(path=path, reason=exc) from None
         return dict(self.stats(), path=path)
 
 

@@ -220,10 +220,9 @@ def proc_status(pid: int) -> dict:
 class Services:
     """The conductor (for the whole benchmark) and an agent process per run."""
 
-    def __init__(self, workdir: str, venv: str, virt_type: str, image_dir: str, progress):
+    def __init__(self, workdir: str, venv: str, virt_type: str, image_dir: str):
         self.workdir = workdir
         self.venv = venv
-        self.progress = progress
         self.host = 'bench-%s' % socket.gethostname().split('.')[0]
         self.topic = 'conductor-bench'
         self.config = os.path.join(workdir, 'agent.conf')
@@ -387,7 +386,7 @@ def storm(svc: Services, n: int, memory_mb: int, ready_timeout: float, progress,
 
 
 def summarize(n: int, runs: list, floors: list) -> dict:
-    def med(key, sub=None):
+    def med(key):
         vals = [r[key] for r in runs if r.get(key) is not None]
         return statistics.median(vals) if vals else None
 
@@ -542,7 +541,7 @@ def main(argv=None) -> int:
     sizes = [int(x) for x in args.sizes.split(',') if x]
     os.makedirs(args.workdir, exist_ok=True)
     progress = Progress()
-    svc = Services(args.workdir, args.venv, args.virt_type, args.image_dir, progress)
+    svc = Services(args.workdir, args.venv, args.virt_type, args.image_dir)
     floor = None if args.no_floor else Floor(args.workdir, args.image_dir, args.virt_type,
                                              progress)
     result = {'started_at': time.time(), 'virt_type': args.virt_type, 'sizes': sizes,

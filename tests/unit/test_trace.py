@@ -2,6 +2,9 @@
 import json
 import uuid as uuidlib
 
+import pytest
+
+from agent import exception
 from agent import trace
 from tests import trace_format
 from tests.unit import fakelibvirt
@@ -107,3 +110,20 @@ def test_tracing_off_records_nothing(tmp_path):
         null.complete('x', 'test', 0, 1)
         null.on_call('libvirt.create', 0, 1, 2, False)
     assert null.write() == {'enabled': False}
+
+
+def test_a_failed_write_raises_a_clear_error_and_leaves_no_partial_file(tmp_path):
+    path = tmp_path / 'trace.json'
+    tracer = trace.Tracer(str(path))
+    tracer.complete('x', 'test', 0, 1, track='t')
+    tracer.write()
+    before = path.read_bytes()
+    tracer.complete('y', 'test', 1, 2, track='t', unserialisable=object())   # fails mid-write
+    with pytest.raises(exception.TraceWriteFailed) as err:
+        tracer.write()
+    assert str(path) in str(err.value) and 'not JSON serializable' in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['trace.json']
+    assert path.read_bytes() == before              # the last good trace stays
+    (tmp_path / 'blocker').write_text('')
+    with pytest.raises(exception.TraceWriteFailed):
+        tracer.write(str(tmp_path / 'blocker' / 'trace.json'))   # its directory is a file
