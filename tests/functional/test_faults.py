@@ -104,7 +104,15 @@ def test_libvirtd_killed_while_instances_boot(fault_node):
     specs = [node.spec(name='lv%d' % i) for i in range(10)]
     node.with_disk = set()
     uuids = [s['uuid'] for s in specs]
-    _boot_all(node, specs)
+    answers = _boot_all(node, specs)
+    try:
+        _libvirtd_killed(node, uuids, [a['job_id'] for a in answers])
+    finally:       # nothing left for the next tests, even when this one fails
+        node.delete(uuids)
+    assert node.domains() == set()
+
+
+def _libvirtd_killed(node, uuids, job_ids):
     deadline = time.monotonic() + 120
     while True:                     # some boots done, the others still in flight
         states = [r['vm_state'] for r in node.conductor.list_instances(node.host)
@@ -127,10 +135,14 @@ def test_libvirtd_killed_while_instances_boot(fault_node):
     time.sleep(1.0)                  # boots in flight meet a dead libvirtd
     subprocess.run(['/usr/sbin/libvirtd', '-d'], check=True)
     deadline = time.monotonic() + 300   # a restarted libvirtd may hold domain locks ~30 s
-    while True:        # until the agent has reconnected and resynchronised
+    while True:        # until the agent has reconnected, resynchronised and settled every boot
         rows = node.wait_states(uuids, ['active', 'error'], timeout=300)
         active = {u for u, r in rows.items() if r['vm_state'] == 'active'}
-        if node.domains() == active == _running(node):
+        # A boot cut off by libvirtd's exit stays running until settled; a domain destroyed
+        # before that is (rightly) a boot that did not go through.
+        settled = all(node.compute.get_job(node.host, j)['state'] in ('done', 'failed')
+                      for j in job_ids)
+        if settled and node.domains() == active == _running(node):
             break
         assert time.monotonic() < deadline, (active, node.domains(), node.log_tail('agent'))
         time.sleep(0.5)
@@ -146,8 +158,6 @@ def test_libvirtd_killed_while_instances_boot(fault_node):
         conn.lookupByUUIDString(victim).destroy()
         conn.close()
         node.wait_states([victim], ['stopped'], timeout=60)
-    node.delete(uuids)
-    assert node.domains() == set()
 
 
 def _rabbitmq(action):
