@@ -109,15 +109,17 @@ class ComputeManager:
         self.facts = self.driver.init_host()
         self.facts['storage'] = {'backend': self.storage.kind, **self.storage.init()}
         self.jobs.restore(self.journal.load())
-        infos = self.driver.list_instances()
-        inventory = self.storage.inventory(fresh=True)
-        self.tracker.set_inventory(cpus=self.facts['cpus'], memory_mb=self.facts['memory_mb'],
-                                   disk_gb=inventory.instance_bytes // storage_backend.GiB)
-        changed = self._reconcile(infos, inventory)
-        if changed:          # what the listings showed is no longer what exists
-            self.audit(self._resync())
-        else:
-            self.audit(self._resync(infos), inventory)
+        with self._auditing() as token:      # begun before the listings it judges
+            infos = self.driver.list_instances()
+            inventory = self.storage.inventory(fresh=True)
+            self.tracker.set_inventory(cpus=self.facts['cpus'],
+                                       memory_mb=self.facts['memory_mb'],
+                                       disk_gb=inventory.instance_bytes // storage_backend.GiB)
+            changed = self._reconcile(infos, inventory)
+            if changed:          # what the listings showed is no longer what exists
+                self.audit(self._resync(), token=token)
+            else:
+                self.audit(self._resync(infos), inventory, token=token)
 
     # -- reconciliation ---------------------------------------------------------------------
     def _reconcile(self, infos: list[vdriver.InstanceInfo], inventory) -> bool:
@@ -233,24 +235,42 @@ class ComputeManager:
         """Bring every instance's power state in line with one listing of the hypervisor,
         adopting the instances of ours it holds that the agent does not know, and removing
         domains left by failed boots. Returns what the listing holds after that (the audit
-        that follows uses it too)."""
+        that follows uses it too).
+
+        Only the instances nothing changed while the listing was read are judged by it: a
+        job or an event that came meanwhile is newer than the listing (a boot that ended
+        then is not "no longer held"). ``infos`` handed in must be no older than the
+        instances (start-up, where nothing else runs yet).
+        """
+        before = {u: (i, i.seq) for u, i in list(self.instances.items())}
+        if infos is None:
+            infos = self.driver.list_instances()
+
+        def unchanged(uuid: str) -> Instance | None:
+            inst, seq = before.get(uuid, (None, None))
+            return inst if inst is not None and self.instances.get(uuid) is inst \
+                and inst.seq == seq else None
+
         seen = set()
-        kept = self._without_failed_boot_remnants(
-            self.driver.list_instances() if infos is None else infos)
+        kept = self._without_failed_boot_remnants(infos)
         for info in kept:
-            inst = self.instances.get(info.uuid) if info.ours else None
             if not info.ours:
                 continue
             seen.add(info.uuid)
+            inst = unchanged(info.uuid)
             if inst is None:
+                if info.uuid in before or info.uuid in self.instances:
+                    continue      # deleted, booted or changed since the listing was read
                 inst = Instance(uuid=info.uuid, name=info.name, spec=dict(info.sizes or {}),
                                 vm_state=ACTIVE)
                 self.instances[info.uuid] = inst
                 LOG.info('[instance: %s] adopted from the hypervisor (%s)', info.uuid,
                          info.power_state)
             self._apply_power(inst, info.power_state, 'resync', time.time())
-        for inst in list(self.instances.values()):
-            if inst.uuid not in seen and inst.task is None and inst.vm_state not in (ERROR,):
+        for uuid in before:
+            inst = unchanged(uuid)
+            if (inst is not None and uuid not in seen and inst.task is None
+                    and inst.vm_state != ERROR):
                 self._set(inst, vm_state=ERROR, power_state=vdriver.NOSTATE,
                           fault='the hypervisor no longer holds this instance')
         return kept
@@ -295,13 +315,29 @@ class ComputeManager:
         return removed
 
     # -- resource audit -----------------------------------------------------------------------
+    def _busy(self) -> set[str]:
+        """The instances a job works on now."""
+        return {i.uuid for i in list(self.instances.values()) if i.task}
+
+    def _auditing(self):
+        """Begin an audit before reading the listings it will judge (``audit(token=...)``)."""
+        return self.tracker.auditing(busy=self._busy())
+
     def audit(self, infos: list[vdriver.InstanceInfo] | None = None,
-              inventory: storage_backend.Inventory | None = None) -> list[str]:
-        """Re-derive usage from one hypervisor listing and one storage listing (either may be
-        handed in, read just before); correct the tracker where it differs (a report goes out
-        only then). Returns the uuids corrected."""
-        token = self.tracker.begin_audit()
-        busy = {i.uuid for i in list(self.instances.values()) if i.task}
+              inventory: storage_backend.Inventory | None = None,
+              token: resources.AuditToken | None = None) -> list[str]:
+        """Re-derive usage from one hypervisor listing and one storage listing; correct the
+        tracker where it differs (a report goes out only then). Returns the uuids corrected.
+
+        Listings handed in need the ``token`` of an audit begun before they were read: a boot
+        that ended between an older listing and the audit would otherwise be judged by a
+        listing that never saw its domain.
+        """
+        if token is None:
+            if infos is not None or inventory is not None:
+                raise ValueError('an audit of listings handed in needs its token')
+            with self._auditing() as token:
+                return self.audit(token=token)
         if infos is None:
             infos = self.driver.list_instances()
         if inventory is None:
@@ -317,18 +353,22 @@ class ComputeManager:
         for uuid, disk in inventory.disks.items():
             held = observed.get(uuid, resources.Amounts())
             observed[uuid] = dataclasses.replace(held, disk_gb=-(-disk.size // storage_backend.GiB))
-        busy |= {i.uuid for i in list(self.instances.values()) if i.task}
-        return self.tracker.apply_audit(token, observed, busy,
+        return self.tracker.apply_audit(token, observed, self._busy(),
                                         disk_gb=inventory.instance_bytes // storage_backend.GiB)
+
+    def periodic_audit(self) -> list[str]:
+        """One pass of the periodic audit. Its listing also finds the domains failed boots
+        could not remove, and removes them."""
+        with self.tracer.bind_track('audit'), self._auditing() as token:
+            infos = self._without_failed_boot_remnants(self.driver.list_instances())
+            return self.audit(infos, token=token)
 
     def run_audits(self, interval: float) -> None:
         """The periodic audit loop; run it in its own (green)thread."""
         while True:
             self.runtime.sleep(interval)
             try:
-                # The audit's listing also finds domains that failed boots could not remove.
-                with self.tracer.bind_track('audit'):
-                    self.audit(self._without_failed_boot_remnants(self.driver.list_instances()))
+                self.periodic_audit()
             except exception.AgentError as exc:
                 LOG.warning('resource audit skipped: %s', exc)
             except Exception:
@@ -599,17 +639,19 @@ class ComputeManager:
                     LOG.info('reconnect failed (%s); retrying', exc)
                     self.runtime.sleep(self._reconnect_interval)
             LOG.info('hypervisor reconnected; resynchronising instance states')
-            infos = self._resync()
-            try:
-                # An instance is recorded before its boot makes anything and dropped only
-                # after its delete removed everything: what no instance holds is an orphan.
-                inventory = self.storage.inventory(fresh=True)
-                removed = self._remove_orphans(
-                    [u for u in inventory.disks if u not in self.instances],
-                    [u for u in instancedir.owned(self.instances_path) if u not in self.instances])
-                self.audit(infos, None if removed else inventory)
-            except exception.AgentError as exc:
-                LOG.warning('storage reconciliation after reconnect skipped: %s', exc)
+            with self._auditing() as token:
+                infos = self._resync()
+                try:
+                    # An instance is recorded before its boot makes anything and dropped only
+                    # after its delete removed everything: what no instance holds is an orphan.
+                    inventory = self.storage.inventory(fresh=True)
+                    removed = self._remove_orphans(
+                        [u for u in inventory.disks if u not in self.instances],
+                        [u for u in instancedir.owned(self.instances_path)
+                         if u not in self.instances])
+                    self.audit(infos, None if removed else inventory, token=token)
+                except exception.AgentError as exc:
+                    LOG.warning('storage reconciliation after reconnect skipped: %s', exc)
         finally:
             self._reconnecting = False
 

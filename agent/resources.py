@@ -11,12 +11,13 @@ periodic audit hands in what the hypervisor and the storage really hold and corr
 claims only where they differ.
 """
 import collections
+import contextlib
 import dataclasses
 import itertools
 import logging
 import threading
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 from agent import exception
 
@@ -128,8 +129,9 @@ class _TimedLock:
 
 
 class AuditToken:
-    def __init__(self):
+    def __init__(self, busy=()):
         self.touched: set[str] = set()   # uuids claimed or released since the audit began
+        self.busy: set[str] = set(busy)  # uuids a job worked on when it began
 
 
 class ResourceTracker:
@@ -214,12 +216,20 @@ class ResourceTracker:
             return self._claims.get(uuid)
 
     # -- audit ----------------------------------------------------------------------------------
-    def begin_audit(self) -> AuditToken:
-        """Call before reading the listings: claims changed after this are left alone."""
-        token = AuditToken()
+    @contextlib.contextmanager
+    def auditing(self, busy=()) -> Iterator[AuditToken]:
+        """An audit, begun before the listings it judges are read: claims changed after this,
+        and the ``busy`` instances (those a job works on now), are left alone. Ends with
+        ``apply_audit``, or at exit without it (a listing failed)."""
+        token = AuditToken(busy)
         with self._lock:
             self._audits.append(token)
-        return token
+        try:
+            yield token
+        finally:
+            with self._lock:
+                if token in self._audits:
+                    self._audits.remove(token)
 
     def apply_audit(self, token: AuditToken, observed: dict[str, Amounts], busy: set[str],
                     disk_gb: int | None = None) -> list[str]:
@@ -232,7 +242,7 @@ class ResourceTracker:
         corrected = []
         with self._lock:
             self._audits.remove(token)
-            skip = token.touched | busy
+            skip = token.touched | token.busy | busy
             for uuid in set(self._claims) | set(observed):
                 if uuid in skip:
                     continue

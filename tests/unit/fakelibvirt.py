@@ -107,6 +107,7 @@ class Hypervisor:
         self.calls: list[str] = []
         self.fail_next: dict[str, libvirtError] = {}
         self.gates: dict[str, threading.Event] = {}   # a call waits until its gate is set
+        self.late_gates: dict[str, threading.Event] = {}   # answer now, return it later
         self.down = False
         self.lock = threading.Lock()
 
@@ -119,6 +120,13 @@ class Hypervisor:
             gate.wait(10)
         if err is not None:
             raise err
+
+    def late(self, name: str, answer):
+        """Hold an answer already made until its late gate opens (a stale listing)."""
+        gate = self.late_gates.get(name)
+        if gate is not None:
+            gate.wait(10)
+        return answer
 
     def emit(self, dom: 'Domain', event: int, detail: int) -> None:
         for conn in list(self.connections):
@@ -250,9 +258,10 @@ class Connection:
 
     def getAllDomainStats(self, stats, flags):
         self._call('getAllDomainStats')
-        return [(Domain(self, d.uuid, d.name_, d.xml, shared=d),
-                 {'state.state': d.run_state, 'state.reason': 0})
-                for d in self.hv.domains.values()]
+        return self.hv.late('getAllDomainStats', [
+            (Domain(self, d.uuid, d.name_, d.xml, shared=d),
+             {'state.state': d.run_state, 'state.reason': 0})
+            for d in list(self.hv.domains.values())])
 
 
 class Domain:

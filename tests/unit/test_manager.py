@@ -228,6 +228,26 @@ def test_a_domain_left_by_a_failed_boot_is_removed_at_the_next_resync(agent, hv)
     assert agent.manager.tracker.claim_of(U1) is None
 
 
+def test_a_boot_that_ends_while_the_reconnect_lists_is_not_called_lost(agent, hv):
+    """The reconnect's listing is read before a boot defines its domain and handed back
+    after the boot ended: that instance is newer than the listing and stays active."""
+    listed = hv.late_gates['getAllDomainStats'] = threading.Event()
+    listings = hv.calls.count('getAllDomainStats')
+    try:
+        hv.restart()
+        wait_until(lambda: hv.calls.count('getAllDomainStats') > listings,
+                   what='the reconnect listing')
+        job = agent.wait_job(agent.manager.boot_instance(boot_spec())['job_id'])
+        assert job['state'] == 'done', job['reason']
+        agent.wait_state(U1, 'active')
+    finally:
+        listed.set()
+    wait_until(lambda: not agent.manager._reconnecting, what='the resync to end')
+    agent.reporter.flush(10)
+    assert agent.manager.get_instance(U1)['vm_state'] == 'active'
+    assert agent.manager.get_instance(U1)['fault'] is None
+
+
 def test_a_boot_whose_answer_was_lost_with_libvirtd_is_settled_after_the_reconnect(agent, hv):
     """libvirtd dies while create is in flight: the domain started, the answer never came.
     The boot waits for the reconnect, finds the domain running, and ends done."""

@@ -103,19 +103,31 @@ def test_audit_corrects_only_what_differs_and_leaves_claims_made_meanwhile():
     t, notes = tracker()
     t.claim('kept', 1, 128, 1)
     t.claim('leaked', 1, 128, 1)
-    token = t.begin_audit()
-    t.claim('new', 1, 128, 1)            # after the listings were read: not in them
-    observed = {'kept': resources.Amounts(1, 128, 1),
-                'adopted': resources.Amounts(2, 256, 0)}
-    assert sorted(t.apply_audit(token, observed, busy=set())) == ['adopted', 'leaked']
+    t.claim('working', 1, 128, 0)
+    with t.auditing(busy={'working'}) as token:
+        t.claim('new', 1, 128, 1)            # after the listings were read: not in them
+        observed = {'kept': resources.Amounts(1, 128, 1),
+                    'adopted': resources.Amounts(2, 256, 0)}
+        assert sorted(t.apply_audit(token, observed, busy=set())) == ['adopted', 'leaked']
     assert t.claim_of('new') == resources.Amounts(1, 128, 1)
+    assert t.claim_of('working') == resources.Amounts(1, 128, 0)   # busy when it began
     assert t.claim_of('leaked') is None
-    assert t.snapshot()['usage'] == {'vcpus': 4, 'memory_mb': 512, 'disk_gb': 2}
+    assert t.snapshot()['usage'] == {'vcpus': 5, 'memory_mb': 640, 'disk_gb': 2}
     reports = len(notes.reports)
-    token = t.begin_audit()
-    observed['new'] = resources.Amounts(1, 128, 1)
-    assert t.apply_audit(token, observed, busy=set()) == []
+    with t.auditing() as token:
+        observed['new'] = resources.Amounts(1, 128, 1)
+        observed['working'] = resources.Amounts(1, 128, 0)
+        assert t.apply_audit(token, observed, busy=set()) == []
     assert len(notes.reports) == reports            # nothing differed: nothing sent
+
+
+def test_an_audit_whose_listing_failed_leaves_no_token_behind():
+    t, _ = tracker()
+    with pytest.raises(exception.HypervisorUnavailable):
+        with t.auditing():
+            raise exception.HypervisorUnavailable(reason='listing failed')
+    # Had the failed audit's token stayed, every later claim would be recorded in it for ever.
+    assert t._audits == []
 
 
 # -- through the manager, over the fake libvirt and fake LVM -----------------------------------
@@ -202,6 +214,34 @@ def test_the_audit_leaves_a_boot_in_progress_alone(agent, hv):
     finally:
         gate.set()
     assert agent.wait_job(answer['job_id'])['state'] == 'done'
+    assert agent.manager.audit() == []
+
+
+def test_a_boot_that_ends_while_the_periodic_audit_lists_keeps_its_claim(agent, hv):
+    """The audit's domain listing is read before the boot defines its domain and handed
+    back only after the boot ended: the listing is older than the boot's end, so the
+    boot (busy when the audit began) is not judged by it."""
+    define = hv.gates['defineXML'] = threading.Event()
+    answer = agent.manager.boot_instance(boot_spec(disk_gb=1))
+    wait_until(lambda: 'defineXML' in hv.calls, what='defineXML to be in flight')
+    listed = hv.late_gates['getAllDomainStats'] = threading.Event()
+    listings = hv.calls.count('getAllDomainStats')
+    result = {}
+    auditor = threading.Thread(
+        target=lambda: result.update(corrected=agent.manager.periodic_audit()))
+    auditor.start()
+    try:
+        wait_until(lambda: hv.calls.count('getAllDomainStats') > listings,
+                   what='the audit listing')
+        define.set()
+        assert agent.wait_job(answer['job_id'])['state'] == 'done'
+    finally:
+        define.set()
+        listed.set()
+        auditor.join(10)
+    assert result['corrected'] == []
+    assert agent.manager.tracker.claim_of(U1) == resources.Amounts(1, 128, 1)
+    assert agent.manager.tracker.counts['audit_corrections'] == 0
     assert agent.manager.audit() == []
 
 
