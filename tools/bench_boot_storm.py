@@ -20,8 +20,9 @@ ACTIVE against N, agent beside floor) and one Chrome trace per agent run.
 
 ``--accept-rate M`` measures how many boot_instance requests per second an agent accepts
 (validated, claimed, journaled, answered) against the round trip of the no-op ``ping`` over
-the same clients: an agent on libvirt's in-process test driver (``test:///default``: no VM is
-started, everything else is the real agent), M requests from ``--clients`` threads.
+the same clients: an agent on libvirt's test driver, hosted by libvirtd
+(``test+unix:///default``: no VM is started, the driver's work stays in libvirtd as QEMU's
+does, everything else is the real agent), M requests from ``--clients`` threads.
 """
 import argparse
 import concurrent.futures
@@ -424,7 +425,7 @@ def summarize(n: int, runs: list, floors: list) -> dict:
 
 def accept_rate(svc: Services, count: int, clients: int, progress) -> dict:
     """boot_instance against ping, the same clients, on an agent over libvirt's test driver."""
-    overrides = ('[libvirt]\nvirt_type = test\nconnection_uri = test:///default\n'
+    overrides = ('[libvirt]\nvirt_type = test\nconnection_uri = test+unix:///default\n'
                  '[resources]\ncpu_allocation_ratio = 10000\nram_allocation_ratio = 10000\n'
                  'reserved_host_memory_mb = 0\n')
     agent = svc.start_agent('accept-rate', overrides, trace=False)   # as in production

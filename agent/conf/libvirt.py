@@ -9,8 +9,9 @@ opts = [
     cfg.StrOpt('virt_type', default='kvm', choices=['kvm', 'qemu', 'test'],
                help='Domain type: "kvm" for hardware virtualisation, "qemu" for TCG emulation '
                     '(for hosts where KVM does not work, such as nested test machines), '
-                    '"test" for libvirt\'s in-process test driver (connection_uri = '
-                    'test:///default): no VM runs; for benchmarks of the agent itself.'),
+                    '"test" for libvirt\'s test driver (connection_uri = test:///default '
+                    'in the agent\'s process, or test+unix:///default in libvirtd): no VM '
+                    'runs; for benchmarks of the agent itself.'),
     cfg.StrOpt('cpu_mode', default='none', choices=['none', 'host-model', 'host-passthrough'],
                help='Guest CPU model mode; "none" leaves it to the hypervisor default.'),
     cfg.IntOpt('tcg_tb_cache_mb', default=16, min=0,
