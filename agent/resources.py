@@ -237,7 +237,7 @@ class ResourceTracker:
 
         ``observed``: uuid -> what that instance really holds. ``busy``: instances whose jobs
         ran during the audit (their listing entries may be half-made): left alone, as are
-        instances claimed or released since ``begin_audit``.
+        instances claimed or released since the audit began (``auditing``).
         """
         corrected = []
         with self._lock:

@@ -230,10 +230,13 @@ class Node:
             conn = libvirt.open(URI)
             try:
                 for uuid in domains:
-                    dom = conn.lookupByUUIDString(uuid)
-                    if dom.isActive():
-                        dom.destroy()
-                    dom.undefine()
+                    try:
+                        dom = conn.lookupByUUIDString(uuid)
+                        if dom.isActive():
+                            dom.destroy()
+                        dom.undefine()
+                    except libvirt.libvirtError as exc:   # gone meanwhile, or stuck: said
+                        print('removing leftover domain %s: %s' % (uuid, exc))
             finally:
                 conn.close()
         return sorted(held | domains)
