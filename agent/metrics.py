@@ -6,6 +6,7 @@ answer time, and the work queue's wait and run time per kind of call. Counters a
 claims) are read from the agent's own counters when Prometheus scrapes, so the hot path pays
 nothing for them. Plain code: the HTTP endpoint's thread is green under the agent.
 """
+import functools
 import logging
 
 from prometheus_client import core
@@ -104,18 +105,16 @@ class Metrics(NullMetrics):
             self._server = None
 
 
-def _counter(name: str, doc: str, label: str | None, values: dict):
-    family = core.CounterMetricFamily(name, doc, labels=[label] if label else None)
+def _family(kind, name: str, doc: str, label: str | None, values: dict):
+    """A metric family of ``kind`` with one sample per key of ``values`` (no label: key '')."""
+    family = kind(name, doc, labels=[label] if label else None)
     for key, value in sorted(values.items()):
         family.add_metric([key] if label else [], value)
     return family
 
 
-def _gauge(name: str, doc: str, label: str | None, values: dict):
-    family = core.GaugeMetricFamily(name, doc, labels=[label] if label else None)
-    for key, value in sorted(values.items()):
-        family.add_metric([key] if label else [], value)
-    return family
+_counter = functools.partial(_family, core.CounterMetricFamily)
+_gauge = functools.partial(_family, core.GaugeMetricFamily)
 
 
 class AgentCollector(pregistry.Collector):

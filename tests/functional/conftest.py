@@ -189,12 +189,13 @@ class Node:
             time.sleep(0.2)
         return self.console(uuid)
 
-    def domains(self) -> set[str]:
-        """uuids of the libvirt domains this test run created (a fresh connection each time:
-        tests restart libvirtd)."""
+    def domains(self, running: bool = False) -> set[str]:
+        """uuids of the libvirt domains this test run created, or of those running (a fresh
+        connection each time: tests restart libvirtd)."""
         conn = libvirt.open(URI)
         try:
-            return {d.UUIDString() for d in conn.listAllDomains()
+            flags = libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE if running else 0
+            return {d.UUIDString() for d in conn.listAllDomains(flags)
                     if d.UUIDString() in self.created}
         finally:
             conn.close()
@@ -226,33 +227,30 @@ class Node:
             except Exception as exc:      # the agent is broken: libvirt below still cleans
                 print('removing leftovers %s through the agent failed: %s' % (held, exc))
         domains = self.domains() & uuids
-        if domains:
-            conn = libvirt.open(URI)
-            try:
-                for uuid in domains:
-                    try:
-                        dom = conn.lookupByUUIDString(uuid)
-                        if dom.isActive():
-                            dom.destroy()
-                        dom.undefine()
-                    except libvirt.libvirtError as exc:   # gone meanwhile, or stuck: said
-                        print('removing leftover domain %s: %s' % (uuid, exc))
-            finally:
-                conn.close()
+        self._remove_domains(domains)
         return sorted(held | domains)
 
-    def cleanup(self) -> None:
-        """Safety net for failed tests: remove any domain this run created."""
+    @staticmethod
+    def _remove_domains(uuids) -> None:
+        """Destroy and undefine these domains straight in libvirt (no agent involved)."""
+        if not uuids:
+            return
         conn = libvirt.open(URI)
-        for dom in conn.listAllDomains():
-            if dom.UUIDString() in self.created:
+        try:
+            for uuid in uuids:
                 try:
+                    dom = conn.lookupByUUIDString(uuid)
                     if dom.isActive():
                         dom.destroy()
                     dom.undefine()
-                except libvirt.libvirtError:
-                    pass
-        conn.close()
+                except libvirt.libvirtError as exc:   # gone meanwhile, or stuck: said
+                    print('removing leftover domain %s: %s' % (uuid, exc))
+        finally:
+            conn.close()
+
+    def cleanup(self) -> None:
+        """Safety net for failed tests: remove any domain this run created."""
+        self._remove_domains(self.domains())
         self.transport.cleanup()
 
 

@@ -39,15 +39,6 @@ def _marked_dirs(node):
             if os.path.exists(os.path.join(node.instances, d, '.compute-agent-instance'))}
 
 
-def _running(node):
-    conn = libvirt.open(conftest.URI)
-    try:
-        return {d.UUIDString() for d in conn.listAllDomains() if d.isActive()
-                and d.UUIDString() in node.created}
-    finally:
-        conn.close()
-
-
 def _boot_all(node, specs):
     with concurrent.futures.ThreadPoolExecutor(len(specs)) as pool:
         return list(pool.map(node.boot, specs))
@@ -142,12 +133,12 @@ def _libvirtd_killed(node, uuids, job_ids):
         # before that is (rightly) a boot that did not go through.
         settled = all(node.compute.get_job(node.host, j)['state'] in ('done', 'failed')
                       for j in job_ids)
-        if settled and node.domains() == active == _running(node):
+        if settled and node.domains() == active == node.domains(running=True):
             break
         assert time.monotonic() < deadline, (active, node.domains(), node.log_tail('agent'))
         time.sleep(0.5)
     active, failed = _assert_nothing_orphaned(node, rows)
-    assert _running(node) == active                    # the conductor's view is libvirt's
+    assert node.domains(running=True) == active      # the conductor's view is libvirt's
     print('\nlibvirtd killed during 10 boots (%d active then): %d active, %d failed (%s)'
           % (states.count('active'), len(active), len(failed), sorted(set(failed.values()))))
     assert len(active) >= states.count('active')    # what ran before still runs
