@@ -76,3 +76,30 @@ class TraceWriteFailed(AgentError):
 
 class JournalUnavailable(AgentError):
     msg_fmt = 'The request was not recorded, so not accepted: %(reason)s'
+
+
+class InvalidImage(InvalidSpec):
+    """An image, kernel or initrd that the agent will not hand to QEMU."""
+
+    msg_fmt = '%(field)s: %(reason)s'
+
+
+class UuidTaken(InvalidSpec):
+    """The hypervisor holds a domain with this uuid that this agent did not make."""
+
+    msg_fmt = ('uuid: %(uuid)s is taken by a domain this agent does not own (%(name)s); '
+               'nothing was changed')
+
+
+class AcceptanceUnknown(AgentError):
+    """The job journal did not confirm the write in time: it may still land (and then the
+    job runs). Repeat the same request to learn which."""
+
+    msg_fmt = ('The request may or may not have been recorded (%(reason)s): job %(job_id)s for '
+               '%(uuid)s; repeat the request with the same uuid to learn its outcome')
+
+
+class InvalidReport(AgentError):
+    """The conductor refused a report; nothing of it was applied."""
+
+    msg_fmt = 'Report refused: %(reason)s'

@@ -84,6 +84,12 @@ class JobTable:
         self._maybe_prune()
         return job, self._journal.put(job.row())
 
+    def forget(self, job: Job) -> None:
+        """A job whose record never reached the journal (withdrawn): it never existed."""
+        with self._lock:
+            self._jobs.pop(job.id, None)
+            self.counts[QUEUED] -= 1
+
     def start(self, job: Job) -> None:
         job.state, job.started_at = RUNNING, time.time()
         self.counts[RUNNING] += 1

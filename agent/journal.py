@@ -5,7 +5,14 @@ row per job. One committer loop writes everything pending in one transaction on 
 work queue (SQLite blocks) and confirms it with one fsync, however many jobs and changes it
 holds. A job row is inserted once and then updated in place; the spec is written with the
 insert only. Callers that must not answer before their record is on disk (a boot or delete
-request) ``wait`` for their ticket.
+request) ``wait`` for their ticket. A request whose wait fails ``withdraw``s its row: if the
+row was still only pending it will never be written (the request is refused); otherwise the
+outcome is unknown and the caller must say so.
+
+Disk full: a reserve file (``[jobs] journal`` + ``.reserve``) keeps a few MiB for the journal.
+When a commit fails because the disk is full, the reserve is released and the commit retried at
+once, so deletes (which free space) can still be recorded; ``low_space`` stays set, and boots
+are refused, until the filesystem has room for the reserve again.
 
 Plain code: ``execute`` is the work queue's, the Condition is green under the agent.
 """
@@ -38,11 +45,24 @@ class JournalError(Exception):
     pass
 
 
+def describe(exc: BaseException) -> str:
+    """A commit error as an operator reads it ("disk full", not SQLite's follow-up errors)."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, sqlite3.OperationalError) and 'full' in text:
+        return 'disk full (%s)' % text
+    if isinstance(exc, OSError) and exc.errno == 28:
+        return 'disk full (%s)' % text
+    return text
+
+
 class JobJournal:
     def __init__(self, path: str, execute: Callable, synchronous: str = 'FULL',
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, reserve_bytes: int = 8 << 20):
         os.makedirs(os.path.dirname(os.path.abspath(path)) or '.', exist_ok=True)
         self.path = path
+        self.reserve_path = path + '.reserve'
+        self._reserve_bytes = reserve_bytes
+        self.low_space = False
         self._execute = execute
         self._sleep = sleep
         # Used by one committer at a time (on a work-queue thread) and by load() at start-up.
@@ -52,6 +72,7 @@ class JobJournal:
         self._db.executescript(_SCHEMA)
         self._cond = threading.Condition()
         self._pending: dict[str, dict] = {}
+        self._writing: set[str] = set()      # job ids of the commit under way
         self._prune_before: float | None = None
         self._queued = 0          # tickets handed out
         self._committed = 0       # every ticket up to this one is on disk
@@ -61,6 +82,42 @@ class JobJournal:
         self.rows_written = 0
         self.puts = 0
         self.pruned = 0
+        self.reserve_released = 0
+        self._make_reserve()
+
+    # -- the disk reserve -----------------------------------------------------------------------
+    def _make_reserve(self) -> bool:
+        """Create the reserve file if it is missing and the disk has room for it and more."""
+        if not self._reserve_bytes or os.path.exists(self.reserve_path):
+            return True
+        try:
+            st = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+            if st.f_bavail * st.f_frsize < 4 * self._reserve_bytes:
+                return False
+            fd = os.open(self.reserve_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, self._reserve_bytes)
+            finally:
+                os.close(fd)
+            return True
+        except OSError as exc:
+            LOG.warning('job journal reserve %s not made: %s', self.reserve_path, exc)
+            try:
+                os.unlink(self.reserve_path)
+            except OSError:
+                pass
+            return False
+
+    def _release_reserve(self) -> bool:
+        try:
+            os.unlink(self.reserve_path)
+        except FileNotFoundError:
+            return False
+        self.reserve_released += 1
+        LOG.error('job journal %s: disk full; released its %d MiB reserve so that deletes '
+                  'can still be recorded; boots are refused until there is room again',
+                  self.path, self._reserve_bytes >> 20)
+        return True
 
     # -- writes ---------------------------------------------------------------------------------
     def put(self, row: dict) -> int:
@@ -79,13 +136,30 @@ class JobJournal:
             self._queued += 1
             self._cond.notify_all()
 
+    def withdraw(self, job_id: str) -> bool:
+        """Take back a job's row that ``wait`` gave up on. True: it was only pending and will
+        never be written. False: a commit that holds it is under way or done (its outcome is
+        unknown to the caller)."""
+        with self._cond:
+            if job_id in self._pending and job_id not in self._writing:
+                del self._pending[job_id]
+                return True
+            return False
+
+    def wait_landed(self, ticket: int) -> None:
+        """Block, however long it takes, until the change behind ``ticket`` is on disk (or
+        the journal stops)."""
+        with self._cond:
+            while self._committed < ticket and not self._stopped:
+                self._cond.wait(1.0)
+
     def wait(self, ticket: int, timeout: float = 30.0) -> None:
         """Block until the change behind ``ticket`` is on disk."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while self._committed < ticket:
                 if self._failed is not None:
-                    raise JournalError('job journal %s: %s' % (self.path, self._failed))
+                    raise JournalError('job journal %s: %s' % (self.path, describe(self._failed)))
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise JournalError('job journal %s: no commit within %.0f s'
@@ -103,18 +177,29 @@ class JobJournal:
                 batch, self._pending = self._pending, {}
                 prune, self._prune_before = self._prune_before, None
                 upto = self._queued
+                self._writing = set(batch)
             try:
                 self._execute('journal.commit', self._write, list(batch.values()), prune)
             except Exception as exc:   # disk full, I/O error: waiters get it, writes retry
-                LOG.error('job journal commit failed: %s', exc)
+                LOG.error('job journal commit failed: %s', describe(exc))
                 with self._cond:
+                    self._writing = set()
                     for job_id, row in batch.items():
                         self._pending.setdefault(job_id, row)
                     self._failed = exc
                     self._cond.notify_all()
+                if describe(exc).startswith('disk full'):
+                    self.low_space = True
+                    if self._release_reserve():
+                        continue            # retry at once in the space it freed
                 self._sleep(0.5)
                 continue
+            if self.low_space and self._make_reserve():
+                self.low_space = False
+                LOG.warning('job journal %s: room again; reserve restored, boots accepted',
+                            self.path)
             with self._cond:
+                self._writing = set()
                 self._failed = None
                 self._committed = max(self._committed, upto)
                 self.commits += 1
@@ -140,7 +225,13 @@ class JobJournal:
                 self.pruned += cur.rowcount
             cur.execute('COMMIT')      # WAL + synchronous=FULL: one fsync for the whole batch
         except BaseException:
-            cur.execute('ROLLBACK')
+            # A failed COMMIT may have rolled back already: a second ROLLBACK would then
+            # raise "no transaction is active" and hide the real error (disk full).
+            if self._db.in_transaction:
+                try:
+                    cur.execute('ROLLBACK')
+                except sqlite3.Error:
+                    LOG.debug('rollback failed', exc_info=True)
             raise
 
     def flush(self, timeout: float = 10.0) -> None:
@@ -172,4 +263,5 @@ class JobJournal:
     def stats(self) -> dict:
         return {'path': self.path, 'puts': self.puts, 'commits': self.commits,
                 'rows_written': self.rows_written, 'pruned': self.pruned,
-                'pending': len(self._pending)}
+                'pending': len(self._pending), 'low_space': self.low_space,
+                'reserve_released': self.reserve_released}

@@ -50,6 +50,10 @@ class Instance:
     task: str | None = None          # 'spawning' | 'deleting' while a job works on it
     fault: str | None = None
     boot_job: str | None = None
+    # The delete accepted for this instance (this object: one boot generation of the uuid).
+    # Set when the delete is accepted, even while the boot still runs; a second delete gets
+    # the same job, and a delete never acts on a later instance of the same uuid.
+    delete_job: str | None = None
     accepted_at: float = dataclasses.field(default_factory=time.time)
     active_at: float | None = None
     updated_at: float = dataclasses.field(default_factory=time.time)
@@ -59,7 +63,8 @@ class Instance:
     def to_dict(self) -> dict:
         return {'uuid': self.uuid, 'name': self.name, 'vm_state': self.vm_state,
                 'power_state': self.power_state, 'task': self.task, 'fault': self.fault,
-                'boot_job': self.boot_job, 'accepted_at': self.accepted_at,
+                'boot_job': self.boot_job, 'delete_job': self.delete_job,
+                'accepted_at': self.accepted_at,
                 'active_at': self.active_at, 'updated_at': self.updated_at, 'seq': self.seq,
                 'spec': self.spec}
 
@@ -204,6 +209,7 @@ class ComputeManager:
         LOG.warning('[instance: %s] delete job %s was interrupted by a restart; running it again',
                     step.uuid, step.job.id)
         inst = self._instance_from(step, vm_state=DELETING, task='deleting')
+        inst.delete_job = step.job.id
         self.jobs.requeue(step.job)
         self.runtime.spawn(self._run_delete, step.job, inst)
         return True
@@ -270,7 +276,7 @@ class ComputeManager:
         for uuid in before:
             inst = unchanged(uuid)
             if (inst is not None and uuid not in seen and inst.task is None
-                    and inst.vm_state != ERROR):
+                    and inst.delete_job is None and inst.vm_state != ERROR):
                 self._set(inst, vm_state=ERROR, power_state=vdriver.NOSTATE,
                           fault='the hypervisor no longer holds this instance')
         return kept
@@ -317,7 +323,7 @@ class ComputeManager:
     # -- resource audit -----------------------------------------------------------------------
     def _busy(self) -> set[str]:
         """The instances a job works on now."""
-        return {i.uuid for i in list(self.instances.values()) if i.task}
+        return {i.uuid for i in list(self.instances.values()) if i.task or i.delete_job}
 
     def _auditing(self):
         """Begin an audit before reading the listings it will judge (``audit(token=...)``)."""
@@ -380,15 +386,22 @@ class ComputeManager:
         now = self.tracer.now
         t_received = now()
         spec = specmod.validate_boot_spec(raw_spec, self.limits)
+        if self.journal.low_space:
+            raise exception.InsufficientResources(
+                resource='disk', reason='this node is out of disk space (its job journal '
+                                        'runs on its reserve); only deletes are accepted')
         t_valid = now()
         with self._lock:
             t_locked = now()
             inst = self.instances.get(spec.uuid)
             if inst is not None:
-                if inst.task == 'deleting':
+                if inst.delete_job is not None:
                     raise exception.InstanceBusy(uuid=spec.uuid, state='being deleted')
                 LOG.info('[instance: %s] boot repeated; returning the existing job', spec.uuid)
                 return {'job_id': inst.boot_job, 'uuid': spec.uuid, 'existing': True}
+            # From what the driver already knows (no call): a uuid held by a domain that is
+            # not ours is refused before anything is recorded or made.
+            self.driver.check_uuid_free(spec.uuid)
             # In-memory arithmetic only; a refusal leaves nothing recorded.
             self.tracker.claim(spec.uuid, spec.vcpus, spec.memory_mb, spec.disk_gb)
             t_claimed = now()
@@ -403,10 +416,18 @@ class ComputeManager:
         try:
             self.journal.wait(ticket)     # answered only once the job is on disk
         except journalmod.JournalError as exc:
+            if not self.journal.withdraw(job.id):
+                # Its row may still land (and the boot then run after a restart): keep the
+                # job, run it once the row is on disk, and tell the caller it is unknown.
+                LOG.error('[instance: %s] boot job %s: journal outcome unknown (%s)',
+                          spec.uuid, job.id, exc)
+                self.runtime.spawn(self._boot_when_recorded, job, inst, spec, ticket)
+                raise exception.AcceptanceUnknown(reason=str(exc), job_id=job.id,
+                                                  uuid=spec.uuid) from None
             with self._lock:
                 self.instances.pop(spec.uuid, None)
             self.tracker.release(spec.uuid)
-            self.jobs.finish(job, str(exc))
+            self.jobs.forget(job)        # never written: nothing of it exists
             inst.lock.release()
             raise exception.JournalUnavailable(reason=str(exc)) from None
         t_journaled = now()
@@ -425,26 +446,49 @@ class ComputeManager:
         return {'job_id': job.id, 'uuid': spec.uuid}
 
     def delete_instance(self, uuid) -> dict:
+        """Accept a delete of the instance the node holds now; return at once.
+
+        Deleting what the node does not hold records nothing (``job_id`` None): a flood of
+        such deletes costs no state. A delete while one is accepted returns that job."""
         uuid = specmod.validate_uuid(uuid)
         with self._lock:
             inst = self.instances.get(uuid)
-            job, ticket = self.jobs.create('delete', uuid)
             if inst is None:
-                self.jobs.start(job)
-                self.jobs.finish(job)   # deleting what is not there: nothing to do
-                return {'job_id': job.id, 'uuid': uuid, 'existing': False}
-            if inst.task == 'deleting':
-                self.jobs.start(job)
-                self.jobs.finish(job, 'superseded: instance already being deleted')
-                return {'job_id': job.id, 'uuid': uuid}
+                return {'job_id': None, 'uuid': uuid, 'existing': False}
+            if inst.delete_job is not None:
+                return {'job_id': inst.delete_job, 'uuid': uuid, 'existing': True}
+            job, ticket = self.jobs.create('delete', uuid)
+            inst.delete_job = job.id
         try:
             self.journal.wait(ticket)
         except journalmod.JournalError as exc:
-            self.jobs.finish(job, str(exc))
+            if not self.journal.withdraw(job.id):
+                LOG.error('[instance: %s] delete job %s: journal outcome unknown (%s)', uuid,
+                          job.id, exc)
+                self.runtime.spawn(self._delete_when_recorded, job, inst, ticket)
+                raise exception.AcceptanceUnknown(reason=str(exc), job_id=job.id,
+                                                  uuid=uuid) from None
+            with self._lock:
+                inst.delete_job = None
+            self.jobs.forget(job)
             raise exception.JournalUnavailable(reason=str(exc)) from None
         LOG.info('[instance: %s] delete accepted as job %s', uuid, job.id)
+        self._set(inst, vm_state=DELETING)        # at once, even while its boot still runs
         self.runtime.spawn(self._run_delete, job, inst)
         return {'job_id': job.id, 'uuid': uuid}
+
+    def _boot_when_recorded(self, job: jobsmod.Job, inst: Instance, spec, ticket: int) -> None:
+        """A boot whose journal write was not confirmed in time: it runs once its row is on
+        disk (a retry of the request meanwhile gets this job, ``existing``)."""
+        self.journal.wait_landed(ticket)
+        LOG.info('[instance: %s] boot job %s recorded late; running it', inst.uuid, job.id)
+        self._report(inst)
+        self._run_boot(job, inst, spec)
+
+    def _delete_when_recorded(self, job: jobsmod.Job, inst: Instance, ticket: int) -> None:
+        self.journal.wait_landed(ticket)
+        self._set(inst, vm_state=DELETING)
+        self._run_delete(job, inst)
 
     def get_job(self, job_id) -> dict:
         return self.jobs.get(job_id).to_dict()
@@ -477,9 +521,11 @@ class ComputeManager:
         self.jobs.start(job)
         try:
             disks = ()
+            spec.recheck_files()      # the files checked at the request are the ones used
             if spec.disk_gb:
                 disks = (self.storage.create_root_disk(
-                    spec.uuid, spec.disk_gb * storage_backend.GiB, spec.image),)
+                    spec.uuid, spec.disk_gb * storage_backend.GiB, spec.image,
+                    spec.image_format),)
             self.driver.spawn(spec, job.calls, disks)
         except Exception as exc:
             if isinstance(exc, exception.AgentError):
@@ -496,7 +542,8 @@ class ComputeManager:
                           self.storage.delete_disks, inst.uuid)
             self.tracker.release(inst.uuid)
             self.jobs.finish(job, reason)
-            self._set(inst, vm_state=ERROR, task=None, fault=reason)
+            self._set(inst, vm_state=ERROR if inst.delete_job is None else DELETING, task=None,
+                      fault=reason)
             return
         self.jobs.finish(job)
         self._set(inst, task=None)
@@ -538,6 +585,13 @@ class ComputeManager:
 
     def _run_delete(self, job: jobsmod.Job, inst: Instance) -> None:
         with inst.lock:   # waits for a boot still in progress
+            if self.instances.get(inst.uuid) is not inst:
+                # Only the instance it was accepted for: never a later boot of the uuid.
+                self.jobs.start(job)
+                self.jobs.finish(job)
+                LOG.info('[instance: %s] delete job %s: its instance is already gone',
+                         inst.uuid, job.id)
+                return
             start = self.tracer.now()
             with self.tracer.bind(inst.uuid):
                 self._delete(job, inst)
@@ -554,6 +608,7 @@ class ComputeManager:
         except exception.AgentError as exc:
             LOG.error('[instance: %s] delete failed: %s', inst.uuid, exc)
             self.jobs.finish(job, str(exc))
+            inst.delete_job = None         # a later delete may try again
             self._set(inst, vm_state=ERROR, task=None, fault=str(exc))
             return
         with self._lock:
@@ -589,7 +644,7 @@ class ComputeManager:
         if inst is None:
             return
         if isinstance(event, vdriver.InstanceVanished):
-            if inst.task is None and inst.vm_state != DELETED:
+            if inst.task is None and inst.delete_job is None and inst.vm_state != DELETED:
                 self._set(inst, vm_state=ERROR, power_state=vdriver.NOSTATE,
                           fault='domain was undefined outside the agent')
             return
@@ -597,7 +652,7 @@ class ComputeManager:
 
     def _apply_power(self, inst: Instance, power: str, cause: str, when: float) -> None:
         changes = {'power_state': power}
-        if inst.task != 'deleting':
+        if inst.delete_job is None:
             vm_state = _POWER_TO_VM.get(power)
             if vm_state is not None and not (inst.vm_state == ERROR and power != vdriver.RUNNING):
                 changes['vm_state'] = vm_state

@@ -28,6 +28,7 @@ from agent.rpc import server as rpc_server
 from agent.storage import commands
 from agent.storage import file as file_storage
 from agent.storage import lvm as lvm_storage
+from agent.storage import operations
 from agent.virt.libvirt import driver as libvirt_driver
 
 LOG = logging.getLogger(__name__)
@@ -43,7 +44,9 @@ def limits_from_conf(conf) -> specmod.Limits:
                           max_memory_mb=conf.max_memory_mb_per_instance,
                           max_nics=conf.max_nics_per_instance,
                           max_disk_gb=conf.storage.max_disk_gb_per_instance,
-                          bridge_exists=_bridge_exists)
+                          bridge_exists=_bridge_exists,
+                          allow_user_nics=conf.network.allow_user_nics,
+                          bridges=frozenset(conf.network.bridges))
 
 
 def allocation_from_conf(conf) -> resources.Allocation:
@@ -58,7 +61,8 @@ def storage_from_conf(conf, runner):
     if conf.storage.backend == 'lvm':
         return lvm_storage.LvmBackend(runner, conf.lvm.volume_group,
                                       conf.lvm.report_cache_seconds)
-    return file_storage.FileBackend(runner, conf.instances_path)
+    return file_storage.FileBackend(runner, conf.instances_path,
+                                    conf.storage.file_reserved_mb * 1024 * 1024)
 
 
 class AgentService:
@@ -90,7 +94,11 @@ class AgentService:
         self.driver = libvirt_driver.LibvirtDriver(conf, self.runtime, libvirt_mod)
         self.commands = commands.CommandRunner(
             self.runtime.workqueue,
-            env={'LVM_SYSTEM_DIR': conf.lvm.lvm_system_dir} if conf.lvm.lvm_system_dir else {})
+            operations.Policy(volume_group=conf.lvm.volume_group,
+                              image_dir=os.path.realpath(conf.image_dir),
+                              instances_path=conf.instances_path),
+            env={'LVM_SYSTEM_DIR': conf.lvm.lvm_system_dir} if conf.lvm.lvm_system_dir else {},
+            timeout=conf.storage.command_timeout)
         self.storage = storage_from_conf(conf, self.commands)
         self.journal = journalmod.JobJournal(conf.jobs.journal,
                                              self.runtime.workqueue.execute_urgent,

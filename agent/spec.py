@@ -30,6 +30,20 @@ class Nic:
 
 
 @dataclasses.dataclass(frozen=True)
+class CheckedFile:
+    """A file of the spec as checked at validation (``agent.images``): re-checked before use."""
+
+    field: str                   # image | kernel | initrd
+    path: str
+    format: str
+    virtual_size: int
+    identity: tuple[int, int, int, int]
+
+    def info(self) -> images.ImageInfo:
+        return images.ImageInfo(self.format, self.virtual_size, tuple(self.identity))
+
+
+@dataclasses.dataclass(frozen=True)
 class BootSpec:
     """A validated boot request. Paths are absolute and inside the image directory."""
 
@@ -43,6 +57,17 @@ class BootSpec:
     cmdline: str | None = None
     nics: tuple[Nic, ...] = ()
     disk_gb: int = 0            # >0: a root disk of this size from the storage backend
+    files: tuple[CheckedFile, ...] = ()
+
+    @property
+    def image_format(self) -> str:
+        """The image's format as checked (always explicit to QEMU and qemu-img)."""
+        return next((f.format for f in self.files if f.field == 'image'), 'raw')
+
+    def recheck_files(self) -> None:
+        """Right before use: every file is still the one that was checked (InvalidImage)."""
+        for f in self.files:
+            images.recheck(f.path, f.info(), f.field)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -50,7 +75,9 @@ class BootSpec:
     @classmethod
     def from_dict(cls, d: dict) -> 'BootSpec':
         """The inverse of ``to_dict`` (a spec validated before, e.g. read from the journal)."""
-        return cls(**dict(d, nics=tuple(Nic(**n) for n in d.get('nics') or ())))
+        return cls(**dict(d, nics=tuple(Nic(**n) for n in d.get('nics') or ()),
+                          files=tuple(CheckedFile(**dict(f, identity=tuple(f['identity'])))
+                                      for f in d.get('files') or ())))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +91,8 @@ class Limits:
     max_nics: int = 8
     max_disk_gb: int = 4096
     bridge_exists: object = None   # callable(name) -> bool; None skips the check
+    allow_user_nics: bool = False  # [network] allow_user_nics
+    bridges: frozenset = frozenset()   # [network] bridges: the only ones a spec may name
 
 
 def _invalid(field: str, why: str) -> exception.InvalidSpec:
@@ -103,8 +132,9 @@ def _str(spec: dict, field: str, pattern: re.Pattern, what: str) -> str | None:
     return value
 
 
-def resolve_image(image_dir: str, field: str, name) -> str | None:
-    """Return the real path of file ``name`` inside ``image_dir``; refuse anything that leaves it."""
+def resolve_image(image_dir: str, field: str, name) -> CheckedFile | None:
+    """Check file ``name`` inside ``image_dir`` (``agent.images.check``): refuse anything that
+    leaves it, is not a plain single-link file, or (an image) refers to other files."""
     if name is None:
         return None
     if not isinstance(name, str) or not FILE_RE.fullmatch(name) or name in ('.', '..'):
@@ -116,7 +146,9 @@ def resolve_image(image_dir: str, field: str, name) -> str | None:
         raise _invalid(field, '%r resolves outside the image directory' % name)
     if not os.path.isfile(path):
         raise _invalid(field, 'no image %r in %s' % (name, base))
-    return path
+    info = images.check(base, name, field, disk=field == 'image')
+    return CheckedFile(field=field, path=path, format=info.format,
+                       virtual_size=info.virtual_size, identity=info.identity)
 
 
 def _nics(spec: dict, limits: Limits) -> tuple[Nic, ...]:
@@ -136,6 +168,9 @@ def _nics(spec: dict, limits: Limits) -> tuple[Nic, ...]:
         kind = item.get('type')
         if kind not in NIC_TYPES:
             raise _invalid(field + '.type', 'must be one of %s' % ', '.join(NIC_TYPES))
+        if kind == 'user' and not limits.allow_user_nics:
+            raise _invalid(field + '.type', 'user-mode NICs are disabled on this node '
+                                            '([network] allow_user_nics)')
         mac = _str(item, 'mac', MAC_RE, 'a lower-case MAC address aa:bb:cc:dd:ee:ff')
         if mac is not None and int(mac[:2], 16) & 1:
             raise _invalid(field + '.mac', 'must be a unicast address')
@@ -144,6 +179,9 @@ def _nics(spec: dict, limits: Limits) -> tuple[Nic, ...]:
             bridge = _str(item, 'bridge', BRIDGE_RE, 'a Linux interface name (1-15 characters)')
             if bridge is None:
                 raise _invalid(field + '.bridge', 'is required for a bridge NIC')
+            if bridge not in limits.bridges:
+                raise _invalid(field + '.bridge', '%r is not a bridge this node offers to '
+                                                  'instances ([network] bridges)' % bridge)
             if limits.bridge_exists is not None and not limits.bridge_exists(bridge):
                 raise _invalid(field + '.bridge', 'no Linux bridge %r on this node' % bridge)
         elif 'bridge' in item:
@@ -169,18 +207,20 @@ def validate_boot_spec(spec, limits: Limits) -> BootSpec:
     vcpus = _int(spec, 'vcpus', 1, limits.max_vcpus, default=1)
     memory_mb = _int(spec, 'memory_mb', limits.min_memory_mb, limits.max_memory_mb, default=128)
     cmdline = _str(spec, 'cmdline', CMDLINE_RE, 'printable ASCII, at most 1024 characters')
-    image = resolve_image(limits.image_dir, 'image', spec.get('image'))
-    kernel = resolve_image(limits.image_dir, 'kernel', spec.get('kernel'))
-    initrd = resolve_image(limits.image_dir, 'initrd', spec.get('initrd'))
+    files = tuple(f for f in (resolve_image(limits.image_dir, field, spec.get(field))
+                              for field in ('image', 'kernel', 'initrd')) if f is not None)
+    image, kernel, initrd = (next((f.path for f in files if f.field == field), None)
+                             for field in ('image', 'kernel', 'initrd'))
     if image is None and kernel is None:
         raise exception.InvalidSpec(reason='image or kernel: one of them is required')
     if kernel is None and (initrd is not None or cmdline is not None):
         raise exception.InvalidSpec(reason='initrd and cmdline: only valid with a kernel')
     disk_gb = _int(spec, 'disk_gb', 0, limits.max_disk_gb, default=0)
-    if disk_gb and image and images.virtual_size(image) > disk_gb * 1024 ** 3:
+    image_size = next((f.virtual_size for f in files if f.field == 'image'), 0)
+    if disk_gb and image and image_size > disk_gb * 1024 ** 3:
         raise exception.InvalidSpec(
             reason='disk_gb: %d GiB is smaller than image %s (%.1f GiB)'
-            % (disk_gb, os.path.basename(image), images.virtual_size(image) / 1024 ** 3))
+            % (disk_gb, os.path.basename(image), image_size / 1024 ** 3))
     return BootSpec(uuid=uuid, name=name or 'instance-%s' % uuid[:8], vcpus=vcpus,
                     memory_mb=memory_mb, image=image, kernel=kernel, initrd=initrd,
-                    cmdline=cmdline, nics=_nics(spec, limits), disk_gb=disk_gb)
+                    cmdline=cmdline, nics=_nics(spec, limits), disk_gb=disk_gb, files=files)

@@ -27,6 +27,7 @@ import uuid as uuidlib  # noqa: E402
 from agent import workqueue  # noqa: E402
 from agent.storage import commands  # noqa: E402
 from agent.storage import lvm  # noqa: E402
+from agent.storage import operations  # noqa: E402
 
 MiB = 1024 * 1024
 
@@ -66,10 +67,11 @@ def timed(fn):
 def bench(vg: TempVG, n: int, threads: int) -> dict:
     uuids = [str(uuidlib.uuid4()) for _ in range(n)]
     wq = workqueue.GreenWorkQueue(threads)
-    runner = commands.CommandRunner(wq, env={'LVM_SYSTEM_DIR': vg.conf})
+    runner = commands.CommandRunner(wq, operations.Policy(volume_group=vg.name),
+                                    env={'LVM_SYSTEM_DIR': vg.conf})
     backend = lvm.LvmBackend(runner, vg.name, cache_seconds=60)
     pool = eventlet.GreenPool(n)
-    runner.run(['true'])     # start one worker before timing, as a running agent has them
+    runner.run('vgs', {'vg': vg.name})   # start one worker before timing, as an agent has them
     out = {'n': n, 'threads': threads}
 
     out['agent_create_s'] = timed(lambda: list(pool.imap(

@@ -5,15 +5,20 @@
 #   test-initrd.img    the initramfs (busybox-static + virtio modules)
 # The guest prints "COMPUTE-AGENT-GUEST-READY", then the block devices it sees ("guest-disk: vda 2048"),
 # then idles. Kernel cmdline "ca.poweroff" makes it power itself off right after the marker.
-# Idempotent: does nothing when both files exist (use --force to rebuild).
+# "ca.probe=P1,P2,..." makes it try TCP connections to the host side of user-mode networking
+# (10.0.2.2, QEMU's alias of the host's 127.0.0.1) on those ports and print
+# "guest-probe: 10.0.2.2:P open|closed" for each (the tests of guest isolation).
+# Idempotent: does nothing when both files exist at this script's GUEST_VERSION (--force rebuilds).
 set -euo pipefail
 
 IMAGE_DIR=${1:-/var/lib/compute-agent/images}
 FORCE=${2:-}
 [ "$IMAGE_DIR" = --force ] && { IMAGE_DIR=/var/lib/compute-agent/images; FORCE=--force; }
 MARKER=COMPUTE-AGENT-GUEST-READY
+GUEST_VERSION=2      # bump when /init changes: older builds are then rebuilt
 
-if [ -s "$IMAGE_DIR/test-vmlinuz" ] && [ -s "$IMAGE_DIR/test-initrd.img" ] && [ "$FORCE" != --force ]; then
+if [ -s "$IMAGE_DIR/test-vmlinuz" ] && [ -s "$IMAGE_DIR/test-initrd.img" ] && [ "$FORCE" != --force ] &&
+   [ "$(cat "$IMAGE_DIR/test-guest.version" 2>/dev/null)" = "$GUEST_VERSION" ]; then
     echo "[build-test-guest] present in $IMAGE_DIR"; exit 0
 fi
 command -v busybox >/dev/null && [ -f /bin/busybox ] || { echo "needs busybox-static (tools/setup-node.sh)" >&2; exit 1; }
@@ -58,6 +63,15 @@ done
 for n in /sys/class/net/*; do
     [ "\$(basename \$n)" = lo ] || echo "guest-nic: \$(basename \$n) \$(cat \$n/address)" >/dev/ttyS0
 done
+probe=\$(sed -n 's/.*ca\.probe=\([0-9,]*\).*/\1/p' /proc/cmdline)
+if [ -n "\$probe" ]; then
+    ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
+    for p in \$(echo "\$probe" | tr , ' '); do
+        if nc -w 3 10.0.2.2 "\$p" -e /bin/true 2>/dev/null; then r=open; else r=closed; fi
+        echo "guest-probe: 10.0.2.2:\$p \$r" >/dev/ttyS0
+    done
+    echo "guest-probe: done" >/dev/ttyS0
+fi
 if grep -q ca.poweroff /proc/cmdline; then poweroff -f; fi
 while true; do sleep 3600; done
 INIT
@@ -67,4 +81,5 @@ mkdir -p "$IMAGE_DIR"
 cp root/boot/vmlinuz-"$kver" "$IMAGE_DIR/test-vmlinuz.tmp"
 mv "$IMAGE_DIR/test-initrd.img.tmp" "$IMAGE_DIR/test-initrd.img"
 mv "$IMAGE_DIR/test-vmlinuz.tmp" "$IMAGE_DIR/test-vmlinuz"
+echo "$GUEST_VERSION" >"$IMAGE_DIR/test-guest.version"
 echo "[build-test-guest] kernel $kver -> $IMAGE_DIR"

@@ -13,10 +13,18 @@ VG=${COMPUTE_AGENT_VG:-compute-agent-vg}
 VG_SIZE=${COMPUTE_AGENT_VG_SIZE:-40G}          # sparse: costs disk only as LVs are written
 VG_FILE=/var/lib/compute-agent/lvm/$VG.img
 LVM_DIR=/etc/compute-agent/lvm                # private lvm.conf: [lvm] lvm_system_dir
+ETC=/etc/compute-agent                        # messaging credentials (0600) and the broker's CA
+TLS_DIR=$ETC/tls                              # ca.pem (public), ca.key (root only)
+RABBIT_TLS=/etc/rabbitmq/tls                  # the broker's certificate and key (user rabbitmq)
+AMQPS_PORT=5671
+# Broker users, one per node role. The agent may publish only to the conductor's topics and to
+# reply queues (it cannot command nodes); the control plane (conductor, compute-ctl) may do all.
+AGENT_USER=compute-agent
+CONTROL_USER=compute-control
 
 PKGS=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
       libvirt-dev pkg-config gcc python3-venv python3-dev rabbitmq-server lvm2
-      busybox-static cpio xz-utils iproute2 procps)
+      busybox-static cpio xz-utils iproute2 procps openssl)
 
 log() { printf '[setup-node] %s\n' "$*"; }
 
@@ -86,6 +94,60 @@ start_libvirt() {
     echo "setup-node: libvirtd did not come up" >&2; exit 1
 }
 
+make_certificates() {
+    # A private CA and a server certificate for the broker on this node (openssl; no crypto
+    # of our own). Kept when present: clients pin ca.pem.
+    mkdir -p "$TLS_DIR" "$RABBIT_TLS"
+    chmod 0755 "$TLS_DIR"
+    if [ ! -s "$TLS_DIR/ca.pem" ] || [ ! -s "$TLS_DIR/ca.key" ]; then
+        log "making the broker CA ($TLS_DIR/ca.pem)"
+        (umask 077; openssl req -x509 -newkey rsa:3072 -nodes -days 3650 -sha256 \
+            -subj "/CN=compute-agent broker CA $(hostname -s)" \
+            -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.pem" 2>/dev/null)
+        chmod 0644 "$TLS_DIR/ca.pem"
+        rm -f "$RABBIT_TLS/server.pem"
+    fi
+    if [ ! -s "$RABBIT_TLS/server.pem" ] || [ ! -s "$RABBIT_TLS/server.key" ]; then
+        log "making the broker's server certificate (localhost, 127.0.0.1)"
+        local tmp
+        tmp=$(mktemp -d)
+        (umask 077; openssl req -newkey rsa:3072 -nodes -sha256 -subj "/CN=localhost" \
+            -keyout "$tmp/server.key" -out "$tmp/server.csr" 2>/dev/null)
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$tmp/ext"
+        openssl x509 -req -in "$tmp/server.csr" -CA "$TLS_DIR/ca.pem" -CAkey "$TLS_DIR/ca.key" \
+            -CAcreateserial -days 825 -sha256 -extfile "$tmp/ext" -out "$tmp/server.pem" 2>/dev/null
+        install -m 0644 "$TLS_DIR/ca.pem" "$RABBIT_TLS/ca.pem"
+        install -m 0644 "$tmp/server.pem" "$RABBIT_TLS/server.pem"
+        install -m 0600 "$tmp/server.key" "$RABBIT_TLS/server.key"
+        rm -rf "$tmp"
+    fi
+    chown -R rabbitmq:rabbitmq "$RABBIT_TLS"
+}
+
+configure_rabbitmq() {
+    # TLS only, on loopback: no plain AMQP listener (an operator may add one, see README).
+    local conf=/etc/rabbitmq/rabbitmq.conf want
+    want=$(cat <<CONF
+# Written by compute-agent tools/setup-node.sh
+listeners.tcp = none
+listeners.ssl.1 = 127.0.0.1:$AMQPS_PORT
+ssl_options.cacertfile = $RABBIT_TLS/ca.pem
+ssl_options.certfile = $RABBIT_TLS/server.pem
+ssl_options.keyfile = $RABBIT_TLS/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
+CONF
+)
+    if [ "$(cat "$conf" 2>/dev/null)" != "$want" ]; then
+        log "configuring RabbitMQ for TLS on 127.0.0.1:$AMQPS_PORT"
+        printf '%s\n' "$want" >"$conf"
+        if rabbitmqctl -q status >/dev/null 2>&1; then
+            log "restarting rabbitmq-server to read it"
+            rabbitmqctl -q stop >/dev/null 2>&1 || true
+        fi
+    fi
+}
+
 start_rabbitmq() {
     if ! rabbitmqctl -q status >/dev/null 2>&1; then
         log "starting rabbitmq-server"
@@ -93,12 +155,58 @@ start_rabbitmq() {
     fi
     for _ in $(seq 300); do
         # AMQP accepts logins a few seconds after the node answers rabbitmqctl.
-        if (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null && rabbitmqctl -q await_startup >/dev/null 2>&1; then
+        if (exec 3<>/dev/tcp/127.0.0.1/$AMQPS_PORT) 2>/dev/null && rabbitmqctl -q await_startup >/dev/null 2>&1; then
             return 0
         fi
         sleep 0.2
     done
     echo "setup-node: rabbitmq did not come up" >&2; exit 1
+}
+
+# write_credentials ROLE USER: the user's password (new and random unless the file's still
+# logs in) and an oslo.config file with transport_url and TLS settings, readable by root only.
+write_credentials() {
+    local role=$1 user=$2 file=$ETC/messaging-$1.conf pass=""
+    if [ -f "$file" ]; then
+        pass=$(sed -n 's|^transport_url = rabbit://[^:]*:\([^@]*\)@.*|\1|p' "$file")
+    fi
+    if [ -z "$pass" ] || ! rabbitmqctl -q authenticate_user "$user" "$pass" >/dev/null 2>&1; then
+        pass=$(openssl rand -hex 24)
+        if rabbitmqctl -q list_users | awk '{print $1}' | grep -qx "$user"; then
+            rabbitmqctl -q change_password "$user" "$pass" >/dev/null
+        else
+            rabbitmqctl -q add_user "$user" "$pass" >/dev/null
+        fi
+        log "broker user $user: new password in $file"
+    fi
+    (umask 077; cat >"$file.new" <<CONF
+# Written by compute-agent tools/setup-node.sh: the $role's broker credentials. Root only.
+[DEFAULT]
+transport_url = rabbit://$user:$pass@localhost:$AMQPS_PORT/
+
+[oslo_messaging_rabbit]
+ssl = true
+ssl_ca_file = $TLS_DIR/ca.pem
+CONF
+)
+    chmod 0600 "$file.new"
+    mv "$file.new" "$file"
+}
+
+configure_broker_users() {
+    mkdir -p "$ETC"
+    write_credentials agent "$AGENT_USER"
+    write_credentials control "$CONTROL_USER"
+    # The agent: its own queues (compute, compute.<host>, compute_fanout_<id>), reply queues,
+    # and the topic exchange, where it may publish only with the conductor's routing keys.
+    local own='^(openstack|compute|compute\..*|compute_fanout_.*|reply_.*)$'
+    rabbitmqctl -q set_permissions -p / "$AGENT_USER" "$own" "$own" '^(openstack|compute_fanout|compute|compute\..*|compute_fanout_.*|reply_.*)$' >/dev/null
+    rabbitmqctl -q set_topic_permissions -p / "$AGENT_USER" openstack '^conductor.*$' '.*' >/dev/null
+    rabbitmqctl -q set_permissions -p / "$CONTROL_USER" '.*' '.*' '.*' >/dev/null
+    if rabbitmqctl -q list_users | awk '{print $1}' | grep -qx guest; then
+        rabbitmqctl -q delete_user guest >/dev/null
+        log "removed the broker's guest user"
+    fi
 }
 
 write_lvm_conf() {
@@ -163,7 +271,8 @@ need_root
 case "${1:-}" in
     --stop) stop_all ;;
     --remove-vg) remove_vg ;;
-    "") install_packages; configure_libvirt; start_libvirt; start_rabbitmq; ensure_vg
+    "") install_packages; configure_libvirt; start_libvirt
+        make_certificates; configure_rabbitmq; start_rabbitmq; configure_broker_users; ensure_vg
         log "node ready" ;;
     *) echo "usage: $0 [--stop | --remove-vg]" >&2; exit 2 ;;
 esac

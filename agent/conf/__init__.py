@@ -6,6 +6,7 @@ from agent.conf import default
 from agent.conf import jobs
 from agent.conf import libvirt
 from agent.conf import metrics
+from agent.conf import network
 from agent.conf import resources
 from agent.conf import storage
 from agent.conf import trace
@@ -14,5 +15,5 @@ from agent.conf import workqueue
 CONF = cfg.CONF
 
 for _mod in (default, libvirt, workqueue, conductor, storage, resources, jobs, metrics,
-             trace):
+             trace, network):
     _mod.register_opts(CONF)

@@ -11,6 +11,14 @@ storage_opts = [
                     'in [DEFAULT] instances_path).'),
     cfg.IntOpt('max_disk_gb_per_instance', default=4096, min=1,
                help='Largest disk_gb a boot spec may ask for.'),
+    cfg.IntOpt('command_timeout', default=600, min=1,
+               help='Seconds one storage command (lvcreate, lvremove, lvs, qemu-img) may run; '
+                    'past that it is killed and its job fails naming the command.'),
+    cfg.IntOpt('file_reserved_mb', default=1024, min=0,
+               help='File backend: MiB of the instances filesystem that instance disks may '
+                    'never take, so the job journal, console logs and the agent itself still '
+                    'find room (keep the journal on that filesystem or set [jobs] journal '
+                    'elsewhere).'),
 ]
 
 lvm_opts = [

@@ -2,9 +2,11 @@
 import abc
 import dataclasses
 
+from agent.storage import operations
+
 GiB = 1024 ** 3
-INSTANCE_TAG_PREFIX = 'ca-instance-'
-OWNER_TAG = 'compute-agent'
+INSTANCE_TAG_PREFIX = operations.INSTANCE_TAG_PREFIX
+OWNER_TAG = operations.OWNER_TAG
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,8 +61,10 @@ class StorageBackend(abc.ABC):
         """Every instance disk this agent made, by instance uuid, from the shared listing."""
 
     @abc.abstractmethod
-    def create_root_disk(self, uuid: str, size: int, image: str | None) -> Disk:
-        """Create the root disk of ``size`` bytes, with ``image`` written into it if given."""
+    def create_root_disk(self, uuid: str, size: int, image: str | None,
+                         image_format: str = 'raw') -> Disk:
+        """Create the root disk of ``size`` bytes, with ``image`` (of the checked
+        ``image_format``, always given explicitly to the tools) written into it if given."""
 
     @abc.abstractmethod
     def delete_disks(self, uuid: str) -> None:

@@ -10,19 +10,21 @@ from agent import exception
 from agent import images
 from agent import instancedir
 from agent.storage import backend
+from agent.storage import operations
 
 LOG = logging.getLogger(__name__)
 
-DISK_NAME = 'disk.qcow2'
+DISK_NAME = operations.DISK_FILE
 
 
 class FileBackend(backend.StorageBackend):
     kind = 'file'
 
-    def __init__(self, runner, instances_path: str):
+    def __init__(self, runner, instances_path: str, reserved_bytes: int = 0):
         super().__init__()
         self._run = runner
         self._path = instances_path
+        self._reserved = reserved_bytes
 
     def init(self) -> dict:
         os.makedirs(self._path, exist_ok=True)
@@ -45,7 +47,8 @@ class FileBackend(backend.StorageBackend):
 
     def inventory(self, fresh: bool = False) -> backend.Inventory:
         """Instance disks may take the free space plus what the agent's own disk files already
-        take (their allocated blocks: qcow2 files are thin)."""
+        take (their allocated blocks: qcow2 files are thin), less the reserve kept for the
+        journal, console logs and the agent."""
         disks = self.disks()
         own = 0
         for info in disks.values():
@@ -53,16 +56,16 @@ class FileBackend(backend.StorageBackend):
                 own += os.stat(info.name).st_blocks * 512
             except FileNotFoundError:
                 pass
-        return backend.Inventory(disks=disks, instance_bytes=self.capacity()['free'] + own)
+        return backend.Inventory(
+            disks=disks, instance_bytes=max(0, self.capacity()['free'] + own - self._reserved))
 
-    def create_root_disk(self, uuid: str, size: int, image: str | None) -> backend.Disk:
+    def create_root_disk(self, uuid: str, size: int, image: str | None,
+                         image_format: str = 'raw') -> backend.Disk:
         path = self._disk_path(uuid)
-        argv = ['qemu-img', 'create', '-q', '-f', 'qcow2']
         try:
-            if image:
-                argv += ['-b', image, '-F', images.image_format(image)]
             instancedir.create(self._path, uuid)
-            self._run.check(argv + [path, str(size)], instance=uuid)
+            self._run.check('qcow2_create', {'uuid': uuid, 'size': size, 'image': image,
+                                             'format': image_format}, instance=uuid)
         except exception.StorageError:
             self.delete_disks(uuid)
             raise

@@ -11,6 +11,7 @@ import logging
 from agent import exception
 from agent.storage import backend
 from agent.storage import lvm_report
+from agent.storage import operations
 from agent.storage import sweep
 
 LOG = logging.getLogger(__name__)
@@ -22,8 +23,7 @@ class Report:
     lvs: tuple[lvm_report.LogicalVolume, ...]
 
 
-def lv_name(uuid: str) -> str:
-    return 'ca-%s-root' % uuid
+lv_name = operations.lv_name
 
 
 class LvmBackend(backend.StorageBackend):
@@ -37,12 +37,8 @@ class LvmBackend(backend.StorageBackend):
 
     # -- the one listing ---------------------------------------------------------------------
     def _fetch(self) -> Report:
-        lvs = self._run.check(['lvs', '--reportformat', 'json', '--units', 'b', '--nosuffix',
-                               '-o', lvm_report.LV_FIELDS, self.vg],
-                              message=lvm_report.lvm_message)
-        vgs = self._run.check(['vgs', '--reportformat', 'json', '--units', 'b', '--nosuffix',
-                               '-o', lvm_report.VG_FIELDS, self.vg],
-                              message=lvm_report.lvm_message)
+        lvs = self._run.check('lvs', {'vg': self.vg}, message=lvm_report.lvm_message)
+        vgs = self._run.check('vgs', {'vg': self.vg}, message=lvm_report.lvm_message)
         vg = [v for v in lvm_report.parse_vgs(vgs.stdout) if v.name == self.vg]
         if not vg:
             raise exception.StorageError(reason='volume group %s not in the vgs report' % self.vg)
@@ -88,20 +84,19 @@ class LvmBackend(backend.StorageBackend):
                                  instance_bytes=max(0, report.vg.size - foreign))
 
     # -- create / delete -------------------------------------------------------------------------
-    def create_root_disk(self, uuid: str, size: int, image: str | None) -> backend.Disk:
+    def create_root_disk(self, uuid: str, size: int, image: str | None,
+                         image_format: str = 'raw') -> backend.Disk:
         name = lv_name(uuid)
         try:
-            self._run.check(['lvcreate', '--yes', '--name', name, '--size', '%db' % size,
-                             '--addtag', backend.OWNER_TAG,
-                             '--addtag', backend.INSTANCE_TAG_PREFIX + uuid, self.vg],
+            self._run.check('lv_create', {'vg': self.vg, 'uuid': uuid, 'size': size},
                             instance=uuid, message=lvm_report.lvm_message)
         finally:
             self._sweep.invalidate()
         disk = backend.Disk(path='/dev/%s/%s' % (self.vg, name), format='raw', kind='block')
         if image:
             try:
-                self._run.check(['qemu-img', 'convert', '-n', '-O', 'raw', image, disk.path],
-                                instance=uuid)
+                self._run.check('image_to_lv', {'vg': self.vg, 'uuid': uuid, 'image': image,
+                                                'format': image_format}, instance=uuid)
             except exception.StorageError:
                 LOG.warning('[instance: %s] writing the image failed; removing %s', uuid, name)
                 self.delete_disks(uuid)
@@ -112,9 +107,7 @@ class LvmBackend(backend.StorageBackend):
     def delete_disks(self, uuid: str) -> None:
         """Remove the LVs tagged for this instance: selected by tag inside the one lvremove,
         so an LV the agent did not tag (even one with the same name) is never removed."""
-        res = self._run.run(['lvremove', '--yes', '--select',
-                             'lv_tags=%s%s' % (backend.INSTANCE_TAG_PREFIX, uuid), self.vg],
-                            instance=uuid)
+        res = self._run.run('lv_remove', {'vg': self.vg, 'uuid': uuid}, instance=uuid)
         self._sweep.invalidate()
         if res.rc:
             raise exception.StorageError(reason='lvremove failed (exit %d): %s'

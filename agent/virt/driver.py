@@ -74,8 +74,15 @@ class ComputeDriver(abc.ABC):
         reason. ``calls`` counts the hypervisor calls made."""
 
     @abc.abstractmethod
+    def check_uuid_free(self, uuid: str) -> None:
+        """Raise UuidTaken if the hypervisor is known to hold a domain with this uuid that
+        the agent did not make (from what the driver already knows: no hypervisor call)."""
+
+    @abc.abstractmethod
     def destroy(self, uuid: str, calls: collections.Counter) -> None:
-        """Stop and remove the instance and its files; succeed if it is already gone."""
+        """Stop and remove the instance and its files; succeed if it is already gone. A
+        domain with this uuid that the agent did not make (its metadata does not name the
+        uuid and this node) is never touched."""
 
     @abc.abstractmethod
     def list_instances(self) -> list[InstanceInfo]:

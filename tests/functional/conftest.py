@@ -27,6 +27,12 @@ IMAGES = os.environ.get('COMPUTE_AGENT_IMAGE_DIR', '/var/lib/compute-agent/image
 VIRT_TYPE = os.environ.get('COMPUTE_AGENT_VIRT_TYPE', 'qemu')
 URI = 'qemu:///system'
 MARKER = 'COMPUTE-AGENT-GUEST-READY'
+# Broker credentials written by tools/setup-node.sh (TLS to 127.0.0.1:5671, root only): the
+# agent's role may only report to conductors; the control plane's (conductor, these tests'
+# clients) may command nodes.
+AGENT_CREDS = '/etc/compute-agent/messaging-agent.conf'
+CONTROL_CREDS = '/etc/compute-agent/messaging-control.conf'
+AMQPS_PORT = 5671
 
 
 def _check_node():
@@ -38,9 +44,12 @@ def _check_node():
     except libvirt.libvirtError as exc:
         problems.append('libvirtd not reachable at %s (%s)' % (URI, exc))
     try:
-        socket.create_connection(('127.0.0.1', 5672), timeout=2).close()
+        socket.create_connection(('127.0.0.1', AMQPS_PORT), timeout=2).close()
     except OSError as exc:
-        problems.append('RabbitMQ not listening on 127.0.0.1:5672 (%s)' % exc)
+        problems.append('RabbitMQ not listening on 127.0.0.1:%d (%s)' % (AMQPS_PORT, exc))
+    for path in (AGENT_CREDS, CONTROL_CREDS):
+        if not os.path.isfile(path):
+            problems.append('broker credentials %s missing' % path)
     for name in ('test-vmlinuz', 'test-initrd.img'):
         if not os.path.isfile(os.path.join(IMAGES, name)):
             problems.append('test guest %s missing in %s' % (name, IMAGES))
@@ -65,6 +74,7 @@ class Node:
         self.workdir = workdir
         self.vg = vg
         self.host = 'ftest-%s' % uuidlib.uuid4().hex[:8]
+        self.bridge = 'cabr' + self.host[-8:]      # the one bridge this node offers guests
         self.topic = 'conductor-' + self.host
         self.image_dir = os.path.join(workdir, 'images')
         self.instances = os.path.join(workdir, 'instances')
@@ -86,20 +96,21 @@ class Node:
             storage = ('[storage]\nbackend = lvm\n[lvm]\nvolume_group = %s\nlvm_system_dir = %s\n'
                        'report_cache_seconds = 0.5\n' % (vg.name, vg.system_dir))
         with open(self.config, 'w') as f:
-            f.write('[DEFAULT]\nhost = %s\ntransport_url = rabbit://guest:guest@127.0.0.1:5672/\n'
+            f.write('[DEFAULT]\nhost = %s\n'
                     'image_dir = %s\ninstances_path = %s\ndebug = true\n'
                     '[libvirt]\nvirt_type = %s\nconnection_uri = %s\n'
                     '[conductor]\ntopic = %s\ndatabase = %s\n[jobs]\njournal = %s\n'
-                    '[trace]\npath = %s\n[metrics]\nlisten_address = 127.0.0.1\nport = %d\n%s'
+                    '[trace]\npath = %s\n[metrics]\nport = %d\n'
+                    '[network]\nallow_user_nics = true\nbridges = %s\n%s'
                     % (self.host, self.image_dir, self.instances, VIRT_TYPE, URI, self.topic,
                        os.path.join(workdir, 'conductor.sqlite'),
                        os.path.join(workdir, 'jobs.sqlite'), self.trace_path, self.metrics_port,
-                       storage))
+                       self.bridge, storage))
             f.write(extra_config)
         self.procs = {}
         self.created: set[str] = set()
-        agent_conf.CONF(['--config-file', self.config], project='compute-agent-ftest',
-                        default_config_files=[])
+        agent_conf.CONF(['--config-file', self.config, '--config-file', CONTROL_CREDS],
+                        project='compute-agent-ftest', default_config_files=[])
         self.transport = rpc.get_transport(agent_conf.CONF)
         self.compute = compute_api.ComputeAPI(self.transport, timeout=30)
         self.conductor = conductor_api.ConductorAPI(self.transport, self.topic, timeout=30)
@@ -109,8 +120,9 @@ class Node:
         module = {'agent': 'agent.cmd.agent', 'conductor': 'agent.cmd.conductor'}[name]
         log = open(os.path.join(self.workdir, name + '.log'), 'ab')
         env = dict(os.environ, **(self.vg.env if self.vg and name == 'agent' else {}))
+        creds = AGENT_CREDS if name == 'agent' else CONTROL_CREDS
         self.procs[name] = subprocess.Popen(
-            [sys.executable, '-m', module, '--config-file', self.config],
+            [sys.executable, '-m', module, '--config-file', self.config, '--config-file', creds],
             stdout=log, stderr=subprocess.STDOUT, env=env)
         if name == 'agent':
             self.wait_agent()

@@ -17,6 +17,8 @@ import uuid as uuidlib  # noqa: E402
 from agent import workqueue  # noqa: E402
 from agent.storage import commands  # noqa: E402
 from agent.storage import lvm  # noqa: E402
+from agent.storage import lvm_report  # noqa: E402
+from agent.storage import operations  # noqa: E402
 
 
 def main() -> None:
@@ -27,7 +29,8 @@ def main() -> None:
     p.add_argument('--threads', type=int, default=16)
     args = p.parse_args()
     wq = workqueue.GreenWorkQueue(args.threads)
-    runner = commands.CommandRunner(wq, env={'LVM_SYSTEM_DIR': args.lvm_system_dir})
+    runner = commands.CommandRunner(wq, operations.Policy(volume_group=args.vg),
+                                    env={'LVM_SYSTEM_DIR': args.lvm_system_dir})
     backend = lvm.LvmBackend(runner, args.vg, cache_seconds=0.2)
     errors = []
 
@@ -35,11 +38,10 @@ def main() -> None:
         uuid = str(uuidlib.UUID(int=(0xCA << 120) + i))
         try:
             backend.create_root_disk(uuid, 4 * 1024 * 1024, None)
-            res = runner.run(['lvs', '--noheadings', '--separator', '|', '-o', 'lv_name,lv_tags',
-                              '%s/%s' % (args.vg, lvm.lv_name(uuid))])
-            name, tags = res.stdout.strip().split('|')
-            if name != lvm.lv_name(uuid) or 'ca-instance-' + uuid not in tags.split(','):
-                errors.append('%d: got %r' % (i, res.stdout))
+            res = runner.check('lvs', {'vg': args.vg})    # its own listing, not the sweep's
+            mine = [lv for lv in lvm_report.parse_lvs(res.stdout) if lv.name == lvm.lv_name(uuid)]
+            if len(mine) != 1 or 'ca-instance-' + uuid not in mine[0].tags:
+                errors.append('%d: got %r' % (i, mine))
                 return False
             if backend.disks()[uuid].size != 4 * 1024 * 1024:
                 errors.append('%d: wrong size in the sweep' % i)

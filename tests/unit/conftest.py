@@ -3,6 +3,7 @@
 Unit tests never spawn processes (the autouse fixture refuses), never touch RabbitMQ or a real
 libvirtd, and run the agent's plain code on native threads (``workqueue.native_runtime``).
 """
+import os
 import subprocess
 import threading
 import time
@@ -26,9 +27,11 @@ from agent.conf import storage as conf_storage
 from agent.storage import commands
 from agent.storage import file as file_storage
 from agent.storage import lvm as lvm_storage
+from agent.storage import operations
 from agent.virt.libvirt import driver as libvirt_driver
 from tests.unit import fakelibvirt
 from tests.unit import fakelvm
+from tests.unit import qcow2
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +62,7 @@ def image_dir(tmp_path):
     (d / 'vmlinuz').write_bytes(b'kernel')
     (d / 'initrd.img').write_bytes(b'initrd')
     (d / 'disk.raw').write_bytes(b'\0' * 512)
-    (d / 'disk.qcow2').write_bytes(b'QFI\xfb' + b'\0' * 508)
+    (d / 'disk.qcow2').write_bytes(qcow2.header(size=1 << 30))
     return d
 
 
@@ -113,8 +116,12 @@ class Agent:
         self.lvm = lvm or fakelvm.FakeLvm()
         self.runtime = workqueue.native_runtime(4)
         self.runtime.workqueue.observers.extend(o.on_call for o in (tracer, metrics) if o)
-        self.commands = commands.CommandRunner(self.runtime.workqueue,
-                                               worker_factory=self.lvm.worker)
+        self.commands = commands.CommandRunner(
+            self.runtime.workqueue,
+            operations.Policy(volume_group=vg or self.lvm.vg,
+                              image_dir=os.path.realpath(conf.image_dir),
+                              instances_path=conf.instances_path),
+            worker_factory=self.lvm.worker)
         if backend == 'lvm':
             self.storage = lvm_storage.LvmBackend(self.commands, vg or self.lvm.vg,
                                                   cache_seconds=60)
@@ -124,7 +131,8 @@ class Agent:
         self.reporter = reportermod.StateReporter(self.reports.send, window=0.005, tracer=tracer)
         self.runtime.spawn(self.reporter.run)
         self.driver = libvirt_driver.LibvirtDriver(conf, self.runtime, fakelibvirt)
-        limits = specmod.Limits(image_dir=conf.image_dir, bridge_exists=lambda n: n == 'br0')
+        limits = specmod.Limits(image_dir=conf.image_dir, bridge_exists=lambda n: n == 'br0',
+                                allow_user_nics=True, bridges=frozenset({'br0', 'br1'}))
         self.journal = journalmod.JobJournal(conf.jobs.journal,
                                              self.runtime.workqueue.execute_urgent)
         self.runtime.spawn(self.journal.run)

@@ -8,6 +8,9 @@ and records every command launch in ``launches`` (independent of the agent's own
 import json
 import threading
 
+from agent.storage import cmdworker
+from agent.storage import operations
+
 EXTENT = 4 * 1024 * 1024
 WARNING = '  WARNING: Activation disabled. No device-mapper interaction will be attempted.\n'
 
@@ -23,8 +26,9 @@ class FakeLvm:
         self.late_gates: dict[str, threading.Event] = {}   # answer now, return it later
         self.lock = threading.Lock()
 
-    def worker(self, *args, **kwargs):
-        return _Worker(self)
+    def worker(self, python=None, env=None, args=()):
+        """A worker started like the real one (its policy from ``args``)."""
+        return _Worker(self, cmdworker.policy_from_args(cmdworker.parser().parse_args(args)))
 
     def free(self) -> int:
         return self.size - sum(lv['size'] for lv in self.lvs.values())
@@ -109,10 +113,17 @@ def _options(args):
 
 
 class _Worker:
-    def __init__(self, lvm: FakeLvm):
-        self.lvm = lvm
+    """The worker's protocol and policy checks (the real ones), over the fake commands."""
 
-    def call(self, argv, env):
+    def __init__(self, lvm: FakeLvm, policy: operations.Policy):
+        self.lvm = lvm
+        self.policy = policy
+
+    def call(self, request):
+        try:
+            argv = operations.build(request['op'], request['args'], self.policy)
+        except operations.Refused as exc:
+            return {'rc': 125, 'stdout': '', 'stderr': 'refused: %s' % exc, 'run_s': 0.0}
         answer = self.lvm.run(argv)
         answer['run_s'] = 0.0
         return answer

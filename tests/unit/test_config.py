@@ -45,10 +45,20 @@ def test_kvm_has_no_tcg_features_and_disk_boot_has_boot_dev():
 def test_nics():
     root = ET.fromstring(guest(nics=(vconfig.NicConfig('user', '52:54:00:00:00:01'),
                                      vconfig.NicConfig('bridge', '52:54:00:00:00:02', 'br0'))).to_xml())
-    user, bridge = root.findall('devices/interface')
-    assert user.get('type') == 'user' and user.find('source') is None
+    bridge, = root.findall('devices/interface')
     assert bridge.find('source').get('bridge') == 'br0'
     assert bridge.find('mac').get('address') == '52:54:00:00:00:02'
+    # The user NIC is QEMU's own, isolated: slirp with restrict=on (no host, no network).
+    args = [a.get('value') for a in root.findall('{%s}commandline/{%s}arg'
+                                                 % (vconfig.QEMU_NS, vconfig.QEMU_NS))]
+    assert args == ['-netdev', 'user,id=ca-user0,restrict=on',
+                    '-device', 'virtio-net-pci,netdev=ca-user0,mac=52:54:00:00:00:01']
+
+
+def test_no_qemu_commandline_without_user_nics():
+    root = ET.fromstring(guest(nics=(vconfig.NicConfig('bridge', '52:54:00:00:00:02', 'br0'),))
+                         .to_xml())
+    assert root.find('{%s}commandline' % vconfig.QEMU_NS) is None
 
 
 def test_metadata_round_trip_and_foreign_domains():

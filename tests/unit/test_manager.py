@@ -133,11 +133,14 @@ def test_delete_removes_domain_and_files_and_reports_deleted(agent, hv, conf):
         agent.manager.get_instance(U1)
 
 
-def test_delete_of_a_missing_instance_is_a_noop(agent, hv):
+def test_delete_of_a_missing_instance_is_a_noop_that_records_nothing(agent, hv):
     before = len(hv.calls)
-    job = agent.manager.get_job(agent.manager.delete_instance(U1)['job_id'])
-    assert job['state'] == 'done'
+    jobs, puts = len(agent.manager.jobs.all()), agent.journal.puts
+    for i in range(500):           # a flood of deletes of unknown uuids: no growing state
+        answer = agent.manager.delete_instance('%08x-2222-3333-4444-555555555555' % i)
+        assert answer['job_id'] is None and answer['existing'] is False
     assert len(hv.calls) == before
+    assert (len(agent.manager.jobs.all()), agent.journal.puts) == (jobs, puts)
 
 
 def test_delete_during_boot_waits_for_the_boot_then_deletes(agent, hv):

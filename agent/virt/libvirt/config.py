@@ -7,6 +7,7 @@ import dataclasses
 import xml.etree.ElementTree as ET
 
 METADATA_NS = 'http://compute-agent.org/xmlns/instance/1.0'
+QEMU_NS = 'http://libvirt.org/schemas/domain/qemu/1.0'
 DOMAIN_PREFIX = 'ca-'
 
 
@@ -26,6 +27,12 @@ class DiskConfig:
 
 @dataclasses.dataclass(frozen=True)
 class NicConfig:
+    """A guest NIC. ``user`` NICs are isolated: QEMU's slirp with ``restrict=on``, so the guest
+    reaches neither the host (slirp maps 10.0.2.2 to the host's 127.0.0.1) nor any network.
+    libvirt 9.0's ``<interface type='user'>`` cannot ask for that (and its passt backend maps
+    the gateway to the host too), so they are QEMU's own netdev and device, appended to QEMU's
+    command line after libvirt's devices (libvirt marks such a domain as tainted)."""
+
     type: str                    # user | bridge
     mac: str
     bridge: str | None = None
@@ -76,12 +83,25 @@ class GuestConfig:
         for disk in self.disks:
             self._disk(devices, disk)
         for nic in self.nics:
-            self._nic(devices, nic)
+            if nic.type != 'user':
+                self._nic(devices, nic)
         serial = ET.SubElement(devices, 'serial', type='file')
         ET.SubElement(serial, 'source', path=self.console_log)
         ET.SubElement(serial, 'target', port='0')
         ET.SubElement(devices, 'memballoon', model='none')
+        self._isolated_user_nics(dom)
         return ET.tostring(dom, encoding='unicode')
+
+    def _isolated_user_nics(self, dom: ET.Element) -> None:
+        user = [n for n in self.nics if n.type == 'user']
+        if not user:
+            return
+        cmd = ET.SubElement(dom, '{%s}commandline' % QEMU_NS)
+        for i, nic in enumerate(user):
+            netdev = 'ca-user%d' % i
+            for arg in ('-netdev', 'user,id=%s,restrict=on' % netdev,
+                        '-device', '%s-net-pci,netdev=%s,mac=%s' % (nic.model, netdev, nic.mac)):
+                ET.SubElement(cmd, '{%s}arg' % QEMU_NS, value=arg)
 
     def _metadata(self, dom: ET.Element) -> None:
         meta = ET.SubElement(dom, 'metadata')
@@ -123,6 +143,7 @@ class GuestConfig:
 
 
 ET.register_namespace('ca', METADATA_NS)
+ET.register_namespace('qemu', QEMU_NS)
 
 
 def parse_metadata(xml: str) -> dict | None:

@@ -11,7 +11,6 @@ import time
 from typing import Callable
 
 from agent import exception
-from agent import images
 from agent import instancedir
 from agent import spec as specmod
 from agent.virt import driver
@@ -67,6 +66,10 @@ class LibvirtDriver(driver.ComputeDriver):
             keepalive=(conf.libvirt.keepalive_interval, conf.libvirt.keepalive_count))
         self._domains: dict = {}   # uuid -> virDomain of this connection: no lookup on delete
         self._ours: set[str] = set()   # uuids of domains the agent made or adopted
+        self._defining: set[str] = set()   # uuids whose defineXML is under way
+        # uuid -> name of domains libvirt holds that are not ours (from listings and DEFINED
+        # events): a boot of such a uuid is refused without a call.
+        self._foreign: dict[str, str] = {}
         self._own_undefines: set[str] = set()   # UNDEFINED events we caused: not "vanished"
 
     # -- set-up -----------------------------------------------------------------------------
@@ -96,8 +99,9 @@ class LibvirtDriver(driver.ComputeDriver):
             if self.host.is_error(exc, 'VIR_ERR_NO_DOMAIN'):
                 return None
             raise
+        if not self._owned(uuid, dom, calls):
+            return None        # that uuid is someone else's domain: ours does not exist
         self._domains[uuid] = dom
-        self._ours.add(uuid)
         return _power_state_from_state(self._lv, state)
 
     def reconnect(self) -> None:
@@ -111,7 +115,12 @@ class LibvirtDriver(driver.ComputeDriver):
             self.host.mark_disconnected()
             self._listener(driver.HypervisorLost(timestamp=item.timestamp))
             return
-        if not item.name.startswith(vconfig.DOMAIN_PREFIX):
+        if item.event == self._lv.VIR_DOMAIN_EVENT_DEFINED and item.uuid not in self._ours \
+                and item.uuid not in self._defining:
+            self._foreign[item.uuid] = item.name
+        elif item.event == self._lv.VIR_DOMAIN_EVENT_UNDEFINED:
+            self._foreign.pop(item.uuid, None)
+        if not item.name.startswith(vconfig.DOMAIN_PREFIX) or item.uuid in self._foreign:
             return   # not a domain of ours
         if item.event == self._lv.VIR_DOMAIN_EVENT_UNDEFINED:
             self._domains.pop(item.uuid, None)
@@ -137,7 +146,7 @@ class LibvirtDriver(driver.ComputeDriver):
         elif spec.image:
             # No root disk from storage: attach the image with a throw-away overlay, so the
             # guest can write and the shared image is never modified.
-            disks = (vconfig.DiskConfig(path=spec.image, format=images.image_format(spec.image),
+            disks = (vconfig.DiskConfig(path=spec.image, format=spec.image_format,
                                         transient=True),)
         nics = tuple(vconfig.NicConfig(type=n.type, bridge=n.bridge, mac=n.mac or random_mac())
                      for n in spec.nics)
@@ -154,23 +163,33 @@ class LibvirtDriver(driver.ComputeDriver):
     def instance_dir(self, uuid: str) -> str:
         return instancedir.path(self._instances_path, uuid)
 
+    def check_uuid_free(self, uuid: str) -> None:
+        name = self._foreign.get(uuid)
+        if name is not None:
+            raise exception.UuidTaken(uuid=uuid, name=name)
+
     def spawn(self, spec: specmod.BootSpec, calls: collections.Counter, disks: tuple = ()) -> None:
         conn = self.host.conn()            # before anything is made: nothing to undo
+        self.check_uuid_free(spec.uuid)    # a foreign domain seen since the request
         xml = self._guest_config(spec, disks).to_xml()
         instancedir.create(self._instances_path, spec.uuid)
         # HypervisorUnavailable: the connection went during the call, which may or may not
         # have been carried out; nothing is undone here (the manager settles it).
         epoch = self.host.epoch          # both calls belong to this connection
+        self._defining.add(spec.uuid)
         try:
             dom = self.host.call('defineXML', conn.defineXML, xml, instance=spec.uuid,
                                  counter=calls, epoch=epoch)
+            self._ours.add(spec.uuid)        # before it leaves _defining: events see it ours
+            self._foreign.pop(spec.uuid, None)
         except exception.HypervisorUnavailable:
             raise
         except exception.AgentError:
             self._remove_files(spec.uuid)
             raise
+        finally:
+            self._defining.discard(spec.uuid)
         self._domains[spec.uuid] = dom
-        self._ours.add(spec.uuid)
         try:
             self.host.call('create', dom.create, instance=spec.uuid, counter=calls, epoch=epoch)
         except exception.HypervisorUnavailable:
@@ -194,6 +213,10 @@ class LibvirtDriver(driver.ComputeDriver):
                 if not self.host.is_error(exc, 'VIR_ERR_NO_DOMAIN'):
                     raise
                 dom = None
+            if dom is not None and not self._owned(uuid, dom, calls):
+                LOG.warning('[instance: %s] the domain with this uuid (%s) is not ours: left '
+                            'untouched', uuid, dom.name())
+                dom = None
         if dom is not None:
             try:
                 self.host.call('destroy', dom.destroy, instance=uuid, counter=calls)
@@ -215,6 +238,20 @@ class LibvirtDriver(driver.ComputeDriver):
                 raise
         self._domains.pop(uuid, None)
         self._ours.discard(uuid)
+
+    def _owned(self, uuid: str, dom, calls: collections.Counter | None = None) -> bool:
+        """Whether ``dom`` is this agent's: made or adopted by it, or carrying its metadata
+        naming this uuid and this node (one XMLDesc call, never on the boot's hot path)."""
+        if uuid in self._ours:
+            return True
+        meta = vconfig.parse_metadata(self.host.call('XMLDesc', dom.XMLDesc, 0, instance=uuid,
+                                                     counter=calls))
+        if bool(meta) and meta.get('uuid') == uuid and meta.get('host') == self._conf.host:
+            self._ours.add(uuid)
+            self._foreign.pop(uuid, None)
+            return True
+        self._foreign[uuid] = dom.name()
+        return False
 
     def _remove_files(self, uuid: str) -> None:
         instancedir.remove(self._instances_path, uuid)
@@ -246,6 +283,8 @@ class LibvirtDriver(driver.ComputeDriver):
                              if meta.get(k, '').isdigit()}
             if ours:
                 self._domains[uuid] = dom      # this connection's object (after a reconnect)
+            else:
+                self._foreign[uuid] = dom.name()
             out.append(driver.InstanceInfo(
                 uuid=uuid, name=name, ours=ours, sizes=sizes,
                 power_state=_power_state_from_state(self._lv, values.get('state.state', 0))))

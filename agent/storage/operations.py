@@ -1,0 +1,134 @@
+"""The storage operations a command worker will run: named, with arguments it checks itself.
+
+The command worker (``agent.storage.cmdworker``) is the agent's privilege boundary for
+storage: it accepts only these operations, validates every argument against its own policy
+(the volume group and directories it was started with) and builds the argv itself. A caller
+can never make it run an arbitrary command, touch another VG, or read a file outside the image
+directory. Pure code: no process is started here.
+"""
+import dataclasses
+import os
+import re
+import uuid as uuidlib
+
+from agent.storage import lvm_report
+
+OWNER_TAG = 'compute-agent'
+INSTANCE_TAG_PREFIX = 'ca-instance-'
+DISK_FILE = 'disk.qcow2'
+MAX_SIZE = 1 << 50                 # 1 PiB: no instance disk is larger
+_VG_RE = re.compile(r'[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}')
+FORMATS = ('raw', 'qcow2')
+
+
+class Refused(ValueError):
+    """The operation or one of its arguments is not allowed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """What a worker may touch: set when it is started, never by a request."""
+
+    volume_group: str | None = None     # the only VG LVM operations may name
+    image_dir: str | None = None        # images are read from here only
+    instances_path: str | None = None   # file disks are created here only
+
+
+def lv_name(uuid: str) -> str:
+    return 'ca-%s-root' % uuid
+
+
+def _uuid(args: dict) -> str:
+    value = args.get('uuid')
+    try:
+        if isinstance(value, str) and str(uuidlib.UUID(value)) == value:
+            return value
+    except ValueError:
+        pass
+    raise Refused('uuid: not a canonical lower-case uuid')
+
+
+def _vg(args: dict, policy: Policy) -> str:
+    vg = args.get('vg')
+    if policy.volume_group is None or vg != policy.volume_group \
+            or not _VG_RE.fullmatch(vg or ''):
+        raise Refused('vg: only the configured volume group %r' % policy.volume_group)
+    return vg
+
+
+def _size(args: dict) -> int:
+    size = args.get('size')
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= MAX_SIZE:
+        raise Refused('size: a positive integer of bytes')
+    return size
+
+
+def _format(args: dict, key: str) -> str:
+    fmt = args.get(key)
+    if fmt not in FORMATS:
+        raise Refused('%s: one of %s' % (key, ', '.join(FORMATS)))
+    return fmt
+
+
+def _image(args: dict, policy: Policy) -> str:
+    path = args.get('image')
+    base = policy.image_dir
+    if base is None or not isinstance(path, str) or not os.path.isabs(path) \
+            or os.path.normpath(path) != path or os.path.dirname(path) != os.path.normpath(base):
+        raise Refused('image: only a file directly in the image directory %r' % base)
+    return path
+
+
+def _lvs(args: dict, policy: Policy) -> list[str]:
+    return ['lvs', '--reportformat', 'json', '--units', 'b', '--nosuffix',
+            '-o', lvm_report.LV_FIELDS, _vg(args, policy)]
+
+
+def _vgs(args: dict, policy: Policy) -> list[str]:
+    return ['vgs', '--reportformat', 'json', '--units', 'b', '--nosuffix',
+            '-o', lvm_report.VG_FIELDS, _vg(args, policy)]
+
+
+def _lv_create(args: dict, policy: Policy) -> list[str]:
+    vg, uuid, size = _vg(args, policy), _uuid(args), _size(args)
+    return ['lvcreate', '--yes', '--name', lv_name(uuid), '--size', '%db' % size,
+            '--addtag', OWNER_TAG, '--addtag', INSTANCE_TAG_PREFIX + uuid, vg]
+
+
+def _lv_remove(args: dict, policy: Policy) -> list[str]:
+    # Selected by the instance's tag inside the one lvremove: an LV the agent did not tag,
+    # even one with the same name, is never removed.
+    vg, uuid = _vg(args, policy), _uuid(args)
+    return ['lvremove', '--yes', '--select', 'lv_tags=%s%s' % (INSTANCE_TAG_PREFIX, uuid), vg]
+
+
+def _image_to_lv(args: dict, policy: Policy) -> list[str]:
+    vg, uuid = _vg(args, policy), _uuid(args)
+    return ['qemu-img', 'convert', '-n', '-f', _format(args, 'format'), '-O', 'raw',
+            _image(args, policy), '/dev/%s/%s' % (vg, lv_name(uuid))]
+
+
+def _qcow2_create(args: dict, policy: Policy) -> list[str]:
+    if policy.instances_path is None:
+        raise Refused('qcow2_create: no instances directory configured')
+    uuid, size = _uuid(args), _size(args)
+    argv = ['qemu-img', 'create', '-q', '-f', 'qcow2']
+    if args.get('image') is not None:
+        argv += ['-b', _image(args, policy), '-F', _format(args, 'format')]
+    return argv + [os.path.join(policy.instances_path, uuid, DISK_FILE), str(size)]
+
+
+OPERATIONS = {'lvs': _lvs, 'vgs': _vgs, 'lv_create': _lv_create, 'lv_remove': _lv_remove,
+              'image_to_lv': _image_to_lv, 'qcow2_create': _qcow2_create}
+COMMAND = {'lvs': 'lvs', 'vgs': 'vgs', 'lv_create': 'lvcreate', 'lv_remove': 'lvremove',
+           'image_to_lv': 'qemu-img', 'qcow2_create': 'qemu-img'}
+
+
+def build(op: str, args, policy: Policy) -> list[str]:
+    """The argv of operation ``op``; Refused naming what is not allowed."""
+    builder = OPERATIONS.get(op) if isinstance(op, str) else None
+    if builder is None:
+        raise Refused('unknown operation %r' % str(op)[:64])
+    if not isinstance(args, dict):
+        raise Refused('%s: arguments must be an object' % op)
+    return builder(args, policy)
