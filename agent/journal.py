@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_uuid ON jobs(uuid);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 
@@ -72,6 +73,7 @@ class JobJournal:
         self._db.executescript(_SCHEMA)
         self._cond = threading.Condition()
         self._pending: dict[str, dict] = {}
+        self._meta: dict[str, int] = {}      # values written with the next commit
         self._writing: set[str] = set()      # job ids of the commit under way
         self._prune_before: float | None = None
         self._queued = 0          # tickets handed out
@@ -129,6 +131,23 @@ class JobJournal:
             self._cond.notify_all()
             return self._queued
 
+    def get_meta(self, key: str, default: int = 0) -> int:
+        """A value of the journal's ``meta`` table (start-up, before the committer runs)."""
+        row = self._db.execute('SELECT value FROM meta WHERE key = ?', (key,)).fetchone()
+        return default if row is None else int(row[0])
+
+    def set_meta_now(self, key: str, value: int) -> None:
+        """Write and fsync a ``meta`` value at once (start-up, before the committer runs)."""
+        self._db.execute('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO '
+                         'UPDATE SET value = excluded.value', (key, value))
+
+    def set_meta(self, key: str, value: int) -> None:
+        """Write a ``meta`` value with the next group commit."""
+        with self._cond:
+            self._meta[key] = value
+            self._queued += 1
+            self._cond.notify_all()
+
     def prune(self, before: float) -> None:
         """Remove finished jobs that finished before ``before`` at the next commit."""
         with self._cond:
@@ -170,22 +189,26 @@ class JobJournal:
         """The committer loop; run it in its own (green)thread."""
         while True:
             with self._cond:
-                while not self._pending and self._prune_before is None and not self._stopped:
+                while not self._pending and self._prune_before is None and not self._meta \
+                        and not self._stopped:
                     self._cond.wait()
                 if self._stopped:       # flush() first for a clean stop
                     return
                 batch, self._pending = self._pending, {}
+                meta, self._meta = self._meta, {}
                 prune, self._prune_before = self._prune_before, None
                 upto = self._queued
                 self._writing = set(batch)
             try:
-                self._execute('journal.commit', self._write, list(batch.values()), prune)
+                self._execute('journal.commit', self._write, list(batch.values()), prune, meta)
             except Exception as exc:   # disk full, I/O error: waiters get it, writes retry
                 LOG.error('job journal commit failed: %s', describe(exc))
                 with self._cond:
                     self._writing = set()
                     for job_id, row in batch.items():
                         self._pending.setdefault(job_id, row)
+                    for key, value in meta.items():
+                        self._meta[key] = max(value, self._meta.get(key, value))
                     self._failed = exc
                     self._cond.notify_all()
                 if describe(exc).startswith('disk full'):
@@ -206,10 +229,13 @@ class JobJournal:
                 self.rows_written += len(batch)
                 self._cond.notify_all()
 
-    def _write(self, rows: list[dict], prune: float | None) -> None:
+    def _write(self, rows: list[dict], prune: float | None, meta: dict | None = None) -> None:
         cur = self._db.cursor()
         cur.execute('BEGIN IMMEDIATE')
         try:
+            for key, value in (meta or {}).items():
+                cur.execute('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO '
+                            'UPDATE SET value = max(value, excluded.value)', (key, value))
             for row in rows:
                 values = {c: row.get(c) for c in COLUMNS}
                 values['calls'] = json.dumps(row.get('calls') or {})

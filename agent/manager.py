@@ -9,7 +9,6 @@ hypervisor's STARTED event arrives.
 """
 import collections
 import dataclasses
-import itertools
 import logging
 import threading
 import time
@@ -21,6 +20,7 @@ from agent import journal as journalmod
 from agent import metrics as metricsmod
 from agent import reconcile
 from agent import resources
+from agent import sequence
 from agent import spec as specmod
 from agent import trace as tracemod
 from agent.storage import backend as storage_backend
@@ -35,6 +35,7 @@ STOPPED = 'stopped'
 DELETING = 'deleting'
 DELETED = 'deleted'
 ERROR = 'error'
+SEQ_KEY = 'seq_reserved'
 
 _POWER_TO_VM = {vdriver.RUNNING: ACTIVE, vdriver.PAUSED: PAUSED, vdriver.SHUTDOWN: STOPPED,
                 vdriver.CRASHED: ERROR}
@@ -85,7 +86,13 @@ class ComputeManager:
         self.storage = storage
         self.runtime = runtime
         self.reporter = reporter
-        self.tracker = resources.ResourceTracker(host, allocation, reporter.update_resources)
+        # seq of instance states and usage generations: strictly growing across restarts,
+        # whatever the clock does (reserved in the journal).
+        self._sequence = sequence.Sequence(
+            journal.get_meta(SEQ_KEY), lambda v: journal.set_meta_now(SEQ_KEY, v),
+            lambda v: journal.set_meta(SEQ_KEY, v))
+        self.tracker = resources.ResourceTracker(host, allocation, reporter.update_resources,
+                                                 next_generation=self._sequence.next)
         self.limits = limits
         self.host = host
         self.journal = journal
@@ -96,7 +103,6 @@ class ComputeManager:
         self.instances: dict[str, Instance] = {}
         self.facts: dict = {}
         self._lock = threading.Lock()
-        self._seq = itertools.count(time.time_ns())   # grows across restarts too
         self._reconnecting = False
         self._reconnect_interval = reconnect_interval
         self._settle_attempts = 5
@@ -717,7 +723,7 @@ class ComputeManager:
         self._report(inst)
 
     def _report(self, inst: Instance) -> None:
-        inst.seq = next(self._seq)
+        inst.seq = self._sequence.next()
         inst.updated_at = time.time()
         state = inst.to_dict()
         state.pop('spec')

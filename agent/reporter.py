@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Callable
 
+from agent import exception
 from agent import resources as resources_mod
 from agent import trace as tracemod
 
@@ -41,6 +42,7 @@ class StateReporter:
         self.resource_reports_superseded = 0
         self.resource_reports_unchanged = 0
         self.send_failures = 0
+        self.reports_refused = 0
 
     def update(self, state: dict) -> None:
         """Queue ``state`` (a dict with 'uuid' and a 'seq' that grows per change)."""
@@ -89,6 +91,16 @@ class StateReporter:
                 self._inflight = True
             try:
                 self._traced_send(sorted(batch.values(), key=lambda s: s['seq']), resources)
+            except exception.InvalidReport as exc:
+                # Refused whole by the conductor: sending it again would be refused again
+                # (and hold back every later report). Said loudly, then dropped.
+                self.reports_refused += 1
+                LOG.error('the conductor refused a report of %d instance states: %s',
+                          len(batch), exc)
+                with self._cond:
+                    self._inflight = False
+                    self._cond.notify_all()
+                continue
             except Exception as exc:
                 self.send_failures += 1
                 backoff = min(self._retry_max, max(0.1, backoff * 2))
@@ -147,4 +159,5 @@ class StateReporter:
                 'resource_reports_superseded': self.resource_reports_superseded,
                 'resource_reports_unchanged': self.resource_reports_unchanged,
                 'resource_generation_sent': (self._resources_sent or {}).get('generation'),
-                'send_failures': self.send_failures, 'pending': len(self._pending)}
+                'send_failures': self.send_failures, 'reports_refused': self.reports_refused,
+                'pending': len(self._pending)}

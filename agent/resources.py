@@ -138,7 +138,8 @@ class ResourceTracker:
     """Claims and usage of one node. Thread-safe; ``notify(report)`` must not block long."""
 
     def __init__(self, host: str, allocation: Allocation, notify: Callable[[dict], None],
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Callable[[], float] = time.perf_counter,
+                 next_generation: Callable[[], int] | None = None):
         self.host = host
         self.allocation = allocation
         self._notify = notify
@@ -147,7 +148,8 @@ class ResourceTracker:
         self._usage = Amounts()
         self._inventory = {'cpus': 0, 'memory_mb': 0, 'disk_gb': 0}
         self._capacity = Amounts()
-        self._generation = itertools.count(time.time_ns())   # grows across restarts too
+        # Strictly growing, across restarts too (``agent.sequence`` under the agent).
+        self._next_generation = next_generation or itertools.count(time.time_ns()).__next__
         self._last: dict | None = None      # the last report handed to notify
         self._audits: list[AuditToken] = []
         self.counts = dict.fromkeys(('claims', 'refusals', 'releases', 'reports_queued',
@@ -279,7 +281,7 @@ class ResourceTracker:
         if same_usage(self._last, body):
             self.counts['reports_skipped_noop'] += 1
             return None
-        body.update(generation=next(self._generation), host=self.host,
+        body.update(generation=self._next_generation(), host=self.host,
                     inventory=dict(self._inventory), at=time.time())
         self._last = body
         self.counts['reports_queued'] += 1

@@ -191,7 +191,8 @@ class ConductorService:
         target = oslo_messaging.Target(topic=conf.conductor.topic, server=conf.host)
         self.server = oslo_messaging.get_rpc_server(
             self.transport, target,
-            [conductor_manager.ConductorEndpoint(self.store, conf.conductor.debug_report_delay)],
+            [conductor_manager.ConductorEndpoint(self.store, conf.conductor.debug_report_delay,
+                                                 conf.conductor.max_future_seconds)],
             executor='threading')
         self._stop = threading.Event()
 

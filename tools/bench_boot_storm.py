@@ -53,6 +53,9 @@ from agent.virt.libvirt import config as vconfig  # noqa: E402
 MARKER = b'COMPUTE-AGENT-GUEST-READY'
 URI = 'qemu:///system'
 CMDLINE = 'console=ttyS0 quiet no_timer_check'
+# Broker credentials (TLS) made by tools/setup-node.sh: the agent's role and the control plane's.
+AGENT_CREDS = '/etc/compute-agent/messaging-agent.conf'
+CONTROL_CREDS = '/etc/compute-agent/messaging-control.conf'
 
 
 def pct(values, q):
@@ -228,21 +231,21 @@ class Services:
         self.topic = 'conductor-bench'
         self.config = os.path.join(workdir, 'agent.conf')
         with open(self.config, 'w') as f:
-            f.write('[DEFAULT]\nhost = %s\ntransport_url = rabbit://guest:guest@127.0.0.1:5672/\n'
+            f.write('[DEFAULT]\nhost = %s\n'
                     'image_dir = %s\ninstances_path = %s\n'
                     '[libvirt]\nvirt_type = %s\n[conductor]\ntopic = %s\ndatabase = %s\n'
-                    '[storage]\nbackend = file\n'
+                    '[storage]\nbackend = file\n[network]\nallow_user_nics = true\n'
                     # 1-vCPU test guests that idle once booted: N = 100 fits 2 cores.
                     '[resources]\ncpu_allocation_ratio = 64\n'
                     % (self.host, image_dir, os.path.join(workdir, 'instances'), virt_type,
                        self.topic, os.path.join(workdir, 'conductor.sqlite')))
-        agent_conf.CONF(['--config-file', self.config], project='compute-agent-bench',
-                        default_config_files=[])
+        agent_conf.CONF(['--config-file', self.config, '--config-file', CONTROL_CREDS],
+                        project='compute-agent-bench', default_config_files=[])
         self.transport = rpc.get_transport(agent_conf.CONF)
         self.compute = compute_api.ComputeAPI(self.transport, timeout=120)
         self.conductor = conductor_api.ConductorAPI(self.transport, self.topic, timeout=120)
         self.procs: dict = {}
-        self.start('conductor', 'agent.cmd.conductor', [])
+        self.start('conductor', 'agent.cmd.conductor', [CONTROL_CREDS])
 
     def start(self, name: str, module: str, extra_configs: list) -> subprocess.Popen:
         log = open(os.path.join(self.workdir, name + '.log'), 'ab')
@@ -267,7 +270,7 @@ class Services:
             if trace:
                 f.write('[trace]\npath = %s\n' % os.path.join(self.workdir, run + '-trace.json'))
             f.write(overrides)
-        proc = self.start('agent', 'agent.cmd.agent', [extra])
+        proc = self.start('agent', 'agent.cmd.agent', [AGENT_CREDS, extra])
         deadline = time.monotonic() + 60
         while True:
             if proc.poll() is not None:

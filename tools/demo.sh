@@ -26,7 +26,6 @@ mkdir -p "$run"
 cat >"$run/compute-agent.conf" <<CONF
 [DEFAULT]
 host = demo-$(hostname -s)
-transport_url = rabbit://guest:guest@127.0.0.1:5672/
 image_dir = /var/lib/compute-agent/images
 instances_path = $run/instances
 [libvirt]
@@ -41,8 +40,15 @@ backend = $STORAGE
 [lvm]
 volume_group = compute-agent-vg
 lvm_system_dir = /etc/compute-agent/lvm
+[network]
+# user-mode NICs, isolated: the guest reaches neither this host nor any network
+allow_user_nics = true
 CONF
-ctl() { "$venv/bin/compute-ctl" --config-file "$run/compute-agent.conf" "$@"; }
+# Broker credentials and TLS (tools/setup-node.sh, root only): the agent's role may only report
+# to the conductor; the control plane's (conductor, compute-ctl) may command nodes.
+agent_creds=/etc/compute-agent/messaging-agent.conf
+control_creds=/etc/compute-agent/messaging-control.conf
+ctl() { "$venv/bin/compute-ctl" --config-file "$run/compute-agent.conf" --config-file "$control_creds" "$@"; }
 
 pids=()
 stop_services() {
@@ -57,9 +63,11 @@ cleanup() {
 }
 if [ "${KEEP:-0}" != 1 ]; then trap cleanup EXIT; fi
 
-"$venv/bin/compute-conductor" --config-file "$run/compute-agent.conf" --log-file "$run/conductor.log" &
+"$venv/bin/compute-conductor" --config-file "$run/compute-agent.conf" --config-file "$control_creds" \
+    --log-file "$run/conductor.log" &
 pids+=($!)
-"$venv/bin/compute-agent" --config-file "$run/compute-agent.conf" --log-file "$run/agent.log" &
+"$venv/bin/compute-agent" --config-file "$run/compute-agent.conf" --config-file "$agent_creds" \
+    --log-file "$run/agent.log" &
 pids+=($!)
 for _ in $(seq 150); do
     ctl --rpc-timeout 1 stats >/dev/null 2>&1 && break

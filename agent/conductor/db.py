@@ -3,6 +3,9 @@ node, in SQLite.
 
 An instance row is applied only if its ``seq`` is newer than the stored one, and a node's usage
 only if its ``generation`` is higher, so reports that arrive late or twice never roll back.
+An instance belongs to the node that first reported it: another node's state for it is not
+applied (unless the instance was deleted). Reports are checked (``validate``) before they get
+here; a report that still fails to apply is rolled back whole and the store stays usable.
 """
 import json
 import sqlite3
@@ -50,44 +53,55 @@ class InstanceStore:
 
     def apply_report(self, host: str, states: list[dict], resources: dict | None = None) -> int:
         """Store the newer of each state, and the node's usage if its generation is higher;
-        one transaction per report. Returns the instance rows applied."""
-        now = time.time()
-        applied = 0
-        node_applied = None
+        one transaction per report, rolled back whole if any part fails. Returns the
+        instance rows applied."""
         with self._cond:
             cur = self._db.cursor()
             cur.execute('BEGIN')
-            for state in states:
-                row = {f: state.get(f) for f in FIELDS}
-                row['host'] = host
-                row['received_at'] = now
-                cur.execute(
-                    'INSERT INTO instances (%s, received_at) VALUES (%s, :received_at) '
-                    'ON CONFLICT(uuid) DO UPDATE SET %s WHERE excluded.seq > instances.seq'
-                    % (', '.join(FIELDS), ', '.join(':' + f for f in FIELDS),
-                       ', '.join('%s=excluded.%s' % (f, f) for f in FIELDS[1:] + ('received_at',))),
-                    row)
-                applied += cur.rowcount
-            if resources is not None:
-                cur.execute(
-                    'INSERT INTO nodes (host, generation, capacity, usage, inventory, instances, '
-                    'reported_at, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) '
-                    'ON CONFLICT(host) DO UPDATE SET generation=excluded.generation, '
-                    'capacity=excluded.capacity, usage=excluded.usage, '
-                    'inventory=excluded.inventory, instances=excluded.instances, '
-                    'reported_at=excluded.reported_at, received_at=excluded.received_at '
-                    'WHERE excluded.generation > nodes.generation',
-                    (host, int(resources['generation']), json.dumps(resources['capacity']),
-                     json.dumps(resources['usage']), json.dumps(resources.get('inventory')),
-                     int(resources['instances']), resources.get('at'), now))
-                node_applied = cur.rowcount
-            cur.execute('INSERT INTO reports (host, received_at, states, applied, generation, '
-                        'node_applied) VALUES (?, ?, ?, ?, ?, ?)',
-                        (host, now, len(states), applied,
-                         None if resources is None else int(resources['generation']),
-                         node_applied))
-            cur.execute('COMMIT')
+            try:
+                applied = self._apply(cur, host, states, resources)
+                cur.execute('COMMIT')
+            except BaseException:
+                if self._db.in_transaction:
+                    cur.execute('ROLLBACK')
+                raise
             self._cond.notify_all()
+        return applied
+
+    def _apply(self, cur, host: str, states: list[dict], resources: dict | None) -> int:
+        now = time.time()
+        applied = 0
+        node_applied = None
+        for state in states:
+            row = {f: state.get(f) for f in FIELDS}
+            row['host'] = host
+            row['received_at'] = now
+            cur.execute(
+                'INSERT INTO instances (%s, received_at) VALUES (%s, :received_at) '
+                'ON CONFLICT(uuid) DO UPDATE SET %s WHERE excluded.seq > instances.seq '
+                "AND (instances.host = excluded.host OR instances.vm_state = 'deleted')"
+                % (', '.join(FIELDS), ', '.join(':' + f for f in FIELDS),
+                   ', '.join('%s=excluded.%s' % (f, f) for f in FIELDS[1:] + ('received_at',))),
+                row)
+            applied += cur.rowcount
+        if resources is not None:
+            cur.execute(
+                'INSERT INTO nodes (host, generation, capacity, usage, inventory, instances, '
+                'reported_at, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) '
+                'ON CONFLICT(host) DO UPDATE SET generation=excluded.generation, '
+                'capacity=excluded.capacity, usage=excluded.usage, '
+                'inventory=excluded.inventory, instances=excluded.instances, '
+                'reported_at=excluded.reported_at, received_at=excluded.received_at '
+                'WHERE excluded.generation > nodes.generation',
+                (host, int(resources['generation']), json.dumps(resources['capacity']),
+                 json.dumps(resources['usage']), json.dumps(resources.get('inventory')),
+                 int(resources['instances']), resources.get('at'), now))
+            node_applied = cur.rowcount
+        cur.execute('INSERT INTO reports (host, received_at, states, applied, generation, '
+                    'node_applied) VALUES (?, ?, ?, ?, ?, ?)',
+                    (host, now, len(states), applied,
+                     None if resources is None else int(resources['generation']),
+                     node_applied))
         return applied
 
     def _rows(self, where: str = '', args=()) -> list[dict]:

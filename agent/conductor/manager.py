@@ -2,29 +2,50 @@
 
 Version history:
   1.0 - report_instance_states, get_instance, list_instances, wait_instances, report_count
-  1.1 - report (instance states and node usage in one message), get_node, list_reports
+  1.1 - report (instance states and node usage in one message), get_node, list_reports;
+        every report is checked (``validate``) and refused whole with InvalidReport
 """
 import logging
 import time
 
 import oslo_messaging
 
+from agent import exception
+from agent.conductor import validate
+
 LOG = logging.getLogger(__name__)
 
 MAX_WAIT = 3600.0
+_EXPECTED = oslo_messaging.expected_exceptions(exception.AgentError)
 
 
 class ConductorEndpoint:
+    """Stores nodes' reports; answers queries. Bad input gets InvalidReport and changes
+    nothing."""
+
     target = oslo_messaging.Target(version='1.1')
 
-    def __init__(self, store, report_delay: float = 0.0):
+    def __init__(self, store, report_delay: float = 0.0, max_future_s: float = 86400.0,
+                 clock_ns=time.time_ns):
         self._store = store
         self._delay = report_delay
+        self._max_future_s = max_future_s
+        self._clock_ns = clock_ns
+        self.refused = 0
 
+    @_EXPECTED
     def report_instance_states(self, ctxt, host, states):
         return self.report(ctxt, host, states, None)
 
+    @_EXPECTED
     def report(self, ctxt, host, states, resources=None):
+        try:
+            host, states, resources = validate.report(host, states, resources,
+                                                      self._clock_ns(), self._max_future_s)
+        except exception.InvalidReport as exc:
+            self.refused += 1
+            LOG.warning('%s', exc)
+            raise
         if self._delay:
             time.sleep(self._delay)     # testing aid: a slow conductor
         applied = self._store.apply_report(host, states, resources)
@@ -37,20 +58,33 @@ class ConductorEndpoint:
                      resources.get('usage'), resources.get('capacity'))
         return applied
 
+    @_EXPECTED
     def get_node(self, ctxt, host):
-        return self._store.get_node(host)
+        return self._store.get_node(validate.host(host))
 
+    @_EXPECTED
     def list_reports(self, ctxt, host):
-        return self._store.list_reports(host)
+        return self._store.list_reports(validate.host(host))
 
+    @_EXPECTED
     def get_instance(self, ctxt, uuid):
-        return self._store.get(uuid)
+        return self._store.get(validate.uuid(uuid, 'uuid'))
 
+    @_EXPECTED
     def list_instances(self, ctxt, host=None):
-        return self._store.list_instances(host)
+        return self._store.list_instances(None if host is None else validate.host(host))
 
+    @_EXPECTED
     def wait_instances(self, ctxt, uuids, states, timeout):
-        return self._store.wait_for(list(uuids), list(states), min(float(timeout), MAX_WAIT))
+        if not isinstance(uuids, list) or len(uuids) > validate.MAX_STATES \
+                or not isinstance(states, list):
+            raise exception.InvalidReport(reason='uuids and states: lists')
+        uuids = [validate.uuid(u, 'uuids[%d]' % i) for i, u in enumerate(uuids)]
+        for s in states:
+            validate.choice(s, 'states', validate.VM_STATES)
+        timeout = validate.number(timeout, 'timeout', 0, MAX_WAIT, optional=False)
+        return self._store.wait_for(uuids, list(states), float(timeout))
 
+    @_EXPECTED
     def report_count(self, ctxt, host=None):
-        return self._store.report_count(host)
+        return self._store.report_count(None if host is None else validate.host(host))

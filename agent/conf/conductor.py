@@ -16,6 +16,11 @@ opts = [
     cfg.FloatOpt('debug_report_delay', default=0.0, min=0.0, max=60.0,
                  help='(conductor) Testing aid: seconds the conductor sleeps before storing each '
                       'report, to show the agent is not slowed by a slow conductor. Keep 0.'),
+    cfg.FloatOpt('max_future_seconds', default=86400.0, min=60.0,
+                 help='(conductor) A report whose seq or generation lies further ahead of the '
+                      'conductor\'s clock than this (agents number their reports from their '
+                      'clock in ns, kept growing across restarts) is refused: a number from the '
+                      'far future would make every later report look older.'),
     cfg.FloatOpt('report_retry_max', default=10.0, min=0.1,
                  help='(agent) Longest back-off between retries while the conductor is unreachable.'),
 ]
