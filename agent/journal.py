@@ -75,6 +75,7 @@ class JobJournal:
         self._pending: dict[str, dict] = {}
         self._meta: dict[str, int] = {}      # values written with the next commit
         self._writing: set[str] = set()      # job ids of the commit under way
+        self._withdrawn = False              # tickets to settle with no row to write
         self._prune_before: float | None = None
         self._queued = 0          # tickets handed out
         self._committed = 0       # every ticket up to this one is on disk
@@ -162,6 +163,8 @@ class JobJournal:
         with self._cond:
             if job_id in self._pending and job_id not in self._writing:
                 del self._pending[job_id]
+                self._withdrawn = True       # its ticket is settled by the next pass
+                self._cond.notify_all()
                 return True
             return False
 
@@ -190,7 +193,7 @@ class JobJournal:
         while True:
             with self._cond:
                 while not self._pending and self._prune_before is None and not self._meta \
-                        and not self._stopped:
+                        and not self._withdrawn and not self._stopped:
                     self._cond.wait()
                 if self._stopped:       # flush() first for a clean stop
                     return
@@ -199,23 +202,32 @@ class JobJournal:
                 prune, self._prune_before = self._prune_before, None
                 upto = self._queued
                 self._writing = set(batch)
+                self._withdrawn = False
+                if not batch and prune is None and not meta:
+                    # Only withdrawn rows: nothing to write, their tickets are settled.
+                    self._writing = set()
+                    self._committed = max(self._committed, upto)
+                    self._cond.notify_all()
+                    continue
             try:
                 self._execute('journal.commit', self._write, list(batch.values()), prune, meta)
             except Exception as exc:   # disk full, I/O error: waiters get it, writes retry
                 LOG.error('job journal commit failed: %s', describe(exc))
+                retry_now = False
+                if describe(exc).startswith('disk full'):
+                    self.low_space = True
+                    retry_now = self._release_reserve()    # room for this very commit
                 with self._cond:
                     self._writing = set()
                     for job_id, row in batch.items():
                         self._pending.setdefault(job_id, row)
                     for key, value in meta.items():
                         self._meta[key] = max(value, self._meta.get(key, value))
-                    self._failed = exc
-                    self._cond.notify_all()
-                if describe(exc).startswith('disk full'):
-                    self.low_space = True
-                    if self._release_reserve():
-                        continue            # retry at once in the space it freed
-                self._sleep(0.5)
+                    if not retry_now:
+                        self._failed = exc
+                        self._cond.notify_all()
+                if not retry_now:
+                    self._sleep(0.5)
                 continue
             if self.low_space and self._make_reserve():
                 self.low_space = False

@@ -242,10 +242,14 @@ class Connection:
                 raise libvirtError("domain '%s' already exists with uuid %s" % (name, other.uuid),
                                    VIR_ERR_OPERATION_FAILED)
         dom = self.hv.domains.get(uuid)
+        if dom is not None and dom.name_ != name:     # libvirt's own refusal
+            raise libvirtError("operation failed: domain '%s' is already defined with uuid %s"
+                               % (dom.name_, uuid), VIR_ERR_OPERATION_FAILED)
+        detail = 1 if dom is not None else 0       # DEFINED_UPDATED / DEFINED_ADDED
         if dom is None:
             dom = self.hv.domains[uuid] = Domain(self, uuid, name, xml)
         dom.xml = xml
-        self.hv.emit(dom, VIR_DOMAIN_EVENT_DEFINED, 0)
+        self.hv.emit(dom, VIR_DOMAIN_EVENT_DEFINED, detail)
         return dom
 
     def lookupByUUIDString(self, uuid):

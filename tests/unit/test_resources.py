@@ -265,8 +265,8 @@ def test_a_restarted_agent_rebuilds_usage_from_libvirt_and_lvm(conf, hv):
 
 def test_claim_lock_is_held_for_microseconds_while_the_conductor_is_slow(conf, hv):
     """50 parallel boots while every report takes the conductor 0.5 s: all 50 are answered
-    while the first report is still in flight, and no claim ever held the lock for more than
-    a hundredth of one report (a lock held across the RPC would hold it >= 0.5 s)."""
+    while the first report is still in flight, and no claim ever held the lock for as long as
+    half a report (a lock held across the RPC would hold it >= 0.5 s)."""
     a = Agent(conf, hv)
     try:
         assert a.reporter.flush(10)
@@ -284,7 +284,9 @@ def test_claim_lock_is_held_for_microseconds_while_the_conductor_is_slow(conf, h
         assert a.reporter.reports_sent - sent_before <= 1    # answered before 2 reports landed
         lock = a.manager.tracker.stats()['lock']
         assert lock['acquisitions'] >= 50
-        assert lock['hold_max_us'] < 0.01 * 0.5e6, lock
+        # Wall-clock: a claim can wait for the GIL behind 49 native threads (tens of ms seen);
+        # a lock held across the report's RPC would be held >= 0.5 s.
+        assert lock['hold_max_us'] < 0.5 * 0.5e6, lock
         for ans in answers:
             a.wait_job(ans['job_id'])
         assert a.reporter.flush(20)

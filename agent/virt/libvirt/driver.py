@@ -194,7 +194,18 @@ class LibvirtDriver(driver.ComputeDriver):
             self.host.call('create', dom.create, instance=spec.uuid, counter=calls, epoch=epoch)
         except exception.HypervisorUnavailable:
             raise
-        except exception.AgentError:
+        except exception.HypervisorError as exc:
+            if self.host.is_error(exc, 'VIR_ERR_OPERATION_INVALID'):
+                # "already running": the define updated a domain someone else runs under the
+                # same name and uuid (defined just before, its event not yet here). Not ours:
+                # never undefine it.
+                LOG.error('[instance: %s] a running domain %s already had this uuid: left '
+                          'alone', spec.uuid, dom.name())
+                self._ours.discard(spec.uuid)
+                self._domains.pop(spec.uuid, None)
+                self._foreign[spec.uuid] = dom.name()
+                self._remove_files(spec.uuid)
+                raise exception.UuidTaken(uuid=spec.uuid, name=dom.name()) from None
             LOG.warning('[instance: %s] start failed; removing its definition', spec.uuid)
             try:
                 self._undefine(spec.uuid, dom, calls)
@@ -242,6 +253,8 @@ class LibvirtDriver(driver.ComputeDriver):
     def _owned(self, uuid: str, dom, calls: collections.Counter | None = None) -> bool:
         """Whether ``dom`` is this agent's: made or adopted by it, or carrying its metadata
         naming this uuid and this node (one XMLDesc call, never on the boot's hot path)."""
+        if uuid in self._foreign:
+            return False
         if uuid in self._ours:
             return True
         meta = vconfig.parse_metadata(self.host.call('XMLDesc', dom.XMLDesc, 0, instance=uuid,
@@ -264,6 +277,7 @@ class LibvirtDriver(driver.ComputeDriver):
         stats = self.host.call('getAllDomainStats', conn.getAllDomainStats,
                                self._lv.VIR_DOMAIN_STATS_STATE, 0)
         out = []
+        foreign = {}
         for dom, values in stats:
             uuid = dom.UUIDString()
             name = ''                  # known instances: the manager holds name and sizes
@@ -284,10 +298,11 @@ class LibvirtDriver(driver.ComputeDriver):
             if ours:
                 self._domains[uuid] = dom      # this connection's object (after a reconnect)
             else:
-                self._foreign[uuid] = dom.name()
+                foreign[uuid] = dom.name()
             out.append(driver.InstanceInfo(
                 uuid=uuid, name=name, ours=ours, sizes=sizes,
                 power_state=_power_state_from_state(self._lv, values.get('state.state', 0))))
+        self._foreign = foreign           # the whole picture (events since keep it current)
         return out
 
     def stats(self) -> dict:
