@@ -17,7 +17,6 @@ import contextvars
 import itertools
 import json
 import os
-import threading
 import time
 from typing import Callable
 

@@ -35,12 +35,13 @@ def uuid(value, where: str) -> str:
 
 
 def number(value, where: str, lo: float, hi: float, integer: bool = False,
-            optional: bool = True):
+           optional: bool = True):
     if value is None and optional:
         return None
     ok = (isinstance(value, int) if integer else isinstance(value, (int, float)))
-    if isinstance(value, bool) or not ok or (isinstance(value, float) and not math.isfinite(value)) \
-            or not lo <= value <= hi:
+    bad = isinstance(value, bool) or not ok or (
+        isinstance(value, float) and not math.isfinite(value))
+    if bad or not lo <= value <= hi:
         raise _refuse('%s: must be %s between %s and %s' % (
             where, 'an integer' if integer else 'a number', lo, hi))
     return value
@@ -80,16 +81,16 @@ def state(raw, i: int, node: str, max_seq: int) -> dict:
         'name': _text(raw.get('name'), where + '.name', 255),
         'vm_state': choice(raw.get('vm_state'), where + '.vm_state', VM_STATES),
         'power_state': choice(raw.get('power_state'), where + '.power_state', POWER_STATES,
-                               optional=True),
+                              optional=True),
         'task': choice(raw.get('task'), where + '.task', TASKS, optional=True),
         'fault': _text(raw.get('fault'), where + '.fault'),
-        'boot_job': None if raw.get('boot_job') is None
-        else uuid(raw.get('boot_job'), where + '.boot_job'),
+        'boot_job': (None if raw.get('boot_job') is None
+                     else uuid(raw.get('boot_job'), where + '.boot_job')),
         'accepted_at': number(raw.get('accepted_at'), where + '.accepted_at', 0, 1e11),
         'active_at': number(raw.get('active_at'), where + '.active_at', 0, 1e11),
         'updated_at': number(raw.get('updated_at'), where + '.updated_at', 0, 1e11),
         'seq': number(raw.get('seq'), where + '.seq', 1, max_seq, integer=True,
-                       optional=False),
+                      optional=False),
     }
 
 
@@ -110,15 +111,15 @@ def resources(raw, node: str, max_seq: int) -> dict | None:
     inventory = raw.get('inventory')
     return {
         'generation': number(raw.get('generation'), 'resources.generation', 1, max_seq,
-                              integer=True, optional=False),
+                             integer=True, optional=False),
         'capacity': _amounts(raw.get('capacity'), 'resources.capacity'),
         'usage': _amounts(raw.get('usage'), 'resources.usage'),
-        'inventory': None if inventory is None
-        else {k: number(inventory.get(k, 0) if isinstance(inventory, dict) else None,
-                         'resources.inventory.%s' % k, 0, 1e15, optional=False)
-              for k in ('cpus', 'memory_mb', 'disk_gb')},
+        'inventory': (None if inventory is None else {
+            k: number(inventory.get(k, 0) if isinstance(inventory, dict) else None,
+                      'resources.inventory.%s' % k, 0, 1e15, optional=False)
+            for k in ('cpus', 'memory_mb', 'disk_gb')}),
         'instances': number(raw.get('instances', 0), 'resources.instances', 0, 10 ** 9,
-                             integer=True, optional=False),
+                            integer=True, optional=False),
         'at': number(raw.get('at'), 'resources.at', 0, 1e11),
     }
 
