@@ -199,8 +199,12 @@ configure_broker_users() {
     write_credentials control "$CONTROL_USER"
     # The agent: its own queues (compute, compute.<host>, compute_fanout_<id>), reply queues,
     # and the topic exchange, where it may publish only with the conductor's routing keys.
-    local own='^(openstack|compute|compute\..*|compute_fanout_.*|reply_.*)$'
-    rabbitmqctl -q set_permissions -p / "$AGENT_USER" "$own" "$own" '^(openstack|compute_fanout|compute|compute\..*|compute_fanout_.*|reply_.*)$' >/dev/null
+    # configure: declare its exchanges and queues; write: publish and bind its own queues
+    # (not the fanout exchange: it cannot reach every agent) and send RPC replies (which
+    # oslo.messaging sends through the default exchange); read: consume and bind from.
+    local queues='compute|compute\..*|compute_fanout_.*|reply_.*'
+    rabbitmqctl -q set_permissions -p / "$AGENT_USER" "^(openstack|compute_fanout|$queues)\$" \
+        "^(openstack|amq\.default|$queues)\$" "^(openstack|compute_fanout|$queues)\$" >/dev/null
     rabbitmqctl -q set_topic_permissions -p / "$AGENT_USER" openstack '^conductor.*$' '.*' >/dev/null
     rabbitmqctl -q set_permissions -p / "$CONTROL_USER" '.*' '.*' '.*' >/dev/null
     if rabbitmqctl -q list_users | awk '{print $1}' | grep -qx guest; then

@@ -4,6 +4,7 @@ Prerequisites (tools/setup-node.sh, tools/build-test-guest.sh) are checked and a
 FAILS the run: a skipped functional test would hide a break. ``COMPUTE_AGENT_VIRT_TYPE``
 (default qemu: TCG) switches every test to kvm where KVM works.
 """
+import configparser
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import urllib.request
 import uuid as uuidlib
 
 import libvirt
+import oslo_messaging
 import pytest
 
 from agent import conf as agent_conf
@@ -56,6 +58,16 @@ def _check_node():
     if problems:
         pytest.fail('node not ready: %s. Run tools/setup-node.sh and tools/build-test-guest.sh.'
                     % '; '.join(problems), pytrace=False)
+
+
+def transport_as(creds: str):
+    """An RPC transport with the broker credentials of another role (TLS settings are the
+    same for every role), e.g. what a node's own credentials may do."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(creds)
+    return oslo_messaging.get_rpc_transport(agent_conf.CONF,
+                                            url=parser['DEFAULT']['transport_url'],
+                                            allowed_remote_exmods=rpc.EXMODS)
 
 
 def _free_port() -> int:

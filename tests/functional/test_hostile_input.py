@@ -7,12 +7,14 @@ names). Each must get a clear error naming what is wrong; afterwards the agent s
 and no job, instance, domain, directory or disk was created.
 """
 import os
+import time
 import uuid as uuidlib
 
 import libvirt
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from agent import exception
+from agent.conductor import api as conductor_api
 from tests.functional import conftest
 
 EXAMPLES = 1000
@@ -124,3 +126,59 @@ def test_a_thousand_hostile_payloads_get_clear_errors_and_create_nothing(node):
     assert node.compute.ping(node.host) == 'pong'
     assert node.compute.get_stats(node.host)['invalid_requests'] - invalid_before >= EXAMPLES
     assert _footprint(node) == before
+
+
+def test_hostile_valid_requests_touch_nothing_they_do_not_own(node):
+    """Requests that pass every schema check but come from someone hostile: a uuid another
+    tool's domain holds, stale and repeated deletes, and (with a node's own credentials)
+    reports with a huge seq or in another node's name."""
+    conn = libvirt.open(conftest.URI)
+    foreign = str(uuidlib.uuid4())
+    conn.defineXML("<domain type='%s'><name>tenant-tool-%s</name><uuid>%s</uuid>"
+                   "<memory unit='MiB'>64</memory><os><type>hvm</type></os></domain>"
+                   % (conftest.VIRT_TYPE, foreign[:8], foreign))
+    transport = conftest.transport_as(conftest.AGENT_CREDS)
+    try:
+        time.sleep(0.5)                          # the agent hears of it by its event
+        for _ in range(3):
+            try:
+                node.compute.boot_instance(node.host, node.spec(uuid=foreign))
+                raise AssertionError('a foreign uuid was accepted')
+            except exception.UuidTaken:
+                pass
+            assert node.compute.delete_instance(node.host, foreign)['job_id'] is None
+        assert conn.lookupByUUIDString(foreign).name() == 'tenant-tool-%s' % foreign[:8]
+
+        spec = node.spec()
+        node.boot(spec)
+        deletes = {node.compute.delete_instance(node.host, spec['uuid'])['job_id']
+                   for _ in range(5)}
+        assert len(deletes) == 1                 # one delete, however often it is asked
+        node.wait_states([spec['uuid']], ['deleted'])
+        node.boot(spec)                          # the same uuid again: a new instance
+        row = node.wait_states([spec['uuid']], ['active'])[spec['uuid']]
+
+        rogue = conductor_api.ConductorAPI(transport, node.topic, timeout=10)
+        for state in (dict(row, seq=2 ** 63 - 1, vm_state='deleted'),
+                      dict(row, seq=10 ** 30)):
+            try:
+                rogue.report(node.host, [state], None)
+                raise AssertionError('a report from the far future was accepted')
+            except exception.InvalidReport:
+                pass
+        assert rogue.report('other-node', [dict(row, host='other-node', seq=row['seq'] + 1,
+                                                vm_state='error')], None) == 0
+        try:
+            rogue.report('other-node', [], {'generation': 2 ** 62, 'capacity': {}, 'usage': {}})
+            raise AssertionError('a usage generation from the far future was accepted')
+        except exception.InvalidReport:
+            pass
+        time.sleep(1.0)
+        assert node.domains(running=True) == {spec['uuid']}
+        held = node.conductor.get_instance(spec['uuid'])
+        assert (held['host'], held['vm_state']) == (node.host, 'active')
+        node.delete([spec['uuid']])
+    finally:
+        transport.cleanup()
+        conn.lookupByUUIDString(foreign).undefine()
+        conn.close()

@@ -1,0 +1,239 @@
+"""Trust on the real node: guests reach no host service, the broker knows its clients, the
+agent touches only what it made, the conductor survives bad reports, storage work is bounded.
+
+Each test reproduces one of the holes found on the earlier code (issue 11) and shows it closed.
+"""
+import concurrent.futures
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid as uuidlib
+
+import libvirt
+import oslo_messaging
+import pytest
+
+from agent import exception
+from agent.conductor import api as conductor_api
+from agent.rpc import api as compute_api
+from agent.virt.libvirt import config as vconfig
+from tests.functional import conftest
+
+PROBE_DONE = 'guest-probe: done'
+
+
+def _probe_results(console: str) -> dict:
+    out = {}
+    for line in console.splitlines():
+        if line.startswith('guest-probe: 10.0.2.2:'):
+            port, state = line.split(':', 2)[2].split()
+            out[int(port)] = state
+    return out
+
+
+def _probe_ports(node) -> list[int]:
+    return [conftest.AMQPS_PORT, 5672, node.metrics_port]
+
+
+def _raw_probe_guest(node, uuid: str, ports: list[int]) -> str:
+    """The floor of the old code: the same probe guest with libvirt's own user NIC (no
+    isolation), defined straight in libvirt; returns its console once the probe is done."""
+    log = os.path.join(node.workdir, 'control-%s.log' % uuid[:8])
+    xml = vconfig.GuestConfig(
+        uuid=uuid, name='control', virt_type=conftest.VIRT_TYPE, arch='x86_64', vcpus=1,
+        memory_mb=128, console_log=log, tcg_tb_cache_mb=16,
+        kernel=os.path.join(node.image_dir, 'test-vmlinuz'),
+        initrd=os.path.join(node.image_dir, 'test-initrd.img'),
+        cmdline='console=ttyS0 quiet no_timer_check ca.probe=%s' % ','.join(map(str, ports)),
+    ).to_xml().replace('</devices>', "<interface type='user'><model type='virtio'/>"
+                                     "</interface></devices>")
+    xml = xml.replace('<name>ca-', '<name>control-')    # not an agent domain
+    conn = libvirt.open(conftest.URI)
+    dom = conn.defineXML(xml)
+    try:
+        dom.createWithFlags(0)
+        deadline = time.monotonic() + 120
+        while True:
+            text = open(log, errors='replace').read() if os.path.exists(log) else ''
+            if PROBE_DONE in text or time.monotonic() > deadline:
+                return text
+            time.sleep(0.5)
+    finally:
+        if dom.isActive():
+            dom.destroy()
+        dom.undefine()
+        conn.close()
+
+
+# -- hole 1: a guest could command every agent ---------------------------------------------------
+def test_a_guest_reaches_no_host_service(node):
+    ports = _probe_ports(node)
+    spec = node.spec(nics=[{'type': 'user'}],
+                     cmdline='console=ttyS0 quiet no_timer_check ca.probe=%s'
+                     % ','.join(map(str, ports)))
+    node.boot(spec)
+    node.wait_states([spec['uuid']], ['active'])
+    console = node.wait_console(spec['uuid'], PROBE_DONE, timeout=150)
+    assert 'guest-nic: eth0' in console, console      # its NIC is there and up
+    seen = _probe_results(console)
+    assert seen == {p: 'closed' for p in ports}, console
+    node.delete([spec['uuid']])
+    # Control: the same probe through libvirt's plain user NIC (what the agent used to make)
+    # reaches the broker's TLS port and the metrics port on the host's loopback.
+    control = _probe_results(_raw_probe_guest(node, str(uuidlib.uuid4()), ports))
+    assert control[conftest.AMQPS_PORT] == 'open' and control[node.metrics_port] == 'open', \
+        control
+
+
+def test_the_broker_knows_its_clients():
+    # No guest account, no plain AMQP listener: TLS with a password per role.
+    res = subprocess.run(['rabbitmqctl', 'authenticate_user', 'guest', 'guest'],
+                         capture_output=True)
+    assert res.returncode != 0
+    with pytest.raises(OSError):
+        socket.create_connection(('127.0.0.1', 5672), timeout=2).close()
+    for creds in (conftest.AGENT_CREDS, conftest.CONTROL_CREDS):
+        assert os.stat(creds).st_mode & 0o077 == 0, '%s is readable by others' % creds
+        with open(creds) as f:
+            text = f.read()
+        assert 'rabbit://' in text and ':%d/' % conftest.AMQPS_PORT in text
+        assert 'ssl = true' in text and 'guest' not in text
+
+
+def test_a_nodes_credentials_cannot_send_rpc_commands_to_nodes(node):
+    """The agent role may publish on the RPC exchange only with the conductor's routing keys.
+    (Raw AMQP through the default exchange, which oslo.messaging needs for replies, is a path
+    these permissions cannot close: see the README's threat model.)"""
+    transport = conftest.transport_as(conftest.AGENT_CREDS)
+    try:
+        as_node = compute_api.ComputeAPI(transport, timeout=10)
+        spec = node.spec()
+        with pytest.raises(oslo_messaging.MessageDeliveryFailure, match='ACCESS_REFUSED'):
+            as_node.boot_instance(node.host, spec)
+        with pytest.raises(oslo_messaging.MessageDeliveryFailure, match='ACCESS_REFUSED'):
+            as_node.delete_instance(node.host, spec['uuid'])
+        # What the role is for still works: reporting to the conductor.
+        as_conductor_client = conductor_api.ConductorAPI(transport, node.topic, timeout=10)
+        assert as_conductor_client.report_count(node.host) >= 0
+    finally:
+        transport.cleanup()
+    assert node.compute.list_instances(node.host) == []
+
+
+# -- hole 2: delete destroyed domains the agent does not own --------------------------------------
+def test_a_foreign_domain_is_never_taken_or_touched(node):
+    uuid = str(uuidlib.uuid4())
+    xml = ("<domain type='%s'><name>other-tool-%s</name><uuid>%s</uuid><memory unit='MiB'>64"
+           "</memory><os><type>hvm</type></os></domain>" % (conftest.VIRT_TYPE, uuid[:8], uuid))
+    conn = libvirt.open(conftest.URI)
+    conn.defineXML(xml)
+    try:
+        time.sleep(0.5)                       # its DEFINED event reaches the agent
+        with pytest.raises(exception.InvalidSpec, match='taken by a domain this agent does '
+                                                        'not own'):
+            node.compute.boot_instance(node.host, node.spec(uuid=uuid))
+        answer = node.compute.delete_instance(node.host, uuid)
+        assert answer['job_id'] is None
+        assert conn.lookupByUUIDString(uuid).name() == 'other-tool-%s' % uuid[:8]
+        with pytest.raises(exception.InstanceNotFound):
+            node.compute.get_instance(node.host, uuid)
+    finally:
+        conn.lookupByUUIDString(uuid).undefine()
+        conn.close()
+
+
+# -- hole 3: a stale delete destroyed a newer instance --------------------------------------------
+def test_a_stale_delete_cannot_destroy_a_newer_instance(node):
+    spec = node.spec()
+    uuid = spec['uuid']
+    node.boot(spec)
+    first = node.compute.delete_instance(node.host, uuid)
+    second = node.compute.delete_instance(node.host, uuid)
+    assert second['job_id'] == first['job_id']
+    assert node.wait_job(first['job_id'])['state'] == 'done'
+    node.wait_states([uuid], ['deleted'])
+    again = node.boot(spec)
+    assert node.wait_job(again['job_id'])['state'] == 'done'
+    node.wait_states([uuid], ['active'])
+    time.sleep(1.0)                           # a stale delete would act now
+    assert node.domains(running=True) == {uuid}
+    assert node.compute.get_instance(node.host, uuid)['vm_state'] == 'active'
+    node.delete([uuid])
+
+
+# -- hole 4: one bad report wedged the conductor; any node overwrote any other's records -----------
+def test_bad_and_foreign_reports_change_nothing_and_the_conductor_goes_on(node):
+    transport = conftest.transport_as(conftest.AGENT_CREDS)     # what any node can send
+    try:
+        rogue = conductor_api.ConductorAPI(transport, node.topic, timeout=10)
+        spec = node.spec()
+        node.boot(spec)
+        row = node.wait_states([spec['uuid']], ['active'])[spec['uuid']]
+        for bad in ([{'uuid': spec['uuid'], 'seq': 1}],                       # no vm_state
+                    [dict(row, seq=2 ** 62, vm_state='deleted')]):            # far future
+            with pytest.raises(exception.InvalidReport):
+                rogue.report(node.host, bad, None)
+        # Another node's newer state for this node's instance: not applied.
+        assert rogue.report('evil-node', [dict(row, host='evil-node', seq=row['seq'] + 1,
+                                               vm_state='deleted')], None) == 0
+        assert node.conductor.get_instance(spec['uuid'])['host'] == node.host
+        # The conductor is not wedged: the node's own next reports apply.
+        node.delete([spec['uuid']])
+    finally:
+        transport.cleanup()
+
+
+# -- hole 7: bounded work -----------------------------------------------------------------------
+def test_write_trace_from_many_callers_at_once(node):
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: node.compute.write_trace(node.host), range(6)))
+    assert all(a['path'] == node.trace_path for a in answers)
+    with open(node.trace_path) as f:
+        assert json.load(f)['traceEvents']
+    assert not [n for n in os.listdir(node.workdir) if '.tmp.' in n]
+
+
+def _worker(tmp_path, timeout: float):
+    """A real command worker whose PATH has an lvcreate that hangs."""
+    bindir = tmp_path / 'bin'
+    bindir.mkdir()
+    (bindir / 'lvcreate').write_text('#!/bin/sh\nsleep 60\n')
+    (bindir / 'lvcreate').chmod(0o755)
+    env = dict(os.environ, PATH='%s:%s' % (bindir, os.environ['PATH']))
+    return subprocess.Popen([sys.executable, '-m', 'agent.storage.cmdworker', '--volume-group',
+                             'vg0', '--timeout', str(timeout)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+
+LV_CREATE = json.dumps({'op': 'lv_create', 'args': {'vg': 'vg0', 'uuid': str(uuidlib.uuid4()),
+                                                    'size': 1 << 20}}) + '\n'
+
+
+def test_a_hung_storage_command_is_killed_at_its_timeout(tmp_path):
+    worker = _worker(tmp_path, timeout=1)
+    try:
+        start = time.monotonic()
+        worker.stdin.write(LV_CREATE.encode())
+        worker.stdin.flush()
+        answer = json.loads(worker.stdout.readline())
+        assert answer['rc'] == 124 and 'lvcreate timed out after 1 s' in answer['stderr']
+        assert time.monotonic() - start < 30
+        worker.stdin.write(b'{"op": "sh", "args": {"c": "id"}}\n')   # not an operation
+        worker.stdin.flush()
+        assert 'refused: unknown operation' in json.loads(worker.stdout.readline())['stderr']
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+def test_the_command_worker_exits_quietly_when_the_agent_is_gone(tmp_path):
+    worker = _worker(tmp_path, timeout=3)
+    worker.stdin.write(LV_CREATE.encode() * 3)   # one running, two pending
+    worker.stdin.flush()
+    worker.stdin.close()
+    worker.stdout.close()                        # the agent died: nobody reads the answers
+    assert worker.wait(30) == 0
+    assert worker.stderr.read() == b''
