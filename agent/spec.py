@@ -20,6 +20,7 @@ MAC_RE = re.compile(r'[0-9a-f]{2}(:[0-9a-f]{2}){5}')
 CMDLINE_RE = re.compile(r'[\x20-\x7e]{0,1024}')
 
 NIC_TYPES = ('user', 'bridge')
+MAX_USER_NICS = 8       # the libvirt driver pins them to PCI slots of their own
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,6 +188,8 @@ def _nics(spec: dict, limits: Limits) -> tuple[Nic, ...]:
         elif 'bridge' in item:
             raise _invalid(field + '.bridge', 'only valid for a bridge NIC')
         nics.append(Nic(type=kind, bridge=bridge, mac=mac))
+    if sum(n.type == 'user' for n in nics) > MAX_USER_NICS:
+        raise _invalid('nics', 'at most %d user NICs allowed' % MAX_USER_NICS)
     return tuple(nics)
 
 

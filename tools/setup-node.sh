@@ -63,14 +63,29 @@ CONF
     # requests in progress per client (and 20 workers in all) queued creates behind each other
     # (measured: the 20th of 20 parallel boots ACTIVE ~1.3x later than with 20 connections).
     conf=/etc/libvirt/libvirtd.conf
-    if ! grep -q '^# compute-agent setup-node' "$conf" 2>/dev/null; then
+    local changed=0
+    if ! grep -q '^# compute-agent setup-node$' "$conf" 2>/dev/null; then
         cat >>"$conf" <<'CONF'
 # compute-agent setup-node
 max_workers = 64
 max_client_requests = 64
 CONF
+        changed=1
+    fi
+    # The read-write socket controls every domain of the node: root only, by its file mode
+    # (not by polkit, which this node may not run).
+    if ! grep -q '^# compute-agent setup-node: socket$' "$conf" 2>/dev/null; then
+        cat >>"$conf" <<'CONF'
+# compute-agent setup-node: socket
+unix_sock_group = "root"
+unix_sock_rw_perms = "0700"
+auth_unix_rw = "none"
+CONF
+        changed=1
+    fi
+    if [ "$changed" = 1 ]; then
         if pid_alive /run/libvirtd.pid; then
-            log "restarting libvirtd for its new limits (domains keep running)"
+            log "restarting libvirtd for its new settings (domains keep running)"
             kill "$(cat /run/libvirtd.pid)"
             for _ in $(seq 100); do pid_alive /run/libvirtd.pid || break; sleep 0.1; done
         fi

@@ -143,11 +143,17 @@ def cmd_boot(args, compute, conductor) -> int:
 
 
 def cmd_delete(args, compute, conductor) -> int:
+    held = []
     for uuid in args.uuids:
         result = compute.delete_instance(args.host, uuid)
-        print('delete %s job %s' % (uuid, result['job_id']))
-    if args.wait:
-        rows = conductor.wait_instances(args.uuids, ['deleted'], args.timeout)
+        if result['job_id'] is None:
+            print('delete %s: this node holds no such instance; nothing to delete' % uuid)
+            continue
+        held.append(uuid)
+        print('delete %s job %s%s' % (uuid, result['job_id'],
+                                      ' (already being deleted)' if result.get('existing') else ''))
+    if args.wait and held:
+        rows = conductor.wait_instances(held, ['deleted'], args.timeout)
         left = [u for u, r in rows.items() if r and r['vm_state'] != 'deleted']
         if left:
             print('not deleted in time: %s' % ' '.join(left), file=sys.stderr)

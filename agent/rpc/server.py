@@ -6,6 +6,9 @@ Version history:
   1.2 - get_resources, audit_resources
   1.3 - every method checks its arguments against ``agent.rpc.schema`` (unknown ones refused)
   1.4 - write_trace
+  1.5 - trust: delete_instance of a uuid the node does not hold records nothing (job_id None)
+        and a repeated delete answers the accepted job (existing); boot_instance may raise
+        UuidTaken, InvalidImage and AcceptanceUnknown; NICs limited by [network]
 
 Methods validate, hand work to the manager and answer at once: none waits for libvirt.
 """
@@ -18,7 +21,7 @@ _EXPECTED = oslo_messaging.expected_exceptions(exception.AgentError)
 
 
 class ComputeEndpoint:
-    target = oslo_messaging.Target(version='1.4')
+    target = oslo_messaging.Target(version='1.5')
 
     def __init__(self, manager, stats_fn, write_trace_fn=None):
         self._manager = manager

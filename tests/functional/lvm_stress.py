@@ -62,9 +62,8 @@ def main() -> None:
     start = time.monotonic()
     ok = list(eventlet.GreenPool(args.n).imap(one, range(args.n)))
     seconds = time.monotonic() - start
-    leftover = [lv.name for lv in lvm.lvm_report.parse_lvs(runner.check(
-        ['lvs', '--reportformat', 'json', '--units', 'b', '--nosuffix', '-o',
-         lvm.lvm_report.LV_FIELDS, args.vg]).stdout)]
+    listing = runner.check('lvs', {'vg': args.vg}).stdout
+    leftover = [lv.name for lv in lvm_report.parse_lvs(listing)]
     runner.shutdown()
     print(json.dumps({'n': args.n, 'ok': sum(ok), 'errors': errors[:10], 'leftover_lvs': leftover,
                       'seconds': round(seconds, 3), 'hub_ticks': ticks[0],

@@ -7,6 +7,7 @@ import concurrent.futures
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -101,6 +102,32 @@ def test_the_broker_knows_its_clients():
             text = f.read()
         assert 'rabbit://' in text and ':%d/' % conftest.AMQPS_PORT in text
         assert 'ssl = true' in text and 'guest' not in text
+        assert 'ssl_ca_file = %s' % CA_FILE in text
+
+
+CA_FILE = '/etc/compute-agent/tls/ca.pem'
+
+
+def _tls_handshake(cafile: str, hostname: str = 'localhost') -> None:
+    ctx = ssl.create_default_context(cafile=cafile)
+    with socket.create_connection(('127.0.0.1', conftest.AMQPS_PORT), timeout=5) as sock:
+        with ctx.wrap_socket(sock, server_hostname=hostname):
+            pass
+
+
+def test_the_broker_proves_itself_with_the_nodes_ca(tmp_path):
+    # What oslo.messaging does with ssl_ca_file (CERT_REQUIRED, the URL's host name checked):
+    # the node's CA and name pass; another CA, or a name the certificate does not carry, fail.
+    _tls_handshake(CA_FILE, 'localhost')
+    _tls_handshake(CA_FILE, '127.0.0.1')
+    other = tmp_path / 'other-ca.pem'
+    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1',
+                    '-subj', '/CN=not-the-node-ca', '-keyout', str(tmp_path / 'k.pem'),
+                    '-out', str(other)], check=True, capture_output=True)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _tls_handshake(str(other))
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _tls_handshake(CA_FILE, 'broker.example.org')
 
 
 def test_a_nodes_credentials_cannot_send_rpc_commands_to_nodes(node):
@@ -237,3 +264,9 @@ def test_the_command_worker_exits_quietly_when_the_agent_is_gone(tmp_path):
     worker.stdout.close()                        # the agent died: nobody reads the answers
     assert worker.wait(30) == 0
     assert worker.stderr.read() == b''
+
+
+def test_only_root_reaches_libvirtds_read_write_socket():
+    # Whoever opens it commands every domain of the node: its file mode keeps it root's.
+    st = os.stat('/run/libvirt/libvirt-sock')
+    assert st.st_uid == 0 and st.st_mode & 0o077 == 0, oct(st.st_mode)

@@ -51,8 +51,19 @@ def test_nics():
     # The user NIC is QEMU's own, isolated: slirp with restrict=on (no host, no network).
     args = [a.get('value') for a in root.findall('{%s}commandline/{%s}arg'
                                                  % (vconfig.QEMU_NS, vconfig.QEMU_NS))]
+    # Pinned to a PCI slot of its own: QEMU would otherwise take libvirt's slot 2 for it
+    # (a real boot with a bridge NIC and a user NIC failed that way).
     assert args == ['-netdev', 'user,id=ca-user0,restrict=on',
-                    '-device', 'virtio-net-pci,netdev=ca-user0,mac=52:54:00:00:00:01']
+                    '-device', 'virtio-net-pci,netdev=ca-user0,id=ca-user0-nic,'
+                               'mac=52:54:00:00:00:01,addr=0x10']
+
+
+def test_each_user_nic_gets_its_own_pci_slot():
+    nics = tuple(vconfig.NicConfig('user', '52:54:00:00:00:%02x' % i) for i in range(3))
+    root = ET.fromstring(guest(nics=nics).to_xml())
+    devices = [a.get('value') for a in root.findall('{%s}commandline/{%s}arg'
+                                                    % (vconfig.QEMU_NS, vconfig.QEMU_NS))][3::4]
+    assert [d.rsplit('addr=', 1)[1] for d in devices] == ['0x10', '0x11', '0x12']
 
 
 def test_no_qemu_commandline_without_user_nics():

@@ -88,6 +88,13 @@ def test_bad_input_is_refused_with_the_field_named(limits, bad, field):
     assert field in str(err.value)
 
 
+def test_at_most_eight_user_nics_even_where_more_nics_are_allowed(image_dir):
+    limits = specmod.Limits(image_dir=str(image_dir), max_nics=16, allow_user_nics=True)
+    assert len(specmod.validate_boot_spec(good(nics=[{'type': 'user'}] * 8), limits).nics) == 8
+    with pytest.raises(exception.InvalidSpec, match='at most 8 user NICs'):
+        specmod.validate_boot_spec(good(nics=[{'type': 'user'}] * 9), limits)
+
+
 def test_disk_gb_is_kept(limits):
     assert specmod.validate_boot_spec(good(disk_gb=20), limits).disk_gb == 20
     assert specmod.validate_boot_spec(good(), limits).disk_gb == 0

@@ -25,6 +25,9 @@ class DiskConfig:
     transient: bool = False      # writes go to a throw-away overlay; the source is never written
 
 
+USER_NIC_FIRST_SLOT = 0x10      # user NICs take slots 0x10.. (agent.spec.MAX_USER_NICS of them)
+
+
 @dataclasses.dataclass(frozen=True)
 class NicConfig:
     """A guest NIC. ``user`` NICs are isolated: QEMU's slirp with ``restrict=on``, so the guest
@@ -99,8 +102,12 @@ class GuestConfig:
         cmd = ET.SubElement(dom, '{%s}commandline' % QEMU_NS)
         for i, nic in enumerate(user):
             netdev = 'ca-user%d' % i
-            for arg in ('-netdev', 'user,id=%s,restrict=on' % netdev,
-                        '-device', '%s-net-pci,netdev=%s,mac=%s' % (nic.model, netdev, nic.mac)):
+            # QEMU would give a device without an address the first free slot, and it takes
+            # it before libvirt's own devices claim theirs: pin each to its own slot, from
+            # USER_NIC_FIRST_SLOT up, far above what libvirt assigns from slot 2.
+            device = '%s-net-pci,netdev=%s,id=%s-nic,mac=%s,addr=%#x' % (
+                nic.model, netdev, netdev, nic.mac, USER_NIC_FIRST_SLOT + i)
+            for arg in ('-netdev', 'user,id=%s,restrict=on' % netdev, '-device', device):
                 ET.SubElement(cmd, '{%s}arg' % QEMU_NS, value=arg)
 
     def _metadata(self, dom: ET.Element) -> None:
