@@ -122,6 +122,15 @@ class JobJournal:
                   self.path, self._reserve_bytes >> 20)
         return True
 
+    def room_again(self) -> bool:
+        """While low on space: try to remake the reserve now (on the work queue), so a node
+        whose disk was cleaned up accepts boots again without waiting for a commit. True when
+        the journal has its reserve."""
+        if self.low_space and self._execute('journal.reserve', self._make_reserve):
+            self.low_space = False
+            LOG.warning('job journal %s: room again; reserve restored, boots accepted', self.path)
+        return not self.low_space
+
     # -- writes ---------------------------------------------------------------------------------
     def put(self, row: dict) -> int:
         """Queue the newest version of one job row; returns a ticket for ``wait``."""

@@ -392,7 +392,7 @@ class ComputeManager:
         now = self.tracer.now
         t_received = now()
         spec = specmod.validate_boot_spec(raw_spec, self.limits)
-        if self.journal.low_space:
+        if not self.journal.room_again():
             raise exception.InsufficientResources(
                 resource='disk', reason='this node is out of disk space (its job journal '
                                         'runs on its reserve); only deletes are accepted')

@@ -208,11 +208,19 @@ def test_a_failed_commit_reports_its_own_error_not_the_rollback_s(tmp_path):
     assert not j._db.in_transaction
 
 
-def test_boots_are_refused_while_the_journal_runs_on_its_reserve(agent):
+def test_boots_are_refused_while_the_journal_runs_on_its_reserve(agent, monkeypatch):
+    # The reserve was given up for a commit and the filesystem has no room to remake it.
+    os.unlink(agent.journal.reserve_path)
     agent.journal.low_space = True
+    monkeypatch.setattr(agent.journal, '_make_reserve', lambda: False)
     with pytest.raises(exception.InsufficientResources, match='out of disk space'):
         agent.manager.boot_instance(boot_spec(U1))
-    agent.journal.low_space = False
+    assert U1 not in agent.manager.instances and agent.journal.load() == []
+    # The operator makes room: the next boot remakes the reserve and is accepted, with no
+    # journal commit needed first.
+    monkeypatch.undo()
+    agent.wait_job(agent.manager.boot_instance(boot_spec(U1))['job_id'])
+    assert not agent.journal.low_space and os.path.exists(agent.journal.reserve_path)
 
 
 # -- the storage privilege boundary ------------------------------------------------------------
