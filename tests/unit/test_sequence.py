@@ -44,8 +44,8 @@ def test_a_number_is_reserved_on_disk_before_it_is_handed_out():
         assert seq.next() < store.value
 
 
-def test_an_agent_restarted_with_its_clock_behind_still_reports_newer_numbers(conf, hv,
-                                                                             monkeypatch):
+def test_an_agent_restarted_with_its_clock_behind_still_reports_newer_numbers(
+        conf, hv, monkeypatch):
     a = Agent(conf, hv)
     a.wait_job(a.manager.boot_instance(boot_spec(X))['job_id'])
     a.wait_reported(X, 'active')
