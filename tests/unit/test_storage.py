@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from agent import exception
+from agent.storage import file as file_storage
 from tests.unit import fakelvm
 from tests.unit.conftest import Agent, boot_spec
 
@@ -173,3 +174,15 @@ def test_disk_smaller_than_the_image_is_refused(agent, image_dir):
         f.truncate(2 * GiB)
     with pytest.raises(exception.InvalidSpec, match='smaller than image big.raw'):
         agent.manager.boot_instance(boot_spec(disk_gb=1, image='big.raw'))
+
+
+def test_file_backend_never_offers_the_reserve_kept_for_the_journal(tmp_path):
+    # Issue 11: instance disks could take 100 % of the filesystem that holds the journal.
+    st = os.statvfs(tmp_path)
+    free = st.f_bavail * st.f_frsize
+    reserve = 64 << 20
+    backend = file_storage.FileBackend(None, str(tmp_path), reserved_bytes=reserve)
+    offered = backend.inventory().instance_bytes
+    assert free - reserve - (16 << 20) <= offered <= free - reserve    # others write too
+    everything = file_storage.FileBackend(None, str(tmp_path), reserved_bytes=free * 2)
+    assert everything.inventory().instance_bytes == 0
