@@ -36,6 +36,12 @@ class InstanceBusy(AgentError):
     msg_fmt = 'Instance %(uuid)s is %(state)s; try again when that finishes'
 
 
+class InstanceInvalidState(AgentError):
+    """A change of state the instance state machine does not allow (``agent.compute.states``)."""
+
+    msg_fmt = 'Instance %(uuid)s is %(state)s: it cannot become %(target)s'
+
+
 class JobNotFound(AgentError):
     msg_fmt = 'Job %(job_id)s not found'
 

@@ -221,21 +221,7 @@ class JobJournal:
             try:
                 self._execute('journal.commit', self._write, list(batch.values()), prune, meta)
             except Exception as exc:   # disk full, I/O error: waiters get it, writes retry
-                LOG.error('job journal commit failed: %s', describe(exc))
-                retry_now = False
-                if describe(exc).startswith('disk full'):
-                    self.low_space = True
-                    retry_now = self._release_reserve()    # room for this very commit
-                with self._cond:
-                    self._writing = set()
-                    for job_id, row in batch.items():
-                        self._pending.setdefault(job_id, row)
-                    for key, value in meta.items():
-                        self._meta[key] = max(value, self._meta.get(key, value))
-                    if not retry_now:
-                        self._failed = exc
-                        self._cond.notify_all()
-                if not retry_now:
+                if not self._commit_failed(exc, batch, meta):
                     self._sleep(0.5)
                 continue
             if self.low_space and self._make_reserve():
@@ -249,6 +235,25 @@ class JobJournal:
                 self.commits += 1
                 self.rows_written += len(batch)
                 self._cond.notify_all()
+
+    def _commit_failed(self, exc: Exception, batch: dict, meta: dict) -> bool:
+        """Put a failed commit's changes back for the next one. True: retry at once (the
+        disk was full and the reserve was given back for it); else waiters get the error."""
+        LOG.error('job journal commit failed: %s', describe(exc))
+        retry_now = False
+        if describe(exc).startswith('disk full'):
+            self.low_space = True
+            retry_now = self._release_reserve()    # room for this very commit
+        with self._cond:
+            self._writing = set()
+            for job_id, row in batch.items():
+                self._pending.setdefault(job_id, row)
+            for key, value in meta.items():
+                self._meta[key] = max(value, self._meta.get(key, value))
+            if not retry_now:
+                self._failed = exc
+                self._cond.notify_all()
+        return retry_now
 
     def _write(self, rows: list[dict], prune: float | None, meta: dict | None = None) -> None:
         cur = self._db.cursor()

@@ -102,16 +102,8 @@ class StateReporter:
                     self._cond.notify_all()
                 continue
             except Exception as exc:
-                self.send_failures += 1
                 backoff = min(self._retry_max, max(0.1, backoff * 2))
-                LOG.warning('report of %d instance states%s failed (%s); retrying in %.1fs',
-                            len(batch), ' and usage' if resources else '', exc, backoff)
-                with self._cond:
-                    for uuid, state in batch.items():
-                        self._pending.setdefault(uuid, state)   # a newer update wins
-                    if resources is not None and self._resources is None:
-                        self._resources = resources
-                    self._inflight = False
+                self._send_failed(exc, batch, resources, backoff)
                 self._sleep(backoff)
                 continue
             backoff = 0.0
@@ -123,6 +115,19 @@ class StateReporter:
                     self._resources_sent = resources
                     self.resource_reports_sent += 1
                 self._cond.notify_all()
+
+    def _send_failed(self, exc: Exception, batch: dict, resources: dict | None,
+                     backoff: float) -> None:
+        """Put a failed report's states back for the next try (a newer update wins)."""
+        self.send_failures += 1
+        LOG.warning('report of %d instance states%s failed (%s); retrying in %.1fs',
+                    len(batch), ' and usage' if resources else '', exc, backoff)
+        with self._cond:
+            for uuid, state in batch.items():
+                self._pending.setdefault(uuid, state)
+            if resources is not None and self._resources is None:
+                self._resources = resources
+            self._inflight = False
 
     def _traced_send(self, states: list[dict], resources: dict | None) -> None:
         """Send; traced on the 'conductor reports' track, with a mark on the track of every

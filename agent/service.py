@@ -13,7 +13,7 @@ import oslo_messaging
 
 from agent import exception
 from agent import journal as journalmod
-from agent import manager as managermod
+from agent.compute import manager as managermod
 from agent import metrics as metricsmod
 from agent import reporter as reportermod
 from agent import resources

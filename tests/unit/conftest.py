@@ -18,7 +18,7 @@ from agent.conf import libvirt as conf_libvirt
 from agent.conf import resources as conf_resources
 from agent.conf import workqueue as conf_workqueue
 from agent import journal as journalmod
-from agent import manager as managermod
+from agent.compute import manager as managermod
 from agent import reporter as reportermod
 from agent import resources
 from agent import spec as specmod

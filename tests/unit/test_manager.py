@@ -245,7 +245,7 @@ def test_a_boot_that_ends_while_the_reconnect_lists_is_not_called_lost(agent, hv
         agent.wait_state(U1, 'active')
     finally:
         listed.set()
-    wait_until(lambda: not agent.manager._reconnecting, what='the resync to end')
+    wait_until(lambda: not agent.manager.reconnecting, what='the resync to end')
     agent.reporter.flush(10)
     assert agent.manager.get_instance(U1)['vm_state'] == 'active'
     assert agent.manager.get_instance(U1)['fault'] is None

@@ -2,7 +2,7 @@
 an agent restarted with its clock behind its last run was ignored by the conductor)."""
 import functools
 
-from agent import manager as managermod
+from agent.compute import core as coremod
 from agent import sequence
 from tests.unit.conftest import Agent, boot_spec
 
@@ -54,7 +54,7 @@ def test_an_agent_restarted_with_its_clock_behind_still_reports_newer_numbers(
     a.stop()
     # The node's clock is now a day behind its last run.
     behind = functools.partial(sequence.Sequence, clock=lambda: last_seq - 86400 * 10 ** 9)
-    monkeypatch.setattr(managermod.sequence, 'Sequence', behind)
+    monkeypatch.setattr(coremod.sequence, 'Sequence', behind)
     b = Agent(conf, hv, lvm=a.lvm)
     try:
         b.wait_job(b.manager.boot_instance(boot_spec(Y))['job_id'])

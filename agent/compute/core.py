@@ -1,0 +1,93 @@
+"""What every part of the compute core shares: the instances and their lock, the jobs, the
+hypervisor and storage, the resource tracker, and the one way an instance's state changes
+(``change``: checked against ``agent.compute.states``, then reported to the conductor).
+
+Plain code: ``runtime`` spawns and sleeps (greenthreads under the agent, threads in tests).
+"""
+import collections
+import logging
+import threading
+import time
+
+from agent import exception
+from agent import jobs as jobsmod
+from agent import journal as journalmod
+from agent import metrics as metricsmod
+from agent import resources
+from agent import sequence
+from agent import trace as tracemod
+from agent.compute import instance as instancemod
+from agent.compute import states
+from agent.storage import backend as storage_backend
+from agent.virt import driver as vdriver
+
+LOG = logging.getLogger(__name__)
+
+SEQ_KEY = 'seq_reserved'
+
+
+class Core:
+    """The shared state of one node's compute core and the operations on it that every part
+    needs. It runs no job and handles no request itself."""
+
+    def __init__(self, driver: vdriver.ComputeDriver, storage: storage_backend.StorageBackend,
+                 runtime, reporter, host: str, journal: journalmod.JobJournal,
+                 instances_path: str, allocation: resources.Allocation,
+                 job_retention: float, tracer: tracemod.NullTracer | None,
+                 metrics: metricsmod.NullMetrics | None):
+        self.driver = driver
+        self.storage = storage
+        self.runtime = runtime
+        self.reporter = reporter
+        self.host = host
+        self.journal = journal
+        self.instances_path = instances_path
+        self.tracer = tracer or tracemod.NullTracer()
+        self.metrics = metrics or metricsmod.NullMetrics()
+        # seq of instance states and usage generations: strictly growing across restarts,
+        # whatever the clock does (reserved in the journal).
+        self.sequence = sequence.Sequence(
+            journal.get_meta(SEQ_KEY), lambda v: journal.set_meta_now(SEQ_KEY, v),
+            lambda v: journal.set_meta(SEQ_KEY, v))
+        self.tracker = resources.ResourceTracker(host, allocation, reporter.update_resources,
+                                                 next_generation=self.sequence.next)
+        self.jobs = jobsmod.JobTable(journal, job_retention)
+        self.instances: dict[str, instancemod.Instance] = {}
+        self.lock = threading.Lock()        # guards ``instances`` (arithmetic only under it)
+        self.reconciled = collections.Counter()    # start-up actions and removed orphans
+
+    def change(self, inst: instancemod.Instance, **changes) -> None:
+        """Change ``inst`` and report it. A ``vm_state`` change must be a transition of
+        ``states`` (InstanceInvalidState, nothing changed, otherwise)."""
+        if 'vm_state' in changes:
+            states.check(inst.uuid, inst.vm_state, changes['vm_state'])
+        for key, value in changes.items():
+            setattr(inst, key, value)
+        self.report(inst)
+
+    def report(self, inst: instancemod.Instance) -> None:
+        """Queue ``inst``'s current state for the conductor, with a new ``seq``."""
+        inst.seq = self.sequence.next()
+        inst.updated_at = time.time()
+        state = inst.to_dict()
+        state.pop('spec')
+        state['host'] = self.host
+        self.reporter.update(state)
+
+    def busy(self) -> set[str]:
+        """The instances a job works on now (audits leave them alone)."""
+        return {i.uuid for i in list(self.instances.values()) if i.task or i.delete_job}
+
+    def auditing(self):
+        """Begin an audit before reading the listings it will judge (``Audits.audit``)."""
+        return self.tracker.auditing(busy=self.busy())
+
+    @staticmethod
+    def attempt(uuid: str, what: str, fn, *args) -> bool:
+        """Run a clean-up step; log its failure instead of raising. True if it succeeded."""
+        try:
+            fn(*args)
+            return True
+        except exception.AgentError as exc:
+            LOG.error('[instance: %s] %s failed: %s', uuid, what, exc)
+            return False

@@ -1,0 +1,133 @@
+"""The compute manager: the one object the service and the RPC endpoint talk to. It wires
+the parts of the core (requests, tasks, events, recovery, audits) around one shared
+``Core`` and holds no logic of its own."""
+from agent import journal as journalmod
+from agent import metrics as metricsmod
+from agent import resources
+from agent import spec as specmod
+from agent import trace as tracemod
+from agent.compute import audits as auditsmod
+from agent.compute import core as coremod
+from agent.compute import events as eventsmod
+from agent.compute import recovery as recoverymod
+from agent.compute import requests as requestsmod
+from agent.compute import tasks as tasksmod
+from agent.storage import backend as storage_backend
+from agent.virt import driver as vdriver
+
+
+class ComputeManager:
+    """Validates requests, runs boot/delete jobs, and keeps instance state from events."""
+
+    def __init__(self, driver: vdriver.ComputeDriver, storage: storage_backend.StorageBackend,
+                 runtime, reporter, limits: specmod.Limits, host: str,
+                 journal: journalmod.JobJournal, instances_path: str,
+                 allocation: resources.Allocation = resources.Allocation(),
+                 job_retention: float = 3600.0, max_boot_attempts: int = 2,
+                 reconnect_interval: float = 1.0, tracer: tracemod.NullTracer | None = None,
+                 metrics: metricsmod.NullMetrics | None = None):
+        self.core = core = coremod.Core(driver, storage, runtime, reporter, host, journal,
+                                        instances_path, allocation, job_retention, tracer,
+                                        metrics)
+        # The parts call each other through these late-bound callables (recovery is made
+        # last: it resumes jobs and audits).
+        self.events = eventsmod.Events(core, lambda: self.recovery.start_reconnect())
+        self.tasks = tasksmod.Tasks(core, self.events, lambda: self.recovery.start_reconnect(),
+                                    lambda: self.recovery.reconnecting, reconnect_interval)
+        self.audits = auditsmod.Audits(
+            core, lambda infos: self.recovery.without_failed_boot_remnants(infos))
+        self.recovery = recoverymod.Recovery(core, self.events, self.tasks, self.audits,
+                                             max_boot_attempts, reconnect_interval)
+        self.requests = requestsmod.Requests(core, self.tasks, limits)
+        self.facts: dict = {}
+        driver.set_event_listener(self.events.handle)
+
+    # -- what the service, the endpoint and the tests read --------------------------------
+    @property
+    def instances(self):
+        return self.core.instances
+
+    @property
+    def tracker(self):
+        return self.core.tracker
+
+    @property
+    def jobs(self):
+        return self.core.jobs
+
+    @property
+    def journal(self):
+        return self.core.journal
+
+    @property
+    def instances_path(self) -> str:
+        return self.core.instances_path
+
+    @property
+    def reconciled(self):
+        return self.core.reconciled
+
+    @property
+    def reconnecting(self) -> bool:
+        """Whether a reconnect (and the resync after it) is under way."""
+        return self.recovery.reconnecting
+
+    # -- start-up, requests, audits ---------------------------------------------------------
+    def init_host(self) -> None:
+        """Connect and reconcile (``Recovery.start_up``); keep the host facts."""
+        with self.core.tracer.bind_track('start-up'):
+            self.facts = self.recovery.start_up()
+
+    def boot_instance(self, raw_spec) -> dict:
+        """See ``Requests.boot_instance``."""
+        return self.requests.boot_instance(raw_spec)
+
+    def delete_instance(self, uuid) -> dict:
+        """See ``Requests.delete_instance``."""
+        return self.requests.delete_instance(uuid)
+
+    def get_job(self, job_id) -> dict:
+        return self.requests.get_job(job_id)
+
+    def get_instance(self, uuid) -> dict:
+        return self.requests.get_instance(uuid)
+
+    def list_instances(self) -> list[dict]:
+        return self.requests.list_instances()
+
+    def handle_event(self, event) -> None:
+        """See ``Events.handle``."""
+        self.events.handle(event)
+
+    def audit(self, infos=None, inventory=None, token=None) -> list[str]:
+        """See ``Audits.audit``."""
+        return self.audits.audit(infos, inventory, token)
+
+    def periodic_audit(self) -> list[str]:
+        return self.audits.periodic_audit()
+
+    def run_audits(self, interval: float) -> None:
+        self.audits.run(interval)
+
+    def storage_report(self, uuids: list[str] | None = None) -> dict:
+        """Capacity and the agent's disks, from one shared listing of the backend (``uuids``
+        as checked by ``agent.rpc.schema``)."""
+        storage = self.core.storage
+        uuids = None if uuids is None else set(uuids)
+        inventory = storage.inventory()
+        return {'backend': storage.kind,
+                'capacity': dict(storage.capacity(), instances=inventory.instance_bytes),
+                'disks': {u: {'name': d.name, 'size': d.size} for u, d in inventory.disks.items()
+                          if uuids is None or u in uuids}}
+
+    def resource_report(self) -> dict:
+        """The node's capacity and usage as last reported, with the tracker's counters."""
+        return dict(self.core.tracker.snapshot(), stats=self.core.tracker.stats())
+
+    def stats(self) -> dict:
+        """Counters for ``get_stats``."""
+        core = self.core
+        return {'instances': len(core.instances), 'jobs_by_state': core.jobs.by_state(),
+                'journal': core.journal.stats(), 'reconciled': dict(core.reconciled),
+                'resources': core.tracker.stats(),
+                'jobs_total': dict(core.jobs.counts), 'events_handled': self.events.handled}

@@ -1,0 +1,298 @@
+"""Recovery: the start-up reconciliation of the journal, the hypervisor and the storage (the
+plan is ``agent.reconcile``'s), and the resynchronisation after a hypervisor reconnect.
+
+An instance is recorded before its boot makes anything and dropped only after its delete
+removed everything, so what no instance or job holds is an orphan and is removed.
+"""
+import logging
+import time
+
+from agent import exception
+from agent import instancedir
+from agent import jobs as jobsmod
+from agent import reconcile
+from agent import spec as specmod
+from agent.compute import audits as auditsmod
+from agent.compute import core as coremod
+from agent.compute import events as eventsmod
+from agent.compute import instance as instancemod
+from agent.compute import states
+from agent.compute import tasks as tasksmod
+from agent.storage import backend as storage_backend
+from agent.virt import driver as vdriver
+
+LOG = logging.getLogger(__name__)
+
+
+class Recovery:
+    """Start-up reconciliation, resync, orphan removal and the reconnect loop."""
+
+    def __init__(self, core: coremod.Core, events: eventsmod.Events, tasks: tasksmod.Tasks,
+                 audits: auditsmod.Audits, max_boot_attempts: int, reconnect_interval: float):
+        self._core = core
+        self._events = events
+        self._tasks = tasks
+        self._audits = audits
+        self._max_boot_attempts = max_boot_attempts
+        self._interval = reconnect_interval
+        self.reconnecting = False
+        self._handlers = {
+            reconcile.FINISH_BOOT: self._finish_boot, reconcile.RESUME_BOOT: self._resume_boot,
+            reconcile.FAIL_BOOT: self._fail_boot, reconcile.RESUME_DELETE: self._resume_delete,
+            reconcile.ADOPT: self._adopt, reconcile.RESTORE_ERROR: self._restore_error,
+            reconcile.LOST: self._lost}
+
+    # -- start-up ---------------------------------------------------------------------------
+    def start_up(self) -> dict:
+        """Connect, then reconcile the journal, the hypervisor and the storage (one listing
+        each) and derive the resource usage from what is left. Returns the host facts."""
+        core = self._core
+        facts = core.driver.init_host()
+        facts['storage'] = {'backend': core.storage.kind, **core.storage.init()}
+        core.jobs.restore(core.journal.load())
+        with core.auditing() as token:      # begun before the listings it judges
+            infos = core.driver.list_instances()
+            inventory = core.storage.inventory(fresh=True)
+            core.tracker.set_inventory(cpus=facts['cpus'], memory_mb=facts['memory_mb'],
+                                       disk_gb=inventory.instance_bytes // storage_backend.GiB)
+            changed = self._reconcile(infos, inventory)
+            if changed:          # what the listings showed is no longer what exists
+                self._audits.audit(self.resync(), token=token)
+            else:
+                self._audits.audit(self.resync(infos), inventory, token=token)
+        return facts
+
+    def _reconcile(self, infos: list[vdriver.InstanceInfo], inventory) -> bool:
+        """Carry out the start-up plan; True if it changed what libvirt or storage hold."""
+        core = self._core
+        domains = {i.uuid: i for i in infos if i.ours}
+        running = {u for u, i in domains.items() if i.power_state == vdriver.RUNNING}
+        plan = reconcile.plan(core.jobs.all(), domains, inventory.disks,
+                              instancedir.owned(core.instances_path), running,
+                              self._max_boot_attempts)
+        changed = False
+        for step in plan.steps:
+            core.reconciled[step.action] += 1
+            changed |= self._handlers[step.action](step) or False
+        return self.remove_orphans(plan.orphan_disks, plan.orphan_dirs) or changed
+
+    def _instance_from(self, step: reconcile.Step, **state) -> instancemod.Instance:
+        spec = step.boot.spec if step.boot is not None and step.boot.spec else None
+        if spec is None:     # no journal record: what the domain's metadata says
+            sizes = (step.domain.sizes if step.domain is not None else None) or {}
+            spec = dict(sizes)
+        name = spec.get('name') or (step.domain.name if step.domain is not None else '') \
+            or 'instance-%s' % step.uuid[:8]
+        inst = instancemod.Instance(uuid=step.uuid, name=name, spec=spec,
+                                    boot_job=step.boot.id if step.boot is not None else None,
+                                    **state)
+        self._core.instances[step.uuid] = inst
+        return inst
+
+    def _remove_remnants(self, step: reconcile.Step) -> None:
+        """What an interrupted boot made: its (not running) domain, disk and directory."""
+        core = self._core
+        calls = step.job.calls
+        if step.remove_domain:
+            core.attempt(step.uuid, 'remove half-made domain', core.driver.destroy, step.uuid,
+                         calls)
+        if (step.boot.spec or {}).get('disk_gb'):
+            core.attempt(step.uuid, 'remove disk of an interrupted boot',
+                         core.storage.delete_disks, step.uuid)
+        instancedir.remove(core.instances_path, step.uuid)
+
+    def _finish_boot(self, step: reconcile.Step) -> None:
+        LOG.info('[instance: %s] boot job %s was interrupted after the domain started: done',
+                 step.uuid, step.job.id)
+        inst = self._instance_from(step, vm_state=states.ACTIVE, power_state=vdriver.RUNNING)
+        self._core.jobs.finish(step.job)
+        self._core.report(inst)
+
+    def _resume_boot(self, step: reconcile.Step) -> bool:
+        core = self._core
+        LOG.warning('[instance: %s] boot job %s was interrupted by a restart; running it again '
+                    '(attempt %d)', step.uuid, step.job.id, step.job.attempts + 1)
+        self._remove_remnants(step)
+        spec = specmod.BootSpec.from_dict(step.job.spec)
+        inst = self._instance_from(step, task='spawning')
+        try:
+            core.tracker.claim(spec.uuid, spec.vcpus, spec.memory_mb, spec.disk_gb)
+        except exception.AgentError as exc:
+            core.jobs.finish(step.job, 'interrupted by an agent restart; no longer fits: %s' % exc)
+            core.change(inst, vm_state=states.ERROR, task=None, fault=step.job.reason)
+            return True
+        core.jobs.requeue(step.job)
+        core.report(inst)
+        inst.lock.acquire()          # new instance: free; run_boot releases it
+        core.runtime.spawn(self._tasks.run_boot, step.job, inst, spec)
+        return True
+
+    def _fail_boot(self, step: reconcile.Step) -> bool:
+        reason = 'interrupted by agent restarts %d times; given up' % step.job.attempts
+        LOG.error('[instance: %s] boot job %s %s', step.uuid, step.job.id, reason)
+        self._remove_remnants(step)
+        inst = self._instance_from(step, vm_state=states.ERROR, fault=reason)
+        self._core.jobs.finish(step.job, reason)
+        self._core.report(inst)
+        return True
+
+    def _resume_delete(self, step: reconcile.Step) -> bool:
+        LOG.warning('[instance: %s] delete job %s was interrupted by a restart; running it again',
+                    step.uuid, step.job.id)
+        inst = self._instance_from(step, vm_state=states.DELETING, task='deleting')
+        inst.delete_job = step.job.id
+        self._core.jobs.requeue(step.job)
+        self._core.runtime.spawn(self._tasks.run_delete, step.job, inst)
+        return True
+
+    def _adopt(self, step: reconcile.Step) -> None:
+        if step.boot is None or step.boot.state != jobsmod.DONE:
+            LOG.warning('[instance: %s] the hypervisor holds a domain of ours with no record in '
+                        'the job journal: adopted and reported, not stopped', step.uuid)
+        inst = self._instance_from(step, vm_state=states.ACTIVE)
+        self._events.apply_power(inst, step.domain.power_state, 'start-up', time.time())
+        self._core.report(inst)
+
+    def _restore_error(self, step: reconcile.Step) -> bool:
+        core = self._core
+        if step.remove_domain:
+            LOG.warning('[instance: %s] removing the domain its failed boot left', step.uuid)
+            core.attempt(step.uuid, 'remove domain of a failed boot', core.driver.destroy,
+                         step.uuid, step.job.calls)
+        inst = self._instance_from(step, vm_state=states.ERROR, fault=step.job.reason)
+        core.report(inst)
+        return step.remove_domain
+
+    def _lost(self, step: reconcile.Step) -> None:
+        inst = self._instance_from(step, vm_state=states.ERROR,
+                                   fault='the hypervisor no longer holds this instance')
+        self._core.report(inst)
+
+    # -- resync -----------------------------------------------------------------------------
+    def resync(self, infos: list[vdriver.InstanceInfo] | None = None
+               ) -> list[vdriver.InstanceInfo]:
+        """Bring every instance's power state in line with one listing of the hypervisor,
+        adopting the instances of ours it holds that the agent does not know, and removing
+        domains left by failed boots. Returns what the listing holds after that (the audit
+        that follows uses it too).
+
+        Only the instances nothing changed while the listing was read are judged by it: a
+        job or an event that came meanwhile is newer than the listing (a boot that ended
+        then is not "no longer held"). ``infos`` handed in must be no older than the
+        instances (start-up, where nothing else runs yet).
+        """
+        core = self._core
+        before = {u: (i, i.seq) for u, i in list(core.instances.items())}
+        if infos is None:
+            infos = core.driver.list_instances()
+
+        def unchanged(uuid: str) -> instancemod.Instance | None:
+            inst, seq = before.get(uuid, (None, None))
+            return inst if inst is not None and core.instances.get(uuid) is inst \
+                and inst.seq == seq else None
+
+        seen = set()
+        kept = self.without_failed_boot_remnants(infos)
+        for info in kept:
+            if not info.ours:
+                continue
+            seen.add(info.uuid)
+            inst = unchanged(info.uuid)
+            if inst is None:
+                if info.uuid in before or info.uuid in core.instances:
+                    continue      # deleted, booted or changed since the listing was read
+                inst = instancemod.Instance(uuid=info.uuid, name=info.name,
+                                            spec=dict(info.sizes or {}), vm_state=states.ACTIVE)
+                core.instances[info.uuid] = inst
+                LOG.info('[instance: %s] adopted from the hypervisor (%s)', info.uuid,
+                         info.power_state)
+            self._events.apply_power(inst, info.power_state, 'resync', time.time())
+        for uuid in before:
+            inst = unchanged(uuid)
+            if (inst is not None and uuid not in seen and inst.task is None
+                    and inst.delete_job is None and inst.vm_state != states.ERROR):
+                core.change(inst, vm_state=states.ERROR, power_state=vdriver.NOSTATE,
+                            fault='the hypervisor no longer holds this instance')
+        return kept
+
+    def without_failed_boot_remnants(self, infos: list[vdriver.InstanceInfo]
+                                     ) -> list[vdriver.InstanceInfo]:
+        """The listing less the domains of failed boots, which are removed."""
+        kept = []
+        for info in infos:
+            inst = self._core.instances.get(info.uuid) if info.ours else None
+            if inst is None or not self._remove_failed_boot_remnant(inst):
+                kept.append(info)
+        return kept
+
+    def _remove_failed_boot_remnant(self, inst: instancemod.Instance) -> bool:
+        """A domain listed for an instance whose boot failed: the boot's undefine was lost
+        with the connection (or its define's answer was). Remove it; the job stays failed."""
+        core = self._core
+        if inst.task is not None or inst.vm_state != states.ERROR or inst.boot_job is None:
+            return False
+        try:
+            job = core.jobs.get(inst.boot_job)
+        except exception.JobNotFound:
+            return False
+        if job.state != jobsmod.FAILED:
+            return False
+        LOG.warning('[instance: %s] removing the domain its failed boot left', inst.uuid)
+        return core.attempt(inst.uuid, 'remove domain of a failed boot', core.driver.destroy,
+                            inst.uuid, job.calls)
+
+    def remove_orphans(self, disks, dirs) -> bool:
+        """Remove the disks and marked directories of these uuids, which no instance or job
+        holds. True if a disk was removed."""
+        core = self._core
+        removed = False
+        for uuid in disks:
+            LOG.warning('[instance: %s] removing its disk: no instance or job holds it', uuid)
+            removed |= core.attempt(uuid, 'remove orphan disk', core.storage.delete_disks, uuid)
+            core.reconciled['orphan_disks'] += 1
+        for uuid in dirs:
+            LOG.warning('[instance: %s] removing its directory: no instance or job holds it', uuid)
+            instancedir.remove(core.instances_path, uuid)
+            core.reconciled['orphan_dirs'] += 1
+        return removed
+
+    # -- reconnect --------------------------------------------------------------------------
+    def start_reconnect(self) -> None:
+        """Start the reconnect loop unless one runs."""
+        if self.reconnecting:
+            return
+        self.reconnecting = True
+        self._core.runtime.spawn(self._reconnect_loop)
+
+    def _reconnect_loop(self) -> None:
+        core = self._core
+        try:
+            with core.tracer.bind_track('reconnect'):
+                self._reconnect_until_connected()
+                LOG.info('hypervisor reconnected; resynchronising instance states')
+                self._after_reconnect()
+        finally:
+            self.reconnecting = False
+
+    def _reconnect_until_connected(self) -> None:
+        while True:
+            try:
+                self._core.driver.reconnect()
+                return
+            except exception.AgentError as exc:
+                LOG.info('reconnect failed (%s); retrying', exc)
+                self._core.runtime.sleep(self._interval)
+
+    def _after_reconnect(self) -> None:
+        core = self._core
+        with core.auditing() as token:
+            infos = self.resync()
+            try:
+                inventory = core.storage.inventory(fresh=True)
+                removed = self.remove_orphans(
+                    [u for u in inventory.disks if u not in core.instances],
+                    [u for u in instancedir.owned(core.instances_path)
+                     if u not in core.instances])
+                self._audits.audit(infos, None if removed else inventory, token=token)
+            except exception.AgentError as exc:
+                LOG.warning('storage reconciliation after reconnect skipped: %s', exc)

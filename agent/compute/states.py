@@ -1,0 +1,50 @@
+"""Instance states and the transitions between them: the one place they are named.
+
+    building --> active | paused | stopped      (lifecycle events of its first start)
+    building --> error                          (the boot failed)
+    active <--> paused <--> stopped <--> active (lifecycle events, guest power-off included)
+    active | paused | stopped --> error         (crashed, or gone behind the agent's back)
+    error --> active                            (the domain runs again)
+    any but deleted --> deleting --> deleted
+    deleting --> error                          (the delete failed; a later delete may retry)
+
+A change to the same state is always allowed. ``check`` raises InstanceInvalidState for
+anything else, naming both states. Pure: no I/O.
+"""
+from agent import exception
+from agent.virt import driver as vdriver
+
+BUILDING = 'building'
+ACTIVE = 'active'
+PAUSED = 'paused'
+STOPPED = 'stopped'
+DELETING = 'deleting'
+DELETED = 'deleted'
+ERROR = 'error'
+
+ALL = (BUILDING, ACTIVE, PAUSED, STOPPED, DELETING, DELETED, ERROR)
+
+TRANSITIONS: dict[str, frozenset[str]] = {
+    BUILDING: frozenset({ACTIVE, PAUSED, STOPPED, ERROR, DELETING}),
+    ACTIVE: frozenset({PAUSED, STOPPED, ERROR, DELETING}),
+    PAUSED: frozenset({ACTIVE, STOPPED, ERROR, DELETING}),
+    STOPPED: frozenset({ACTIVE, PAUSED, ERROR, DELETING}),
+    ERROR: frozenset({ACTIVE, DELETING}),
+    DELETING: frozenset({DELETED, ERROR}),
+    DELETED: frozenset(),
+}
+
+# The vm_state a hypervisor power state means for an instance no delete is working on.
+POWER_TO_VM = {vdriver.RUNNING: ACTIVE, vdriver.PAUSED: PAUSED, vdriver.SHUTDOWN: STOPPED,
+               vdriver.CRASHED: ERROR}
+
+
+def allowed(current: str, new: str) -> bool:
+    """Whether an instance in ``current`` may move to ``new``."""
+    return new == current or new in TRANSITIONS.get(current, ())
+
+
+def check(uuid: str, current: str, new: str) -> None:
+    """Raise InstanceInvalidState unless ``current`` -> ``new`` is a transition of the table."""
+    if not allowed(current, new):
+        raise exception.InstanceInvalidState(uuid=uuid, state=current, target=new)
