@@ -52,6 +52,15 @@ class HypervisorError(AgentError):
     msg_fmt = 'libvirt %(op)s failed: %(reason)s'
 
 
+class DomainNotFound(HypervisorError):
+    """libvirt holds no such domain (VIR_ERR_NO_DOMAIN)."""
+
+
+class DomainStateConflict(HypervisorError):
+    """The domain is not in a state the call can act on, e.g. "already running" or "not
+    running" (VIR_ERR_OPERATION_INVALID)."""
+
+
 class HypervisorUnavailable(HypervisorError):
     msg_fmt = 'libvirt is unreachable: %(reason)s'
 

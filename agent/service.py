@@ -91,7 +91,8 @@ class AgentService:
             lambda states, usage: conductor.report(conf.host, states, usage),
             window=conf.conductor.report_window, retry_max=conf.conductor.report_retry_max,
             sleep=self.runtime.sleep, tracer=self.tracer)
-        self.driver = libvirt_driver.LibvirtDriver(conf, self.runtime, libvirt_mod)
+        self.driver = libvirt_driver.LibvirtDriver(conf.libvirt, conf.host, conf.instances_path,
+                                                   self.runtime, libvirt_mod)
         self.commands = commands.CommandRunner(
             self.runtime.workqueue,
             operations.Policy(volume_group=conf.lvm.volume_group,

@@ -45,26 +45,32 @@ class ComputeManager:
     # -- what the service, the endpoint and the tests read --------------------------------
     @property
     def instances(self):
+        """uuid -> Instance: what the node holds now."""
         return self.core.instances
 
     @property
     def tracker(self):
+        """The resource tracker (claims, usage, audits)."""
         return self.core.tracker
 
     @property
     def jobs(self):
+        """The job table (the journal's in-memory mirror)."""
         return self.core.jobs
 
     @property
     def journal(self):
+        """The durable job journal."""
         return self.core.journal
 
     @property
     def instances_path(self) -> str:
+        """Where the marked instance directories live."""
         return self.core.instances_path
 
     @property
     def reconciled(self):
+        """Counts of start-up actions and removed orphans."""
         return self.core.reconciled
 
     @property
@@ -87,12 +93,15 @@ class ComputeManager:
         return self.requests.delete_instance(uuid)
 
     def get_job(self, job_id) -> dict:
+        """See ``Requests.get_job``."""
         return self.requests.get_job(job_id)
 
     def get_instance(self, uuid) -> dict:
+        """See ``Requests.get_instance``."""
         return self.requests.get_instance(uuid)
 
     def list_instances(self) -> list[dict]:
+        """See ``Requests.list_instances``."""
         return self.requests.list_instances()
 
     def handle_event(self, event) -> None:
@@ -104,9 +113,11 @@ class ComputeManager:
         return self.audits.audit(infos, inventory, token)
 
     def periodic_audit(self) -> list[str]:
+        """See ``Audits.periodic_audit``."""
         return self.audits.periodic_audit()
 
     def run_audits(self, interval: float) -> None:
+        """The periodic audit loop (``Audits.run``); run it in its own (green)thread."""
         self.audits.run(interval)
 
     def storage_report(self, uuids: list[str] | None = None) -> dict:

@@ -130,7 +130,8 @@ class Agent:
         self.reports = Reports()
         self.reporter = reportermod.StateReporter(self.reports.send, window=0.005, tracer=tracer)
         self.runtime.spawn(self.reporter.run)
-        self.driver = libvirt_driver.LibvirtDriver(conf, self.runtime, fakelibvirt)
+        self.driver = libvirt_driver.LibvirtDriver(conf.libvirt, conf.host, conf.instances_path,
+                                                   self.runtime, fakelibvirt)
         limits = specmod.Limits(image_dir=conf.image_dir, bridge_exists=lambda n: n == 'br0',
                                 allow_user_nics=True, bridges=frozenset({'br0', 'br1'}))
         self.journal = journalmod.JobJournal(conf.jobs.journal,

@@ -51,19 +51,22 @@ def random_mac() -> str:
 class LibvirtDriver(driver.ComputeDriver):
     """ComputeDriver over one libvirt connection (see ``host.Host``)."""
 
-    def __init__(self, conf, runtime, libvirt_mod=None):
+    def __init__(self, options, node: str, instances_path: str, runtime, libvirt_mod=None):
+        """``options``: the ``[libvirt]`` option group only; ``node``: this node's host name
+        (written into, and required in, the metadata of every domain it owns)."""
         if libvirt_mod is None:
             import libvirt as libvirt_mod
         self._lv = libvirt_mod
-        self._conf = conf
-        self._virt_type = conf.libvirt.virt_type
-        self._instances_path = conf.instances_path
+        self._options = options
+        self._node = node
+        self._virt_type = options.virt_type
+        self._instances_path = instances_path
         self._listener: Callable[[object], None] = lambda ev: None
         self._bridge = runtime.bridge(self._dispatch)
         self.host = vhost.Host(
-            conf.libvirt.connection_uri, runtime.workqueue, libvirt_mod,
+            options.connection_uri, runtime.workqueue, libvirt_mod,
             event_sink=self._bridge.put, spawn_native=runtime.spawn_native,
-            keepalive=(conf.libvirt.keepalive_interval, conf.libvirt.keepalive_count))
+            keepalive=(options.keepalive_interval, options.keepalive_count))
         self._domains: dict = {}   # uuid -> virDomain of this connection: no lookup on delete
         self._ours: set[str] = set()   # uuids of domains the agent made or adopted
         self._defining: set[str] = set()   # uuids whose defineXML is under way
@@ -95,10 +98,8 @@ class LibvirtDriver(driver.ComputeDriver):
             dom = self.host.call('lookupByUUIDString', self.host.conn().lookupByUUIDString, uuid,
                                  instance=uuid, counter=calls)
             state = self.host.call('state', dom.state, instance=uuid, counter=calls)[0]
-        except exception.HypervisorError as exc:
-            if self.host.is_error(exc, 'VIR_ERR_NO_DOMAIN'):
-                return None
-            raise
+        except exception.DomainNotFound:
+            return None
         if not self._owned(uuid, dom, calls):
             return None        # that uuid is someone else's domain: ours does not exist
         self._domains[uuid] = dom
@@ -155,8 +156,8 @@ class LibvirtDriver(driver.ComputeDriver):
             vcpus=spec.vcpus, memory_mb=spec.memory_mb,
             console_log=os.path.join(self.instance_dir(spec.uuid), 'console.log'),
             kernel=spec.kernel, initrd=spec.initrd, cmdline=spec.cmdline, disks=disks, nics=nics,
-            cpu_mode=self._conf.libvirt.cpu_mode, tcg_tb_cache_mb=self._conf.libvirt.tcg_tb_cache_mb,
-            metadata=(('host', self._conf.host), ('created', '%.3f' % time.time()),
+            cpu_mode=self._options.cpu_mode, tcg_tb_cache_mb=self._options.tcg_tb_cache_mb,
+            metadata=(('host', self._node), ('created', '%.3f' % time.time()),
                       ('vcpus', str(spec.vcpus)), ('memory_mb', str(spec.memory_mb)),
                       ('disk_gb', str(spec.disk_gb))))
 
@@ -194,18 +195,18 @@ class LibvirtDriver(driver.ComputeDriver):
             self.host.call('create', dom.create, instance=spec.uuid, counter=calls, epoch=epoch)
         except exception.HypervisorUnavailable:
             raise
-        except exception.HypervisorError as exc:
-            if self.host.is_error(exc, 'VIR_ERR_OPERATION_INVALID'):
-                # "already running": the define updated a domain someone else runs under the
-                # same name and uuid (defined just before, its event not yet here). Not ours:
-                # never undefine it.
-                LOG.error('[instance: %s] a running domain %s already had this uuid: left '
-                          'alone', spec.uuid, dom.name())
-                self._ours.discard(spec.uuid)
-                self._domains.pop(spec.uuid, None)
-                self._foreign[spec.uuid] = dom.name()
-                self._remove_files(spec.uuid)
-                raise exception.UuidTaken(uuid=spec.uuid, name=dom.name()) from None
+        except exception.DomainStateConflict:
+            # "already running": the define updated a domain someone else runs under the
+            # same name and uuid (defined just before, its event not yet here). Not ours:
+            # never undefine it.
+            LOG.error('[instance: %s] a running domain %s already had this uuid: left '
+                      'alone', spec.uuid, dom.name())
+            self._ours.discard(spec.uuid)
+            self._domains.pop(spec.uuid, None)
+            self._foreign[spec.uuid] = dom.name()
+            self._remove_files(spec.uuid)
+            raise exception.UuidTaken(uuid=spec.uuid, name=dom.name()) from None
+        except exception.HypervisorError:
             LOG.warning('[instance: %s] start failed; removing its definition', spec.uuid)
             try:
                 self._undefine(spec.uuid, dom, calls)
@@ -220,9 +221,7 @@ class LibvirtDriver(driver.ComputeDriver):
             try:
                 dom = self.host.call('lookupByUUIDString', self.host.conn().lookupByUUIDString,
                                      uuid, instance=uuid, counter=calls)
-            except exception.HypervisorError as exc:
-                if not self.host.is_error(exc, 'VIR_ERR_NO_DOMAIN'):
-                    raise
+            except exception.DomainNotFound:
                 dom = None
             if dom is not None and not self._owned(uuid, dom, calls):
                 LOG.warning('[instance: %s] the domain with this uuid (%s) is not ours: left '
@@ -231,11 +230,8 @@ class LibvirtDriver(driver.ComputeDriver):
         if dom is not None:
             try:
                 self.host.call('destroy', dom.destroy, instance=uuid, counter=calls)
-            except exception.HypervisorError as exc:
-                # Not running is fine: the goal is "gone".
-                if not (self.host.is_error(exc, 'VIR_ERR_OPERATION_INVALID')
-                        or self.host.is_error(exc, 'VIR_ERR_NO_DOMAIN')):
-                    raise
+            except (exception.DomainStateConflict, exception.DomainNotFound):
+                pass        # not running, or gone already: the goal is "gone"
             self._undefine(uuid, dom, calls)
         self._remove_files(uuid)
 
@@ -243,10 +239,11 @@ class LibvirtDriver(driver.ComputeDriver):
         self._own_undefines.add(uuid)
         try:
             self.host.call('undefine', dom.undefine, instance=uuid, counter=calls)
-        except exception.HypervisorError as exc:
+        except exception.DomainNotFound:
             self._own_undefines.discard(uuid)
-            if not self.host.is_error(exc, 'VIR_ERR_NO_DOMAIN'):
-                raise
+        except exception.HypervisorError:
+            self._own_undefines.discard(uuid)
+            raise
         self._domains.pop(uuid, None)
         self._ours.discard(uuid)
 
@@ -259,7 +256,7 @@ class LibvirtDriver(driver.ComputeDriver):
             return True
         meta = vconfig.parse_metadata(self.host.call('XMLDesc', dom.XMLDesc, 0, instance=uuid,
                                                      counter=calls))
-        if bool(meta) and meta.get('uuid') == uuid and meta.get('host') == self._conf.host:
+        if bool(meta) and meta.get('uuid') == uuid and meta.get('host') == self._node:
             self._ours.add(uuid)
             self._foreign.pop(uuid, None)
             return True
@@ -289,7 +286,7 @@ class LibvirtDriver(driver.ComputeDriver):
                 # Ours: our metadata, naming this domain and this node (an agent never takes
                 # the domains another agent made, even on a shared libvirtd).
                 ours = (bool(meta) and meta.get('uuid') == uuid
-                        and meta.get('host') == self._conf.host)
+                        and meta.get('host') == self._node)
                 if ours:
                     self._ours.add(uuid)
                     name = meta.get('name', '')

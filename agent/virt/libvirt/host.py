@@ -23,6 +23,10 @@ LOG = logging.getLogger(__name__)
 _CONNECTION_ERRORS = ('VIR_ERR_SYSTEM_ERROR', 'VIR_ERR_INTERNAL_ERROR', 'VIR_ERR_NO_CONNECT',
                       'VIR_ERR_INVALID_CONN', 'VIR_ERR_RPC')
 
+# libvirt error codes the agent acts on, as its own exceptions.
+_ERROR_CLASSES = (('VIR_ERR_NO_DOMAIN', exception.DomainNotFound),
+                  ('VIR_ERR_OPERATION_INVALID', exception.DomainStateConflict))
+
 
 @dataclasses.dataclass(frozen=True)
 class LifecycleEvent:
@@ -78,6 +82,8 @@ class Host:
         self.calls = collections.Counter()
         self._codes = {getattr(libvirt_mod, name) for name in _CONNECTION_ERRORS
                        if hasattr(libvirt_mod, name)}
+        self._classes = {getattr(libvirt_mod, name): cls for name, cls in _ERROR_CLASSES
+                         if hasattr(libvirt_mod, name)}
 
     # -- connection -------------------------------------------------------------------------
     def start_event_loop(self) -> None:
@@ -177,11 +183,10 @@ class Host:
                 self._conn = None
                 LOG.warning('libvirt connection lost during %s: %s', op, reason)
             return exception.HypervisorUnavailable(reason=reason)
-        # Callers decide whether an error matters (e.g. "not running" on destroy does not).
+        # Callers decide whether an error matters (e.g. "not running" on destroy does not):
+        # they tell them apart by the class, never by libvirt's error names.
         LOG.debug('[instance: %s] libvirt %s failed: %s', instance, op, reason)
-        err = exception.HypervisorError(op=op, reason=reason)
-        err.code = code
-        return err
+        return self._classes.get(code, exception.HypervisorError)(op=op, reason=reason)
 
     def _alive(self) -> bool:
         try:
@@ -193,9 +198,6 @@ class Host:
         if self._conn is None:
             raise exception.HypervisorUnavailable(reason='not connected to %s' % self.uri)
         return self._conn
-
-    def is_error(self, exc: exception.HypervisorError, code_name: str) -> bool:
-        return getattr(exc, 'code', None) == getattr(self._lv, code_name, object())
 
     # -- facts ------------------------------------------------------------------------------
     def facts(self) -> HostFacts:
