@@ -11,20 +11,25 @@ LOG = logging.getLogger(__name__)
 
 
 class Events:
-    """Applies driver events to the instances; asks for a reconnect when the hypervisor is
-    lost."""
+    """Applies driver events to the instances; tells recovery when the hypervisor was lost
+    and when it is back."""
 
-    def __init__(self, core: coremod.Core, on_hypervisor_lost: Callable[[], None]):
+    def __init__(self, core: coremod.Core, on_hypervisor_lost: Callable[[], None],
+                 on_hypervisor_back: Callable[[], None]):
         self._core = core
         self._on_lost = on_hypervisor_lost
+        self._on_back = on_hypervisor_back
         self.handled = 0
 
     def handle(self, event) -> None:
         """Apply one driver event. Runs in the event bridge's (green)thread."""
         self.handled += 1
         if isinstance(event, vdriver.HypervisorLost):
-            LOG.warning('hypervisor connection lost; reconnecting')
+            LOG.warning('hypervisor connection lost; the driver reconnects')
             self._on_lost()
+            return
+        if isinstance(event, vdriver.HypervisorReconnected):
+            self._on_back()
             return
         inst = self._core.instances.get(event.uuid)
         if inst is None:

@@ -31,13 +31,14 @@ class ComputeManager:
                                         metrics)
         # The parts call each other through these late-bound callables (recovery is made
         # last: it resumes jobs and audits).
-        self.events = eventsmod.Events(core, lambda: self.recovery.start_reconnect())
-        self.tasks = tasksmod.Tasks(core, self.events, lambda: self.recovery.start_reconnect(),
-                                    lambda: self.recovery.reconnecting, reconnect_interval)
+        self.events = eventsmod.Events(core, lambda: self.recovery.hypervisor_lost(),
+                                       lambda: self.recovery.hypervisor_back())
+        self.tasks = tasksmod.Tasks(core, self.events, lambda: self.recovery.recovering,
+                                    reconnect_interval)
         self.audits = auditsmod.Audits(
             core, lambda infos: self.recovery.without_failed_boot_remnants(infos))
         self.recovery = recoverymod.Recovery(core, self.events, self.tasks, self.audits,
-                                             max_boot_attempts, reconnect_interval)
+                                             max_boot_attempts)
         self.requests = requestsmod.Requests(core, self.tasks, limits)
         self.facts: dict = {}
         driver.set_event_listener(self.events.handle)
@@ -74,9 +75,9 @@ class ComputeManager:
         return self.core.reconciled
 
     @property
-    def reconnecting(self) -> bool:
-        """Whether a reconnect (and the resync after it) is under way."""
-        return self.recovery.reconnecting
+    def recovering(self) -> bool:
+        """Whether the hypervisor is lost, or back but not yet resynchronised."""
+        return self.recovery.recovering
 
     # -- start-up, requests, audits ---------------------------------------------------------
     def init_host(self) -> None:

@@ -25,17 +25,18 @@ LOG = logging.getLogger(__name__)
 
 
 class Recovery:
-    """Start-up reconciliation, resync, orphan removal and the reconnect loop."""
+    """Start-up reconciliation, orphan removal, and the resync after the driver reconnected."""
 
     def __init__(self, core: coremod.Core, events: eventsmod.Events, tasks: tasksmod.Tasks,
-                 audits: auditsmod.Audits, max_boot_attempts: int, reconnect_interval: float):
+                 audits: auditsmod.Audits, max_boot_attempts: int):
         self._core = core
         self._events = events
         self._tasks = tasks
         self._audits = audits
         self._max_boot_attempts = max_boot_attempts
-        self._interval = reconnect_interval
-        self.reconnecting = False
+        self.recovering = False        # lost, or back but not yet resynchronised
+        self._resync_running = False
+        self._resync_again = False
         self._handlers = {
             reconcile.FINISH_BOOT: self._finish_boot, reconcile.RESUME_BOOT: self._resume_boot,
             reconcile.FAIL_BOOT: self._fail_boot, reconcile.RESUME_DELETE: self._resume_delete,
@@ -256,32 +257,33 @@ class Recovery:
             core.reconciled['orphan_dirs'] += 1
         return removed
 
-    # -- reconnect --------------------------------------------------------------------------
-    def start_reconnect(self) -> None:
-        """Start the reconnect loop unless one runs."""
-        if self.reconnecting:
-            return
-        self.reconnecting = True
-        self._core.runtime.spawn(self._reconnect_loop)
+    # -- after a reconnect -----------------------------------------------------------------
+    def hypervisor_lost(self) -> None:
+        """The driver lost the hypervisor (and reconnects by itself): jobs that must settle
+        with libvirt wait until it is back and resynchronised."""
+        self.recovering = True
 
-    def _reconnect_loop(self) -> None:
+    def hypervisor_back(self) -> None:
+        """The driver reconnected: resynchronise (one run at a time; a reconnect during a
+        run makes it run once more)."""
+        self.recovering = True
+        self._resync_again = True
+        if self._resync_running:
+            return
+        self._resync_running = True
+        self._core.runtime.spawn(self._resync_loop)
+
+    def _resync_loop(self) -> None:
         core = self._core
         try:
-            with core.tracer.bind_track('reconnect'):
-                self._reconnect_until_connected()
-                LOG.info('hypervisor reconnected; resynchronising instance states')
-                self._after_reconnect()
+            while self._resync_again:
+                self._resync_again = False
+                with core.tracer.bind_track('reconnect'):
+                    LOG.info('hypervisor reconnected; resynchronising instance states')
+                    self._after_reconnect()
         finally:
-            self.reconnecting = False
-
-    def _reconnect_until_connected(self) -> None:
-        while True:
-            try:
-                self._core.driver.reconnect()
-                return
-            except exception.AgentError as exc:
-                LOG.info('reconnect failed (%s); retrying', exc)
-                self._core.runtime.sleep(self._interval)
+            self._resync_running = False
+            self.recovering = not core.driver.is_connected()
 
     def _after_reconnect(self) -> None:
         core = self._core

@@ -19,16 +19,15 @@ LOG = logging.getLogger(__name__)
 
 
 class Tasks:
-    """Runs boot and delete jobs. ``reconnect()`` starts a reconnect if none runs;
-    ``reconnecting()`` tells whether one does."""
+    """Runs boot and delete jobs. ``recovering()`` tells whether the hypervisor is lost or
+    the resync after its return still runs."""
 
     def __init__(self, core: coremod.Core, events: eventsmod.Events,
-                 reconnect: Callable[[], None], reconnecting: Callable[[], bool],
-                 reconnect_interval: float, settle_attempts: int = 5):
+                 recovering: Callable[[], bool], reconnect_interval: float,
+                 settle_attempts: int = 5):
         self._core = core
         self._events = events
-        self._reconnect = reconnect
-        self._reconnecting = reconnecting
+        self._recovering = recovering
         self._interval = reconnect_interval
         self._settle_attempts = settle_attempts
 
@@ -108,8 +107,8 @@ class Tasks:
         core = self._core
         failures = 0
         while True:
-            while not core.driver.is_connected() or self._reconnecting():
-                self._reconnect()     # in case no close event announced the loss
+            while not core.driver.is_connected() or self._recovering():
+                core.driver.ensure_reconnecting()   # in case nothing announced the loss
                 core.runtime.sleep(self._interval)
             try:
                 power = core.driver.power_state(inst.uuid, job.calls)

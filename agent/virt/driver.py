@@ -35,7 +35,15 @@ class InstanceVanished:
 
 @dataclasses.dataclass(frozen=True)
 class HypervisorLost:
-    """The connection to the hypervisor broke; the driver must be reconnected."""
+    """The connection to the hypervisor broke; the driver is reconnecting by itself."""
+
+    timestamp: float
+
+
+@dataclasses.dataclass(frozen=True)
+class HypervisorReconnected:
+    """The driver has a new connection (events registered again). What happened while it
+    was away is unknown: the core resynchronises."""
 
     timestamp: float
 
@@ -64,8 +72,9 @@ class ComputeDriver(abc.ABC):
 
     @abc.abstractmethod
     def set_event_listener(self, listener: Callable[[object], None]) -> None:
-        """Deliver PowerStateChanged / InstanceVanished / HypervisorLost to ``listener``,
-        one at a time, in the manager's concurrency context (a greenthread)."""
+        """Deliver PowerStateChanged / InstanceVanished / HypervisorLost /
+        HypervisorReconnected to ``listener``, one at a time, in the manager's concurrency
+        context (a greenthread)."""
 
     @abc.abstractmethod
     def spawn(self, spec: specmod.BootSpec, calls: collections.Counter, disks: tuple = ()) -> None:
@@ -98,8 +107,10 @@ class ComputeDriver(abc.ABC):
         Not for the hot path: used to settle a boot whose answer was lost."""
 
     @abc.abstractmethod
-    def reconnect(self) -> None:
-        """Re-open the hypervisor connection and re-register events; raise if it is down."""
+    def ensure_reconnecting(self) -> None:
+        """Unless connected or already at it, reconnect in the background, retrying until
+        the hypervisor answers; then announce HypervisorReconnected. A lost connection
+        (close event, or a call that found it dead) starts this by itself."""
 
     @abc.abstractmethod
     def stats(self) -> dict:

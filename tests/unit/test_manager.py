@@ -1,6 +1,7 @@
 """The manager and libvirt driver over the stateful fake libvirt."""
 import os
 import threading
+import time
 import uuid as uuidlib
 
 import pytest
@@ -180,6 +181,24 @@ def test_reconnects_after_libvirtd_restart_and_keeps_receiving_events(agent, hv)
     agent.wait_reported(U1, 'stopped')
 
 
+def test_the_close_of_an_old_connection_does_not_break_the_new_one(agent, hv):
+    # The Host reconnects by itself; a close callback of the connection it replaced (late,
+    # or fired twice) must not take the new one down.
+    boot(agent)
+    agent.wait_state(U1, 'active')
+    old = hv.connections[0]
+    hv.restart()
+    wait_until(lambda: len(hv.connections) == 1 and hv.connections[0] is not old
+               and not agent.manager.recovering, what='reconnect and resync')
+    opens = hv.calls.count('open')
+    cb, epoch = old.close_callback
+    cb(old, fakelibvirt.VIR_CONNECT_CLOSE_REASON_EOF, epoch)
+    time.sleep(0.3)
+    assert agent.driver.is_connected() and hv.calls.count('open') == opens
+    hv.guest_poweroff(U1)
+    agent.wait_reported(U1, 'stopped')
+
+
 def test_state_missed_while_disconnected_is_resynced(agent, hv):
     boot(agent)
     agent.wait_state(U1, 'active')
@@ -245,7 +264,7 @@ def test_a_boot_that_ends_while_the_reconnect_lists_is_not_called_lost(agent, hv
         agent.wait_state(U1, 'active')
     finally:
         listed.set()
-    wait_until(lambda: not agent.manager.reconnecting, what='the resync to end')
+    wait_until(lambda: not agent.manager.recovering, what='the resync to end')
     agent.reporter.flush(10)
     assert agent.manager.get_instance(U1)['vm_state'] == 'active'
     assert agent.manager.get_instance(U1)['fault'] is None

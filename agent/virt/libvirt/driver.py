@@ -64,10 +64,12 @@ class LibvirtDriver(driver.ComputeDriver):
         self._listener: Callable[[object], None] = lambda ev: None
         self._bridge = runtime.bridge(self._dispatch)
         self.host = vhost.Host(
-            options.connection_uri, runtime.workqueue, libvirt_mod,
-            event_sink=self._bridge.put, spawn_native=runtime.spawn_native,
-            keepalive=(options.keepalive_interval, options.keepalive_count))
-        self._domains: dict = {}   # uuid -> virDomain of this connection: no lookup on delete
+            options.connection_uri, runtime, libvirt_mod, event_sink=self._bridge.put,
+            keepalive=(options.keepalive_interval, options.keepalive_count),
+            retry_interval=options.reconnect_interval)
+        # uuid -> (connection epoch, virDomain): no lookup on delete; an object of an older
+        # connection is dead and never used.
+        self._domains: dict = {}
         self._ours: set[str] = set()   # uuids of domains the agent made or adopted
         self._defining: set[str] = set()   # uuids whose defineXML is under way
         # uuid -> name of domains libvirt holds that are not ours (from listings and DEFINED
@@ -94,27 +96,33 @@ class LibvirtDriver(driver.ComputeDriver):
         return self.host.connected
 
     def power_state(self, uuid: str, calls: collections.Counter) -> str | None:
+        conn, epoch = self.host.conn(), self.host.epoch
         try:
-            dom = self.host.call('lookupByUUIDString', self.host.conn().lookupByUUIDString, uuid,
-                                 instance=uuid, counter=calls)
-            state = self.host.call('state', dom.state, instance=uuid, counter=calls)[0]
+            dom = self.host.call('lookupByUUIDString', conn.lookupByUUIDString, uuid,
+                                 instance=uuid, counter=calls, epoch=epoch)
+            state = self.host.call('state', dom.state, instance=uuid, counter=calls,
+                                   epoch=epoch)[0]
         except exception.DomainNotFound:
             return None
         if not self._owned(uuid, dom, calls):
             return None        # that uuid is someone else's domain: ours does not exist
-        self._domains[uuid] = dom
+        self._domains[uuid] = (epoch, dom)
         return _power_state_from_state(self._lv, state)
 
-    def reconnect(self) -> None:
-        self._domains.clear()          # objects of the old connection are dead
-        self.host.mark_disconnected()
-        self.host.connect()
+    def ensure_reconnecting(self) -> None:
+        self.host.ensure_reconnecting()
 
     # -- events (in the bridge's greenthread) ------------------------------------------------
     def _dispatch(self, item) -> None:
         if isinstance(item, vhost.ConnectionLost):
+            if item.epoch != self.host.epoch:
+                return         # an older connection's close: a newer one is open
             self.host.mark_disconnected()
             self._listener(driver.HypervisorLost(timestamp=item.timestamp))
+            self.host.ensure_reconnecting()
+            return
+        if isinstance(item, vhost.Reconnected):
+            self._listener(driver.HypervisorReconnected(timestamp=item.timestamp))
             return
         if item.event == self._lv.VIR_DOMAIN_EVENT_DEFINED and item.uuid not in self._ours \
                 and item.uuid not in self._defining:
@@ -190,7 +198,7 @@ class LibvirtDriver(driver.ComputeDriver):
             raise
         finally:
             self._defining.discard(spec.uuid)
-        self._domains[spec.uuid] = dom
+        self._domains[spec.uuid] = (epoch, dom)
         try:
             self.host.call('create', dom.create, instance=spec.uuid, counter=calls, epoch=epoch)
         except exception.HypervisorUnavailable:
@@ -216,7 +224,9 @@ class LibvirtDriver(driver.ComputeDriver):
             raise
 
     def destroy(self, uuid: str, calls: collections.Counter) -> None:
-        dom = self._domains.get(uuid)
+        epoch, dom = self._domains.get(uuid, (None, None))
+        if epoch != self.host.epoch:
+            dom = None         # from a connection that is gone
         if dom is None:
             try:
                 dom = self.host.call('lookupByUUIDString', self.host.conn().lookupByUUIDString,
@@ -270,9 +280,9 @@ class LibvirtDriver(driver.ComputeDriver):
     def list_instances(self) -> list[driver.InstanceInfo]:
         """One getAllDomainStats call for every domain's state; domains with our name prefix
         never seen before get their XML read once to confirm they carry our metadata."""
-        conn = self.host.conn()
+        conn, epoch = self.host.conn(), self.host.epoch
         stats = self.host.call('getAllDomainStats', conn.getAllDomainStats,
-                               self._lv.VIR_DOMAIN_STATS_STATE, 0)
+                               self._lv.VIR_DOMAIN_STATS_STATE, 0, epoch=epoch)
         out = []
         foreign = {}
         for dom, values in stats:
@@ -293,7 +303,7 @@ class LibvirtDriver(driver.ComputeDriver):
                     sizes = {k: int(meta[k]) for k in ('vcpus', 'memory_mb', 'disk_gb')
                              if meta.get(k, '').isdigit()}
             if ours:
-                self._domains[uuid] = dom      # this connection's object (after a reconnect)
+                self._domains[uuid] = (epoch, dom)     # this listing's connection's object
             else:
                 foreign[uuid] = dom.name()
             out.append(driver.InstanceInfo(

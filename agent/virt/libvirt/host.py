@@ -1,8 +1,9 @@
 """The libvirt connection: the one place that talks to libvirt-python.
 
 ``Host`` owns the connection, the native event-loop thread, reconnection after libvirtd goes
-away, the per-operation call counters and the translation of libvirtError into the agent's
-exceptions. Every call runs on the global work queue; host facts are read once and cached.
+away (it retries by itself and announces ``Reconnected``), the per-operation call counters and
+the translation of libvirtError into the agent's exceptions. Every call runs on the global
+work queue; host facts are read once and cached.
 
 Threads: ``call`` is made from (green)threads; callbacks from libvirt arrive on the native
 event-loop thread and are only handed on through ``event_sink`` (thread-safe), never handled
@@ -41,8 +42,19 @@ class LifecycleEvent:
 
 @dataclasses.dataclass(frozen=True)
 class ConnectionLost:
+    """Connection ``epoch`` broke (its close callback fired, or a call found it dead)."""
+
     reason: int
     timestamp: float
+    epoch: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Reconnected:
+    """A new connection is open, its events registered (after a ConnectionLost)."""
+
+    timestamp: float
+    epoch: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,17 +75,20 @@ class Host:
     """One libvirt connection used by every caller of the agent.
 
     libvirt_mod: the libvirt module (the real one, or a fake in unit tests).
-    event_sink(item): thread-safe; receives LifecycleEvent and ConnectionLost objects.
+    event_sink(item): thread-safe; receives LifecycleEvent, ConnectionLost and Reconnected.
+    runtime: spawn, spawn_native and sleep (``agent.workqueue.Runtime``).
     """
 
-    def __init__(self, uri: str, workqueue, libvirt_mod, event_sink: Callable[[Any], None],
-                 spawn_native: Callable, keepalive: tuple[int, int] = (5, 3)):
+    def __init__(self, uri: str, runtime, libvirt_mod, event_sink: Callable[[Any], None],
+                 keepalive: tuple[int, int] = (5, 3), retry_interval: float = 1.0):
         self.uri = uri
-        self._wq = workqueue
+        self._wq = runtime.workqueue
+        self._runtime = runtime
         self._lv = libvirt_mod
         self._sink = event_sink
-        self._spawn_native = spawn_native
         self._keepalive = keepalive
+        self._retry_interval = retry_interval
+        self._reconnecting = False
         self._conn = None
         self._epoch = 0          # grows with every connection: a call can tell it lost its own
         self._facts: HostFacts | None = None
@@ -95,7 +110,7 @@ class Host:
             self._lv.registerErrorHandler(lambda ctx, err: None, None)
             self._lv.virEventRegisterDefaultImpl()
             _event_loops.add(id(self._lv))
-            self._spawn_native(self._run_event_loop, 'libvirt-events')
+            self._runtime.spawn_native(self._run_event_loop, 'libvirt-events')
 
     def _run_event_loop(self) -> None:
         while True:
@@ -104,17 +119,39 @@ class Host:
     def connect(self) -> None:
         """Open the connection and register lifecycle events and the close callback."""
         self.start_event_loop()
-        conn = self.call('open', self._open)
+        epoch = self._epoch + 1
+        conn = self.call('open', self._open, epoch)
         self._conn = conn
-        self._epoch += 1
+        self._epoch = epoch
         LOG.info('connected to %s', self.uri)
 
-    def _open(self):
+    def ensure_reconnecting(self) -> None:
+        """Unless connected or already at it: reconnect in the background, retrying every
+        ``retry_interval`` until libvirtd answers; then hand ``Reconnected`` to the sink."""
+        if self._reconnecting or self._conn is not None:
+            return
+        self._reconnecting = True
+        self._runtime.spawn(self._reconnect_loop)
+
+    def _reconnect_loop(self) -> None:
+        try:
+            while True:
+                try:
+                    self.connect()
+                    break
+                except exception.AgentError as exc:
+                    LOG.info('reconnect to %s failed (%s); retrying', self.uri, exc)
+                    self._runtime.sleep(self._retry_interval)
+        finally:
+            self._reconnecting = False
+        self._sink(Reconnected(timestamp=time.time(), epoch=self._epoch))
+
+    def _open(self, epoch: int):
         # Runs on a work-queue thread: the whole connection set-up is one queue item.
         conn = self._lv.open(self.uri)
         if conn is None:
             raise self._lv.libvirtError('open returned no connection')
-        conn.registerCloseCallback(self._on_close, None)
+        conn.registerCloseCallback(self._on_close, epoch)
         conn.domainEventRegisterAny(None, self._lv.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
                                     self._on_lifecycle, None)
         if self._keepalive[0] > 0:
@@ -144,8 +181,8 @@ class Host:
         self._sink(LifecycleEvent(uuid=dom.UUIDString(), name=dom.name(), event=event,
                                   detail=detail, timestamp=time.time()))
 
-    def _on_close(self, conn, reason, opaque) -> None:
-        self._sink(ConnectionLost(reason=reason, timestamp=time.time()))
+    def _on_close(self, conn, reason, epoch) -> None:
+        self._sink(ConnectionLost(reason=reason, timestamp=time.time(), epoch=epoch))
 
     # -- calls ------------------------------------------------------------------------------
     @property
@@ -182,6 +219,9 @@ class Host:
             if epoch == self._epoch and self._conn is not None:
                 self._conn = None
                 LOG.warning('libvirt connection lost during %s: %s', op, reason)
+                # As if its close callback had fired (it may never): the driver hears of it
+                # and a reconnect starts.
+                self._sink(ConnectionLost(reason=-1, timestamp=time.time(), epoch=epoch))
             return exception.HypervisorUnavailable(reason=reason)
         # Callers decide whether an error matters (e.g. "not running" on destroy does not):
         # they tell them apart by the class, never by libvirt's error names.
