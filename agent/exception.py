@@ -42,6 +42,12 @@ class InstanceInvalidState(AgentError):
     msg_fmt = 'Instance %(uuid)s is %(state)s: it cannot become %(target)s'
 
 
+class DirectoryNotOurs(AgentError):
+    """An instance directory exists that the agent did not mark as its own."""
+
+    msg_fmt = '%(path)s exists and is not marked as this agent\'s; nothing was changed'
+
+
 class JobNotFound(AgentError):
     msg_fmt = 'Job %(job_id)s not found'
 

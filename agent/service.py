@@ -12,6 +12,7 @@ import time
 import oslo_messaging
 
 from agent import exception
+from agent import instancedir
 from agent import journal as journalmod
 from agent.compute import manager as managermod
 from agent import metrics as metricsmod
@@ -57,12 +58,11 @@ def allocation_from_conf(conf) -> resources.Allocation:
         reserved_memory_mb=r.reserved_host_memory_mb, reserved_disk_gb=r.reserved_host_disk_gb)
 
 
-def storage_from_conf(conf, runner):
+def storage_from_conf(conf, runner, dirs: instancedir.InstanceDirs):
     if conf.storage.backend == 'lvm':
         return lvm_storage.LvmBackend(runner, conf.lvm.volume_group,
                                       conf.lvm.report_cache_seconds)
-    return file_storage.FileBackend(runner, conf.instances_path,
-                                    conf.storage.file_reserved_mb * 1024 * 1024)
+    return file_storage.FileBackend(runner, dirs, conf.storage.file_reserved_mb * 1024 * 1024)
 
 
 class AgentService:
@@ -91,7 +91,8 @@ class AgentService:
             lambda states, usage: conductor.report(conf.host, states, usage),
             window=conf.conductor.report_window, retry_max=conf.conductor.report_retry_max,
             sleep=self.runtime.sleep, tracer=self.tracer)
-        self.driver = libvirt_driver.LibvirtDriver(conf.libvirt, conf.host, conf.instances_path,
+        self.dirs = instancedir.InstanceDirs(conf.instances_path)   # their one owner
+        self.driver = libvirt_driver.LibvirtDriver(conf.libvirt, conf.host, self.dirs,
                                                    self.runtime, libvirt_mod)
         self.commands = commands.CommandRunner(
             self.runtime.workqueue,
@@ -100,13 +101,13 @@ class AgentService:
                               instances_path=conf.instances_path),
             env={'LVM_SYSTEM_DIR': conf.lvm.lvm_system_dir} if conf.lvm.lvm_system_dir else {},
             timeout=conf.storage.command_timeout)
-        self.storage = storage_from_conf(conf, self.commands)
+        self.storage = storage_from_conf(conf, self.commands, self.dirs)
         self.journal = journalmod.JobJournal(conf.jobs.journal,
                                              self.runtime.workqueue.execute_urgent,
                                              sleep=self.runtime.sleep)
         self.manager = managermod.ComputeManager(
             self.driver, self.storage, self.runtime, self.reporter, limits_from_conf(conf),
-            conf.host, self.journal, conf.instances_path,
+            conf.host, self.journal, self.dirs,
             allocation=allocation_from_conf(conf), job_retention=conf.jobs.retention,
             max_boot_attempts=conf.jobs.max_boot_attempts,
             reconnect_interval=conf.libvirt.reconnect_interval, tracer=self.tracer,

@@ -10,6 +10,7 @@ import threading
 import time
 
 from agent import exception
+from agent import instancedir
 from agent import jobs as jobsmod
 from agent import journal as journalmod
 from agent import metrics as metricsmod
@@ -32,7 +33,7 @@ class Core:
 
     def __init__(self, driver: vdriver.ComputeDriver, storage: storage_backend.StorageBackend,
                  runtime, reporter, host: str, journal: journalmod.JobJournal,
-                 instances_path: str, allocation: resources.Allocation,
+                 dirs: instancedir.InstanceDirs, allocation: resources.Allocation,
                  job_retention: float, tracer: tracemod.NullTracer | None,
                  metrics: metricsmod.NullMetrics | None):
         self.driver = driver
@@ -41,7 +42,7 @@ class Core:
         self.reporter = reporter
         self.host = host
         self.journal = journal
-        self.instances_path = instances_path
+        self.dirs = dirs
         self.tracer = tracer or tracemod.NullTracer()
         self.metrics = metrics or metricsmod.NullMetrics()
         # seq of instance states and usage generations: strictly growing across restarts,

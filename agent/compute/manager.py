@@ -1,6 +1,7 @@
 """The compute manager: the one object the service and the RPC endpoint talk to. It wires
 the parts of the core (requests, tasks, events, recovery, audits) around one shared
 ``Core`` and holds no logic of its own."""
+from agent import instancedir
 from agent import journal as journalmod
 from agent import metrics as metricsmod
 from agent import resources
@@ -21,13 +22,13 @@ class ComputeManager:
 
     def __init__(self, driver: vdriver.ComputeDriver, storage: storage_backend.StorageBackend,
                  runtime, reporter, limits: specmod.Limits, host: str,
-                 journal: journalmod.JobJournal, instances_path: str,
+                 journal: journalmod.JobJournal, dirs: instancedir.InstanceDirs,
                  allocation: resources.Allocation = resources.Allocation(),
                  job_retention: float = 3600.0, max_boot_attempts: int = 2,
                  reconnect_interval: float = 1.0, tracer: tracemod.NullTracer | None = None,
                  metrics: metricsmod.NullMetrics | None = None):
         self.core = core = coremod.Core(driver, storage, runtime, reporter, host, journal,
-                                        instances_path, allocation, job_retention, tracer,
+                                        dirs, allocation, job_retention, tracer,
                                         metrics)
         # The parts call each other through these late-bound callables (recovery is made
         # last: it resumes jobs and audits).
@@ -67,7 +68,7 @@ class ComputeManager:
     @property
     def instances_path(self) -> str:
         """Where the marked instance directories live."""
-        return self.core.instances_path
+        return self.core.dirs.base
 
     @property
     def reconciled(self):

@@ -8,7 +8,6 @@ import logging
 import time
 
 from agent import exception
-from agent import instancedir
 from agent import jobs as jobsmod
 from agent import reconcile
 from agent import spec as specmod
@@ -69,7 +68,7 @@ class Recovery:
         domains = {i.uuid: i for i in infos if i.ours}
         running = {u for u, i in domains.items() if i.power_state == vdriver.RUNNING}
         plan = reconcile.plan(core.jobs.all(), domains, inventory.disks,
-                              instancedir.owned(core.instances_path), running,
+                              core.dirs.owned(), running,
                               self._max_boot_attempts)
         changed = False
         for step in plan.steps:
@@ -100,7 +99,7 @@ class Recovery:
         if (step.boot.spec or {}).get('disk_gb'):
             core.attempt(step.uuid, 'remove disk of an interrupted boot',
                          core.storage.delete_disks, step.uuid)
-        instancedir.remove(core.instances_path, step.uuid)
+        core.dirs.remove(step.uuid)
 
     def _finish_boot(self, step: reconcile.Step) -> None:
         LOG.info('[instance: %s] boot job %s was interrupted after the domain started: done',
@@ -253,7 +252,7 @@ class Recovery:
             core.reconciled['orphan_disks'] += 1
         for uuid in dirs:
             LOG.warning('[instance: %s] removing its directory: no instance or job holds it', uuid)
-            instancedir.remove(core.instances_path, uuid)
+            core.dirs.remove(uuid)
             core.reconciled['orphan_dirs'] += 1
         return removed
 
@@ -293,7 +292,7 @@ class Recovery:
                 inventory = core.storage.inventory(fresh=True)
                 removed = self.remove_orphans(
                     [u for u in inventory.disks if u not in core.instances],
-                    [u for u in instancedir.owned(core.instances_path)
+                    [u for u in core.dirs.owned()
                      if u not in core.instances])
                 self._audits.audit(infos, None if removed else inventory, token=token)
             except exception.AgentError as exc:

@@ -20,10 +20,11 @@ DISK_NAME = operations.DISK_FILE
 class FileBackend(backend.StorageBackend):
     kind = 'file'
 
-    def __init__(self, runner, instances_path: str, reserved_bytes: int = 0):
+    def __init__(self, runner, dirs: instancedir.InstanceDirs, reserved_bytes: int = 0):
         super().__init__()
         self._run = runner
-        self._path = instances_path
+        self._dirs = dirs
+        self._path = dirs.base
         self._reserved = reserved_bytes
 
     def init(self) -> dict:
@@ -63,7 +64,7 @@ class FileBackend(backend.StorageBackend):
                          image_format: str = 'raw') -> backend.Disk:
         path = self._disk_path(uuid)
         try:
-            instancedir.create(self._path, uuid)
+            self._dirs.create(uuid)
             self._run.check('qcow2_create', {'uuid': uuid, 'size': size, 'image': image,
                                              'format': image_format}, instance=uuid)
         except exception.StorageError:
@@ -81,4 +82,4 @@ class FileBackend(backend.StorageBackend):
             os.unlink(path)
         except FileNotFoundError:
             pass
-        instancedir.remove_if_empty(self._path, uuid)   # only if nothing else of it is left
+        self._dirs.remove_if_empty(uuid)   # only if nothing else of it is left

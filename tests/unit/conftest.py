@@ -17,6 +17,7 @@ from agent.conf import jobs as conf_jobs
 from agent.conf import libvirt as conf_libvirt
 from agent.conf import resources as conf_resources
 from agent.conf import workqueue as conf_workqueue
+from agent import instancedir
 from agent import journal as journalmod
 from agent.compute import manager as managermod
 from agent import reporter as reportermod
@@ -114,6 +115,7 @@ class Agent:
                  tracer=None, metrics=None):
         self.hv = hv
         self.lvm = lvm or fakelvm.FakeLvm()
+        self.dirs = instancedir.InstanceDirs(conf.instances_path)
         self.runtime = workqueue.native_runtime(4)
         self.runtime.workqueue.observers.extend(o.on_call for o in (tracer, metrics) if o)
         self.commands = commands.CommandRunner(
@@ -126,11 +128,11 @@ class Agent:
             self.storage = lvm_storage.LvmBackend(self.commands, vg or self.lvm.vg,
                                                   cache_seconds=60)
         else:
-            self.storage = file_storage.FileBackend(self.commands, conf.instances_path)
+            self.storage = file_storage.FileBackend(self.commands, self.dirs)
         self.reports = Reports()
         self.reporter = reportermod.StateReporter(self.reports.send, window=0.005, tracer=tracer)
         self.runtime.spawn(self.reporter.run)
-        self.driver = libvirt_driver.LibvirtDriver(conf.libvirt, conf.host, conf.instances_path,
+        self.driver = libvirt_driver.LibvirtDriver(conf.libvirt, conf.host, self.dirs,
                                                    self.runtime, fakelibvirt)
         limits = specmod.Limits(image_dir=conf.image_dir, bridge_exists=lambda n: n == 'br0',
                                 allow_user_nics=True, bridges=frozenset({'br0', 'br1'}))
@@ -139,7 +141,7 @@ class Agent:
         self.runtime.spawn(self.journal.run)
         self.manager = managermod.ComputeManager(
             self.driver, self.storage, self.runtime, self.reporter, limits, 'node1',
-            self.journal, conf.instances_path, allocation=allocation or resources.Allocation(),
+            self.journal, self.dirs, allocation=allocation or resources.Allocation(),
             job_retention=conf.jobs.retention, max_boot_attempts=conf.jobs.max_boot_attempts,
             reconnect_interval=0.05, tracer=tracer, metrics=metrics)
         self.manager.init_host()

@@ -234,7 +234,7 @@ def test_orphans_are_removed_by_their_tags_and_markers_and_nothing_else(conf, hv
     tags = {'compute-agent', 'ca-instance-' + orphan}
     a.lvm.lvs['ca-%s-root' % orphan] = {'size': GiB, 'tags': tags}
     a.lvm.lvs['ca-%s-root' % U1] = {'size': GiB, 'tags': set()}       # not ours
-    instancedir.create(conf.instances_path, orphan)
+    instancedir.InstanceDirs(conf.instances_path).create(orphan)
     os.makedirs(os.path.join(conf.instances_path, U1))                # no marker: not ours
     b = Agent(conf, hv, lvm=a.lvm)
     try:
@@ -282,9 +282,31 @@ def test_after_a_libvirtd_reconnect_orphans_are_removed_and_instances_kept(agent
     orphan = str(uuidlib.uuid4())
     tags = {'compute-agent', 'ca-instance-' + orphan}
     agent.lvm.lvs['ca-%s-root' % orphan] = {'size': GiB, 'tags': tags}
-    instancedir.create(agent.manager.instances_path, orphan)
+    instancedir.InstanceDirs(agent.manager.instances_path).create(orphan)
     hv.restart()
     wait_until(lambda: agent.manager.reconciled['orphan_dirs'] == 1, what='the orphans to go')
     assert list(agent.lvm.lvs) == ['ca-%s-root' % U1]
-    assert sorted(instancedir.owned(agent.manager.instances_path)) == [U1]
+    assert sorted(instancedir.InstanceDirs(agent.manager.instances_path).owned()) == [U1]
     assert agent.manager.get_instance(U1)['vm_state'] == 'active'
+
+
+def test_a_directory_named_like_an_instance_but_not_marked_is_never_touched(conf, hv):
+    # Directories are recognised by their marker only, never by name: a directory an operator
+    # made under instances_path with a uuid name stays, through start-up, a boot of that uuid
+    # (which fails, naming it) and its delete.
+    dirs = instancedir.InstanceDirs(conf.instances_path)
+    stranger = dirs.path(U1)
+    os.makedirs(stranger)
+    with open(os.path.join(stranger, 'notes.txt'), 'w') as f:
+        f.write('not the agent\'s')
+    a = Agent(conf, hv)
+    try:
+        assert os.path.exists(os.path.join(stranger, 'notes.txt'))
+        job = a.wait_job(a.manager.boot_instance(boot_spec(U1))['job_id'])
+        assert job['state'] == 'failed' and 'is not marked as this agent' in job['reason']
+        assert hv.domains == {}
+        a.wait_job(a.manager.delete_instance(U1)['job_id'])
+        dirs.remove(U1)
+        assert os.listdir(stranger) == ['notes.txt']
+    finally:
+        a.stop()

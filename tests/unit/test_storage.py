@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from agent import exception
+from agent import instancedir
 from agent.storage import file as file_storage
 from tests.unit import fakelvm
 from tests.unit.conftest import Agent, boot_spec
@@ -181,8 +182,10 @@ def test_file_backend_never_offers_the_reserve_kept_for_the_journal(tmp_path):
     st = os.statvfs(tmp_path)
     free = st.f_bavail * st.f_frsize
     reserve = 64 << 20
-    backend = file_storage.FileBackend(None, str(tmp_path), reserved_bytes=reserve)
+    backend = file_storage.FileBackend(None, instancedir.InstanceDirs(str(tmp_path)),
+                                       reserved_bytes=reserve)
     offered = backend.inventory().instance_bytes
     assert free - reserve - (16 << 20) <= offered <= free - reserve    # others write too
-    everything = file_storage.FileBackend(None, str(tmp_path), reserved_bytes=free * 2)
+    everything = file_storage.FileBackend(None, instancedir.InstanceDirs(str(tmp_path)),
+                                          reserved_bytes=free * 2)
     assert everything.inventory().instance_bytes == 0

@@ -51,16 +51,18 @@ def random_mac() -> str:
 class LibvirtDriver(driver.ComputeDriver):
     """ComputeDriver over one libvirt connection (see ``host.Host``)."""
 
-    def __init__(self, options, node: str, instances_path: str, runtime, libvirt_mod=None):
+    def __init__(self, options, node: str, dirs: instancedir.InstanceDirs, runtime,
+                 libvirt_mod=None):
         """``options``: the ``[libvirt]`` option group only; ``node``: this node's host name
-        (written into, and required in, the metadata of every domain it owns)."""
+        (written into, and required in, the metadata of every domain it owns); ``dirs``: the
+        instance directories (console logs)."""
         if libvirt_mod is None:
             import libvirt as libvirt_mod
         self._lv = libvirt_mod
         self._options = options
         self._node = node
         self._virt_type = options.virt_type
-        self._instances_path = instances_path
+        self._dirs = dirs
         self._listener: Callable[[object], None] = lambda ev: None
         self._bridge = runtime.bridge(self._dispatch)
         self.host = vhost.Host(
@@ -86,7 +88,7 @@ class LibvirtDriver(driver.ComputeDriver):
             raise exception.ConfigError(
                 reason='[libvirt] virt_type=%s is not offered by %s for %s (offers: %s)'
                 % (self._virt_type, self.host.uri, facts.arch, ', '.join(types) or 'none'))
-        os.makedirs(self._instances_path, exist_ok=True)
+        os.makedirs(self._dirs.base, exist_ok=True)
         return facts.__dict__.copy()
 
     def set_event_listener(self, listener) -> None:
@@ -170,7 +172,7 @@ class LibvirtDriver(driver.ComputeDriver):
                       ('disk_gb', str(spec.disk_gb))))
 
     def instance_dir(self, uuid: str) -> str:
-        return instancedir.path(self._instances_path, uuid)
+        return self._dirs.path(uuid)
 
     def check_uuid_free(self, uuid: str) -> None:
         name = self._foreign.get(uuid)
@@ -181,7 +183,7 @@ class LibvirtDriver(driver.ComputeDriver):
         conn = self.host.conn()            # before anything is made: nothing to undo
         self.check_uuid_free(spec.uuid)    # a foreign domain seen since the request
         xml = self._guest_config(spec, disks).to_xml()
-        instancedir.create(self._instances_path, spec.uuid)
+        self._dirs.create(spec.uuid)
         # HypervisorUnavailable: the connection went during the call, which may or may not
         # have been carried out; nothing is undone here (the manager settles it).
         epoch = self.host.epoch          # both calls belong to this connection
@@ -274,7 +276,7 @@ class LibvirtDriver(driver.ComputeDriver):
         return False
 
     def _remove_files(self, uuid: str) -> None:
-        instancedir.remove(self._instances_path, uuid)
+        self._dirs.remove(uuid)
 
     # -- listing ----------------------------------------------------------------------------
     def list_instances(self) -> list[driver.InstanceInfo]:
