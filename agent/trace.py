@@ -7,22 +7,21 @@ its state. Work that belongs to no instance goes to a track of its own: ``journa
 commits), ``libvirt`` / ``storage`` / ``other`` (calls of RPC requests), ``conductor reports``,
 ``start-up``, ``audit``, ``reconnect``.
 
-Which track a work-queue call belongs to is whatever the calling (green)thread bound with
-``bind(uuid)``: a context variable, so every greenthread (and native thread) has its own.
+Which track a work-queue call belongs to is what the calling (green)thread works for
+(``agent.context``: the instance, else a named track): a context variable, so every
+greenthread (and native thread) has its own.
 Events are kept in memory (at most ``max_events``; later ones are counted as dropped) and
 written by ``write()`` as one JSON object, atomically. Plain code: no eventlet here.
 """
-import contextlib
-import contextvars
 import itertools
 import json
 import os
 import time
 from typing import Callable
 
+from agent import context
 from agent import exception
 
-_TRACK: contextvars.ContextVar = contextvars.ContextVar('compute_agent_trace_track', default=None)
 
 _KINDS = {'libvirt': 'libvirt', 'cmd': 'storage', 'journal': 'journal'}
 
@@ -44,11 +43,9 @@ class NullTracer:
     path = None
     now = staticmethod(time.monotonic)
 
-    def bind(self, uuid: str):
-        return contextlib.nullcontext()
-
     def bind_track(self, track: str):
-        return contextlib.nullcontext()
+        """Within this block, this (green)thread's work goes on ``track`` (``context``)."""
+        return context.working(track=track)
 
     def complete(self, name: str, cat: str, start: float, end: float,
                  uuid: str | None = None, track: str | None = None, **args) -> None:
@@ -93,14 +90,6 @@ class Tracer(NullTracer):
         return self._clock()
 
     # -- tracks -----------------------------------------------------------------------------
-    def bind(self, uuid: str):
-        """Within this block, work-queue calls of this (green)thread go to ``uuid``'s track."""
-        return _bound(instance_track(uuid))
-
-    def bind_track(self, track: str):
-        """Within this block, work-queue calls of this (green)thread go to ``track``."""
-        return _bound(track)
-
     def _tid(self, track: str) -> int:
         tid = self._tids.get(track)
         if tid is None:
@@ -110,7 +99,7 @@ class Tracer(NullTracer):
     def _track(self, uuid: str | None, track: str | None) -> str:
         if uuid is not None:
             return instance_track(uuid)
-        return track or _TRACK.get() or 'agent'
+        return track or _bound_track() or 'agent'
 
     def _us(self, t: float) -> float:
         return round((t - self._origin) * 1e6, 3)
@@ -145,7 +134,7 @@ class Tracer(NullTracer):
                 failed: bool) -> None:
         """Work-queue observer: the queue wait and the call, on the caller's track."""
         kind = op_kind(op)
-        track = _TRACK.get() or kind
+        track = _bound_track() or kind
         self.complete('wait ' + op, 'queue', enqueued, started, track=track)
         args = {'failed': True} if failed else {}
         self.complete(op, kind, started, ended, track=track, **args)
@@ -192,10 +181,7 @@ class Tracer(NullTracer):
         return dict(self.stats(), path=path)
 
 
-@contextlib.contextmanager
-def _bound(track: str):
-    token = _TRACK.set(track)
-    try:
-        yield
-    finally:
-        _TRACK.reset(token)
+def _bound_track() -> str | None:
+    """The track the current (green)thread's work belongs to (``agent.context``)."""
+    work = context.current()
+    return instance_track(work.uuid) if work.uuid is not None else work.track

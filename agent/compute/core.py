@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 
+from agent import context
 from agent import exception
 from agent import instancedir
 from agent import jobs as jobsmod
@@ -84,10 +85,15 @@ class Core:
         return self.tracker.auditing(busy=self.busy())
 
     @staticmethod
-    def attempt(uuid: str, what: str, fn, *args) -> bool:
-        """Run a clean-up step; log its failure instead of raising. True if it succeeded."""
+    def attempt(uuid: str, what: str, fn, *args, job: jobsmod.Job | None = None) -> bool:
+        """Run a clean-up step; log its failure instead of raising. True if it succeeded.
+        With ``job``, its hypervisor calls count as that job's."""
         try:
-            fn(*args)
+            if job is None:
+                fn(*args)
+            else:
+                with context.working(uuid=uuid, calls=job.calls):
+                    fn(*args)
             return True
         except exception.AgentError as exc:
             LOG.error('[instance: %s] %s failed: %s', uuid, what, exc)

@@ -92,10 +92,9 @@ class Recovery:
     def _remove_remnants(self, step: reconcile.Step) -> None:
         """What an interrupted boot made: its (not running) domain, disk and directory."""
         core = self._core
-        calls = step.job.calls
         if step.remove_domain:
             core.attempt(step.uuid, 'remove half-made domain', core.driver.destroy, step.uuid,
-                         calls)
+                         job=step.job)
         if (step.boot.spec or {}).get('disk_gb'):
             core.attempt(step.uuid, 'remove disk of an interrupted boot',
                          core.storage.delete_disks, step.uuid)
@@ -158,7 +157,7 @@ class Recovery:
         if step.remove_domain:
             LOG.warning('[instance: %s] removing the domain its failed boot left', step.uuid)
             core.attempt(step.uuid, 'remove domain of a failed boot', core.driver.destroy,
-                         step.uuid, step.job.calls)
+                         step.uuid, job=step.job)
         inst = self._instance_from(step, vm_state=states.ERROR, fault=step.job.reason)
         core.report(inst)
         return step.remove_domain
@@ -239,7 +238,7 @@ class Recovery:
             return False
         LOG.warning('[instance: %s] removing the domain its failed boot left', inst.uuid)
         return core.attempt(inst.uuid, 'remove domain of a failed boot', core.driver.destroy,
-                            inst.uuid, job.calls)
+                            inst.uuid, job=job)
 
     def remove_orphans(self, disks, dirs) -> bool:
         """Remove the disks and marked directories of these uuids, which no instance or job

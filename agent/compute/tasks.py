@@ -5,6 +5,7 @@ import logging
 import time
 from typing import Callable
 
+from agent import context
 from agent import exception
 from agent import jobs as jobsmod
 from agent import spec as specmod
@@ -38,7 +39,7 @@ class Tasks:
         core = self._core
         start = core.tracer.now()
         try:
-            with core.tracer.bind(inst.uuid):
+            with context.working(uuid=inst.uuid, calls=job.calls):
                 self._boot(job, inst, spec)
         finally:
             end = core.tracer.now()
@@ -67,7 +68,7 @@ class Tasks:
                 disks = (core.storage.create_root_disk(
                     spec.uuid, spec.disk_gb * storage_backend.GiB, spec.image,
                     spec.image_format),)
-            core.driver.spawn(spec, job.calls, disks)
+            core.driver.spawn(spec, disks)
         except Exception as exc:
             self._boot_failed(job, inst, exc, disks)
             return
@@ -111,14 +112,14 @@ class Tasks:
                 core.driver.ensure_reconnecting()   # in case nothing announced the loss
                 core.runtime.sleep(self._interval)
             try:
-                power = core.driver.power_state(inst.uuid, job.calls)
+                power = core.driver.power_state(inst.uuid)
                 if power == vdriver.RUNNING:
                     LOG.info('[instance: %s] the domain runs: the boot went through', inst.uuid)
                     core.jobs.finish(job)
                     core.change(inst, task=None)
                     self._events.apply_power(inst, power, 'settled', time.time())
                     return True
-                core.driver.destroy(inst.uuid, job.calls)   # domain (if any) and files
+                core.driver.destroy(inst.uuid)   # domain (if any) and files
                 return False
             except exception.HypervisorError as exc:
                 # A restarted libvirtd may still hold the domain's state lock while it
@@ -144,7 +145,7 @@ class Tasks:
                          inst.uuid, job.id)
                 return
             start = core.tracer.now()
-            with core.tracer.bind(inst.uuid):
+            with context.working(uuid=inst.uuid, calls=job.calls):
                 self._delete(job, inst)
             core.tracer.complete('delete job', 'job', start, core.tracer.now(), uuid=inst.uuid,
                                  job_id=job.id, state=job.state)
@@ -161,7 +162,7 @@ class Tasks:
         core.jobs.start(job)
         core.change(inst, task='deleting', vm_state=states.DELETING)
         try:
-            core.driver.destroy(inst.uuid, job.calls)
+            core.driver.destroy(inst.uuid)
             if inst.spec.get('disk_gb') or (not inst.spec and inst.uuid in core.storage.disks()):
                 core.storage.delete_disks(inst.uuid)
         except exception.AgentError as exc:

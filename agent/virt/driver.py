@@ -3,7 +3,6 @@
 The manager only sees these types; libvirt specifics stay in ``agent.virt.libvirt``.
 """
 import abc
-import collections
 import dataclasses
 from typing import Callable
 
@@ -77,10 +76,10 @@ class ComputeDriver(abc.ABC):
         context (a greenthread)."""
 
     @abc.abstractmethod
-    def spawn(self, spec: specmod.BootSpec, calls: collections.Counter, disks: tuple = ()) -> None:
+    def spawn(self, spec: specmod.BootSpec, disks: tuple = ()) -> None:
         """Create and start the instance with ``disks`` (storage.backend.Disk) attached.
         On failure nothing the driver made is left and the error carries the hypervisor's
-        reason. ``calls`` counts the hypervisor calls made."""
+        reason. Hypervisor calls are counted for the job ``agent.context`` names."""
 
     @abc.abstractmethod
     def check_uuid_free(self, uuid: str) -> None:
@@ -88,7 +87,7 @@ class ComputeDriver(abc.ABC):
         the agent did not make (from what the driver already knows: no hypervisor call)."""
 
     @abc.abstractmethod
-    def destroy(self, uuid: str, calls: collections.Counter) -> None:
+    def destroy(self, uuid: str) -> None:
         """Stop and remove the instance and its files; succeed if it is already gone. A
         domain with this uuid that the agent did not make (its metadata does not name the
         uuid and this node) is never touched."""
@@ -102,7 +101,7 @@ class ComputeDriver(abc.ABC):
         """False once the hypervisor connection is known to be lost (until reconnected)."""
 
     @abc.abstractmethod
-    def power_state(self, uuid: str, calls: collections.Counter) -> str | None:
+    def power_state(self, uuid: str) -> str | None:
         """The instance's power state from the hypervisor, None if it holds no such instance.
         Not for the hot path: used to settle a boot whose answer was lost."""
 

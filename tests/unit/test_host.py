@@ -1,7 +1,10 @@
 """The Host translates libvirt's errors into the agent's own: callers never test libvirt's
 error names."""
+import collections
+
 import pytest
 
+from agent import context
 from agent import exception
 from tests.unit import fakelibvirt
 from tests.unit.conftest import boot_spec
@@ -26,3 +29,18 @@ def test_libvirt_errors_arrive_as_the_agents_own_classes(agent):
         host.call('other', other)
     assert type(err.value) is exception.HypervisorError
     assert str(err.value) == 'libvirt other failed: something else'
+
+
+def test_calls_count_for_the_job_the_context_names_and_no_other(agent):
+    # One context variable tells every layer which instance and job a call belongs to: the
+    # driver contract carries no counters.
+    host = agent.driver.host
+    conn = host.conn()
+    mine = collections.Counter()
+    with context.working(uuid=U1, calls=mine):
+        host.call('getHostname', conn.getHostname)
+        with pytest.raises(exception.DomainNotFound):
+            host.call('lookupByUUIDString', conn.lookupByUUIDString, U2)
+    host.call('getHostname', conn.getHostname)            # no job bound: the node's only
+    assert mine == {'getHostname': 1, 'lookupByUUIDString': 1}
+    assert host.calls['getHostname'] >= 2

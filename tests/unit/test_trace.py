@@ -4,6 +4,7 @@ import uuid as uuidlib
 
 import pytest
 
+from agent import context
 from agent import exception
 from agent import trace
 from tests import trace_format
@@ -106,7 +107,7 @@ def test_events_past_the_limit_are_counted_as_dropped(tmp_path):
 
 def test_tracing_off_records_nothing(tmp_path):
     null = trace.NullTracer()
-    with null.bind('u'):
+    with context.working(uuid='u'):
         null.complete('x', 'test', 0, 1)
         null.on_call('libvirt.create', 0, 1, 2, False)
     assert null.write() == {'enabled': False}

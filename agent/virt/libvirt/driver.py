@@ -3,7 +3,6 @@
 Hot path of a boot: exactly two libvirt calls, defineXML and create. Host facts come from the
 cache in ``Host``; instance state comes from lifecycle events, never from polling.
 """
-import collections
 import logging
 import os
 import random
@@ -97,16 +96,14 @@ class LibvirtDriver(driver.ComputeDriver):
     def is_connected(self) -> bool:
         return self.host.connected
 
-    def power_state(self, uuid: str, calls: collections.Counter) -> str | None:
+    def power_state(self, uuid: str) -> str | None:
         conn, epoch = self.host.conn(), self.host.epoch
         try:
-            dom = self.host.call('lookupByUUIDString', conn.lookupByUUIDString, uuid,
-                                 instance=uuid, counter=calls, epoch=epoch)
-            state = self.host.call('state', dom.state, instance=uuid, counter=calls,
-                                   epoch=epoch)[0]
+            dom = self.host.call('lookupByUUIDString', conn.lookupByUUIDString, uuid, epoch=epoch)
+            state = self.host.call('state', dom.state, epoch=epoch)[0]
         except exception.DomainNotFound:
             return None
-        if not self._owned(uuid, dom, calls):
+        if not self._owned(uuid, dom):
             return None        # that uuid is someone else's domain: ours does not exist
         self._domains[uuid] = (epoch, dom)
         return _power_state_from_state(self._lv, state)
@@ -179,7 +176,7 @@ class LibvirtDriver(driver.ComputeDriver):
         if name is not None:
             raise exception.UuidTaken(uuid=uuid, name=name)
 
-    def spawn(self, spec: specmod.BootSpec, calls: collections.Counter, disks: tuple = ()) -> None:
+    def spawn(self, spec: specmod.BootSpec, disks: tuple = ()) -> None:
         conn = self.host.conn()            # before anything is made: nothing to undo
         self.check_uuid_free(spec.uuid)    # a foreign domain seen since the request
         xml = self._guest_config(spec, disks).to_xml()
@@ -189,8 +186,7 @@ class LibvirtDriver(driver.ComputeDriver):
         epoch = self.host.epoch          # both calls belong to this connection
         self._defining.add(spec.uuid)
         try:
-            dom = self.host.call('defineXML', conn.defineXML, xml, instance=spec.uuid,
-                                 counter=calls, epoch=epoch)
+            dom = self.host.call('defineXML', conn.defineXML, xml, epoch=epoch)
             self._ours.add(spec.uuid)        # before it leaves _defining: events see it ours
             self._foreign.pop(spec.uuid, None)
         except exception.HypervisorUnavailable:
@@ -202,7 +198,7 @@ class LibvirtDriver(driver.ComputeDriver):
             self._defining.discard(spec.uuid)
         self._domains[spec.uuid] = (epoch, dom)
         try:
-            self.host.call('create', dom.create, instance=spec.uuid, counter=calls, epoch=epoch)
+            self.host.call('create', dom.create, epoch=epoch)
         except exception.HypervisorUnavailable:
             raise
         except exception.DomainStateConflict:
@@ -219,38 +215,38 @@ class LibvirtDriver(driver.ComputeDriver):
         except exception.HypervisorError:
             LOG.warning('[instance: %s] start failed; removing its definition', spec.uuid)
             try:
-                self._undefine(spec.uuid, dom, calls)
+                self._undefine(spec.uuid, dom)
             except exception.AgentError as exc:   # the start's error is the one to report
                 LOG.warning('[instance: %s] could not remove the definition: %s', spec.uuid, exc)
             self._remove_files(spec.uuid)
             raise
 
-    def destroy(self, uuid: str, calls: collections.Counter) -> None:
+    def destroy(self, uuid: str) -> None:
         epoch, dom = self._domains.get(uuid, (None, None))
         if epoch != self.host.epoch:
             dom = None         # from a connection that is gone
         if dom is None:
             try:
-                dom = self.host.call('lookupByUUIDString', self.host.conn().lookupByUUIDString,
-                                     uuid, instance=uuid, counter=calls)
+                dom = self.host.call('lookupByUUIDString',
+                                     self.host.conn().lookupByUUIDString, uuid)
             except exception.DomainNotFound:
                 dom = None
-            if dom is not None and not self._owned(uuid, dom, calls):
+            if dom is not None and not self._owned(uuid, dom):
                 LOG.warning('[instance: %s] the domain with this uuid (%s) is not ours: left '
                             'untouched', uuid, dom.name())
                 dom = None
         if dom is not None:
             try:
-                self.host.call('destroy', dom.destroy, instance=uuid, counter=calls)
+                self.host.call('destroy', dom.destroy)
             except (exception.DomainStateConflict, exception.DomainNotFound):
                 pass        # not running, or gone already: the goal is "gone"
-            self._undefine(uuid, dom, calls)
+            self._undefine(uuid, dom)
         self._remove_files(uuid)
 
-    def _undefine(self, uuid: str, dom, calls: collections.Counter) -> None:
+    def _undefine(self, uuid: str, dom) -> None:
         self._own_undefines.add(uuid)
         try:
-            self.host.call('undefine', dom.undefine, instance=uuid, counter=calls)
+            self.host.call('undefine', dom.undefine)
         except exception.DomainNotFound:
             self._own_undefines.discard(uuid)
         except exception.HypervisorError:
@@ -259,15 +255,14 @@ class LibvirtDriver(driver.ComputeDriver):
         self._domains.pop(uuid, None)
         self._ours.discard(uuid)
 
-    def _owned(self, uuid: str, dom, calls: collections.Counter | None = None) -> bool:
+    def _owned(self, uuid: str, dom) -> bool:
         """Whether ``dom`` is this agent's: made or adopted by it, or carrying its metadata
         naming this uuid and this node (one XMLDesc call, never on the boot's hot path)."""
         if uuid in self._foreign:
             return False
         if uuid in self._ours:
             return True
-        meta = vconfig.parse_metadata(self.host.call('XMLDesc', dom.XMLDesc, 0, instance=uuid,
-                                                     counter=calls))
+        meta = vconfig.parse_metadata(self.host.call('XMLDesc', dom.XMLDesc, 0))
         if bool(meta) and meta.get('uuid') == uuid and meta.get('host') == self._node:
             self._ours.add(uuid)
             self._foreign.pop(uuid, None)
@@ -294,7 +289,7 @@ class LibvirtDriver(driver.ComputeDriver):
             ours = uuid in self._ours
             if not ours and dom.name().startswith(vconfig.DOMAIN_PREFIX):
                 meta = vconfig.parse_metadata(
-                    self.host.call('XMLDesc', dom.XMLDesc, 0, instance=uuid))
+                    self.host.call('XMLDesc', dom.XMLDesc, 0))
                 # Ours: our metadata, naming this domain and this node (an agent never takes
                 # the domains another agent made, even on a shared libvirtd).
                 ours = (bool(meta) and meta.get('uuid') == uuid

@@ -15,6 +15,7 @@ import logging
 import time
 from typing import Any, Callable
 
+from agent import context
 from agent import exception
 from agent.virt.libvirt import config as vconfig
 
@@ -190,22 +191,23 @@ class Host:
         """The number of the current connection (a new one after every reconnect)."""
         return self._epoch
 
-    def call(self, op: str, fn: Callable, *args, instance: str | None = None,
-             counter: collections.Counter | None = None, epoch: int | None = None) -> Any:
+    def call(self, op: str, fn: Callable, *args, epoch: int | None = None) -> Any:
         """Run one libvirt call on the work queue; count it; translate its errors.
 
-        ``counter`` (e.g. a job's) is incremented too, so calls can be attributed per boot.
-        ``epoch``: the connection the call's objects come from (default: the current one);
-        an error after that connection was replaced means the connection was lost.
+        The call is counted for the node, and for the job the calling (green)thread works
+        for (``agent.context``), so calls can be attributed per boot. ``epoch``: the
+        connection the call's objects come from (default: the current one); an error after
+        that connection was replaced means the connection was lost.
         """
+        work = context.current()
         self.calls[op] += 1
-        if counter is not None:
-            counter[op] += 1
+        if work.calls is not None:
+            work.calls[op] += 1
         epoch = self._epoch if epoch is None else epoch
         try:
             return self._wq.execute('libvirt.' + op, fn, *args)
         except self._lv.libvirtError as exc:
-            raise self._translate(op, exc, instance, epoch) from None
+            raise self._translate(op, exc, work.uuid, epoch) from None
 
     def _translate(self, op: str, exc, instance: str | None,
                    epoch: int) -> exception.HypervisorError:
