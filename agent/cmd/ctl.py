@@ -2,6 +2,7 @@
 
   compute-ctl boot --kernel test-vmlinuz --initrd test-initrd.img --count 5 --wait
   compute-ctl list | show UUID | job JOB_ID | delete UUID... [--wait] | wait UUID... | stats | storage
+  compute-ctl console UUID [--max-bytes N]   (the tail of its serial console log)
   compute-ctl trace       (write the agent's Chrome trace to its [trace] path)
 """
 import argparse
@@ -62,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument('uuids', nargs='+')
     w.add_argument('--state', action='append', default=None)
     w.add_argument('--timeout', type=float, default=300.0)
+    c = sub.add_parser('console', help="the tail of an instance's serial console log")
+    c.add_argument('uuid')
+    c.add_argument('--max-bytes', type=int, default=None)
     sub.add_parser('stats', help="the agent's counters")
     sub.add_parser('storage', help="the agent's storage capacity and disks (one shared listing)")
     sub.add_parser('trace', help="write the agent's Chrome trace so far to its [trace] path")
@@ -214,6 +218,10 @@ def main(argv=None) -> int:
     try:
         if args.cmd == 'job':
             _print_json(compute.get_job(args.host, args.job_id))
+            return 0
+        if args.cmd == 'console':
+            tail = compute.get_console_output(args.host, args.uuid, args.max_bytes)
+            sys.stdout.write(tail['output'])
             return 0
         if args.cmd == 'stats':
             _print_json(compute.get_stats(args.host))

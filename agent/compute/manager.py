@@ -106,6 +106,10 @@ class ComputeManager:
         """See ``Requests.list_instances``."""
         return self.requests.list_instances()
 
+    def console_output(self, uuid, max_bytes: int | None = None) -> dict:
+        """See ``Requests.console_output``."""
+        return self.requests.console_output(uuid, max_bytes)
+
     def handle_event(self, event) -> None:
         """See ``Events.handle``."""
         self.events.handle(event)

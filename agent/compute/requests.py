@@ -13,6 +13,8 @@ from agent.compute import tasks as tasksmod
 
 LOG = logging.getLogger(__name__)
 
+CONSOLE_BYTES = 64 * 1024          # get_console_output's default
+
 
 class Requests:
     """Accepts boots and deletes as durable jobs and answers queries."""
@@ -155,6 +157,15 @@ class Requests:
         if inst is None:
             raise exception.InstanceNotFound(uuid=uuid)
         return inst.to_dict()
+
+    def console_output(self, uuid, max_bytes: int | None = None) -> dict:
+        """The last ``max_bytes`` (default CONSOLE_BYTES) of an instance's console log, read
+        on the work queue; InstanceNotFound for an instance the node does not hold."""
+        uuid = specmod.validate_uuid(uuid)
+        if uuid not in self._core.instances:
+            raise exception.InstanceNotFound(uuid=uuid)
+        tail = self._core.driver.console_output(uuid, max_bytes or CONSOLE_BYTES)
+        return dict(tail, uuid=uuid)
 
     def list_instances(self) -> list[dict]:
         """Every instance the node holds."""

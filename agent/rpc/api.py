@@ -7,7 +7,7 @@ TOPIC = 'compute'
 class ComputeAPI:
     """Talks to the agent of node ``host``. Errors arrive as ``agent.exception`` classes."""
 
-    VERSION = '1.5'
+    VERSION = '1.6'
 
     def __init__(self, transport, timeout: float | None = None):
         target = oslo_messaging.Target(topic=TOPIC, version=self.VERSION)
@@ -46,6 +46,10 @@ class ComputeAPI:
 
     def write_trace(self, host: str) -> dict:
         return self._cctxt(host).call({}, 'write_trace')
+
+    def get_console_output(self, host: str, uuid: str, max_bytes: int | None = None) -> dict:
+        args = {'uuid': uuid} if max_bytes is None else {'uuid': uuid, 'max_bytes': max_bytes}
+        return self._cctxt(host).call({}, 'get_console_output', **args)
 
     def ping(self, host: str, timeout: float | None = None) -> str:
         return self._cctxt(host, timeout).call({}, 'ping')

@@ -12,6 +12,7 @@ from agent import exception
 from agent import spec as specmod
 
 MAX_UUIDS = 10000
+MAX_CONSOLE_BYTES = 1 << 20
 
 
 def _object(name: str, value):
@@ -34,6 +35,14 @@ def _uuid_list(name: str, value):
     return [specmod.validate_uuid(v, name) for v in value]
 
 
+def _console_bytes(name: str, value):
+    if isinstance(value, bool) or not isinstance(value, int) \
+            or not 1 <= value <= MAX_CONSOLE_BYTES:
+        raise exception.InvalidSpec(reason='%s: an integer from 1 to %d'
+                                    % (name, MAX_CONSOLE_BYTES))
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class Arg:
     name: str
@@ -53,6 +62,7 @@ METHODS: dict[str, tuple[Arg, ...]] = {
     'get_stats': (),
     'ping': (),
     'write_trace': (),
+    'get_console_output': (Arg('uuid', _uuid), Arg('max_bytes', _console_bytes, required=False)),
 }
 
 

@@ -9,6 +9,7 @@ Version history:
   1.5 - trust: delete_instance of a uuid the node does not hold records nothing (job_id None)
         and a repeated delete answers the accepted job (existing); boot_instance may raise
         UuidTaken, InvalidImage and AcceptanceUnknown; NICs limited by [network]
+  1.6 - get_console_output
 
 Methods validate, hand work to the manager and answer at once: none waits for libvirt.
 """
@@ -21,7 +22,7 @@ _EXPECTED = oslo_messaging.expected_exceptions(exception.AgentError)
 
 
 class ComputeEndpoint:
-    target = oslo_messaging.Target(version='1.5')
+    target = oslo_messaging.Target(version='1.6')
 
     def __init__(self, manager, stats_fn, write_trace_fn=None):
         self._manager = manager
@@ -88,6 +89,12 @@ class ComputeEndpoint:
         dropped}, or {enabled: false} when tracing is off."""
         self._args('write_trace', args)
         return self._write_trace()
+
+    @_EXPECTED
+    def get_console_output(self, ctxt, **args):
+        """The tail of an instance's serial console log: {uuid, output, size, truncated}."""
+        args = self._args('get_console_output', args)
+        return self._manager.console_output(args['uuid'], args.get('max_bytes'))
 
     @_EXPECTED
     def ping(self, ctxt, **args):

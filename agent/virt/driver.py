@@ -112,5 +112,10 @@ class ComputeDriver(abc.ABC):
         (close event, or a call that found it dead) starts this by itself."""
 
     @abc.abstractmethod
+    def console_output(self, uuid: str, max_bytes: int) -> dict:
+        """The last ``max_bytes`` of the instance's serial console log (read on the work
+        queue, no hypervisor call): ``{output, size, truncated}``; empty if none yet."""
+
+    @abc.abstractmethod
     def stats(self) -> dict:
         """Counters: hypervisor calls by operation, host facts."""

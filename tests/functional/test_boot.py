@@ -41,6 +41,21 @@ def test_boot_five_vms_in_parallel(node):
     _boot_and_check(node, 5)
 
 
+def test_console_output_is_the_tail_of_the_guests_serial_log(node):
+    spec = node.spec()
+    node.boot(spec)
+    node.wait_states([spec['uuid']], ['active'])
+    node.wait_console(spec['uuid'], MARKER)
+    whole = node.compute.get_console_output(node.host, spec['uuid'])
+    assert MARKER in whole['output'] and whole['uuid'] == spec['uuid']
+    assert whole['size'] >= len(MARKER) and not whole['truncated']
+    tail = node.compute.get_console_output(node.host, spec['uuid'], 10)
+    assert tail['truncated'] and 0 < len(tail['output']) <= 10, tail    # chars <= bytes read
+    with pytest.raises(exception.InstanceNotFound):
+        node.compute.get_console_output(node.host, str(uuidlib.uuid4()))
+    node.delete([spec['uuid']])
+
+
 def test_parallel_boots_are_traced_and_counted_in_metrics(node):
     """The real agent's Chrome trace (written on request) has a well-formed track per boot
     with its two libvirt calls, and /metrics counts the boots."""

@@ -47,6 +47,27 @@ def random_mac() -> str:
     return '52:54:00:%02x:%02x:%02x' % tuple(random.randint(0, 255) for _ in range(3))
 
 
+CONSOLE_LOG = 'console.log'
+
+
+def read_tail(path: str, max_bytes: int) -> dict:
+    """The last ``max_bytes`` of the file at ``path`` (not following a symlink), decoded
+    with replacement: guest output is untrusted bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return {'output': '', 'size': 0, 'truncated': False}
+    except OSError as exc:
+        raise exception.AgentError('console log %s: %s' % (path, exc.strerror)) from None
+    try:
+        size = os.fstat(fd).st_size
+        start = max(0, size - max_bytes)
+        data = os.pread(fd, min(max_bytes, size), start)
+    finally:
+        os.close(fd)
+    return {'output': data.decode('utf-8', 'replace'), 'size': size, 'truncated': start > 0}
+
+
 class LibvirtDriver(driver.ComputeDriver):
     """ComputeDriver over one libvirt connection (see ``host.Host``)."""
 
@@ -64,6 +85,7 @@ class LibvirtDriver(driver.ComputeDriver):
         self._dirs = dirs
         self._listener: Callable[[object], None] = lambda ev: None
         self._bridge = runtime.bridge(self._dispatch)
+        self._wq = runtime.workqueue
         self.host = vhost.Host(
             options.connection_uri, runtime, libvirt_mod, event_sink=self._bridge.put,
             keepalive=(options.keepalive_interval, options.keepalive_count),
@@ -161,12 +183,16 @@ class LibvirtDriver(driver.ComputeDriver):
         return vconfig.GuestConfig(
             uuid=spec.uuid, name=spec.name, virt_type=self._virt_type, arch=facts.arch,
             vcpus=spec.vcpus, memory_mb=spec.memory_mb,
-            console_log=os.path.join(self.instance_dir(spec.uuid), 'console.log'),
+            console_log=os.path.join(self.instance_dir(spec.uuid), CONSOLE_LOG),
             kernel=spec.kernel, initrd=spec.initrd, cmdline=spec.cmdline, disks=disks, nics=nics,
             cpu_mode=self._options.cpu_mode, tcg_tb_cache_mb=self._options.tcg_tb_cache_mb,
             metadata=(('host', self._node), ('created', '%.3f' % time.time()),
                       ('vcpus', str(spec.vcpus)), ('memory_mb', str(spec.memory_mb)),
                       ('disk_gb', str(spec.disk_gb))))
+
+    def console_output(self, uuid: str, max_bytes: int) -> dict:
+        return self._wq.execute('console.read', read_tail,
+                                os.path.join(self.instance_dir(uuid), CONSOLE_LOG), max_bytes)
 
     def instance_dir(self, uuid: str) -> str:
         return self._dirs.path(uuid)
