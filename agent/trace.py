@@ -13,6 +13,7 @@ greenthread (and native thread) has its own.
 Events are kept in memory (at most ``max_events``; later ones are counted as dropped) and
 written by ``write()`` as one JSON object, atomically. Plain code: no eventlet here.
 """
+import contextlib
 import itertools
 import json
 import os
@@ -36,8 +37,38 @@ def instance_track(uuid: str) -> str:
     return 'instance %s' % uuid
 
 
+class Request:
+    """The spans of one request: its phases (``phase``) and the request itself, kept until
+    ``finish`` records them all, so a refused request leaves no spans behind. ``seconds``
+    (the request's duration at ``finish``) serves the metrics, tracing on or off."""
+
+    def __init__(self, tracer: 'NullTracer', name: str, cat: str):
+        self._tracer = tracer
+        self._name, self._cat = name, cat
+        self._start = tracer.now()
+        self._phases: list[tuple[str, float, float]] = []
+        self.seconds = 0.0
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        """Time the block as phase ``name`` of the request (kept only if it completes)."""
+        start = self._tracer.now()
+        yield
+        self._phases.append((name, start, self._tracer.now()))
+
+    def finish(self, uuid: str | None = None, **args) -> float:
+        """Record the phases and the request (on ``uuid``'s track); return its seconds."""
+        end = self._tracer.now()
+        for name, start, stop in self._phases:
+            self._tracer.complete(name, 'request', start, stop, uuid=uuid)
+        self._tracer.complete(self._name, self._cat, self._start, end, uuid=uuid, **args)
+        self.seconds = end - self._start
+        return self.seconds
+
+
 class NullTracer:
-    """Tracing off: every method is a no-op."""
+    """Tracing off: every method is a no-op (``request`` still times requests for the
+    metrics)."""
 
     enabled = False
     path = None
@@ -46,6 +77,10 @@ class NullTracer:
     def bind_track(self, track: str):
         """Within this block, this (green)thread's work goes on ``track`` (``context``)."""
         return context.working(track=track)
+
+    def request(self, name: str, cat: str = 'rpc') -> Request:
+        """Begin timing a request and its phases (``Request``)."""
+        return Request(self, name, cat)
 
     def complete(self, name: str, cat: str, start: float, end: float,
                  uuid: str | None = None, track: str | None = None, **args) -> None:

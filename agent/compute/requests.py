@@ -29,32 +29,39 @@ class Requests:
         """Validate, claim, record the job; return ``{job_id, uuid}`` once it is on disk (or
         the existing job, ``existing``). The boot runs in its own (green)thread."""
         core = self._core
-        now = core.tracer.now
-        times = {'received': now()}
-        spec = specmod.validate_boot_spec(raw_spec, self.limits)
-        if not core.journal.room_again():
-            raise exception.InsufficientResources(
-                resource='disk', reason='this node is out of disk space (its job journal '
-                                        'runs on its reserve); only deletes are accepted')
-        times['valid'] = now()
-        accepted = self._accept_boot(spec, times)
+        request = core.tracer.request('boot_instance')
+        with request.phase('validate'):
+            spec = specmod.validate_boot_spec(raw_spec, self.limits)
+            if not core.journal.room_again():
+                raise exception.InsufficientResources(
+                    resource='disk', reason='this node is out of disk space (its job journal '
+                                            'runs on its reserve); only deletes are accepted')
+        accepted = self._accept_boot(spec, request)
         if isinstance(accepted, dict):
             return accepted                       # the uuid's existing boot
         inst, job, ticket = accepted
-        times['journal'] = now()
-        self._wait_recorded_boot(spec, inst, job, ticket)
-        times['journaled'] = now()
+        with request.phase('journal wait'):
+            self._wait_recorded_boot(spec, inst, job, ticket)
         core.report(inst)
         LOG.debug('[instance: %s] boot accepted as job %s', spec.uuid, job.id)
-        self._trace_boot_request(spec.uuid, job.id, times, now())
+        # Recorded before the job is spawned: the job's span follows the request's.
+        core.metrics.request('boot_instance', request.finish(uuid=spec.uuid, job_id=job.id))
         core.runtime.spawn(self._tasks.run_boot, job, inst, spec)
         return {'job_id': job.id, 'uuid': spec.uuid}
 
-    def _accept_boot(self, spec: specmod.BootSpec, times: dict):
+    def _accept_boot(self, spec: specmod.BootSpec, request):
         """Under the lock: the existing boot's answer, or (instance, job, journal ticket)."""
         core = self._core
-        with core.lock:
-            times['locked'] = core.tracer.now()
+        with request.phase('lock wait'):
+            core.lock.acquire()
+        try:
+            return self._accept_boot_locked(spec, request)
+        finally:
+            core.lock.release()
+
+    def _accept_boot_locked(self, spec: specmod.BootSpec, request):
+        core = self._core
+        with request.phase('claim'):
             inst = core.instances.get(spec.uuid)
             if inst is not None:
                 if inst.delete_job is not None:
@@ -66,15 +73,14 @@ class Requests:
             core.driver.check_uuid_free(spec.uuid)
             # In-memory arithmetic only; a refusal leaves nothing recorded.
             core.tracker.claim(spec.uuid, spec.vcpus, spec.memory_mb, spec.disk_gb)
-            times['claimed'] = core.tracer.now()
-            inst = instancemod.Instance(uuid=spec.uuid, name=spec.name, spec=spec.to_dict(),
-                                        task='spawning')
-            # Held from here until the boot job ends: a delete that arrives meanwhile (even
-            # while the job is being journaled) waits for the boot, never runs before it.
-            inst.lock.acquire()
-            job, ticket = core.jobs.create('boot', spec.uuid, spec=spec.to_dict())
-            inst.boot_job = job.id
-            core.instances[spec.uuid] = inst
+        inst = instancemod.Instance(uuid=spec.uuid, name=spec.name, spec=spec.to_dict(),
+                                    task='spawning')
+        # Held from here until the boot job ends: a delete that arrives meanwhile (even
+        # while the job is being journaled) waits for the boot, never runs before it.
+        inst.lock.acquire()
+        job, ticket = core.jobs.create('boot', spec.uuid, spec=spec.to_dict())
+        inst.boot_job = job.id
+        core.instances[spec.uuid] = inst
         return inst, job, ticket
 
     def _wait_recorded_boot(self, spec: specmod.BootSpec, inst: instancemod.Instance,
@@ -98,18 +104,6 @@ class Requests:
             core.jobs.forget(job)        # never written: nothing of it exists
             inst.lock.release()
             raise exception.JournalUnavailable(reason=str(exc)) from None
-
-    def _trace_boot_request(self, uuid: str, job_id: str, times: dict, answered: float) -> None:
-        # Recorded before the job is spawned: the job's span follows the request's.
-        core = self._core
-        core.metrics.request('boot_instance', answered - times['received'])
-        for name, start, end in (('validate', 'received', 'valid'),
-                                 ('lock wait', 'valid', 'locked'),
-                                 ('claim', 'locked', 'claimed'),
-                                 ('journal wait', 'journal', 'journaled')):
-            core.tracer.complete(name, 'request', times[start], times[end], uuid=uuid)
-        core.tracer.complete('boot_instance', 'rpc', times['received'], answered, uuid=uuid,
-                             job_id=job_id)
 
     # -- delete -----------------------------------------------------------------------------
     def delete_instance(self, uuid) -> dict:

@@ -128,3 +128,27 @@ def test_a_failed_write_raises_a_clear_error_and_leaves_no_partial_file(tmp_path
     (tmp_path / 'blocker').write_text('')
     with pytest.raises(exception.TraceWriteFailed):
         tracer.write(str(tmp_path / 'blocker' / 'trace.json'))   # its directory is a file
+
+
+def test_a_refused_boot_request_leaves_no_spans_and_an_accepted_one_all_its_phases(
+        conf, hv, tmp_path):
+    tracer = trace.Tracer(str(tmp_path / 'trace.json'), 'compute-agent node1')
+    a = Agent(conf, hv, tracer=tracer)
+    try:
+        refused = str(uuidlib.uuid4())
+        with pytest.raises(exception.InsufficientResources):
+            a.manager.boot_instance(boot_spec(refused, memory_mb=10 ** 6, vcpus=1))
+        assert not [e for e in tracer.events() if e.get('cat') in ('request', 'rpc')]
+        accepted = str(uuidlib.uuid4())
+        a.wait_job(a.manager.boot_instance(boot_spec(accepted))['job_id'])
+        names = [e['name'] for e in _slices(tracer.events()) if e['cat'] in ('request', 'rpc')]
+        assert names == ['validate', 'lock wait', 'claim', 'journal wait', 'boot_instance']
+    finally:
+        a.stop()
+
+
+def test_requests_are_timed_for_the_metrics_with_tracing_off():
+    request = trace.NullTracer().request('boot_instance')
+    with request.phase('validate'):
+        pass
+    assert request.finish(uuid='u') >= 0 and request.seconds >= 0
