@@ -13,12 +13,21 @@ Version history:
 
 Methods validate, hand work to the manager and answer at once: none waits for libvirt.
 """
+import functools
+
 import oslo_messaging
 
 from agent import exception
 from agent.rpc import schema
 
-_EXPECTED = oslo_messaging.expected_exceptions(exception.AgentError)
+
+def _expected(method):
+    """The agent's own errors go back to the caller as they are (oslo.messaging's
+    expected_exceptions), and the method keeps its signature (functools.wraps)."""
+    return functools.wraps(method)(oslo_messaging.expected_exceptions(exception.AgentError)(method))
+
+
+_MISSING = object()     # an argument the caller did not give (None is a value)
 
 
 class ComputeEndpoint:
@@ -30,73 +39,88 @@ class ComputeEndpoint:
         self._write_trace = write_trace_fn or (lambda: {'enabled': False})
         self.invalid_requests = 0
 
-    def _args(self, method: str, args: dict) -> dict:
+    def _args(self, method: str, unexpected: dict, **given) -> dict:
+        """The clean arguments of ``method`` (``agent.rpc.schema``): the named ones the caller
+        gave, and InvalidSpec naming any other."""
+        args = dict(unexpected, **{k: v for k, v in given.items() if v is not _MISSING})
         try:
             return schema.validate(method, args)
         except exception.InvalidSpec:
             self.invalid_requests += 1
             raise
 
-    @_EXPECTED
-    def boot_instance(self, ctxt, **args):
-        spec = self._args('boot_instance', args)['spec']
+    @_expected
+    def boot_instance(self, ctxt, spec=_MISSING, **unexpected):
+        """Accept a boot of ``spec`` (``agent.spec``); {job_id, uuid[, existing]} at once."""
+        spec = self._args('boot_instance', unexpected, spec=spec)['spec']
         try:
             return self._manager.boot_instance(spec)
         except exception.InvalidSpec:
             self.invalid_requests += 1
             raise
 
-    @_EXPECTED
-    def delete_instance(self, ctxt, **args):
-        return self._manager.delete_instance(self._args('delete_instance', args)['uuid'])
+    @_expected
+    def delete_instance(self, ctxt, uuid=_MISSING, **unexpected):
+        """Accept a delete of ``uuid``; {job_id, uuid[, existing]} at once."""
+        return self._manager.delete_instance(
+            self._args('delete_instance', unexpected, uuid=uuid)['uuid'])
 
-    @_EXPECTED
-    def get_job(self, ctxt, **args):
-        return self._manager.get_job(self._args('get_job', args)['job_id'])
+    @_expected
+    def get_job(self, ctxt, job_id=_MISSING, **unexpected):
+        """A job, also from before a restart."""
+        return self._manager.get_job(self._args('get_job', unexpected, job_id=job_id)['job_id'])
 
-    @_EXPECTED
-    def get_instance(self, ctxt, **args):
-        return self._manager.get_instance(self._args('get_instance', args)['uuid'])
+    @_expected
+    def get_instance(self, ctxt, uuid=_MISSING, **unexpected):
+        """An instance the node holds."""
+        return self._manager.get_instance(
+            self._args('get_instance', unexpected, uuid=uuid)['uuid'])
 
-    @_EXPECTED
-    def list_instances(self, ctxt, **args):
-        self._args('list_instances', args)
+    @_expected
+    def list_instances(self, ctxt, **unexpected):
+        """Every instance the node holds."""
+        self._args('list_instances', unexpected)
         return self._manager.list_instances()
 
-    @_EXPECTED
-    def get_storage(self, ctxt, **args):
-        return self._manager.storage_report(self._args('get_storage', args).get('uuids'))
+    @_expected
+    def get_storage(self, ctxt, uuids=_MISSING, **unexpected):
+        """Capacity and the agent's disks (of ``uuids``, or all) from one shared listing."""
+        return self._manager.storage_report(
+            self._args('get_storage', unexpected, uuids=uuids).get('uuids'))
 
-    @_EXPECTED
-    def get_resources(self, ctxt, **args):
-        self._args('get_resources', args)
+    @_expected
+    def get_resources(self, ctxt, **unexpected):
+        """The last usage report with the tracker's counters."""
+        self._args('get_resources', unexpected)
         return self._manager.resource_report()
 
-    @_EXPECTED
-    def audit_resources(self, ctxt, **args):
+    @_expected
+    def audit_resources(self, ctxt, **unexpected):
         """Run a resource audit now; returns the uuids whose usage it corrected."""
-        self._args('audit_resources', args)
+        self._args('audit_resources', unexpected)
         return self._manager.audit()
 
-    @_EXPECTED
-    def get_stats(self, ctxt, **args):
-        self._args('get_stats', args)
+    @_expected
+    def get_stats(self, ctxt, **unexpected):
+        """The agent's counters."""
+        self._args('get_stats', unexpected)
         return dict(self._stats(), invalid_requests=self.invalid_requests)
 
-    @_EXPECTED
-    def write_trace(self, ctxt, **args):
+    @_expected
+    def write_trace(self, ctxt, **unexpected):
         """Write the trace recorded so far to ``[trace] path``; {path, events, tracks,
         dropped}, or {enabled: false} when tracing is off."""
-        self._args('write_trace', args)
+        self._args('write_trace', unexpected)
         return self._write_trace()
 
-    @_EXPECTED
-    def get_console_output(self, ctxt, **args):
+    @_expected
+    def get_console_output(self, ctxt, uuid=_MISSING, max_bytes=_MISSING, **unexpected):
         """The tail of an instance's serial console log: {uuid, output, size, truncated}."""
-        args = self._args('get_console_output', args)
+        args = self._args('get_console_output', unexpected, uuid=uuid, max_bytes=max_bytes)
         return self._manager.console_output(args['uuid'], args.get('max_bytes'))
 
-    @_EXPECTED
-    def ping(self, ctxt, **args):
-        self._args('ping', args)
+    @_expected
+    def ping(self, ctxt, **unexpected):
+        """'pong'."""
+        self._args('ping', unexpected)
         return 'pong'

@@ -1,4 +1,5 @@
 """One schema for every RPC method: each bad argument named, unknown ones refused."""
+import inspect
 import re
 
 import pytest
@@ -48,6 +49,15 @@ def test_each_bad_argument_is_named(method, args, match):
 def test_every_endpoint_method_has_a_schema_and_nothing_more():
     methods = {m for m in dir(server.ComputeEndpoint) if not m.startswith('_')}
     assert methods - {'target', 'invalid_requests'} == set(schema.METHODS)
+
+
+def test_every_endpoint_signature_names_exactly_its_arguments():
+    # The signatures show the API; anything else lands in **unexpected and is refused by name.
+    for method, args in schema.METHODS.items():
+        params = inspect.signature(getattr(server.ComputeEndpoint, method)).parameters
+        named = [p for p in params if p not in ('self', 'ctxt', 'unexpected')]
+        assert named == [a.name for a in args], method
+        assert params['unexpected'].kind is inspect.Parameter.VAR_KEYWORD
 
 
 anything = st.recursive(
