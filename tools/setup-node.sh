@@ -185,12 +185,14 @@ write_credentials() {
     if [ -f "$file" ]; then
         pass=$(sed -n 's|^transport_url = rabbit://[^:]*:\([^@]*\)@.*|\1|p' "$file")
     fi
-    if [ -z "$pass" ] || ! rabbitmqctl -q authenticate_user "$user" "$pass" >/dev/null 2>&1; then
+    # Passwords go to rabbitmqctl on its stdin (printf is a builtin), never on a command line
+    # that other local users could read in the process list.
+    if [ -z "$pass" ] || ! printf '%s' "$pass" | rabbitmqctl -q authenticate_user "$user" >/dev/null 2>&1; then
         pass=$(openssl rand -hex 24)
         if rabbitmqctl -q list_users | awk '{print $1}' | grep -qx "$user"; then
-            rabbitmqctl -q change_password "$user" "$pass" >/dev/null
+            printf '%s' "$pass" | rabbitmqctl -q change_password "$user" >/dev/null
         else
-            rabbitmqctl -q add_user "$user" "$pass" >/dev/null
+            printf '%s' "$pass" | rabbitmqctl -q add_user "$user" >/dev/null
         fi
         log "broker user $user: new password in $file"
     fi
