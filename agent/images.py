@@ -99,9 +99,9 @@ def _inspect_fd(fd: int, name: str, field: str, header_check: bool) -> ImageInfo
         raise exception.InvalidImage(
             field=field, reason='%r has %d links; an image must have exactly one (a hard link '
                                 'could name any file of the host)' % (name, st.st_nlink))
-    data = os.pread(fd, _HEADER_READ, 0)
     fmt, size = 'raw', st.st_size
-    if header_check and data[:4] == QCOW2_MAGIC:
+    data = os.pread(fd, _HEADER_READ, 0) if header_check else b''   # kernels: bytes only
+    if data[:4] == QCOW2_MAGIC:
         try:
             header = parse_qcow2_header(data)
         except ValueError as exc:
@@ -133,11 +133,6 @@ def recheck(path: str, info: ImageInfo, field: str) -> None:
         raise exception.InvalidImage(
             field=field, reason='%s changed after it was checked; boot refused'
             % os.path.basename(path))
-
-
-def image_format(path: str) -> str:
-    with open(path, 'rb') as f:
-        return 'qcow2' if f.read(4) == QCOW2_MAGIC else 'raw'
 
 
 def virtual_size(path: str) -> int:

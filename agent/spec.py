@@ -100,6 +100,15 @@ def _invalid(field: str, why: str) -> exception.InvalidSpec:
     return exception.InvalidSpec(reason='%s: %s' % (field, why))
 
 
+def is_canonical_uuid(value) -> bool:
+    """Whether ``value`` is a uuid string already in canonical lower-case 8-4-4-4-12 form
+    (what the agent itself sends: the conductor and the storage worker accept nothing else)."""
+    try:
+        return isinstance(value, str) and str(uuidlib.UUID(value)) == value
+    except ValueError:
+        return False
+
+
 def validate_uuid(value, field: str = 'uuid') -> str:
     """Return the canonical lower-case form of a uuid string, or raise InvalidSpec."""
     if not isinstance(value, str):

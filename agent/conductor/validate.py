@@ -7,9 +7,9 @@ refused whole, with the reason.
 """
 import math
 import re
-import uuid as uuidlib
 
 from agent import exception
+from agent import spec as specmod
 
 HOST_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9._-]{0,254}')
 VM_STATES = frozenset({'building', 'active', 'paused', 'stopped', 'deleting', 'deleted',
@@ -26,12 +26,9 @@ def _refuse(why: str) -> exception.InvalidReport:
 
 
 def uuid(value, where: str) -> str:
-    try:
-        if isinstance(value, str) and str(uuidlib.UUID(value)) == value:
-            return value
-    except ValueError:
-        pass
-    raise _refuse('%s: not a canonical uuid' % where)
+    if not specmod.is_canonical_uuid(value):
+        raise _refuse('%s: not a canonical uuid' % where)
+    return value
 
 
 def number(value, where: str, lo: float, hi: float, integer: bool = False,

@@ -9,8 +9,8 @@ directory. Pure code: no process is started here.
 import dataclasses
 import os
 import re
-import uuid as uuidlib
 
+from agent import spec
 from agent.storage import lvm_report
 
 OWNER_TAG = 'compute-agent'
@@ -40,12 +40,9 @@ def lv_name(uuid: str) -> str:
 
 def _uuid(args: dict) -> str:
     value = args.get('uuid')
-    try:
-        if isinstance(value, str) and str(uuidlib.UUID(value)) == value:
-            return value
-    except ValueError:
-        pass
-    raise Refused('uuid: not a canonical lower-case uuid')
+    if not spec.is_canonical_uuid(value):
+        raise Refused('uuid: not a canonical lower-case uuid')
+    return value
 
 
 def _vg(args: dict, policy: Policy) -> str:
