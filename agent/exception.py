@@ -25,21 +25,24 @@ class AgentError(Exception):
 
 
 class InvalidSpec(AgentError):
+    """A request argument or boot-spec field is invalid; the message names it."""
     msg_fmt = 'Invalid request: %(reason)s'
 
 
 class InstanceNotFound(AgentError):
+    """The node holds no instance with this uuid."""
     msg_fmt = 'Instance %(uuid)s not found'
 
 
 class InstanceBusy(AgentError):
+    """A job works on the instance; the request may be repeated when it ends."""
     msg_fmt = 'Instance %(uuid)s is %(state)s; try again when that finishes'
 
 
 class InstanceInvalidState(AgentError):
     """A change of state the instance state machine does not allow (``agent.compute.states``)."""
 
-    msg_fmt = 'Instance %(uuid)s is %(state)s: it cannot become %(target)s'
+    msg_fmt = 'Instance %(uuid)s is %(state)s: it cannot %(action)s'
 
 
 class DirectoryNotOurs(AgentError):
@@ -49,6 +52,7 @@ class DirectoryNotOurs(AgentError):
 
 
 class JobNotFound(AgentError):
+    """No such job (never made here, or pruned after ``[jobs] retention``)."""
     msg_fmt = 'Job %(job_id)s not found'
 
 
@@ -68,10 +72,13 @@ class DomainStateConflict(HypervisorError):
 
 
 class HypervisorUnavailable(HypervisorError):
+    """The hypervisor connection is gone; a call made on it may or may not have been carried
+    out."""
     msg_fmt = 'libvirt is unreachable: %(reason)s'
 
 
 class ConfigError(AgentError):
+    """The configuration cannot work on this node; the agent does not start."""
     msg_fmt = 'Configuration error: %(reason)s'
 
 
@@ -88,14 +95,17 @@ class InsufficientResources(InvalidSpec):
 
 
 class ClaimExists(InvalidSpec):
+    """The uuid already holds a resource claim."""
     msg_fmt = 'Instance %(uuid)s already holds a resource claim'
 
 
 class TraceWriteFailed(AgentError):
+    """The trace could not be written to ``[trace] path``."""
     msg_fmt = 'Could not write the trace to %(path)s: %(reason)s'
 
 
 class JournalUnavailable(AgentError):
+    """The job could not be recorded in the journal: nothing was accepted."""
     msg_fmt = 'The request was not recorded, so not accepted: %(reason)s'
 
 

@@ -1,4 +1,4 @@
-"""Jobs: every boot and delete is one, with an id, a state and, when failed, the reason.
+"""Jobs: every boot, delete, stop, start and reboot is one, with an id, a state and, when failed, the reason.
 
 States: queued -> running -> done | failed (with the reason). The table is the in-memory
 mirror of the durable journal (``agent.journal``): every change is put there, the table is
@@ -22,8 +22,10 @@ FINISHED = (DONE, FAILED)
 
 @dataclasses.dataclass
 class Job:
+    """One job: what it does (``kind``) to which instance, its state, reason, result and
+    libvirt calls."""
     id: str
-    kind: str                  # boot | delete
+    kind: str                  # boot | delete | stop | start | reboot
     uuid: str                  # the instance
     state: str = QUEUED
     reason: str | None = None
@@ -31,28 +33,35 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     attempts: int = 1          # runs, counting resumptions after restarts
-    spec: dict | None = None   # a boot's validated spec: what a resumed boot runs again
+    spec: dict | None = None   # a boot's validated spec, a power job's arguments: what a
+    #                            resumed job runs again
+    result: str | None = None  # how a done job got there (e.g. 'graceful', 'forced')
     calls: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
     def to_dict(self) -> dict:
+        """The job as ``get_job`` answers it."""
         return {'job_id': self.id, 'kind': self.kind, 'uuid': self.uuid, 'state': self.state,
                 'reason': self.reason, 'created_at': self.created_at,
                 'started_at': self.started_at, 'finished_at': self.finished_at,
-                'attempts': self.attempts, 'libvirt_calls': sum(self.calls.values()),
+                'attempts': self.attempts, 'result': self.result,
+                'libvirt_calls': sum(self.calls.values()),
                 'libvirt_calls_by_op': dict(self.calls)}
 
     def row(self) -> dict:
+        """The job as the journal stores it."""
         return {'id': self.id, 'kind': self.kind, 'uuid': self.uuid, 'state': self.state,
                 'reason': self.reason, 'created_at': self.created_at,
                 'started_at': self.started_at, 'finished_at': self.finished_at,
-                'attempts': self.attempts, 'calls': dict(self.calls), 'spec': self.spec}
+                'attempts': self.attempts, 'calls': dict(self.calls), 'spec': self.spec,
+                'result': self.result}
 
     @classmethod
     def from_row(cls, row: dict) -> 'Job':
+        """A job from its journal row (the inverse of ``row``)."""
         return cls(id=row['id'], kind=row['kind'], uuid=row['uuid'], state=row['state'],
                    reason=row['reason'], created_at=row['created_at'],
                    started_at=row['started_at'], finished_at=row['finished_at'],
-                   attempts=row['attempts'] or 1, spec=row['spec'],
+                   attempts=row['attempts'] or 1, spec=row['spec'], result=row.get('result'),
                    calls=collections.Counter(row['calls'] or {}))
 
 
@@ -91,6 +100,7 @@ class JobTable:
             self.counts[QUEUED] -= 1
 
     def start(self, job: Job) -> None:
+        """Mark ``job`` running (journaled)."""
         job.state, job.started_at = RUNNING, time.time()
         self.counts[RUNNING] += 1
         self._journal.put(job.row())
@@ -100,23 +110,28 @@ class JobTable:
         job.state, job.attempts = QUEUED, job.attempts + 1
         self._journal.put(job.row())
 
-    def finish(self, job: Job, reason: str | None = None) -> None:
+    def finish(self, job: Job, reason: str | None = None, result: str | None = None) -> None:
+        """End ``job``: failed with ``reason``, or done (``result``: how, when it matters)."""
         job.state = FAILED if reason else DONE
         job.reason = reason
+        job.result = result
         job.finished_at = time.time()
         self.counts[job.state] += 1
         self._journal.put(job.row())
 
     def get(self, job_id) -> Job:
+        """The job with this id; JobNotFound."""
         job = self._jobs.get(job_id) if isinstance(job_id, str) else None
         if job is None:
             raise exception.JobNotFound(job_id=str(job_id)[:64])
         return job
 
     def all(self) -> list[Job]:
+        """Every job held, in no order."""
         return list(self._jobs.values())
 
     def by_state(self) -> dict:
+        """How many jobs are in each state."""
         return dict(collections.Counter(j.state for j in list(self._jobs.values())))
 
     def _maybe_prune(self) -> None:
@@ -128,6 +143,7 @@ class JobTable:
         self.prune(now)
 
     def prune(self, now: float) -> int:
+        """Drop jobs finished before ``now - retention`` (here and in the journal); how many."""
         cutoff = now - self._retention
         with self._lock:
             old = [j.id for j in self._jobs.values()

@@ -27,14 +27,14 @@ from typing import Callable
 LOG = logging.getLogger(__name__)
 
 COLUMNS = ('id', 'kind', 'uuid', 'state', 'reason', 'created_at', 'started_at', 'finished_at',
-           'attempts', 'calls', 'spec')
-_MUTABLE = ('state', 'reason', 'started_at', 'finished_at', 'attempts', 'calls')
+           'attempts', 'calls', 'spec', 'result')
+_MUTABLE = ('state', 'reason', 'started_at', 'finished_at', 'attempts', 'calls', 'result')
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, kind TEXT NOT NULL, uuid TEXT NOT NULL, state TEXT NOT NULL,
     reason TEXT, created_at REAL NOT NULL, started_at REAL, finished_at REAL,
-    attempts INTEGER NOT NULL DEFAULT 1, calls TEXT, spec TEXT
+    attempts INTEGER NOT NULL DEFAULT 1, calls TEXT, spec TEXT, result TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_uuid ON jobs(uuid);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at);
@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 
 
 class JournalError(Exception):
+    """A journal write failed or was not confirmed in time."""
     pass
 
 
@@ -57,6 +58,8 @@ def describe(exc: BaseException) -> str:
 
 
 class JobJournal:
+    """The durable job journal: ``put`` rows, ``wait`` for their tickets; one committer loop
+    (``run``) writes them in groups."""
     def __init__(self, path: str, execute: Callable, synchronous: str = 'FULL',
                  sleep: Callable[[float], None] = time.sleep, reserve_bytes: int = 8 << 20):
         os.makedirs(os.path.dirname(os.path.abspath(path)) or '.', exist_ok=True)
@@ -71,6 +74,9 @@ class JobJournal:
         self._db.execute('PRAGMA journal_mode=WAL')
         self._db.execute('PRAGMA synchronous=%s' % synchronous)
         self._db.executescript(_SCHEMA)
+        columns = {r[1] for r in self._db.execute('PRAGMA table_info(jobs)')}
+        if 'result' not in columns:          # a journal written before jobs had a result
+            self._db.execute('ALTER TABLE jobs ADD COLUMN result TEXT')
         self._cond = threading.Condition()
         self._pending: dict[str, dict] = {}
         self._meta: dict[str, int] = {}      # values written with the next commit
@@ -287,6 +293,7 @@ class JobJournal:
             raise
 
     def flush(self, timeout: float = 10.0) -> None:
+        """Wait until everything put so far is on disk (JournalError after ``timeout``)."""
         with self._cond:
             ticket = self._queued
         self.wait(ticket, timeout)
@@ -310,9 +317,11 @@ class JobJournal:
         return out
 
     def close(self) -> None:
+        """Close the database (after ``stop``)."""
         self._db.close()
 
     def stats(self) -> dict:
+        """Counters: puts, commits, rows written, pruned, pending, low-space state."""
         return {'path': self.path, 'puts': self.puts, 'commits': self.commits,
                 'rows_written': self.rows_written, 'pruned': self.pruned,
                 'pending': len(self._pending), 'low_space': self.low_space,

@@ -28,15 +28,19 @@ class NullMetrics:
     """Metrics off."""
 
     def on_call(self, op, enqueued, started, ended, failed) -> None:
+        """A work-queue call ended (no-op)."""
         pass
 
     def request(self, method: str, seconds: float) -> None:
+        """An RPC request was answered after ``seconds`` (no-op)."""
         pass
 
     def boot_active(self, seconds: float) -> None:
+        """An instance became ACTIVE ``seconds`` after its request (no-op)."""
         pass
 
     def boot_finished(self, seconds: float, ok: bool) -> None:
+        """A boot job ended (no-op)."""
         pass
 
 
@@ -69,20 +73,25 @@ class Metrics(NullMetrics):
         self._server = None
 
     def on_call(self, op, enqueued, started, ended, failed) -> None:
+        """Observe a work-queue call's queue wait and run time, by kind."""
         kind = trace.op_kind(op)
         self.queue_wait.labels(kind).observe(started - enqueued)
         self.queue_run.labels(kind).observe(ended - started)
 
     def request(self, method: str, seconds: float) -> None:
+        """Observe an RPC request's answer time, by method."""
         self.requests.labels(method).observe(seconds)
 
     def boot_active(self, seconds: float) -> None:
+        """Observe a boot's time from request to ACTIVE."""
         self.boot_to_active.observe(max(0.0, seconds))
 
     def boot_finished(self, seconds: float, ok: bool) -> None:
+        """Observe a boot job's duration, by outcome."""
         self.boot_job.labels('done' if ok else 'failed').observe(seconds)
 
     def exposition(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
         return exposition.generate_latest(self.registry)
 
     def serve(self, address: str, port: int) -> int | None:
@@ -99,6 +108,7 @@ class Metrics(NullMetrics):
         return bound
 
     def stop(self) -> None:
+        """Stop serving /metrics."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -124,6 +134,7 @@ class AgentCollector(pregistry.Collector):
         self._sources = sources
 
     def collect(self):
+        """The agent's counters, read from their owners at scrape time."""
         s = self._sources()
         driver, commands, reporter, manager = (s['driver'], s['commands'], s['reporter'],
                                                s['manager'])

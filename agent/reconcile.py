@@ -11,6 +11,10 @@ Rules (also in the README):
     runs again from the start (``resume_boot``), counting an attempt;
   - else it ends ``failed`` ("interrupted by agent restarts"), with whatever it made removed;
 - an interrupted delete runs again (deleting is idempotent);
+- an interrupted stop or start runs again (both are idempotent: a domain found off is
+  stopped, one found running is started); an interrupted reboot is settled by the domain's
+  state (running: done; else started), never rebooted twice; with no domain left, the job
+  fails and the instance is lost (below);
 - a domain of ours with no unfinished job is adopted and reported; never stopped or removed;
 - a boot that failed before the restart comes back as an ``error`` instance with its reason,
   and a domain it left behind (its removal failed with the connection) is removed;
@@ -26,6 +30,7 @@ FINISH_BOOT = 'finish_boot'
 RESUME_BOOT = 'resume_boot'
 FAIL_BOOT = 'fail_boot'
 RESUME_DELETE = 'resume_delete'
+RESUME_POWER = 'resume_power'
 ADOPT = 'adopt'
 RESTORE_ERROR = 'restore_error'
 LOST = 'lost'
@@ -33,6 +38,7 @@ LOST = 'lost'
 
 @dataclasses.dataclass
 class Step:
+    """One start-up action for one instance uuid, with the records it acts on."""
     uuid: str
     action: str
     job: jobsmod.Job | None = None        # the job the action ends or runs again
@@ -43,6 +49,7 @@ class Step:
 
 @dataclasses.dataclass
 class Plan:
+    """The steps, and the disks and directories no instance or job holds (orphans)."""
     steps: list[Step]
     orphan_disks: list[str]
     orphan_dirs: list[str]
@@ -64,8 +71,11 @@ def plan(jobs: list[jobsmod.Job], domains: dict, disks, dirs, running: set[str],
     steps: list[Step] = []
     keep: set[str] = set()
     for uuid in sorted(set(last) | set(domains)):
-        job, info = last.get(uuid), domains.get(uuid)
+        job, info, first = last.get(uuid), domains.get(uuid), boot.get(uuid)
         unfinished = job is not None and job.state not in jobsmod.FINISHED
+        # Still an instance (not deleted) by the journal: a job after a boot, other than a
+        # delete that went through.
+        held = job is not None and not (job.kind == 'delete' and job.state == jobsmod.DONE)
         step = None
         if unfinished and job.kind == 'boot':
             if uuid in running:
@@ -74,21 +84,24 @@ def plan(jobs: list[jobsmod.Job], domains: dict, disks, dirs, running: set[str],
                 action = RESUME_BOOT if job.attempts < max_attempts else FAIL_BOOT
                 step = Step(uuid, action, job=job, boot=job, domain=info,
                             remove_domain=info is not None)
-        elif unfinished:
-            step = Step(uuid, RESUME_DELETE, job=job, boot=boot.get(uuid), domain=info)
-        elif job is not None and job.kind == 'boot' and job.state == jobsmod.FAILED:
+        elif unfinished and job.kind == 'delete':
+            step = Step(uuid, RESUME_DELETE, job=job, boot=first, domain=info)
+        elif unfinished:          # stop, start, reboot
+            step = Step(uuid, RESUME_POWER if info is not None else LOST, job=job, boot=first,
+                        domain=info)
+        elif held and first is not None and first.state == jobsmod.FAILED:
             # A domain left by a failed boot (its undefine was lost with the connection)
             # is that boot's remnant, not an instance: it goes.
-            step = Step(uuid, RESTORE_ERROR, job=job, boot=job, domain=info,
+            step = Step(uuid, RESTORE_ERROR, job=first, boot=first, domain=info,
                         remove_domain=info is not None)
         elif info is not None:
-            step = Step(uuid, ADOPT, boot=boot.get(uuid), domain=info)
-        elif job is not None and job.kind == 'boot' and job.state == jobsmod.DONE:
-            step = Step(uuid, LOST, job=job, boot=job)
+            step = Step(uuid, ADOPT, boot=first, domain=info)
+        elif held and first is not None and first.state == jobsmod.DONE:
+            step = Step(uuid, LOST, job=first, boot=first)
         if step is None:
             continue
         steps.append(step)
-        if step.action in (FINISH_BOOT, RESUME_DELETE, ADOPT, LOST):
+        if step.action in (FINISH_BOOT, RESUME_DELETE, RESUME_POWER, ADOPT, LOST):
             keep.add(uuid)       # its disk and directory belong to an instance
     # A resumed or failed boot removes its own remnants; nothing else may hold them.
     keep |= {s.uuid for s in steps if s.action in (RESUME_BOOT, FAIL_BOOT)}

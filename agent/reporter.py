@@ -21,6 +21,8 @@ LOG = logging.getLogger(__name__)
 
 
 class StateReporter:
+    """Coalesces instance states and usage reports and sends them to the conductor, one message
+    in flight at a time (``run`` in its own (green)thread)."""
     def __init__(self, send: Callable[[list[dict], dict | None], None], window: float = 0.05,
                  retry_max: float = 10.0, sleep: Callable[[float], None] = time.sleep,
                  tracer: tracemod.NullTracer | None = None):
@@ -154,11 +156,13 @@ class StateReporter:
         return True
 
     def stop(self) -> None:
+        """Stop the send loop; what is unsent stays unsent."""
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
 
     def stats(self) -> dict:
+        """Counters: states queued, superseded and sent, messages, retries."""
         return {'reports_sent': self.reports_sent, 'states_sent': self.states_sent,
                 'resource_reports_sent': self.resource_reports_sent,
                 'resource_reports_superseded': self.resource_reports_superseded,

@@ -34,6 +34,7 @@ def same_usage(a: dict | None, b: dict | None) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Amounts:
+    """vCPUs, memory (MiB) and disk (GiB): a claim, a usage or a capacity."""
     vcpus: int = 0
     memory_mb: int = 0
     disk_gb: int = 0
@@ -45,9 +46,11 @@ class Amounts:
         return Amounts(*(a - b for a, b in zip(self.astuple(), other.astuple())))
 
     def astuple(self) -> tuple[int, int, int]:
+        """(vcpus, memory_mb, disk_gb)."""
         return (self.vcpus, self.memory_mb, self.disk_gb)
 
     def to_dict(self) -> dict:
+        """{vcpus, memory_mb, disk_gb}."""
         return dict(zip(RESOURCES, self.astuple()))
 
 
@@ -63,6 +66,8 @@ class Allocation:
     reserved_disk_gb: int = 0
 
     def capacity(self, cpus: int, memory_mb: int, disk_gb: int) -> Amounts:
+        """What may be claimed on a node with this inventory (ratios applied, reserves taken
+        off)."""
         return Amounts(vcpus=max(0, int((cpus - self.reserved_cpus) * self.cpu_ratio)),
                        memory_mb=max(0, int((memory_mb - self.reserved_memory_mb) * self.ram_ratio)),
                        disk_gb=max(0, int((disk_gb - self.reserved_disk_gb) * self.disk_ratio)))
@@ -129,6 +134,8 @@ class _TimedLock:
 
 
 class AuditToken:
+    """An audit under way: the claim changes made since it began are not judged by its
+    listings."""
     def __init__(self, busy=()):
         self.touched: set[str] = set()   # uuids claimed or released since the audit began
         self.busy: set[str] = set(busy)  # uuids a job worked on when it began
@@ -214,6 +221,7 @@ class ResourceTracker:
         return True
 
     def claim_of(self, uuid: str) -> Amounts | None:
+        """The uuid's claim, or None."""
         with self._lock:
             return self._claims.get(uuid)
 
@@ -297,4 +305,5 @@ class ResourceTracker:
             return dict(self._last or {})
 
     def stats(self) -> dict:
+        """Counters: claims, refusals, releases, reports, audits, lock wait and hold times."""
         return dict(self.counts, lock=self._lock.stats())

@@ -33,6 +33,7 @@ class Sequence:
         store_now(self._limit)            # durable before the first number is used
 
     def next(self) -> int:
+        """The next number: larger than every number handed out before, also before a restart."""
         with self._lock:
             value = self._next
             self._next += 1

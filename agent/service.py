@@ -15,6 +15,7 @@ from agent import exception
 from agent import instancedir
 from agent import journal as journalmod
 from agent.compute import manager as managermod
+from agent.compute import power as powermod
 from agent import metrics as metricsmod
 from agent import reporter as reportermod
 from agent import resources
@@ -56,6 +57,14 @@ def allocation_from_conf(conf) -> resources.Allocation:
         cpu_ratio=r.cpu_allocation_ratio, ram_ratio=r.ram_allocation_ratio,
         disk_ratio=r.disk_allocation_ratio, reserved_cpus=r.reserved_host_cpus,
         reserved_memory_mb=r.reserved_host_memory_mb, reserved_disk_gb=r.reserved_host_disk_gb)
+
+
+def power_options_from_conf(conf) -> powermod.PowerOptions:
+    p = conf.power
+    return powermod.PowerOptions(stop_timeout=p.stop_timeout,
+                                 max_stop_timeout=p.max_stop_timeout,
+                                 acpi_retry_interval=p.acpi_retry_interval,
+                                 reboot_timeout=p.reboot_timeout)
 
 
 def storage_from_conf(conf, runner, dirs: instancedir.InstanceDirs):
@@ -111,7 +120,7 @@ class AgentService:
             allocation=allocation_from_conf(conf), job_retention=conf.jobs.retention,
             max_boot_attempts=conf.jobs.max_boot_attempts,
             reconnect_interval=conf.libvirt.reconnect_interval, tracer=self.tracer,
-            metrics=self.metrics)
+            metrics=self.metrics, power=power_options_from_conf(conf))
         target = oslo_messaging.Target(topic='compute', server=conf.host)
         self.server = oslo_messaging.get_rpc_server(
             self.transport, target,
@@ -128,6 +137,7 @@ class AgentService:
                 'manager': self.manager}
 
     def stats(self) -> dict:
+        """The agent's counters for ``get_stats``."""
         import resource
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return {'host': self.conf.host, 'uptime_s': round(time.time() - self.started_at, 3),
@@ -140,6 +150,7 @@ class AgentService:
                             'cpu_s': round(usage.ru_utime + usage.ru_stime, 3)}}
 
     def start(self) -> None:
+        """Reconcile, then start the reporter, audits, metrics and the RPC server."""
         self.runtime.spawn(self.journal.run)
         self.manager.init_host()
         self.runtime.spawn(self.reporter.run)
@@ -153,6 +164,7 @@ class AgentService:
                  self.conf.host, self.conf.libvirt.virt_type, self.conf.workqueue.threads)
 
     def wait(self) -> None:
+        """Block until the service is told to stop (SIGTERM/SIGINT), then stop it."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *a: self._stop.set())
         while not self._stop.wait(1.0):
@@ -160,6 +172,7 @@ class AgentService:
         self.stop()
 
     def stop(self) -> None:
+        """Stop serving: RPC server first, then flush reports and the journal."""
         LOG.info('stopping')
         self.server.stop()
         self.server.wait()
@@ -199,11 +212,13 @@ class ConductorService:
         self._stop = threading.Event()
 
     def start(self) -> None:
+        """Open the store and start the RPC server."""
         self.server.start()
         LOG.info('compute-conductor serving topic %s, database %s', self.conf.conductor.topic,
                  self.conf.conductor.database)
 
     def wait(self) -> None:
+        """Block until told to stop, then stop."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *a: self._stop.set())
         while not self._stop.wait(1.0):

@@ -25,6 +25,7 @@ MAX_USER_NICS = 8       # the libvirt driver pins them to PCI slots of their own
 
 @dataclasses.dataclass(frozen=True)
 class Nic:
+    """A validated NIC: its type, bridge (type bridge) and MAC (None: libvirt's default range)."""
     type: str
     bridge: str | None = None
     mac: str | None = None
@@ -41,6 +42,7 @@ class CheckedFile:
     identity: tuple[int, int, int, int]
 
     def info(self) -> images.ImageInfo:
+        """The identity (device, inode, size, mtime) recorded when the file was checked."""
         return images.ImageInfo(self.format, self.virtual_size, tuple(self.identity))
 
 
@@ -71,6 +73,7 @@ class BootSpec:
             images.recheck(f.path, f.info(), f.field)
 
     def to_dict(self) -> dict:
+        """The spec as plain data (the journal stores it; ``from_dict`` reads it back)."""
         return dataclasses.asdict(self)
 
     @classmethod

@@ -84,20 +84,25 @@ class NullTracer:
 
     def complete(self, name: str, cat: str, start: float, end: float,
                  uuid: str | None = None, track: str | None = None, **args) -> None:
+        """Record a finished slice (no-op)."""
         pass
 
     def instant(self, name: str, cat: str, uuid: str | None = None, track: str | None = None,
                 **args) -> None:
+        """Record an instant event (no-op)."""
         pass
 
     def on_call(self, op: str, enqueued: float, started: float, ended: float,
                 failed: bool) -> None:
+        """A work-queue call ended (no-op)."""
         pass
 
     def stats(self) -> dict:
+        """Counters (tracing is off)."""
         return {'enabled': False}
 
     def write(self, path: str | None = None) -> dict:
+        """Tracing is off: nothing to write."""
         return {'enabled': False}
 
 
@@ -122,6 +127,7 @@ class Tracer(NullTracer):
         self.dropped = 0
 
     def now(self) -> float:
+        """The trace clock: seconds, monotonic."""
         return self._clock()
 
     # -- tracks -----------------------------------------------------------------------------
@@ -159,6 +165,7 @@ class Tracer(NullTracer):
 
     def instant(self, name: str, cat: str, uuid: str | None = None, track: str | None = None,
                 **args) -> None:
+        """Record an instant event on the current (or named) track."""
         event = {'name': name, 'cat': cat, 'ph': 'i', 's': 't', 'ts': self._us(self._clock()),
                  'pid': self._pid, 'tid': self._tid(self._track(uuid, track))}
         if args:
@@ -187,6 +194,7 @@ class Tracer(NullTracer):
         return meta + list(self._events)
 
     def stats(self) -> dict:
+        """Counters: events kept and dropped, tracks."""
         return {'enabled': True, 'path': self.path, 'events': len(self._events),
                 'tracks': len(self._tids), 'dropped': self.dropped}
 

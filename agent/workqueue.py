@@ -46,6 +46,7 @@ class OpStats:
         self.run_total = 0.0
 
     def record(self, wait: float, run: float, failed: bool) -> None:
+        """Add one call: its queue wait, run time and whether it failed."""
         self.calls += 1
         self.errors += failed
         self.wait.append(wait)
@@ -61,6 +62,7 @@ class OpStats:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
     def summary(self) -> dict:
+        """Calls, errors and wait/run percentiles in ms."""
         return {
             'calls': self.calls, 'errors': self.errors,
             'wait_p50_ms': round(self._pct(self.wait, 0.5) * 1000, 3),
@@ -143,6 +145,7 @@ class WorkQueue:
         return threading.local()
 
     def shutdown(self) -> None:
+        """Stop the worker threads (calls submitted afterwards never run)."""
         pass
 
 
@@ -174,6 +177,7 @@ class ThreadWorkQueue(WorkQueue):
         return done[1]
 
     def shutdown(self) -> None:
+        """Stop the worker threads (calls submitted afterwards never run)."""
         for _ in self._workers:
             self._queue.put(None)
 
@@ -197,6 +201,7 @@ class GreenWorkQueue(WorkQueue):
         return patcher.original('threading').local()
 
     def shutdown(self) -> None:
+        """Stop eventlet's tpool threads."""
         self._tpool.killall()
 
 
@@ -220,6 +225,7 @@ class GreenBridge:
         self._thread = eventlet.spawn(self._run)
 
     def put(self, item: Any) -> None:
+        """Hand ``item`` to the handler greenthread (thread-safe)."""
         self._queue.put(item)
         try:
             self._os.write(self._wfd, b'x')
@@ -247,6 +253,7 @@ class ThreadBridge:
         threading.Thread(target=self._run, name='event-bridge', daemon=True).start()
 
     def put(self, item: Any) -> None:
+        """Hand ``item`` to the handler thread (thread-safe)."""
         self._queue.put(item)
 
     def _run(self) -> None:

@@ -4,7 +4,11 @@
 #   test-vmlinuz       the kernel
 #   test-initrd.img    the initramfs (busybox-static + virtio modules)
 # The guest prints "COMPUTE-AGENT-GUEST-READY", then the block devices it sees ("guest-disk: vda 2048"),
-# then idles. Kernel cmdline "ca.poweroff" makes it power itself off right after the marker.
+# then idles. Kernel cmdline "ca.poweroff" makes it power itself off right after the marker; "ca.poweroff=once"
+# does that only on its first boot from a disk (it writes a marker into /dev/vda first): a guest that powers itself
+# off and then stays up when started again. The ACPI power button powers it off ("guest-acpi: power button"), as
+# acpid does on a real distribution: libvirt's graceful shutdown and soft reboot work on it ("ca.noacpi": it
+# ignores the button, as a guest without acpid or one that hangs does).
 # "ca.probe=P1,P2,..." makes it try TCP connections to the host side of user-mode networking
 # (10.0.2.2, QEMU's alias of the host's 127.0.0.1) on those ports and print
 # "guest-probe: 10.0.2.2:P open|closed" for each (the tests of guest isolation).
@@ -15,7 +19,7 @@ IMAGE_DIR=${1:-/var/lib/compute-agent/images}
 FORCE=${2:-}
 [ "$IMAGE_DIR" = --force ] && { IMAGE_DIR=/var/lib/compute-agent/images; FORCE=--force; }
 MARKER=COMPUTE-AGENT-GUEST-READY
-GUEST_VERSION=2      # bump when /init changes: older builds are then rebuilt
+GUEST_VERSION=3      # bump when /init changes: older builds are then rebuilt
 
 if [ -s "$IMAGE_DIR/test-vmlinuz" ] && [ -s "$IMAGE_DIR/test-initrd.img" ] && [ "$FORCE" != --force ] &&
    [ "$(cat "$IMAGE_DIR/test-guest.version" 2>/dev/null)" = "$GUEST_VERSION" ]; then
@@ -38,7 +42,8 @@ mkdir -p initrd/{bin,dev,proc,sys,lib/modules}
 cp /bin/busybox initrd/bin/busybox
 for m in drivers/virtio/virtio.ko drivers/virtio/virtio_ring.ko drivers/virtio/virtio_pci_modern_dev.ko \
          drivers/virtio/virtio_pci_legacy_dev.ko drivers/virtio/virtio_pci.ko drivers/block/virtio_blk.ko \
-         net/core/failover.ko drivers/net/net_failover.ko drivers/net/virtio_net.ko; do
+         net/core/failover.ko drivers/net/net_failover.ko drivers/net/virtio_net.ko \
+         drivers/input/evdev.ko drivers/acpi/button.ko; do
     for f in "$mods/$m" "$mods/$m.xz"; do
         if [ -f "$f" ]; then
             case "$f" in *.xz) xz -dc "$f" >"initrd/lib/modules/$(basename "$m")" ;; *) cp "$f" initrd/lib/modules/ ;; esac
@@ -50,8 +55,14 @@ cat >initrd/init <<INIT
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev 2>/dev/null
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk failover net_failover virtio_net; do
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk failover net_failover virtio_net evdev button; do
     [ -f /lib/modules/\$m.ko ] && { insmod /lib/modules/\$m.ko || echo "guest-insmod-failed: \$m" >/dev/ttyS0; }
+done
+# The ACPI power button (libvirt's shutdown/reboot --mode acpi): any event on its input device powers off.
+grep -q ca.noacpi /proc/cmdline || for e in /sys/class/input/event*; do
+    if [ "\$(cat \$e/device/name 2>/dev/null)" = "Power Button" ]; then
+        (head -c 24 /dev/input/\$(basename \$e) >/dev/null && echo "guest-acpi: power button" >/dev/ttyS0 && poweroff -f) &
+    fi
 done
 echo "$MARKER" >/dev/ttyS0
 # Devices probe asynchronously (slowly under TCG): give them a few seconds before listing.
@@ -72,7 +83,13 @@ if [ -n "\$probe" ]; then
     done
     echo "guest-probe: done" >/dev/ttyS0
 fi
-if grep -q ca.poweroff /proc/cmdline; then poweroff -f; fi
+if grep -q 'ca.poweroff=once' /proc/cmdline; then
+    if [ "\$(head -c 13 /dev/vda 2>/dev/null)" != CA-POWEREDOFF ] && [ -b /dev/vda ]; then
+        printf CA-POWEREDOFF | dd of=/dev/vda conv=notrunc 2>/dev/null; sync
+        echo "guest-poweroff: first boot" >/dev/ttyS0; poweroff -f
+    fi
+    echo "guest-poweroff: not again" >/dev/ttyS0
+elif grep -q ca.poweroff /proc/cmdline; then poweroff -f; fi
 while true; do sleep 3600; done
 INIT
 chmod +x initrd/init

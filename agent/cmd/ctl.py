@@ -2,6 +2,8 @@
 
   compute-ctl boot --kernel test-vmlinuz --initrd test-initrd.img --count 5 --wait
   compute-ctl list | show UUID | job JOB_ID | delete UUID... [--wait] | wait UUID... | stats | storage
+  compute-ctl stop UUID... [--timeout S] [--wait] | start UUID... [--wait] |
+              reboot UUID... [--hard] [--wait]
   compute-ctl console UUID [--max-bytes N]   (the tail of its serial console log)
   compute-ctl trace       (write the agent's Chrome trace to its [trace] path)
 """
@@ -23,16 +25,7 @@ from agent.rpc import api as compute_api
 FINAL_BOOT_STATES = ['active', 'error', 'stopped']
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='compute-ctl', description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--config-file', action='append', default=[],
-                   help='oslo.config file(s) with transport_url, host and [conductor] topic')
-    p.add_argument('--host', help='the node to talk to (default: [DEFAULT] host)')
-    p.add_argument('--rpc-timeout', type=int, default=30,
-                   help='seconds to wait for an answer (waits add their own timeout)')
-    sub = p.add_subparsers(dest='cmd', required=True)
-
+def _add_boot(sub) -> None:
     b = sub.add_parser('boot', help='boot instances (all requests are sent at once)')
     b.add_argument('--uuid', help='instance uuid (default: a new one; only with --count 1)')
     b.add_argument('--name')
@@ -49,11 +42,40 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument('--wait', action='store_true', help='wait until every instance is active')
     b.add_argument('--timeout', type=float, default=300.0)
 
+
+def _add_power(sub) -> None:
+    for name, text in (('stop', 'stop instances: the ACPI power button, then at once'),
+                       ('start', 'start stopped instances'),
+                       ('reboot', 'reboot instances (soft by ACPI; --hard: a reset)')):
+        op = sub.add_parser(name, help=text)
+        op.add_argument('uuids', nargs='+')
+        op.add_argument('--wait', action='store_true', help='wait until every job has ended')
+        op.add_argument('--wait-timeout', type=float, default=900.0)
+        if name == 'stop':
+            op.add_argument('--timeout', type=int, default=None,
+                            help="seconds for the guest to power off (default: the node's "
+                                 '[power] stop_timeout; 0: at once)')
+        if name == 'reboot':
+            op.add_argument('--hard', action='store_true')
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='compute-ctl', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--config-file', action='append', default=[],
+                   help='oslo.config file(s) with transport_url, host and [conductor] topic')
+    p.add_argument('--host', help='the node to talk to (default: [DEFAULT] host)')
+    p.add_argument('--rpc-timeout', type=int, default=30,
+                   help='seconds to wait for an answer (waits add their own timeout)')
+    sub = p.add_subparsers(dest='cmd', required=True)
+
+    _add_boot(sub)
     d = sub.add_parser('delete', help='delete instances')
     d.add_argument('uuids', nargs='+')
     d.add_argument('--wait', action='store_true')
     d.add_argument('--timeout', type=float, default=120.0)
 
+    _add_power(sub)
     sub.add_parser('list', help="the conductor's view of this node's instances")
     s = sub.add_parser('show', help="one instance: the conductor's and the agent's view")
     s.add_argument('uuid')
@@ -163,6 +185,48 @@ def cmd_delete(args, compute, conductor) -> int:
             print('not deleted in time: %s' % ' '.join(left), file=sys.stderr)
             return 1
     return 0
+
+
+def _power_request(args, compute, uuid: str) -> dict:
+    if args.cmd == 'stop':
+        return compute.stop_instance(args.host, uuid, args.timeout)
+    if args.cmd == 'start':
+        return compute.start_instance(args.host, uuid)
+    return compute.reboot_instance(args.host, uuid, args.hard)
+
+
+def cmd_power(args, compute, conductor) -> int:
+    """stop / start / reboot: one request per uuid; with --wait, until each job ended."""
+    jobs = {}
+    failed = 0
+    for uuid in args.uuids:
+        try:
+            result = _power_request(args, compute, uuid)
+        except exception.AgentError as exc:
+            print('%s %s refused: %s' % (args.cmd, uuid, _message(exc)), file=sys.stderr)
+            failed += 1
+            continue
+        jobs[uuid] = result['job_id']
+        print('%s %s job %s%s' % (args.cmd, uuid, result['job_id'],
+                                  ' (already under way)' if result.get('existing') else ''))
+    deadline = time.monotonic() + args.wait_timeout
+    while args.wait and jobs:
+        for uuid, job_id in list(jobs.items()):
+            job = compute.get_job(args.host, job_id)
+            if job['state'] in ('done', 'failed'):
+                del jobs[uuid]
+                failed += job['state'] == 'failed'
+                print('%s %s: %s %s (%d libvirt calls)' % (
+                    args.cmd, uuid, job['state'], job['reason'] or job['result'] or '',
+                    job['libvirt_calls']))
+        if jobs and time.monotonic() > deadline:
+            print('not ended in time: %s' % ' '.join(jobs), file=sys.stderr)
+            return 1
+        time.sleep(0.25 if jobs else 0)
+    return 1 if failed else 0
+
+
+cmd_stop = cmd_start = cmd_reboot = cmd_power
 
 
 def cmd_list(args, compute, conductor) -> int:

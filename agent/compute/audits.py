@@ -47,7 +47,7 @@ class Audits:
             if not info.ours:
                 continue
             inst = core.instances.get(info.uuid)
-            sizes = inst.spec if inst is not None and inst.spec else (info.sizes or {})
+            sizes = inst.sizes if inst is not None and inst.sizes else (info.sizes or {})
             observed[info.uuid] = resources.Amounts(sizes.get('vcpus', 0),
                                                     sizes.get('memory_mb', 0), 0)
         for uuid, disk in inventory.disks.items():

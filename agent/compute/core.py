@@ -66,6 +66,25 @@ class Core:
         for key, value in changes.items():
             setattr(inst, key, value)
         self.report(inst)
+        self.notify(inst)
+
+    @staticmethod
+    def notify(inst: instancemod.Instance) -> None:
+        """Wake the jobs waiting on ``inst`` (``wait_until``)."""
+        with inst.changed:
+            inst.changed.notify_all()
+
+    def wait_until(self, inst: instancemod.Instance, predicate, timeout: float) -> bool:
+        """Wait (no polling: woken by changes and events of ``inst``) until ``predicate()``
+        holds, at most ``timeout`` seconds; whether it holds."""
+        deadline = time.monotonic() + timeout
+        with inst.changed:
+            while not predicate():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                inst.changed.wait(remaining)
+        return True
 
     def report(self, inst: instancemod.Instance) -> None:
         """Queue ``inst``'s current state for the conductor, with a new ``seq``."""

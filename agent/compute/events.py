@@ -34,6 +34,11 @@ class Events:
         inst = self._core.instances.get(event.uuid)
         if inst is None:
             return
+        if isinstance(event, vdriver.InstanceRebooted):
+            LOG.info('[instance: %s] the guest was reset', inst.uuid)
+            inst.reboots += 1
+            self._core.notify(inst)      # a soft reboot waits for this
+            return
         if isinstance(event, vdriver.InstanceVanished):
             if inst.task is None and inst.delete_job is None and inst.vm_state != states.DELETED:
                 self._core.change(inst, vm_state=states.ERROR, power_state=vdriver.NOSTATE,

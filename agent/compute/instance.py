@@ -3,8 +3,11 @@ import dataclasses
 import threading
 import time
 
+from agent import spec as specmod
 from agent.compute import states
 from agent.virt import driver as vdriver
+
+SIZES = ('vcpus', 'memory_mb', 'disk_gb')
 
 
 @dataclasses.dataclass
@@ -16,10 +19,16 @@ class Instance:
 
     uuid: str
     name: str
-    spec: dict
+    # The validated boot spec (``agent.spec.BootSpec``): from the request, or the journal's
+    # record of it; None for an instance adopted from a domain with no record.
+    spec: specmod.BootSpec | None
+    # vcpus / memory_mb / disk_gb: the spec's, or what an adopted domain's metadata says
+    # (empty if it says nothing).
+    sizes: dict = dataclasses.field(default_factory=dict)
     vm_state: str = states.BUILDING
     power_state: str = vdriver.NOSTATE
-    task: str | None = None          # 'spawning' | 'deleting' while a job works on it
+    task: str | None = None   # spawning | deleting | stopping | starting | rebooting: a job works
+    power_job: str | None = None      # the stop / start / reboot job accepted for it
     fault: str | None = None
     boot_job: str | None = None
     # The delete accepted for this instance (this object: one boot generation of the uuid).
@@ -30,13 +39,25 @@ class Instance:
     active_at: float | None = None
     updated_at: float = dataclasses.field(default_factory=time.time)
     seq: int = 0
+    reboots: int = 0                  # guest resets seen (reboot events) since it was made
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+    # Notified on every change (``Core.change``) and reboot event: what a job waits on.
+    changed: threading.Condition = dataclasses.field(default_factory=threading.Condition,
+                                                     repr=False)
+
+    @classmethod
+    def from_spec(cls, spec: specmod.BootSpec, **state) -> 'Instance':
+        """A new instance of a validated boot spec."""
+        return cls(uuid=spec.uuid, name=spec.name, spec=spec,
+                   sizes={k: getattr(spec, k) for k in SIZES}, **state)
 
     def to_dict(self) -> dict:
         """The instance as the RPC API and the state reports show it."""
         return {'uuid': self.uuid, 'name': self.name, 'vm_state': self.vm_state,
                 'power_state': self.power_state, 'task': self.task, 'fault': self.fault,
                 'boot_job': self.boot_job, 'delete_job': self.delete_job,
+                'power_job': self.power_job,
                 'accepted_at': self.accepted_at,
                 'active_at': self.active_at, 'updated_at': self.updated_at, 'seq': self.seq,
-                'spec': self.spec}
+                'sizes': dict(self.sizes),
+                'spec': self.spec.to_dict() if self.spec is not None else None}

@@ -10,6 +10,7 @@ from agent import trace as tracemod
 from agent.compute import audits as auditsmod
 from agent.compute import core as coremod
 from agent.compute import events as eventsmod
+from agent.compute import power as powermod
 from agent.compute import recovery as recoverymod
 from agent.compute import requests as requestsmod
 from agent.compute import tasks as tasksmod
@@ -18,7 +19,8 @@ from agent.virt import driver as vdriver
 
 
 class ComputeManager:
-    """Validates requests, runs boot/delete jobs, and keeps instance state from events."""
+    """Validates requests, runs boot, delete, stop, start and reboot jobs, and keeps
+    instance state from events."""
 
     def __init__(self, driver: vdriver.ComputeDriver, storage: storage_backend.StorageBackend,
                  runtime, reporter, limits: specmod.Limits, host: str,
@@ -26,7 +28,8 @@ class ComputeManager:
                  allocation: resources.Allocation = resources.Allocation(),
                  job_retention: float = 3600.0, max_boot_attempts: int = 2,
                  reconnect_interval: float = 1.0, tracer: tracemod.NullTracer | None = None,
-                 metrics: metricsmod.NullMetrics | None = None):
+                 metrics: metricsmod.NullMetrics | None = None,
+                 power: powermod.PowerOptions = powermod.PowerOptions()):
         self.core = core = coremod.Core(driver, storage, runtime, reporter, host, journal,
                                         dirs, allocation, job_retention, tracer,
                                         metrics)
@@ -36,11 +39,12 @@ class ComputeManager:
                                        lambda: self.recovery.hypervisor_back())
         self.tasks = tasksmod.Tasks(core, self.events, lambda: self.recovery.recovering,
                                     reconnect_interval)
+        self.power = powermod.Power(core, self.events, power)
         self.audits = auditsmod.Audits(
             core, lambda infos: self.recovery.without_failed_boot_remnants(infos))
-        self.recovery = recoverymod.Recovery(core, self.events, self.tasks, self.audits,
-                                             max_boot_attempts)
-        self.requests = requestsmod.Requests(core, self.tasks, limits)
+        self.recovery = recoverymod.Recovery(core, self.events, self.tasks, self.power,
+                                             self.audits, max_boot_attempts)
+        self.requests = requestsmod.Requests(core, self.tasks, self.power, limits)
         self.facts: dict = {}
         driver.set_event_listener(self.events.handle)
 
@@ -93,6 +97,18 @@ class ComputeManager:
     def delete_instance(self, uuid) -> dict:
         """See ``Requests.delete_instance``."""
         return self.requests.delete_instance(uuid)
+
+    def stop_instance(self, uuid, timeout: int | None = None) -> dict:
+        """See ``Requests.stop_instance``."""
+        return self.requests.stop_instance(uuid, timeout)
+
+    def start_instance(self, uuid) -> dict:
+        """See ``Requests.start_instance``."""
+        return self.requests.start_instance(uuid)
+
+    def reboot_instance(self, uuid, hard: bool = False) -> dict:
+        """See ``Requests.reboot_instance``."""
+        return self.requests.reboot_instance(uuid, hard)
 
     def get_job(self, job_id) -> dict:
         """See ``Requests.get_job``."""

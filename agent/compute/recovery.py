@@ -15,6 +15,7 @@ from agent.compute import audits as auditsmod
 from agent.compute import core as coremod
 from agent.compute import events as eventsmod
 from agent.compute import instance as instancemod
+from agent.compute import power as powermod
 from agent.compute import states
 from agent.compute import tasks as tasksmod
 from agent.storage import backend as storage_backend
@@ -27,10 +28,11 @@ class Recovery:
     """Start-up reconciliation, orphan removal, and the resync after the driver reconnected."""
 
     def __init__(self, core: coremod.Core, events: eventsmod.Events, tasks: tasksmod.Tasks,
-                 audits: auditsmod.Audits, max_boot_attempts: int):
+                 power: powermod.Power, audits: auditsmod.Audits, max_boot_attempts: int):
         self._core = core
         self._events = events
         self._tasks = tasks
+        self._power = power
         self._audits = audits
         self._max_boot_attempts = max_boot_attempts
         self.recovering = False        # lost, or back but not yet resynchronised
@@ -39,6 +41,7 @@ class Recovery:
         self._handlers = {
             reconcile.FINISH_BOOT: self._finish_boot, reconcile.RESUME_BOOT: self._resume_boot,
             reconcile.FAIL_BOOT: self._fail_boot, reconcile.RESUME_DELETE: self._resume_delete,
+            reconcile.RESUME_POWER: self._resume_power,
             reconcile.ADOPT: self._adopt, reconcile.RESTORE_ERROR: self._restore_error,
             reconcile.LOST: self._lost}
 
@@ -77,15 +80,19 @@ class Recovery:
         return self.remove_orphans(plan.orphan_disks, plan.orphan_dirs) or changed
 
     def _instance_from(self, step: reconcile.Step, **state) -> instancemod.Instance:
-        spec = step.boot.spec if step.boot is not None and step.boot.spec else None
-        if spec is None:     # no journal record: what the domain's metadata says
-            sizes = (step.domain.sizes if step.domain is not None else None) or {}
-            spec = dict(sizes)
-        name = spec.get('name') or (step.domain.name if step.domain is not None else '') \
-            or 'instance-%s' % step.uuid[:8]
-        inst = instancemod.Instance(uuid=step.uuid, name=name, spec=spec,
-                                    boot_job=step.boot.id if step.boot is not None else None,
-                                    **state)
+        """The instance of a step: its boot's spec from the journal, or (no record) what the
+        domain's metadata says."""
+        boot_job = step.boot.id if step.boot is not None else None
+        if step.boot is not None and step.boot.spec:
+            inst = instancemod.Instance.from_spec(specmod.BootSpec.from_dict(step.boot.spec),
+                                                  boot_job=boot_job, **state)
+        else:
+            domain = step.domain
+            inst = instancemod.Instance(
+                uuid=step.uuid, name=(domain.name if domain is not None else '')
+                or 'instance-%s' % step.uuid[:8], spec=None,
+                sizes=dict((domain.sizes if domain is not None else None) or {}),
+                boot_job=boot_job, **state)
         self._core.instances[step.uuid] = inst
         return inst
 
@@ -112,8 +119,8 @@ class Recovery:
         LOG.warning('[instance: %s] boot job %s was interrupted by a restart; running it again '
                     '(attempt %d)', step.uuid, step.job.id, step.job.attempts + 1)
         self._remove_remnants(step)
-        spec = specmod.BootSpec.from_dict(step.job.spec)
         inst = self._instance_from(step, task='spawning')
+        spec = inst.spec
         try:
             core.tracker.claim(spec.uuid, spec.vcpus, spec.memory_mb, spec.disk_gb)
         except exception.AgentError as exc:
@@ -144,6 +151,18 @@ class Recovery:
         self._core.runtime.spawn(self._tasks.run_delete, step.job, inst)
         return True
 
+    def _resume_power(self, step: reconcile.Step) -> None:
+        """A stop, start or reboot interrupted by the restart: the instance as its domain is
+        now, and the job runs again (``power``: re-run, or settled for a reboot)."""
+        LOG.warning('[instance: %s] %s job %s was interrupted by a restart; running it again',
+                    step.uuid, step.job.kind, step.job.id)
+        inst = self._instance_from(step, vm_state=states.ACTIVE)
+        self._events.apply_power(inst, step.domain.power_state, 'start-up', time.time())
+        inst.power_job, inst.task = step.job.id, states.TASKS[step.job.kind]
+        self._core.jobs.requeue(step.job)
+        self._core.report(inst)
+        self._core.runtime.spawn(self._power.run, step.job, inst)
+
     def _adopt(self, step: reconcile.Step) -> None:
         if step.boot is None or step.boot.state != jobsmod.DONE:
             LOG.warning('[instance: %s] the hypervisor holds a domain of ours with no record in '
@@ -163,8 +182,10 @@ class Recovery:
         return step.remove_domain
 
     def _lost(self, step: reconcile.Step) -> None:
-        inst = self._instance_from(step, vm_state=states.ERROR,
-                                   fault='the hypervisor no longer holds this instance')
+        reason = 'the hypervisor no longer holds this instance'
+        inst = self._instance_from(step, vm_state=states.ERROR, fault=reason)
+        if step.job is not None and step.job.state not in jobsmod.FINISHED:
+            self._core.jobs.finish(step.job, reason)     # an interrupted stop/start/reboot
         self._core.report(inst)
 
     # -- resync -----------------------------------------------------------------------------
@@ -200,8 +221,9 @@ class Recovery:
             if inst is None:
                 if info.uuid in before or info.uuid in core.instances:
                     continue      # deleted, booted or changed since the listing was read
-                inst = instancemod.Instance(uuid=info.uuid, name=info.name,
-                                            spec=dict(info.sizes or {}), vm_state=states.ACTIVE)
+                inst = instancemod.Instance(uuid=info.uuid, name=info.name, spec=None,
+                                            sizes=dict(info.sizes or {}),
+                                            vm_state=states.ACTIVE)
                 core.instances[info.uuid] = inst
                 LOG.info('[instance: %s] adopted from the hypervisor (%s)', info.uuid,
                          info.power_state)

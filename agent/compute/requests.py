@@ -8,6 +8,7 @@ from agent import journal as journalmod
 from agent import spec as specmod
 from agent.compute import core as coremod
 from agent.compute import instance as instancemod
+from agent.compute import power as powermod
 from agent.compute import states
 from agent.compute import tasks as tasksmod
 
@@ -17,11 +18,14 @@ CONSOLE_BYTES = 64 * 1024          # get_console_output's default
 
 
 class Requests:
-    """Accepts boots and deletes as durable jobs and answers queries."""
+    """Accepts boots, deletes, stops, starts and reboots as durable jobs and answers
+    queries."""
 
-    def __init__(self, core: coremod.Core, tasks: tasksmod.Tasks, limits: specmod.Limits):
+    def __init__(self, core: coremod.Core, tasks: tasksmod.Tasks, power: powermod.Power,
+                 limits: specmod.Limits):
         self._core = core
         self._tasks = tasks
+        self._power = power
         self.limits = limits
 
     # -- boot -------------------------------------------------------------------------------
@@ -73,8 +77,7 @@ class Requests:
             core.driver.check_uuid_free(spec.uuid)
             # In-memory arithmetic only; a refusal leaves nothing recorded.
             core.tracker.claim(spec.uuid, spec.vcpus, spec.memory_mb, spec.disk_gb)
-        inst = instancemod.Instance(uuid=spec.uuid, name=spec.name, spec=spec.to_dict(),
-                                    task='spawning')
+        inst = instancemod.Instance.from_spec(spec, task='spawning')
         # Held from here until the boot job ends: a delete that arrives meanwhile (even
         # while the job is being journaled) waits for the boot, never runs before it.
         inst.lock.acquire()
@@ -138,6 +141,81 @@ class Requests:
         core.change(inst, vm_state=states.DELETING)        # at once, even while its boot runs
         core.runtime.spawn(self._tasks.run_delete, job, inst)
         return {'job_id': job.id, 'uuid': uuid}
+
+    # -- stop / start / reboot ------------------------------------------------------------------
+    def stop_instance(self, uuid, timeout: int | None = None) -> dict:
+        """Accept a stop: the guest gets ``timeout`` seconds (default ``[power]
+        stop_timeout``, at most ``max_stop_timeout``; 0: at once) to power itself off after
+        the ACPI power button, then the domain is stopped at once. See ``power``."""
+        options = self._power.options
+        timeout = options.stop_timeout if timeout is None else timeout
+        if timeout > options.max_stop_timeout:
+            raise exception.InvalidSpec(reason='timeout: at most %d seconds on this node'
+                                        % options.max_stop_timeout)
+        return self._accept_power(uuid, states.STOP, {'timeout': timeout})
+
+    def start_instance(self, uuid) -> dict:
+        """Accept a start of a stopped instance."""
+        return self._accept_power(uuid, states.START, {})
+
+    def reboot_instance(self, uuid, hard: bool = False) -> dict:
+        """Accept a reboot: soft (the ACPI power button, a reset if the guest does not
+        reboot in time) or ``hard`` (a reset now; a domain that does not run is started)."""
+        return self._accept_power(uuid, states.HARD_REBOOT if hard else states.REBOOT,
+                                  {'hard': bool(hard)})
+
+    def _accept_power(self, uuid, operation: str, args: dict) -> dict:
+        """Check the instance's state and that no job works on it, record the job and answer
+        ``{job_id, uuid}`` once it is on disk; the same request while its job runs answers
+        that job (``existing``). Refusals change and record nothing."""
+        core = self._core
+        uuid = specmod.validate_uuid(uuid)
+        kind = 'reboot' if operation == states.HARD_REBOOT else operation
+        request = core.tracer.request(kind + '_instance')
+        with request.phase('claim'), core.lock:
+            inst = core.instances.get(uuid)
+            if inst is None:
+                raise exception.InstanceNotFound(uuid=uuid)
+            if inst.delete_job is not None:
+                raise exception.InstanceBusy(uuid=uuid, state='being deleted')
+            if inst.power_job is not None and inst.task == states.TASKS[operation]:
+                running = core.jobs.get(inst.power_job)
+                if running.kind == kind and running.spec == args:
+                    return {'job_id': running.id, 'uuid': uuid, 'existing': True}
+            if inst.task is not None:
+                raise exception.InstanceBusy(uuid=uuid, state=inst.task)
+            states.check_operation(uuid, inst.vm_state, operation)
+            job, ticket = core.jobs.create(kind, uuid, spec=args)
+            inst.power_job, inst.task = job.id, states.TASKS[operation]
+        with request.phase('journal wait'):
+            self._wait_recorded_power(inst, job, ticket)
+        core.report(inst)                     # the task reaches the conductor
+        core.metrics.request(kind + '_instance', request.finish(uuid=uuid, job_id=job.id))
+        core.runtime.spawn(self._power.run, job, inst)
+        return {'job_id': job.id, 'uuid': uuid}
+
+    def _wait_recorded_power(self, inst: instancemod.Instance, job: jobsmod.Job,
+                             ticket: int) -> None:
+        core = self._core
+        try:
+            core.journal.wait(ticket)
+        except journalmod.JournalError as exc:
+            if not core.journal.withdraw(job.id):
+                LOG.error('[instance: %s] %s job %s: journal outcome unknown (%s)', inst.uuid,
+                          job.kind, job.id, exc)
+                core.runtime.spawn(self._power_when_recorded, job, inst, ticket)
+                raise exception.AcceptanceUnknown(reason=str(exc), job_id=job.id,
+                                                  uuid=inst.uuid) from None
+            with core.lock:
+                inst.power_job, inst.task = None, None
+            core.jobs.forget(job)
+            raise exception.JournalUnavailable(reason=str(exc)) from None
+
+    def _power_when_recorded(self, job: jobsmod.Job, inst: instancemod.Instance,
+                             ticket: int) -> None:
+        self._core.journal.wait_landed(ticket)
+        self._core.report(inst)
+        self._power.run(job, inst)
 
     # -- queries ----------------------------------------------------------------------------
     def get_job(self, job_id) -> dict:

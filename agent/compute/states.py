@@ -8,8 +8,10 @@
     any but deleted --> deleting --> deleted
     deleting --> error                          (the delete failed; a later delete may retry)
 
-A change to the same state is always allowed. ``check`` raises InstanceInvalidState for
-anything else, naming both states. Pure: no I/O.
+Operators' operations (stop, start, reboot, hard reboot) are asked in the states ``OPERATIONS``
+names; their jobs then move the instance along the transitions above (a stop's domain stops:
+active -> stopped, by its event). A change to the same state is always allowed. ``check``
+raises InstanceInvalidState for anything else, naming both states. Pure: no I/O.
 """
 from agent import exception
 from agent.virt import driver as vdriver
@@ -47,4 +49,32 @@ def allowed(current: str, new: str) -> bool:
 def check(uuid: str, current: str, new: str) -> None:
     """Raise InstanceInvalidState unless ``current`` -> ``new`` is a transition of the table."""
     if not allowed(current, new):
-        raise exception.InstanceInvalidState(uuid=uuid, state=current, target=new)
+        raise exception.InstanceInvalidState(uuid=uuid, state=current, action='become ' + new)
+
+
+# The operations an operator asks for, and the states they may be asked in (checked when
+# the request arrives: a refused request changes and records nothing).
+STOP = 'stop'
+START = 'start'
+REBOOT = 'reboot'
+HARD_REBOOT = 'hard_reboot'
+
+OPERATIONS: dict[str, frozenset[str]] = {
+    STOP: frozenset({ACTIVE, PAUSED}),                    # -> stopped
+    START: frozenset({STOPPED}),                          # -> active
+    REBOOT: frozenset({ACTIVE}),                          # stays active
+    HARD_REBOOT: frozenset({ACTIVE, PAUSED, STOPPED, ERROR}),   # -> active (repairs)
+}
+
+# The task an instance shows while the job of an operation works on it.
+TASKS = {STOP: 'stopping', START: 'starting', REBOOT: 'rebooting', HARD_REBOOT: 'rebooting'}
+
+
+def check_operation(uuid: str, current: str, operation: str) -> None:
+    """Raise InstanceInvalidState unless ``operation`` may be asked of an instance in
+    ``current``; the message names the state and the operation."""
+    if current not in OPERATIONS[operation]:
+        raise exception.InstanceInvalidState(
+            uuid=uuid, state=current,
+            action='%s (only from %s)' % (operation.replace('_', ' '),
+                                          ', '.join(sorted(OPERATIONS[operation]))))

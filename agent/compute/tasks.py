@@ -163,7 +163,8 @@ class Tasks:
         core.change(inst, task='deleting', vm_state=states.DELETING)
         try:
             core.driver.destroy(inst.uuid)
-            if inst.spec.get('disk_gb') or (not inst.spec and inst.uuid in core.storage.disks()):
+            if inst.sizes.get('disk_gb') or (not inst.sizes
+                                             and inst.uuid in core.storage.disks()):
                 core.storage.delete_disks(inst.uuid)
         except exception.AgentError as exc:
             LOG.error('[instance: %s] delete failed: %s', inst.uuid, exc)

@@ -3,6 +3,8 @@ import oslo_messaging
 
 
 class ConductorAPI:
+    """Client of the conductor (topic ``[conductor] topic``): reports from agents, queries from
+    clients."""
     VERSION = '1.1'
 
     def __init__(self, transport, topic: str = 'conductor', timeout: float | None = None):
@@ -10,23 +12,31 @@ class ConductorAPI:
         self._client = oslo_messaging.get_rpc_client(transport, target, timeout=timeout)
 
     def report(self, host: str, states: list[dict], resources: dict | None) -> int:
+        """Send one node's batch of instance states and its usage report (either may be empty)."""
         return self._client.call({}, 'report', host=host, states=states, resources=resources)
 
     def get_node(self, host: str) -> dict | None:
+        """A node's last applied usage report, or None."""
         return self._client.call({}, 'get_node', host=host)
 
     def list_reports(self, host: str) -> list[dict]:
+        """Every report received from ``host``, oldest first (tests and tools)."""
         return self._client.call({}, 'list_reports', host=host)
 
     def get_instance(self, uuid: str) -> dict | None:
+        """An instance's row as the conductor holds it, or None."""
         return self._client.call({}, 'get_instance', uuid=uuid)
 
     def list_instances(self, host: str | None = None) -> list[dict]:
+        """Every instance row, or those of node ``host``."""
         return self._client.call({}, 'list_instances', host=host)
 
     def wait_instances(self, uuids: list[str], states: list[str], timeout: float) -> dict:
+        """Wait (on the conductor) until each uuid is in one of ``states`` or ``timeout``
+        passed; the rows."""
         cctxt = self._client.prepare(timeout=timeout + 30)
         return cctxt.call({}, 'wait_instances', uuids=uuids, states=states, timeout=timeout)
 
     def report_count(self, host: str | None = None) -> int:
+        """How many reports the conductor applied (from ``host``, or all)."""
         return self._client.call({}, 'report_count', host=host)

@@ -111,20 +111,24 @@ class InstanceStore:
         return [dict(zip(columns, row)) for row in cur.fetchall()]
 
     def get(self, uuid: str) -> dict | None:
+        """One instance's row, or None."""
         with self._cond:
             rows = self._rows('WHERE uuid = ?', (uuid,))
         return rows[0] if rows else None
 
     def list_instances(self, host: str | None = None) -> list[dict]:
+        """Every instance row, or those of one host."""
         with self._cond:
             return self._rows('WHERE host = ?', (host,)) if host else self._rows()
 
     def report_count(self, host: str | None = None) -> int:
+        """The number of reports applied (from one host, or all)."""
         with self._cond:
             q = 'SELECT COUNT(*) FROM reports' + (' WHERE host = ?' if host else '')
             return self._db.execute(q, (host,) if host else ()).fetchone()[0]
 
     def get_node(self, host: str) -> dict | None:
+        """A node's last applied usage report, or None."""
         with self._cond:
             row = self._db.execute(
                 'SELECT host, generation, capacity, usage, inventory, instances, reported_at, '
@@ -159,6 +163,7 @@ class InstanceStore:
                 self._cond.wait(left)
 
     def close(self) -> None:
+        """Close the database."""
         self._db.close()
 
 

@@ -35,10 +35,13 @@ class ConductorEndpoint:
 
     @_EXPECTED
     def report_instance_states(self, ctxt, host, states):
+        """Apply a batch of instance states (the 1.0 call; ``report`` without usage)."""
         return self.report(ctxt, host, states, None)
 
     @_EXPECTED
     def report(self, ctxt, host, states, resources=None):
+        """Apply one node's report (validated whole: InvalidReport changes nothing); how many
+        of its states applied."""
         try:
             host, states, resources = validate.report(host, states, resources,
                                                       self._clock_ns(), self._max_future_s)
@@ -60,22 +63,28 @@ class ConductorEndpoint:
 
     @_EXPECTED
     def get_node(self, ctxt, host):
+        """A node's last applied usage report, or None."""
         return self._store.get_node(validate.host(host))
 
     @_EXPECTED
     def list_reports(self, ctxt, host):
+        """Every report received from ``host``, oldest first."""
         return self._store.list_reports(validate.host(host))
 
     @_EXPECTED
     def get_instance(self, ctxt, uuid):
+        """An instance's row, or None."""
         return self._store.get(validate.uuid(uuid, 'uuid'))
 
     @_EXPECTED
     def list_instances(self, ctxt, host=None):
+        """Every instance row, or those of one host."""
         return self._store.list_instances(None if host is None else validate.host(host))
 
     @_EXPECTED
     def wait_instances(self, ctxt, uuids, states, timeout):
+        """Wait until each uuid is in one of ``states`` (woken by reports, no polling) or the
+        timeout passed; the rows."""
         if not isinstance(uuids, list) or len(uuids) > validate.MAX_STATES \
                 or not isinstance(states, list):
             raise exception.InvalidReport(reason='uuids and states: lists')
@@ -87,4 +96,5 @@ class ConductorEndpoint:
 
     @_EXPECTED
     def report_count(self, ctxt, host=None):
+        """How many reports were applied (from one host, or all)."""
         return self._store.report_count(None if host is None else validate.host(host))

@@ -15,7 +15,7 @@ HOST_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9._-]{0,254}')
 VM_STATES = frozenset({'building', 'active', 'paused', 'stopped', 'deleting', 'deleted',
                        'error'})
 POWER_STATES = frozenset({'running', 'paused', 'shutdown', 'crashed', 'nostate'})
-TASKS = frozenset({'spawning', 'deleting'})
+TASKS = frozenset({'spawning', 'deleting', 'stopping', 'starting', 'rebooting'})
 MAX_STATES = 10000
 MAX_TEXT = 16384
 RESOURCES = ('vcpus', 'memory_mb', 'disk_gb')

@@ -7,6 +7,7 @@ from agent.conf import jobs
 from agent.conf import libvirt
 from agent.conf import metrics
 from agent.conf import network
+from agent.conf import power
 from agent.conf import resources
 from agent.conf import storage
 from agent.conf import trace
@@ -15,5 +16,5 @@ from agent.conf import workqueue
 CONF = cfg.CONF
 
 for _mod in (default, libvirt, workqueue, conductor, storage, resources, jobs, metrics,
-             trace, network):
+             trace, network, power):
     _mod.register_opts(CONF)

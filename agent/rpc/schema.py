@@ -43,8 +43,21 @@ def _console_bytes(name: str, value):
     return value
 
 
+def _seconds(name: str, value):
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 86400:
+        raise exception.InvalidSpec(reason='%s: whole seconds from 0 to 86400' % name)
+    return value
+
+
+def _flag(name: str, value):
+    if not isinstance(value, bool):
+        raise exception.InvalidSpec(reason='%s: must be true or false' % name)
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class Arg:
+    """One argument of an RPC method: its name, its check, whether it is required."""
     name: str
     check: Callable[[str, Any], Any]
     required: bool = True
@@ -63,6 +76,9 @@ METHODS: dict[str, tuple[Arg, ...]] = {
     'ping': (),
     'write_trace': (),
     'get_console_output': (Arg('uuid', _uuid), Arg('max_bytes', _console_bytes, required=False)),
+    'stop_instance': (Arg('uuid', _uuid), Arg('timeout', _seconds, required=False)),
+    'start_instance': (Arg('uuid', _uuid),),
+    'reboot_instance': (Arg('uuid', _uuid), Arg('hard', _flag, required=False)),
 }
 
 

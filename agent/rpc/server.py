@@ -10,6 +10,8 @@ Version history:
         and a repeated delete answers the accepted job (existing); boot_instance may raise
         UuidTaken, InvalidImage and AcceptanceUnknown; NICs limited by [network]
   1.6 - get_console_output
+  1.7 - stop_instance, start_instance, reboot_instance (durable jobs, like boot and delete);
+        jobs and instances gain ``result`` and ``power_job``; InstanceInvalidState
 
 Methods validate, hand work to the manager and answer at once: none waits for libvirt.
 """
@@ -31,7 +33,9 @@ _MISSING = object()     # an argument the caller did not give (None is a value)
 
 
 class ComputeEndpoint:
-    target = oslo_messaging.Target(version='1.6')
+    """The agent's RPC methods: each checks its arguments (``schema``) and hands the work to
+    the manager, answering at once."""
+    target = oslo_messaging.Target(version='1.7')
 
     def __init__(self, manager, stats_fn, write_trace_fn=None):
         self._manager = manager
@@ -64,6 +68,26 @@ class ComputeEndpoint:
         """Accept a delete of ``uuid``; {job_id, uuid[, existing]} at once."""
         return self._manager.delete_instance(
             self._args('delete_instance', unexpected, uuid=uuid)['uuid'])
+
+    @_expected
+    def stop_instance(self, ctxt, uuid=_MISSING, timeout=_MISSING, **unexpected):
+        """Accept a stop of ``uuid`` (``timeout`` seconds for the guest to power off after
+        the ACPI power button, then at once); {job_id, uuid[, existing]} at once."""
+        args = self._args('stop_instance', unexpected, uuid=uuid, timeout=timeout)
+        return self._manager.stop_instance(args['uuid'], args.get('timeout'))
+
+    @_expected
+    def start_instance(self, ctxt, uuid=_MISSING, **unexpected):
+        """Accept a start of the stopped instance ``uuid``; {job_id, uuid[, existing]}."""
+        return self._manager.start_instance(
+            self._args('start_instance', unexpected, uuid=uuid)['uuid'])
+
+    @_expected
+    def reboot_instance(self, ctxt, uuid=_MISSING, hard=_MISSING, **unexpected):
+        """Accept a reboot of ``uuid`` (soft by ACPI, or ``hard``: a reset);
+        {job_id, uuid[, existing]} at once."""
+        args = self._args('reboot_instance', unexpected, uuid=uuid, hard=hard)
+        return self._manager.reboot_instance(args['uuid'], args.get('hard', False))
 
     @_expected
     def get_job(self, ctxt, job_id=_MISSING, **unexpected):

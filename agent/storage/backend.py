@@ -71,6 +71,7 @@ class StorageBackend(abc.ABC):
         """Remove the instance's disks; nothing to remove is fine."""
 
     def stats(self) -> dict:
+        """Counters: the backend's commands and listings."""
         return {}
 
     @abc.abstractmethod

@@ -25,6 +25,7 @@ LOG = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class CommandResult:
+    """What a command did: exit status, stdout, stderr."""
     argv: tuple[str, ...]
     rc: int
     stdout: str
@@ -134,6 +135,7 @@ class CommandRunner:
                              answer['run_s'])
 
     def shutdown(self) -> None:
+        """Stop every command worker."""
         for worker in self._workers:
             worker.close()
         self._workers.clear()

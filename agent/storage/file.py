@@ -18,6 +18,7 @@ DISK_NAME = operations.DISK_FILE
 
 
 class FileBackend(backend.StorageBackend):
+    """Root disks as sparse files in the marked instance directories (no LVM)."""
     kind = 'file'
 
     def __init__(self, runner, dirs: instancedir.InstanceDirs, reserved_bytes: int = 0):

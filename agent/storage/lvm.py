@@ -19,6 +19,7 @@ LOG = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class Report:
+    """One listing of the volume group: its LVs (by name) and the VG itself."""
     vg: lvm_report.VolumeGroup
     lvs: tuple[lvm_report.LogicalVolume, ...]
 
@@ -27,6 +28,8 @@ lv_name = operations.lv_name
 
 
 class LvmBackend(backend.StorageBackend):
+    """Root disks as LVs of one volume group, tagged as ours; every question answered from one
+    shared listing."""
     kind = 'lvm'
 
     def __init__(self, runner, volume_group: str, cache_seconds: float = 2.0):
@@ -45,6 +48,8 @@ class LvmBackend(backend.StorageBackend):
         return Report(vg=vg[0], lvs=tuple(lvm_report.parse_lvs(lvs.stdout)))
 
     def report(self) -> Report:
+        """A listing of the VG (shared with concurrent callers; cached
+        ``report_cache_seconds``)."""
         return self._sweep.get()
 
     def init(self) -> dict:
@@ -116,4 +121,5 @@ class LvmBackend(backend.StorageBackend):
             LOG.info('[instance: %s] removed its LV from %s', uuid, self.vg)
 
     def stats(self) -> dict:
+        """Counters: listings made and shared, commands by name."""
         return {'sweeps': self._sweep.runs, 'sweeps_shared': self._sweep.shared}

@@ -10,6 +10,7 @@ VG_FIELDS = 'vg_name,vg_size,vg_free,vg_extent_size'
 
 @dataclasses.dataclass(frozen=True)
 class LogicalVolume:
+    """One LV from ``lvs --reportformat json``: name, size in bytes, tags."""
     name: str
     vg: str
     size: int            # bytes
@@ -19,6 +20,7 @@ class LogicalVolume:
 
 @dataclasses.dataclass(frozen=True)
 class VolumeGroup:
+    """The VG from ``vgs --reportformat json``: size and free bytes."""
     name: str
     size: int
     free: int

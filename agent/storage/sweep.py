@@ -22,6 +22,8 @@ class _Run:
 
 
 class SharedSweep(Generic[T]):
+    """One listing at a time, shared by every concurrent caller; the agent's own changes
+    invalidate it."""
     def __init__(self, fetch: Callable[[], T], max_age: float):
         self._fetch = fetch
         self._max_age = max_age
@@ -33,10 +35,13 @@ class SharedSweep(Generic[T]):
         self.shared = 0    # get() calls answered by a run another caller started or a cache
 
     def invalidate(self) -> None:
+        """The next ``get`` lists again (something changed)."""
         with self._lock:
             self._generation += 1
 
     def get(self) -> T:
+        """A listing no older than the cache time and than the last ``invalidate``: the one
+        under way if any."""
         with self._lock:
             now = time.monotonic()
             last = self._last

@@ -18,6 +18,7 @@ NOSTATE = 'nostate'
 
 @dataclasses.dataclass(frozen=True)
 class PowerStateChanged:
+    """The instance's power state changed (a lifecycle event)."""
     uuid: str
     power_state: str
     cause: str          # e.g. 'started', 'stopped/shutdown' (libvirt event/detail names)
@@ -27,6 +28,14 @@ class PowerStateChanged:
 @dataclasses.dataclass(frozen=True)
 class InstanceVanished:
     """The hypervisor no longer holds the instance (undefined behind the agent's back)."""
+
+    uuid: str
+    timestamp: float
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceRebooted:
+    """The guest was reset: a reboot (the guest's own, a soft reboot's or a hard one's)."""
 
     uuid: str
     timestamp: float
@@ -71,7 +80,7 @@ class ComputeDriver(abc.ABC):
 
     @abc.abstractmethod
     def set_event_listener(self, listener: Callable[[object], None]) -> None:
-        """Deliver PowerStateChanged / InstanceVanished / HypervisorLost /
+        """Deliver PowerStateChanged / InstanceVanished / InstanceRebooted / HypervisorLost /
         HypervisorReconnected to ``listener``, one at a time, in the manager's concurrency
         context (a greenthread)."""
 
@@ -91,6 +100,29 @@ class ComputeDriver(abc.ABC):
         """Stop and remove the instance and its files; succeed if it is already gone. A
         domain with this uuid that the agent did not make (its metadata does not name the
         uuid and this node) is never touched."""
+
+    @abc.abstractmethod
+    def shutdown(self, uuid: str) -> None:
+        """Ask the guest to power itself off (the ACPI power button) and return at once; the
+        domain stops later, seen by its lifecycle event. DomainStateConflict if it does not
+        run; DomainNotFound if the hypervisor holds no domain of ours with this uuid."""
+
+    @abc.abstractmethod
+    def power_off(self, uuid: str) -> None:
+        """Stop the domain at once (pulling the plug), keeping its definition, disks and
+        files; succeed if it is not running. DomainNotFound as ``shutdown``."""
+
+    @abc.abstractmethod
+    def power_on(self, uuid: str) -> None:
+        """Start the defined domain again; DomainStateConflict if it already runs,
+        DomainNotFound as ``shutdown``."""
+
+    @abc.abstractmethod
+    def reboot(self, uuid: str, hard: bool) -> None:
+        """hard: reset the running guest at once (done when this returns). Soft: ask the
+        guest to reboot (the ACPI power button; libvirt restarts the guest once it powers
+        off) and return at once; InstanceRebooted tells when it happened.
+        DomainStateConflict if the domain does not run; DomainNotFound as ``shutdown``."""
 
     @abc.abstractmethod
     def list_instances(self) -> list[InstanceInfo]:

@@ -278,7 +278,7 @@ class Node:
         self.transport.cleanup()
 
 
-NODE_FIXTURES = ('node', 'lvm_node', 'acct_node', 'fault_node')
+NODE_FIXTURES = ('node', 'lvm_node', 'acct_node', 'fault_node', 'life_node')
 
 
 @pytest.fixture(autouse=True)

@@ -20,6 +20,7 @@ from agent.conf import workqueue as conf_workqueue
 from agent import instancedir
 from agent import journal as journalmod
 from agent.compute import manager as managermod
+from agent.compute import power as powermod
 from agent import reporter as reportermod
 from agent import resources
 from agent import spec as specmod
@@ -84,6 +85,11 @@ def conf(tmp_path, image_dir):
     return c
 
 
+# Short waits: a guest of the fake libvirt answers the power button at once, or never.
+TEST_POWER = powermod.PowerOptions(stop_timeout=2, max_stop_timeout=60, acpi_retry_interval=0.3,
+                                   reboot_timeout=1)
+
+
 class Reports:
     """The conductor side of the reporter: keeps every batch and resource report it was sent."""
 
@@ -112,7 +118,7 @@ class Agent:
     """An agent (manager, libvirt driver, storage) over the fake libvirt and fake LVM."""
 
     def __init__(self, conf, hv, lvm=None, backend='lvm', vg=None, allocation=None,
-                 tracer=None, metrics=None):
+                 tracer=None, metrics=None, power=None):
         self.hv = hv
         self.lvm = lvm or fakelvm.FakeLvm()
         self.dirs = instancedir.InstanceDirs(conf.instances_path)
@@ -143,7 +149,8 @@ class Agent:
             self.driver, self.storage, self.runtime, self.reporter, limits, 'node1',
             self.journal, self.dirs, allocation=allocation or resources.Allocation(),
             job_retention=conf.jobs.retention, max_boot_attempts=conf.jobs.max_boot_attempts,
-            reconnect_interval=0.05, tracer=tracer, metrics=metrics)
+            reconnect_interval=0.05, tracer=tracer, metrics=metrics,
+            power=power or TEST_POWER)
         self.manager.init_host()
 
     def wait_job(self, job_id):

@@ -12,6 +12,9 @@ import xml.etree.ElementTree as ET
 
 # --- constants (values as in libvirt) ----------------------------------------------------
 VIR_DOMAIN_EVENT_ID_LIFECYCLE = 0
+VIR_DOMAIN_EVENT_ID_REBOOT = 1
+VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN = 1
+VIR_DOMAIN_REBOOT_ACPI_POWER_BTN = 1
 VIR_DOMAIN_EVENT_DEFINED = 0
 VIR_DOMAIN_EVENT_UNDEFINED = 1
 VIR_DOMAIN_EVENT_STARTED = 2
@@ -110,6 +113,8 @@ class Hypervisor:
         self.late_gates: dict[str, threading.Event] = {}   # answer now, return it later
         self.down = False
         self.lock = threading.Lock()
+        # uuids of guests that ignore the ACPI power button (still booting, or no acpid)
+        self.acpi_ignored: set[str] = set()
 
     def record(self, name: str) -> None:
         with self.lock:
@@ -132,6 +137,11 @@ class Hypervisor:
         for conn in list(self.connections):
             for cb, opaque in list(conn.lifecycle_callbacks):
                 _events.put((cb, (conn, dom, event, detail, opaque)))
+
+    def emit_reboot(self, dom: 'Domain') -> None:
+        for conn in list(self.connections):
+            for cb, opaque in list(conn.reboot_callbacks):
+                _events.put((cb, (conn, dom, opaque)))
 
     # what happens outside the agent's calls
     def guest_poweroff(self, uuid: str) -> None:
@@ -176,6 +186,7 @@ class Connection:
         self.uri = uri
         self.alive = True
         self.lifecycle_callbacks = []
+        self.reboot_callbacks = []
         self.close_callback = None
 
     def _call(self, name: str) -> None:
@@ -192,9 +203,11 @@ class Connection:
 
     def domainEventRegisterAny(self, dom, event_id, cb, opaque):
         self._call('domainEventRegisterAny')
-        assert event_id == VIR_DOMAIN_EVENT_ID_LIFECYCLE
-        self.lifecycle_callbacks.append((cb, opaque))
-        return len(self.lifecycle_callbacks)
+        assert event_id in (VIR_DOMAIN_EVENT_ID_LIFECYCLE, VIR_DOMAIN_EVENT_ID_REBOOT)
+        callbacks = (self.lifecycle_callbacks if event_id == VIR_DOMAIN_EVENT_ID_LIFECYCLE
+                     else self.reboot_callbacks)
+        callbacks.append((cb, opaque))
+        return len(self.lifecycle_callbacks) + len(self.reboot_callbacks)
 
     def setKeepAlive(self, interval, count):
         self._call('setKeepAlive')
@@ -304,7 +317,10 @@ class Domain:
         return [self._call('state').run_state, 0]
 
     def create(self):
-        dom = self._call('create')
+        return self._start('create')
+
+    def _start(self, name: str) -> int:
+        dom = self._call(name)
         if dom.run_state == VIR_DOMAIN_RUNNING:
             raise libvirtError('Requested operation is not valid: domain is already running',
                                VIR_ERR_OPERATION_INVALID)
@@ -313,6 +329,35 @@ class Domain:
         self._conn.hv.emit(dom, VIR_DOMAIN_EVENT_STARTED, 0)
         if not self._conn.alive:    # libvirtd went away while the call was in flight
             raise libvirtError('Cannot recv data: Connection reset by peer', VIR_ERR_SYSTEM_ERROR)
+        return 0
+
+    def createWithFlags(self, flags):
+        return self._start('createWithFlags')
+
+    def _running(self, name: str) -> 'Domain':
+        dom = self._call(name)
+        if dom.run_state != VIR_DOMAIN_RUNNING:
+            raise libvirtError('Requested operation is not valid: domain is not running',
+                               VIR_ERR_OPERATION_INVALID)
+        return dom
+
+    def shutdownFlags(self, flags):
+        """The ACPI power button: a guest that handles it powers off."""
+        self._running('shutdownFlags')
+        if self.uuid not in self._conn.hv.acpi_ignored:
+            self._conn.hv.guest_poweroff(self.uuid)
+        return 0
+
+    def reboot(self, flags):
+        """The ACPI power button with libvirt's restart: a guest that handles it resets."""
+        dom = self._running('reboot')
+        if self.uuid not in self._conn.hv.acpi_ignored:
+            self._conn.hv.emit_reboot(dom)
+        return 0
+
+    def reset(self, flags):
+        dom = self._running('reset')
+        self._conn.hv.emit_reboot(dom)
         return 0
 
     def destroy(self):

@@ -145,11 +145,43 @@ class Info:
     ([], True, True, reconcile.ADOPT),
     ([_job('boot', 'failed')], False, False, reconcile.RESTORE_ERROR),
     ([_job('boot', 'done')], False, False, reconcile.LOST),
+    ([_job('boot', 'done'), _job('stop', 'running', created=2.0)], True, True,
+     reconcile.RESUME_POWER),
+    ([_job('boot', 'done'), _job('reboot', 'queued', created=2.0)], True, False,
+     reconcile.RESUME_POWER),
+    ([_job('boot', 'done'), _job('start', 'running', created=2.0)], False, False,
+     reconcile.LOST),
+    # An instance whose last job was a finished stop is still an instance.
+    ([_job('boot', 'done'), _job('stop', 'done', created=2.0)], False, False, reconcile.LOST),
+    ([_job('boot', 'done'), _job('stop', 'done', created=2.0)], True, False, reconcile.ADOPT),
+    ([_job('boot', 'done'), _job('delete', 'done', created=2.0)], False, False, None),
 ])
 def test_the_plan_follows_the_documented_rules(jobs, domain, running, action):
     domains = {U1: Info(U1, 'running' if running else 'shutdown')} if domain else {}
     plan = reconcile.plan(jobs, domains, {}, {}, {U1} if running else set())
-    assert [s.action for s in plan.steps] == [action]
+    assert [s.action for s in plan.steps] == ([action] if action else [])
+
+
+def test_a_journal_from_before_job_results_gains_the_column_and_keeps_its_rows(tmp_path):
+    import sqlite3
+    path = str(tmp_path / 'old.sqlite')
+    db = sqlite3.connect(path)
+    db.executescript("""CREATE TABLE jobs (
+        id TEXT PRIMARY KEY, kind TEXT NOT NULL, uuid TEXT NOT NULL, state TEXT NOT NULL,
+        reason TEXT, created_at REAL NOT NULL, started_at REAL, finished_at REAL,
+        attempts INTEGER NOT NULL DEFAULT 1, calls TEXT, spec TEXT);
+        INSERT INTO jobs VALUES ('j1', 'boot', '%s', 'done', NULL, 1.0, 1.0, 2.0, 1, '{}', NULL);
+        """ % U1)
+    db.close()
+    wq = workqueue.ThreadWorkQueue(1)
+    j = start_journal(path, wq.execute)
+    try:
+        assert [(r['id'], r['state'], r['result']) for r in j.load()] == [('j1', 'done', None)]
+        j.wait(j.put(row('j2', 'done', result='graceful')))
+        assert {r['id']: r['result'] for r in j.load()} == {'j1': None, 'j2': 'graceful'}
+    finally:
+        j.stop()
+        wq.shutdown()
 
 
 def test_the_plan_removes_only_disks_and_dirs_no_instance_holds():

@@ -33,6 +33,13 @@ class Manager:
     ('boot_instance', {'spec': [1]}, '^spec: must be an object, got list$'),
     ('boot_instance', {}, '^spec: required$'),
     ('ping', {'x': 1}, 'ping takes none'),
+    ('stop_instance', {'uuid': U1, 'timeout': -1}, '^timeout: whole seconds from 0'),
+    ('stop_instance', {'uuid': U1, 'timeout': 1.5}, '^timeout: whole seconds'),
+    ('stop_instance', {'uuid': U1, 'timeout': True}, '^timeout: whole seconds'),
+    ('stop_instance', {'uuid': U1, 'force': True}, 'unexpected argument.*force'),
+    ('start_instance', {}, '^uuid: required$'),
+    ('reboot_instance', {'uuid': U1, 'hard': 'yes'}, '^hard: must be true or false$'),
+    ('reboot_instance', {'uuid': U1, 'hard': 1}, '^hard: must be true or false$'),
 ])
 def test_each_bad_argument_is_named(method, args, match):
     mgr = Manager()

@@ -46,3 +46,29 @@ def test_a_refused_change_changes_nothing_and_reports_nothing(agent):
     with pytest.raises(exception.InstanceInvalidState):
         agent.manager.core.change(inst, vm_state=states.BUILDING, fault='x')
     assert (inst.vm_state, inst.fault, inst.seq) == before
+
+
+@pytest.mark.parametrize('current, operation, allowed', [
+    (states.ACTIVE, states.STOP, True), (states.PAUSED, states.STOP, True),
+    (states.STOPPED, states.STOP, False), (states.BUILDING, states.STOP, False),
+    (states.STOPPED, states.START, True), (states.ACTIVE, states.START, False),
+    (states.ERROR, states.START, False), (states.ACTIVE, states.REBOOT, True),
+    (states.STOPPED, states.REBOOT, False), (states.ERROR, states.HARD_REBOOT, True),
+    (states.STOPPED, states.HARD_REBOOT, True), (states.DELETING, states.HARD_REBOOT, False),
+])
+def test_operations_are_asked_only_in_the_states_the_table_names(current, operation, allowed):
+    if allowed:
+        states.check_operation(U1, current, operation)
+        return
+    with pytest.raises(exception.InstanceInvalidState) as err:
+        states.check_operation(U1, current, operation)
+    assert '%s is %s: it cannot %s' % (U1, current, operation.replace('_', ' ')) \
+        in str(err.value)
+
+
+def test_every_operation_ends_in_a_state_its_source_states_may_reach():
+    # what each operation's job leaves the instance in, by the events that follow
+    ends = {states.STOP: states.STOPPED, states.START: states.ACTIVE,
+            states.REBOOT: states.ACTIVE, states.HARD_REBOOT: states.ACTIVE}
+    for operation, sources in states.OPERATIONS.items():
+        assert all(states.allowed(s, ends[operation]) for s in sources), operation

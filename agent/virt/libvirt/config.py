@@ -18,6 +18,7 @@ def domain_name(uuid: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class DiskConfig:
+    """One disk of a domain: source path and type, format, target, transient or not."""
     path: str
     format: str = 'raw'          # raw | qcow2
     target: str = 'vda'
@@ -63,6 +64,7 @@ class GuestConfig:
     metadata: tuple[tuple[str, str], ...] = ()   # extra (key, value) pairs for the metadata
 
     def to_xml(self) -> str:
+        """The domain XML libvirt defines."""
         dom = ET.Element('domain', type=self.virt_type)
         ET.SubElement(dom, 'name').text = domain_name(self.uuid)
         ET.SubElement(dom, 'uuid').text = self.uuid
@@ -89,7 +91,8 @@ class GuestConfig:
             if nic.type != 'user':
                 self._nic(devices, nic)
         serial = ET.SubElement(devices, 'serial', type='file')
-        ET.SubElement(serial, 'source', path=self.console_log)
+        # append: the console of a stopped and started (or rebooted) guest keeps its past.
+        ET.SubElement(serial, 'source', path=self.console_log, append='on')
         ET.SubElement(serial, 'target', port='0')
         ET.SubElement(devices, 'memballoon', model='none')
         self._isolated_user_nics(dom)

@@ -1,6 +1,9 @@
-"""The libvirt driver: boot and delete domains, and turn lifecycle events into power states.
+"""The libvirt driver: boot, delete, stop, start and reboot domains, and turn lifecycle
+events into power states.
 
-Hot path of a boot: exactly two libvirt calls, defineXML and create. Host facts come from the
+Hot path of a boot: exactly two libvirt calls, defineXML and create. Stop, start, reboot:
+one call each (shutdownFlags or destroy, createWithFlags, reboot or reset) on the domain
+object kept since its boot or the last listing. Host facts come from the
 cache in ``Host``; instance state comes from lifecycle events, never from polling.
 """
 import logging
@@ -145,6 +148,10 @@ class LibvirtDriver(driver.ComputeDriver):
         if isinstance(item, vhost.Reconnected):
             self._listener(driver.HypervisorReconnected(timestamp=item.timestamp))
             return
+        if isinstance(item, vhost.RebootEvent):
+            if item.uuid in self._ours:
+                self._listener(driver.InstanceRebooted(uuid=item.uuid, timestamp=item.timestamp))
+            return
         if item.event == self._lv.VIR_DOMAIN_EVENT_DEFINED and item.uuid not in self._ours \
                 and item.uuid not in self._defining:
             self._foreign[item.uuid] = item.name
@@ -195,6 +202,7 @@ class LibvirtDriver(driver.ComputeDriver):
                                 os.path.join(self.instance_dir(uuid), CONSOLE_LOG), max_bytes)
 
     def instance_dir(self, uuid: str) -> str:
+        """The instance's marked directory (its console log lives there)."""
         return self._dirs.path(uuid)
 
     def check_uuid_free(self, uuid: str) -> None:
@@ -247,20 +255,36 @@ class LibvirtDriver(driver.ComputeDriver):
             self._remove_files(spec.uuid)
             raise
 
-    def destroy(self, uuid: str) -> None:
+    def _handle(self, uuid: str):
+        """The domain of ours with this uuid, or None: the cached object of the current
+        connection (no call), else one lookup (plus one XMLDesc the first time, to check
+        our metadata). A domain with this uuid that is not ours is never returned."""
         epoch, dom = self._domains.get(uuid, (None, None))
-        if epoch != self.host.epoch:
-            dom = None         # from a connection that is gone
+        if dom is not None and epoch == self.host.epoch:
+            return dom
+        epoch = self.host.epoch
+        try:
+            dom = self.host.call('lookupByUUIDString', self.host.conn().lookupByUUIDString,
+                                 uuid, epoch=epoch)
+        except exception.DomainNotFound:
+            return None
+        if not self._owned(uuid, dom):
+            LOG.warning('[instance: %s] the domain with this uuid (%s) is not ours: left '
+                        'untouched', uuid, dom.name())
+            return None
+        self._domains[uuid] = (epoch, dom)
+        return dom
+
+    def _ours_or_raise(self, uuid: str):
+        dom = self._handle(uuid)
         if dom is None:
-            try:
-                dom = self.host.call('lookupByUUIDString',
-                                     self.host.conn().lookupByUUIDString, uuid)
-            except exception.DomainNotFound:
-                dom = None
-            if dom is not None and not self._owned(uuid, dom):
-                LOG.warning('[instance: %s] the domain with this uuid (%s) is not ours: left '
-                            'untouched', uuid, dom.name())
-                dom = None
+            raise exception.DomainNotFound(op='lookup',
+                                           reason='the hypervisor holds no domain of ours '
+                                                  'with uuid %s' % uuid)
+        return dom
+
+    def destroy(self, uuid: str) -> None:
+        dom = self._handle(uuid)
         if dom is not None:
             try:
                 self.host.call('destroy', dom.destroy)
@@ -268,6 +292,31 @@ class LibvirtDriver(driver.ComputeDriver):
                 pass        # not running, or gone already: the goal is "gone"
             self._undefine(uuid, dom)
         self._remove_files(uuid)
+
+    # -- power (one libvirt RPC each; the state follows from lifecycle events) -------------
+    def shutdown(self, uuid: str) -> None:
+        dom = self._ours_or_raise(uuid)
+        self.host.call('shutdownFlags', dom.shutdownFlags,
+                       self._lv.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+
+    def power_off(self, uuid: str) -> None:
+        dom = self._ours_or_raise(uuid)
+        try:
+            self.host.call('destroy', dom.destroy)
+        except exception.DomainStateConflict:
+            pass            # not running: already off
+
+    def power_on(self, uuid: str) -> None:
+        dom = self._ours_or_raise(uuid)
+        # createWithFlags: one RPC (create() costs two: it looks the domain up again).
+        self.host.call('createWithFlags', dom.createWithFlags, 0)
+
+    def reboot(self, uuid: str, hard: bool) -> None:
+        dom = self._ours_or_raise(uuid)
+        if hard:
+            self.host.call('reset', dom.reset, 0)
+        else:
+            self.host.call('reboot', dom.reboot, self._lv.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN)
 
     def _undefine(self, uuid: str, dom) -> None:
         self._own_undefines.add(uuid)

@@ -42,6 +42,15 @@ class LifecycleEvent:
 
 
 @dataclasses.dataclass(frozen=True)
+class RebootEvent:
+    """The guest of a domain was reset (libvirt's reboot event)."""
+
+    uuid: str
+    name: str
+    timestamp: float
+
+
+@dataclasses.dataclass(frozen=True)
 class ConnectionLost:
     """Connection ``epoch`` broke (its close callback fired, or a call found it dead)."""
 
@@ -60,6 +69,7 @@ class Reconnected:
 
 @dataclasses.dataclass(frozen=True)
 class HostFacts:
+    """What libvirt says about the host, read once per connection set-up."""
     hostname: str
     arch: str
     domain_types: dict
@@ -76,7 +86,8 @@ class Host:
     """One libvirt connection used by every caller of the agent.
 
     libvirt_mod: the libvirt module (the real one, or a fake in unit tests).
-    event_sink(item): thread-safe; receives LifecycleEvent, ConnectionLost and Reconnected.
+    event_sink(item): thread-safe; receives LifecycleEvent, RebootEvent, ConnectionLost and
+    Reconnected.
     runtime: spawn, spawn_native and sleep (``agent.workqueue.Runtime``).
     """
 
@@ -94,7 +105,7 @@ class Host:
         self._epoch = 0          # grows with every connection: a call can tell it lost its own
         self._facts: HostFacts | None = None
         # op -> count of work-queue items; one per libvirt call, except the start-up and
-        # reconnect bundles 'open' (open + 3 registrations) and 'host_facts' (6 reads).
+        # reconnect bundles 'open' (open + 4 registrations) and 'host_facts' (6 reads).
         self.calls = collections.Counter()
         self._codes = {getattr(libvirt_mod, name) for name in _CONNECTION_ERRORS
                        if hasattr(libvirt_mod, name)}
@@ -155,6 +166,8 @@ class Host:
         conn.registerCloseCallback(self._on_close, epoch)
         conn.domainEventRegisterAny(None, self._lv.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
                                     self._on_lifecycle, None)
+        conn.domainEventRegisterAny(None, self._lv.VIR_DOMAIN_EVENT_ID_REBOOT,
+                                    self._on_reboot, None)
         if self._keepalive[0] > 0:
             try:
                 conn.setKeepAlive(*self._keepalive)
@@ -164,12 +177,15 @@ class Host:
 
     @property
     def connected(self) -> bool:
+        """Whether a connection is open (False from a loss until the reconnect)."""
         return self._conn is not None
 
     def mark_disconnected(self) -> None:
+        """The connection is known to be lost."""
         self._conn = None
 
     def close(self) -> None:
+        """Close the connection (errors on a dead one are ignored)."""
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
@@ -181,6 +197,9 @@ class Host:
     def _on_lifecycle(self, conn, dom, event, detail, opaque) -> None:
         self._sink(LifecycleEvent(uuid=dom.UUIDString(), name=dom.name(), event=event,
                                   detail=detail, timestamp=time.time()))
+
+    def _on_reboot(self, conn, dom, opaque) -> None:
+        self._sink(RebootEvent(uuid=dom.UUIDString(), name=dom.name(), timestamp=time.time()))
 
     def _on_close(self, conn, reason, epoch) -> None:
         self._sink(ConnectionLost(reason=reason, timestamp=time.time(), epoch=epoch))
@@ -237,6 +256,7 @@ class Host:
             return False
 
     def conn(self):
+        """The open connection; HypervisorUnavailable if there is none."""
         if self._conn is None:
             raise exception.HypervisorUnavailable(reason='not connected to %s' % self.uri)
         return self._conn
