@@ -2,7 +2,8 @@
 # The agent's main job, end to end on this node (as root):
 #   node set-up (packages, libvirtd, virtlogd, RabbitMQ), the test guest, a venv with the agent;
 #   start compute-conductor and compute-agent; boot N tiny VMs at once over RPC; show each one's
-#   time to ACTIVE and its console's ready marker; then delete them and stop both services.
+#   time to ACTIVE and its console's ready marker; stop, start and reboot one of them; then delete
+#   them and stop both services.
 #
 #   tools/demo.sh [N]          (default N=5; KEEP=1 leaves VMs and services running;
 #                               VIRT_TYPE=kvm|qemu overrides the automatic choice)
@@ -116,6 +117,26 @@ print("capacity %s" % a["capacity"])
 print("agent     usage %s  generation %s" % (a["usage"], a["generation"]))
 print("conductor usage %s  generation %s" % (c.get("usage"), c.get("generation")))
 print("in agreement: %s" % v["in_agreement"])'
+echo
+echo "== stop, start, soft and hard reboot of one VM (durable jobs; state from libvirt events) =="
+first=$(ctl list | awk 'NR==2{print $1}')
+log=$run/instances/$first/console.log
+markers() { grep -a -c 'COMPUTE-AGENT-GUEST-READY' "$log" 2>/dev/null || true; }
+for op in stop start reboot "reboot --hard"; do
+    before=$(markers)
+    t0=$(date +%s.%N)
+    result=$(ctl $op "$first" --wait | tail -1)
+    printf '%-14s %6.2f s  %s\n' "$op" "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{print b - a}')" "${result#*: }"
+    if [ "$op" != stop ]; then     # the guest boots again: wait for its /init before the next step
+        deadline=$((SECONDS + 120))
+        until [ "$(markers)" -gt "$before" ] || [ $SECONDS -gt $deadline ]; do sleep 0.2; done
+    fi
+done
+ctl show "$first" | "$venv/bin/python" -c '
+import json, sys
+v = json.load(sys.stdin)
+print("now: conductor %s/%s, agent %s/%s" % (v["conductor"]["vm_state"], v["conductor"]["power_state"],
+      v["agent"]["vm_state"], v["agent"]["power_state"]))'
 if [ "${KEEP:-0}" = 1 ]; then
     echo "KEEP=1: VMs and services left running (config $run/compute-agent.conf)"
 else
