@@ -94,8 +94,8 @@ import json, sys
 s = json.load(sys.stdin)
 calls = s["driver"]["libvirt_calls"]
 boots = s["manager"]["jobs_total"].get("done", 0)
-print("libvirt calls on the boot hot path: defineXML=%d create=%d for %d boots"
-      % (calls.get("defineXML", 0), calls.get("create", 0), boots))
+print("libvirt calls on the boot hot path: defineXML=%d createWithFlags=%d for %d boots"
+      % (calls.get("defineXML", 0), calls.get("createWithFlags", 0), boots))
 print("conductor reports: %d carrying %d state changes" % (s["reporter"]["reports_sent"], s["reporter"]["states_sent"]))
 print("storage commands: %s" % (s["commands"] or "none"))
 j = s["manager"]["journal"]

@@ -82,8 +82,9 @@ class Node:
     """The running agent + conductor, their RPC clients, and direct libvirt access."""
 
     def __init__(self, workdir, vg: 'lvm_harness.LoopVolumeGroup | None' = None,
-                 extra_config: str = ''):
+                 extra_config: str = '', agent_env: dict | None = None):
         self.workdir = workdir
+        self.agent_env = dict(agent_env or {})
         self.vg = vg
         self.host = 'ftest-%s' % uuidlib.uuid4().hex[:8]
         self.bridge = 'cabr' + self.host[-8:]      # the one bridge this node offers guests
@@ -131,7 +132,8 @@ class Node:
     def start(self, name: str) -> None:
         module = {'agent': 'agent.cmd.agent', 'conductor': 'agent.cmd.conductor'}[name]
         log = open(os.path.join(self.workdir, name + '.log'), 'ab')
-        env = dict(os.environ, **(self.vg.env if self.vg and name == 'agent' else {}))
+        env = dict(os.environ, **(self.vg.env if self.vg and name == 'agent' else {}),
+                   **(self.agent_env if name == 'agent' else {}))
         creds = AGENT_CREDS if name == 'agent' else CONTROL_CREDS
         self.procs[name] = subprocess.Popen(
             [sys.executable, '-m', module, '--config-file', self.config, '--config-file', creds],
@@ -278,7 +280,7 @@ class Node:
         self.transport.cleanup()
 
 
-NODE_FIXTURES = ('node', 'lvm_node', 'acct_node', 'fault_node', 'life_node')
+NODE_FIXTURES = ('node', 'lvm_node', 'acct_node', 'fault_node', 'life_node', 'rpc_node')
 
 
 @pytest.fixture(autouse=True)

@@ -71,15 +71,15 @@ def test_parallel_boots_are_traced_and_counted_in_metrics(node):
         events = tracks['instance %s' % u]
         calls = [n for n in trace_format.names_in(events, 'boot job', slices_only=True)
                  if n.startswith('libvirt.')]
-        assert calls == ['libvirt.defineXML', 'libvirt.create']
+        assert calls == ['libvirt.defineXML', 'libvirt.createWithFlags']
         assert trace_format.names_in(events, 'boot_instance')[-1] == 'journal wait'
         assert 'ACTIVE' in trace_format.names_in(events)
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for f in parser.text_string_to_metric_families(node.metrics()) for s in f.samples}
     assert samples[('compute_agent_boot_to_active_seconds_count', ())] >= 3
     stats = node.compute.get_stats(node.host)
-    assert (samples[('compute_agent_libvirt_calls_total', (('op', 'create'),))]
-            == stats['driver']['libvirt_calls']['create'])
+    assert (samples[('compute_agent_libvirt_calls_total', (('op', 'createWithFlags'),))]
+            == stats['driver']['libvirt_calls']['createWithFlags'])
     node.delete(uuids)
 
 
@@ -128,7 +128,7 @@ def test_libvirt_failure_fails_the_job_with_its_reason_and_leaves_no_domain(node
     answer = node.boot(spec)
     job = node.wait_job(answer['job_id'])
     assert job['state'] == 'failed'
-    assert 'libvirt create failed' in job['reason'] and 'kernel' in job['reason'].lower(), job
+    assert 'libvirt createWithFlags failed' in job['reason'] and 'kernel' in job['reason'].lower(), job
     rows = node.wait_states([spec['uuid']], ['error'])
     assert rows[spec['uuid']]['fault'] == job['reason']
     assert node.domains() == set()

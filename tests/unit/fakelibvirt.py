@@ -317,7 +317,10 @@ class Domain:
         return [self._call('state').run_state, 0]
 
     def create(self):
-        return self._start('create')
+        """libvirt-python's create(): two RPCs (the create, then a lookup for the id)."""
+        self._start('create')
+        self._conn._call('lookupByUUIDString')
+        return 0
 
     def _start(self, name: str) -> int:
         dom = self._call(name)

@@ -199,10 +199,10 @@ def test_the_plan_removes_only_disks_and_dirs_no_instance_holds():
 def _interrupted(conf, hv, gate_op, **spec):
     """Agent A accepts a boot that is held at ``gate_op`` and then dies without a clean stop."""
     a = Agent(conf, hv)
-    gate = (hv.gates if gate_op in ('defineXML', 'create') else a.lvm.gates)[gate_op] = \
+    gate = (hv.gates if gate_op in ('defineXML', 'createWithFlags') else a.lvm.gates)[gate_op] = \
         threading.Event()
     answer = a.manager.boot_instance(boot_spec(**spec))
-    calls = hv.calls if gate_op in ('defineXML', 'create') else a.lvm.launches
+    calls = hv.calls if gate_op in ('defineXML', 'createWithFlags') else a.lvm.launches
     wait_until(lambda: gate_op in calls, what='the boot to reach %s' % gate_op)
     a.journal.flush()
     a.crash()
@@ -210,7 +210,7 @@ def _interrupted(conf, hv, gate_op, **spec):
 
 
 def test_a_boot_interrupted_before_start_is_cleaned_and_run_again(conf, hv):
-    a, gate, job_id = _interrupted(conf, hv, 'create', disk_gb=1)
+    a, gate, job_id = _interrupted(conf, hv, 'createWithFlags', disk_gb=1)
     assert U1 in hv.domains and 'ca-%s-root' % U1 in a.lvm.lvs     # half made
     hv.gates.clear()
     b = Agent(conf, hv, lvm=a.lvm)
@@ -227,7 +227,7 @@ def test_a_boot_interrupted_before_start_is_cleaned_and_run_again(conf, hv):
 
 
 def test_a_boot_interrupted_after_the_domain_started_is_done(conf, hv):
-    a, gate, job_id = _interrupted(conf, hv, 'create')
+    a, gate, job_id = _interrupted(conf, hv, 'createWithFlags')
     hv.gates.clear()
     gate.set()            # A's create goes through, but A is gone: the journal says running
     wait_until(lambda: hv.domains[U1].run_state == fakelibvirt.VIR_DOMAIN_RUNNING,
@@ -244,7 +244,7 @@ def test_a_boot_interrupted_after_the_domain_started_is_done(conf, hv):
 
 def test_a_boot_interrupted_too_often_fails_with_the_reason_and_leaves_nothing(conf, hv):
     conf.set_override('max_boot_attempts', 1, group='jobs')
-    a, gate, job_id = _interrupted(conf, hv, 'create', disk_gb=1)
+    a, gate, job_id = _interrupted(conf, hv, 'createWithFlags', disk_gb=1)
     hv.gates.clear()
     b = Agent(conf, hv, lvm=a.lvm)
     try:
@@ -294,7 +294,7 @@ def test_a_domain_without_a_record_is_adopted_and_reported_not_killed(conf, hv):
 
 def test_jobs_and_failed_boots_survive_a_restart(conf, hv):
     a = Agent(conf, hv)
-    hv.fail_next['create'] = fakelibvirt.libvirtError('no more memory')
+    hv.fail_next['createWithFlags'] = fakelibvirt.libvirtError('no more memory')
     job_id = a.manager.boot_instance(boot_spec())['job_id']
     assert a.wait_job(job_id)['state'] == 'failed'
     a.stop()

@@ -25,16 +25,16 @@ def test_boot_makes_two_libvirt_calls_and_turns_active_from_the_event(agent, hv)
     assert job['state'] == 'done' and job['reason'] is None
     agent.wait_state(U1, 'active')
     # The fake's own record, not the agent's counter: exactly define + start.
-    assert hv.calls[before:] == ['defineXML', 'create']
+    assert hv.calls[before:] == ['defineXML', 'createWithFlags']
     assert job['libvirt_calls'] == 2
-    assert job['libvirt_calls_by_op'] == {'defineXML': 1, 'create': 1}
+    assert job['libvirt_calls_by_op'] == {'defineXML': 1, 'createWithFlags': 1}
     agent.wait_reported(U1, 'active')
     assert agent.reports.latest(U1)['power_state'] == 'running'
     assert agent.reports.latest(U1)['active_at'] is not None
 
 
 def test_boot_answers_before_libvirt_is_done(agent, hv):
-    gate = hv.gates['create'] = threading.Event()
+    gate = hv.gates['createWithFlags'] = threading.Event()
     answer = agent.manager.boot_instance(boot_spec())
     job = agent.manager.get_job(answer['job_id'])
     assert job['state'] in ('queued', 'running')      # answered while create is blocked
@@ -64,7 +64,7 @@ def test_domain_xml_is_what_was_asked(agent, hv):
 
 
 def test_start_failure_fails_the_job_with_libvirts_reason_and_leaves_nothing(agent, hv, conf):
-    hv.fail_next['create'] = fakelibvirt.libvirtError(
+    hv.fail_next['createWithFlags'] = fakelibvirt.libvirtError(
         'internal error: qemu unexpectedly closed the monitor: could not load kernel')
     fakelibvirt.hold_events()   # the clean-up's UNDEFINED event arrives after the job ended
     _, job = boot(agent)
@@ -145,7 +145,7 @@ def test_delete_of_a_missing_instance_is_a_noop_that_records_nothing(agent, hv):
 
 
 def test_delete_during_boot_waits_for_the_boot_then_deletes(agent, hv):
-    gate = hv.gates['create'] = threading.Event()
+    gate = hv.gates['createWithFlags'] = threading.Event()
     boot_job = agent.manager.boot_instance(boot_spec())['job_id']
     del_job = agent.manager.delete_instance(U1)['job_id']
     assert agent.manager.get_job(del_job)['state'] == 'queued'
@@ -166,7 +166,7 @@ def test_parallel_boots_each_make_two_calls(agent, hv):
         agent.wait_state(u, 'active')
     assert len(hv.calls) - before == 40
     stats = agent.runtime.workqueue.stats()
-    assert stats['libvirt.defineXML']['calls'] == 20 and stats['libvirt.create']['calls'] == 20
+    assert stats['libvirt.defineXML']['calls'] == 20 and stats['libvirt.createWithFlags']['calls'] == 20
 
 
 def test_reconnects_after_libvirtd_restart_and_keeps_receiving_events(agent, hv):
@@ -240,7 +240,7 @@ def test_virt_type_not_offered_refuses_to_start(conf, hv, monkeypatch):
 def test_a_domain_left_by_a_failed_boot_is_removed_at_the_next_resync(agent, hv):
     """create and then undefine fail (the connection went): the job fails, the domain stays
     defined. After the reconnect the resync removes it; the instance stays in error."""
-    hv.fail_next['create'] = fakelibvirt.libvirtError('Cannot recv data: Connection reset')
+    hv.fail_next['createWithFlags'] = fakelibvirt.libvirtError('Cannot recv data: Connection reset')
     hv.fail_next['undefine'] = fakelibvirt.libvirtError('client socket is closed')
     job = agent.wait_job(agent.manager.boot_instance(boot_spec())['job_id'])
     assert job['state'] == 'failed' and U1 in hv.domains
@@ -273,9 +273,9 @@ def test_a_boot_that_ends_while_the_reconnect_lists_is_not_called_lost(agent, hv
 def test_a_boot_whose_answer_was_lost_with_libvirtd_is_settled_after_the_reconnect(agent, hv):
     """libvirtd dies while create is in flight: the domain started, the answer never came.
     The boot waits for the reconnect, finds the domain running, and ends done."""
-    gate = hv.gates['create'] = threading.Event()
+    gate = hv.gates['createWithFlags'] = threading.Event()
     answer = agent.manager.boot_instance(boot_spec())
-    wait_until(lambda: 'create' in hv.calls, what='create to be in flight')
+    wait_until(lambda: 'createWithFlags' in hv.calls, what='create to be in flight')
     hv.restart()                 # connections close; the close event starts the reconnect
     gate.set()
     job = agent.wait_job(answer['job_id'])

@@ -43,7 +43,7 @@ def test_metrics_count_boots_calls_commands_reports_and_jobs(measured):
     s = _samples(m.exposition().decode())
 
     assert s[('compute_agent_libvirt_calls_total', (('op', 'defineXML'),))] == 3
-    assert s[('compute_agent_libvirt_calls_total', (('op', 'create'),))] == 3
+    assert s[('compute_agent_libvirt_calls_total', (('op', 'createWithFlags'),))] == 3
     assert s[('compute_agent_storage_commands_total', (('command', 'lvcreate'),))] == 1
     assert s[('compute_agent_boot_to_active_seconds_count', ())] == 3
     assert s[('compute_agent_boot_job_seconds_count', (('result', 'done'),))] == 3

@@ -139,7 +139,7 @@ def test_boot_claims_before_any_libvirt_or_lvm_work_and_delete_releases(agent, h
     assert agent.manager.tracker.claim_of(U1) == resources.Amounts(2, 256, 2)
     gate.set()
     assert agent.wait_job(answer['job_id'])['state'] == 'done'
-    assert hv.calls[calls:] == ['defineXML', 'create']
+    assert hv.calls[calls:] == ['defineXML', 'createWithFlags']
     assert agent.lvm.launches[launches:] == ['lvcreate']
     agent.wait_state(U1, 'active')
     assert agent.wait_job(agent.manager.delete_instance(U1)['job_id'])['state'] == 'done'
@@ -148,7 +148,7 @@ def test_boot_claims_before_any_libvirt_or_lvm_work_and_delete_releases(agent, h
 
 
 def test_a_failed_boot_releases_its_claim(agent, hv):
-    hv.fail_next['create'] = fakelibvirt.libvirtError('no space for the guest')
+    hv.fail_next['createWithFlags'] = fakelibvirt.libvirtError('no space for the guest')
     answer = agent.manager.boot_instance(boot_spec(disk_gb=1))
     assert agent.wait_job(answer['job_id'])['state'] == 'failed'
     assert agent.manager.tracker.snapshot()['usage'] == ZERO

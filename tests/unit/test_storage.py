@@ -98,7 +98,7 @@ def test_image_write_failure_removes_the_lv(agent, hv):
 
 def test_libvirt_failure_after_the_lv_was_made_removes_the_lv(agent, hv):
     from tests.unit import fakelibvirt
-    hv.fail_next['create'] = fakelibvirt.libvirtError('cannot open /dev/vg0/x')
+    hv.fail_next['createWithFlags'] = fakelibvirt.libvirtError('cannot open /dev/vg0/x')
     job = boot(agent, disk_gb=1)
     assert job['state'] == 'failed' and 'cannot open' in job['reason']
     assert agent.lvm.lvs == {} and hv.domains == {}

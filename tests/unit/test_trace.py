@@ -11,8 +11,8 @@ from tests import trace_format
 from tests.unit import fakelibvirt
 from tests.unit.conftest import Agent, boot_spec
 
-LIBVIRT_HOT_PATH = ['wait libvirt.defineXML', 'libvirt.defineXML', 'wait libvirt.create',
-                    'libvirt.create']
+LIBVIRT_HOT_PATH = ['wait libvirt.defineXML', 'libvirt.defineXML', 'wait libvirt.createWithFlags',
+                    'libvirt.createWithFlags']
 
 
 def _slices(events, cat=None):
@@ -78,7 +78,7 @@ def test_a_failed_boot_is_traced_with_the_failed_call(conf, hv, tmp_path):
     tracer = trace.Tracer(str(tmp_path / 'trace.json'))
     a = Agent(conf, hv, tracer=tracer)
     try:
-        hv.fail_next['create'] = fakelibvirt.libvirtError(
+        hv.fail_next['createWithFlags'] = fakelibvirt.libvirtError(
             'internal error: qemu unexpectedly closed the monitor')
         answer = a.manager.boot_instance(boot_spec())
         assert a.wait_job(answer['job_id'])['state'] == 'failed'
@@ -86,7 +86,7 @@ def test_a_failed_boot_is_traced_with_the_failed_call(conf, hv, tmp_path):
     finally:
         a.stop()
     events = trace_format.load(tracer.path)['instance %s' % boot_spec()['uuid']]
-    create = next(e for e in events if e['name'] == 'libvirt.create')
+    create = next(e for e in events if e['name'] == 'libvirt.createWithFlags')
     assert create['args'] == {'failed': True}
     assert next(e for e in events if e['name'] == 'boot job')['args']['state'] == 'failed'
     assert 'libvirt.undefine' in trace_format.names_in(events, 'boot job')

@@ -103,7 +103,7 @@ def test_a_same_named_domain_defined_in_the_blind_spot_is_not_undefined(agent, h
 
 # -- hole 3: a stale delete destroyed a newer instance ----------------------------------------
 def test_a_stale_delete_never_acts_on_a_later_boot_of_the_same_uuid(agent, hv):
-    gate = hv.gates['create'] = threading.Event()
+    gate = hv.gates['createWithFlags'] = threading.Event()
     agent.manager.boot_instance(boot_spec(U1))
     first = agent.manager.delete_instance(U1)
     assert agent.manager.get_instance(U1)['vm_state'] == 'deleting'    # marked at once

@@ -232,7 +232,7 @@ class LibvirtDriver(driver.ComputeDriver):
             self._defining.discard(spec.uuid)
         self._domains[spec.uuid] = (epoch, dom)
         try:
-            self.host.call('create', dom.create, epoch=epoch)
+            self.host.call('createWithFlags', dom.createWithFlags, 0, epoch=epoch)
         except exception.HypervisorUnavailable:
             raise
         except exception.DomainStateConflict:
