@@ -71,7 +71,7 @@ def plan(jobs: list[jobsmod.Job], domains: dict, disks, dirs, running: set[str],
     steps: list[Step] = []
     keep: set[str] = set()
     for uuid in sorted(set(last) | set(domains)):
-        job, info, first = last.get(uuid), domains.get(uuid), boot.get(uuid)
+        job, info, last_boot = last.get(uuid), domains.get(uuid), boot.get(uuid)
         unfinished = job is not None and job.state not in jobsmod.FINISHED
         # Still an instance (not deleted) by the journal: a job after a boot, other than a
         # delete that went through.
@@ -85,19 +85,19 @@ def plan(jobs: list[jobsmod.Job], domains: dict, disks, dirs, running: set[str],
                 step = Step(uuid, action, job=job, boot=job, domain=info,
                             remove_domain=info is not None)
         elif unfinished and job.kind == 'delete':
-            step = Step(uuid, RESUME_DELETE, job=job, boot=first, domain=info)
+            step = Step(uuid, RESUME_DELETE, job=job, boot=last_boot, domain=info)
         elif unfinished:          # stop, start, reboot
-            step = Step(uuid, RESUME_POWER if info is not None else LOST, job=job, boot=first,
+            step = Step(uuid, RESUME_POWER if info is not None else LOST, job=job, boot=last_boot,
                         domain=info)
-        elif held and first is not None and first.state == jobsmod.FAILED:
+        elif held and last_boot is not None and last_boot.state == jobsmod.FAILED:
             # A domain left by a failed boot (its undefine was lost with the connection)
             # is that boot's remnant, not an instance: it goes.
-            step = Step(uuid, RESTORE_ERROR, job=first, boot=first, domain=info,
+            step = Step(uuid, RESTORE_ERROR, job=last_boot, boot=last_boot, domain=info,
                         remove_domain=info is not None)
         elif info is not None:
-            step = Step(uuid, ADOPT, boot=first, domain=info)
-        elif held and first is not None and first.state == jobsmod.DONE:
-            step = Step(uuid, LOST, job=first, boot=first)
+            step = Step(uuid, ADOPT, boot=last_boot, domain=info)
+        elif held and last_boot is not None and last_boot.state == jobsmod.DONE:
+            step = Step(uuid, LOST, job=last_boot, boot=last_boot)
         if step is None:
             continue
         steps.append(step)

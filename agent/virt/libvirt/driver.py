@@ -1,10 +1,11 @@
 """The libvirt driver: boot, delete, stop, start and reboot domains, and turn lifecycle
 events into power states.
 
-Hot path of a boot: exactly two libvirt calls, defineXML and create. Stop, start, reboot:
-one call each (shutdownFlags or destroy, createWithFlags, reboot or reset) on the domain
-object kept since its boot or the last listing. Host facts come from the
-cache in ``Host``; instance state comes from lifecycle events, never from polling.
+Hot path of a boot: exactly two libvirt RPCs, defineXML and createWithFlags (``create()``
+would cost two by itself). Stop, start, reboot: one RPC each (shutdownFlags or destroy,
+createWithFlags, reboot or reset) on the domain object kept since its boot or the last
+listing. Host facts come from the cache in ``Host``; instance state comes from lifecycle
+events, never from polling.
 """
 import logging
 import os
