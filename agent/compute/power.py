@@ -34,6 +34,15 @@ LOG = logging.getLogger(__name__)
 OFF = (vdriver.SHUTDOWN, vdriver.CRASHED)
 
 
+def _deleting(inst: instancemod.Instance) -> bool:
+    return inst.delete_job is not None
+
+
+def _superseded(inst: instancemod.Instance) -> exception.AgentError:
+    return exception.AgentError('superseded: the instance is being deleted (job %s)'
+                                % inst.delete_job)
+
+
 @dataclasses.dataclass(frozen=True)
 class PowerOptions:
     """The ``[power]`` options (seconds)."""
@@ -61,7 +70,7 @@ class Power:
         with inst.lock:
             if core.instances.get(inst.uuid) is not inst or inst.delete_job is not None:
                 core.jobs.start(job)
-                self._end(job, inst, 'superseded: the instance is being deleted')
+                self._end(job, inst, str(_superseded(inst)))
                 return
             start = core.tracer.now()
             with context.working(uuid=inst.uuid, calls=job.calls):
@@ -91,36 +100,37 @@ class Power:
             core.change(inst, power_job=None,
                         task=None if inst.task in states.TASKS.values() else inst.task)
 
-    def _deleting(self, inst: instancemod.Instance) -> bool:
-        return inst.delete_job is not None
+    def _press_until(self, inst: instancemod.Instance, press, done, timeout: float) -> None:
+        """Press the ACPI power button (``press()``) and wait for ``done()``, or a delete
+        of the instance, pressing again every ``acpi_retry_interval`` (a guest still booting
+        misses a press) until ``timeout`` seconds passed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            press()
+            step = min(self.options.acpi_retry_interval, deadline - time.monotonic())
+            if self._core.wait_until(inst, lambda: done() or _deleting(inst), max(step, 0.0)) \
+                    or time.monotonic() >= deadline:
+                return
+            LOG.info('[instance: %s] the guest has not reacted yet; pressing the power '
+                     'button again', inst.uuid)
 
     # -- stop -------------------------------------------------------------------------------
     def _stop(self, job: jobsmod.Job, inst: instancemod.Instance) -> str:
         core = self._core
         timeout = float((job.spec or {}).get('timeout', self.options.stop_timeout))
-        deadline = time.monotonic() + timeout
-        while timeout > 0:
+        if timeout > 0:
             try:
-                core.driver.shutdown(inst.uuid)
+                self._press_until(inst, lambda: core.driver.shutdown(inst.uuid),
+                                  lambda: inst.power_state in OFF, timeout)
             except exception.DomainStateConflict:       # not running: off already
                 self._events.apply_power(inst, vdriver.SHUTDOWN, 'found off', time.time())
                 return 'already off'
-            step = min(self.options.acpi_retry_interval, deadline - time.monotonic())
-            if core.wait_until(inst, lambda: inst.power_state in OFF or self._deleting(inst),
-                               max(step, 0.0)):
-                break
-            if time.monotonic() >= deadline:
-                break
-            LOG.info('[instance: %s] the guest has not powered off yet; pressing the power '
-                     'button again', inst.uuid)
-        if inst.power_state in OFF:
-            return 'graceful'
-        if self._deleting(inst):
-            raise exception.AgentError('superseded: the instance is being deleted (job %s)'
-                                       % inst.delete_job)
-        if timeout > 0:
-            LOG.warning('[instance: %s] the guest did not power off within %d s: stopping it '
-                        'at once', inst.uuid, timeout)
+            if inst.power_state in OFF:
+                return 'graceful'
+            if _deleting(inst):
+                raise _superseded(inst)
+            LOG.warning('[instance: %s] the guest did not power off within %d s: stopping '
+                        'it at once', inst.uuid, timeout)
         core.driver.power_off(inst.uuid)
         # destroy returned: the domain is off (its STOPPED event confirms it later).
         self._events.apply_power(inst, vdriver.SHUTDOWN, 'stopped by the agent', time.time())
@@ -143,20 +153,13 @@ class Power:
         if (job.spec or {}).get('hard'):
             return self._hard(inst)
         before = inst.reboots
-        deadline = time.monotonic() + self.options.reboot_timeout
-        while True:
-            core.driver.reboot(inst.uuid, hard=False)
-            step = min(self.options.acpi_retry_interval, deadline - time.monotonic())
-            if core.wait_until(inst, lambda: inst.reboots > before or self._deleting(inst)
-                               or inst.power_state in OFF, max(step, 0.0)):
-                break
-            if time.monotonic() >= deadline:
-                break
+        self._press_until(inst, lambda: core.driver.reboot(inst.uuid, hard=False),
+                          lambda: inst.reboots > before or inst.power_state in OFF,
+                          self.options.reboot_timeout)
         if inst.reboots > before:
             return 'soft'
-        if self._deleting(inst):
-            raise exception.AgentError('superseded: the instance is being deleted (job %s)'
-                                       % inst.delete_job)
+        if _deleting(inst):
+            raise _superseded(inst)
         LOG.warning('[instance: %s] the guest did not reboot within %d s: resetting it',
                     inst.uuid, self.options.reboot_timeout)
         return self._hard(inst) + ' (soft timed out)'

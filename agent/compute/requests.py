@@ -86,27 +86,38 @@ class Requests:
         core.instances[spec.uuid] = inst
         return inst, job, ticket
 
-    def _wait_recorded_boot(self, spec: specmod.BootSpec, inst: instancemod.Instance,
-                            job: jobsmod.Job, ticket: int) -> None:
-        """Answer only once the job is on disk; undo everything if it never will be."""
+    def _wait_recorded(self, job: jobsmod.Job, ticket: int, undo, when_recorded) -> None:
+        """Return once ``job``'s row is on disk. If the write failed: a row that can no
+        longer land is withdrawn, ``undo()`` takes back what accepting the job changed, and
+        JournalUnavailable is raised (nothing of it exists); a row that may still land is
+        kept, ``when_recorded`` runs the job once it does, and AcceptanceUnknown is raised."""
         core = self._core
         try:
             core.journal.wait(ticket)
         except journalmod.JournalError as exc:
             if not core.journal.withdraw(job.id):
-                # Its row may still land (and the boot then run after a restart): keep the
-                # job, run it once the row is on disk, and tell the caller it is unknown.
-                LOG.error('[instance: %s] boot job %s: journal outcome unknown (%s)',
-                          spec.uuid, job.id, exc)
-                core.runtime.spawn(self._tasks.boot_when_recorded, job, inst, spec, ticket)
+                LOG.error('[instance: %s] %s job %s: journal outcome unknown (%s)', job.uuid,
+                          job.kind, job.id, exc)
+                core.runtime.spawn(when_recorded)
                 raise exception.AcceptanceUnknown(reason=str(exc), job_id=job.id,
-                                                  uuid=spec.uuid) from None
+                                                  uuid=job.uuid) from None
+            undo()
+            core.jobs.forget(job)
+            raise exception.JournalUnavailable(reason=str(exc)) from None
+
+    def _wait_recorded_boot(self, spec: specmod.BootSpec, inst: instancemod.Instance,
+                            job: jobsmod.Job, ticket: int) -> None:
+        """Answer only once the boot is on disk; undo everything if it never will be."""
+        core = self._core
+
+        def undo():
             with core.lock:
                 core.instances.pop(spec.uuid, None)
             core.tracker.release(spec.uuid)
-            core.jobs.forget(job)        # never written: nothing of it exists
             inst.lock.release()
-            raise exception.JournalUnavailable(reason=str(exc)) from None
+
+        self._wait_recorded(job, ticket, undo, lambda: self._tasks.boot_when_recorded(
+            job, inst, spec, ticket))
 
     # -- delete -----------------------------------------------------------------------------
     def delete_instance(self, uuid) -> dict:
@@ -124,19 +135,13 @@ class Requests:
                 return {'job_id': inst.delete_job, 'uuid': uuid, 'existing': True}
             job, ticket = core.jobs.create('delete', uuid)
             inst.delete_job = job.id
-        try:
-            core.journal.wait(ticket)
-        except journalmod.JournalError as exc:
-            if not core.journal.withdraw(job.id):
-                LOG.error('[instance: %s] delete job %s: journal outcome unknown (%s)', uuid,
-                          job.id, exc)
-                core.runtime.spawn(self._tasks.delete_when_recorded, job, inst, ticket)
-                raise exception.AcceptanceUnknown(reason=str(exc), job_id=job.id,
-                                                  uuid=uuid) from None
+
+        def undo():
             with core.lock:
                 inst.delete_job = None
-            core.jobs.forget(job)
-            raise exception.JournalUnavailable(reason=str(exc)) from None
+
+        self._wait_recorded(job, ticket, undo,
+                            lambda: self._tasks.delete_when_recorded(job, inst, ticket))
         LOG.info('[instance: %s] delete accepted as job %s', uuid, job.id)
         core.change(inst, vm_state=states.DELETING)        # at once, even while its boot runs
         core.runtime.spawn(self._tasks.run_delete, job, inst)
@@ -187,29 +192,18 @@ class Requests:
             states.check_operation(uuid, inst.vm_state, operation)
             job, ticket = core.jobs.create(kind, uuid, spec=args)
             inst.power_job, inst.task = job.id, states.TASKS[operation]
+
+        def undo():
+            with core.lock:
+                inst.power_job, inst.task = None, None
+
         with request.phase('journal wait'):
-            self._wait_recorded_power(inst, job, ticket)
+            self._wait_recorded(job, ticket, undo,
+                                lambda: self._power_when_recorded(job, inst, ticket))
         core.report(inst)                     # the task reaches the conductor
         core.metrics.request(kind + '_instance', request.finish(uuid=uuid, job_id=job.id))
         core.runtime.spawn(self._power.run, job, inst)
         return {'job_id': job.id, 'uuid': uuid}
-
-    def _wait_recorded_power(self, inst: instancemod.Instance, job: jobsmod.Job,
-                             ticket: int) -> None:
-        core = self._core
-        try:
-            core.journal.wait(ticket)
-        except journalmod.JournalError as exc:
-            if not core.journal.withdraw(job.id):
-                LOG.error('[instance: %s] %s job %s: journal outcome unknown (%s)', inst.uuid,
-                          job.kind, job.id, exc)
-                core.runtime.spawn(self._power_when_recorded, job, inst, ticket)
-                raise exception.AcceptanceUnknown(reason=str(exc), job_id=job.id,
-                                                  uuid=inst.uuid) from None
-            with core.lock:
-                inst.power_job, inst.task = None, None
-            core.jobs.forget(job)
-            raise exception.JournalUnavailable(reason=str(exc)) from None
 
     def _power_when_recorded(self, job: jobsmod.Job, inst: instancemod.Instance,
                              ticket: int) -> None:
