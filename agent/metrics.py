@@ -19,6 +19,7 @@ from agent import trace
 LOG = logging.getLogger(__name__)
 
 BOOT_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256)
+READY_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 WAIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                 0.5, 1, 2.5, 5, 10)
 REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
@@ -39,6 +40,10 @@ class NullMetrics:
         """An instance became ACTIVE ``seconds`` after its request (no-op)."""
         pass
 
+    def boot_ready(self, seconds: float) -> None:
+        """An instance's guest became ready ``seconds`` after its request (no-op)."""
+        pass
+
     def boot_finished(self, seconds: float, ok: bool) -> None:
         """A boot job ended (no-op)."""
         pass
@@ -54,6 +59,10 @@ class Metrics(NullMetrics):
             'compute_agent_boot_to_active_seconds',
             'From the boot request accepted to the STARTED event applied (instance ACTIVE).',
             buckets=BOOT_BUCKETS, registry=self.registry)
+        self.boot_to_ready = pmetrics.Histogram(
+            'compute_agent_boot_to_ready_seconds',
+            'From the boot request accepted to its guest opening the agent channel (READY).',
+            buckets=READY_BUCKETS, registry=self.registry)
         self.boot_job = pmetrics.Histogram(
             'compute_agent_boot_job_seconds', 'Boot job run time (disk, define, start).',
             ['result'], buckets=BOOT_BUCKETS, registry=self.registry)
@@ -85,6 +94,10 @@ class Metrics(NullMetrics):
     def boot_active(self, seconds: float) -> None:
         """Observe a boot's time from request to ACTIVE."""
         self.boot_to_active.observe(max(0.0, seconds))
+
+    def boot_ready(self, seconds: float) -> None:
+        """Observe a boot's time from request to ready."""
+        self.boot_to_ready.observe(max(0.0, seconds))
 
     def boot_finished(self, seconds: float, ok: bool) -> None:
         """Observe a boot job's duration, by outcome."""

@@ -120,7 +120,8 @@ class AgentService:
             allocation=allocation_from_conf(conf), job_retention=conf.jobs.retention,
             max_boot_attempts=conf.jobs.max_boot_attempts,
             reconnect_interval=conf.libvirt.reconnect_interval, tracer=self.tracer,
-            metrics=self.metrics, power=power_options_from_conf(conf))
+            metrics=self.metrics, power=power_options_from_conf(conf),
+            ready_within=conf.readiness.expect_within)
         target = oslo_messaging.Target(topic='compute', server=conf.host)
         self.server = oslo_messaging.get_rpc_server(
             self.transport, target,

@@ -9,6 +9,9 @@
 # off and then stays up when started again. The ACPI power button powers it off ("guest-acpi: power button"), as
 # acpid does on a real distribution: libvirt's graceful shutdown and soft reboot work on it ("ca.noacpi": it
 # ignores the button, as a guest without acpid or one that hangs does).
+# Readiness: when its userspace is up it opens the virtio-serial port named org.qemu.guest_agent.0 (as
+# qemu-guest-agent does on a real image): libvirt then emits its agent-lifecycle "connected" event, and it prints
+# "guest-agent-port: open". "ca.noagent" never opens it (a guest that never becomes ready).
 # "ca.probe=P1,P2,..." makes it try TCP connections to the host side of user-mode networking
 # (10.0.2.2, QEMU's alias of the host's 127.0.0.1) on those ports and print
 # "guest-probe: 10.0.2.2:P open|closed" for each (the tests of guest isolation).
@@ -19,7 +22,7 @@ IMAGE_DIR=${1:-/var/lib/compute-agent/images}
 FORCE=${2:-}
 [ "$IMAGE_DIR" = --force ] && { IMAGE_DIR=/var/lib/compute-agent/images; FORCE=--force; }
 MARKER=COMPUTE-AGENT-GUEST-READY
-GUEST_VERSION=3      # bump when /init changes: older builds are then rebuilt
+GUEST_VERSION=4      # bump when /init changes: older builds are then rebuilt
 
 if [ -s "$IMAGE_DIR/test-vmlinuz" ] && [ -s "$IMAGE_DIR/test-initrd.img" ] && [ "$FORCE" != --force ] &&
    [ "$(cat "$IMAGE_DIR/test-guest.version" 2>/dev/null)" = "$GUEST_VERSION" ]; then
@@ -43,7 +46,7 @@ cp /bin/busybox initrd/bin/busybox
 for m in drivers/virtio/virtio.ko drivers/virtio/virtio_ring.ko drivers/virtio/virtio_pci_modern_dev.ko \
          drivers/virtio/virtio_pci_legacy_dev.ko drivers/virtio/virtio_pci.ko drivers/block/virtio_blk.ko \
          net/core/failover.ko drivers/net/net_failover.ko drivers/net/virtio_net.ko \
-         drivers/input/evdev.ko drivers/acpi/button.ko; do
+         drivers/input/evdev.ko drivers/acpi/button.ko drivers/char/virtio_console.ko; do
     for f in "$mods/$m" "$mods/$m.xz"; do
         if [ -f "$f" ]; then
             case "$f" in *.xz) xz -dc "$f" >"initrd/lib/modules/$(basename "$m")" ;; *) cp "$f" initrd/lib/modules/ ;; esac
@@ -55,7 +58,7 @@ cat >initrd/init <<INIT
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev 2>/dev/null
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk failover net_failover virtio_net evdev button; do
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk failover net_failover virtio_net evdev button virtio_console; do
     [ -f /lib/modules/\$m.ko ] && { insmod /lib/modules/\$m.ko || echo "guest-insmod-failed: \$m" >/dev/ttyS0; }
 done
 # The ACPI power button (libvirt's shutdown/reboot --mode acpi): any event on its input device powers off.
@@ -65,6 +68,21 @@ grep -q ca.noacpi /proc/cmdline || for e in /sys/class/input/event*; do
     fi
 done
 echo "$MARKER" >/dev/ttyS0
+# Ready: open the guest-agent port (and hold it open) once its device is there.
+grep -q ca.noagent /proc/cmdline || (
+    i=0
+    while [ \$i -lt 100 ]; do
+        for p in /sys/class/virtio-ports/vport*; do
+            if [ "\$(cat \$p/name 2>/dev/null)" = org.qemu.guest_agent.0 ]; then
+                exec 3<>/dev/\$(basename \$p)
+                echo "guest-agent-port: open" >/dev/ttyS0
+                while true; do sleep 3600; done
+            fi
+        done
+        sleep 0.1; i=\$((i+1))
+    done
+    echo "guest-agent-port: not found" >/dev/ttyS0
+) &
 # Devices probe asynchronously (slowly under TCG): give them a few seconds before listing.
 i=0; while [ \$i -lt 50 ] && ! ls /sys/block | grep -q '^vd' && ! ls /sys/class/net | grep -qv '^lo\$'; do sleep 0.1; i=\$((i+1)); done
 sleep 0.5

@@ -1,7 +1,9 @@
 """compute-ctl: a client for the agents' RPC API and the conductor's view.
 
   compute-ctl boot --kernel test-vmlinuz --initrd test-initrd.img --count 5 --wait
-  compute-ctl list | show UUID | job JOB_ID | delete UUID... [--wait] | wait UUID... | stats | storage
+  compute-ctl boot ... --wait --ready   (also wait until each guest is ready)
+  compute-ctl list | show UUID | job JOB_ID | delete UUID... [--wait] | stats | storage
+  compute-ctl wait UUID... [--state S] [--ready]
   compute-ctl stop UUID... [--timeout S] [--wait] | start UUID... [--wait] |
               reboot UUID... [--hard] [--wait]
   compute-ctl console UUID [--max-bytes N]   (the tail of its serial console log)
@@ -40,6 +42,8 @@ def _add_boot(sub) -> None:
                    help='"user" or "bridge:NAME" (repeatable)')
     b.add_argument('--count', type=int, default=1)
     b.add_argument('--wait', action='store_true', help='wait until every instance is active')
+    b.add_argument('--ready', action='store_true',
+                   help='with --wait: then until every active instance\'s guest is ready')
     b.add_argument('--timeout', type=float, default=300.0)
 
 
@@ -84,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     w = sub.add_parser('wait', help='wait until instances reach a state (conductor view)')
     w.add_argument('uuids', nargs='+')
     w.add_argument('--state', action='append', default=None)
+    w.add_argument('--ready', action='store_true',
+                   help='also wait until each guest is ready (opened its agent channel)')
     w.add_argument('--timeout', type=float, default=300.0)
     c = sub.add_parser('console', help="the tail of an instance's serial console log")
     c.add_argument('uuid')
@@ -149,22 +155,38 @@ def cmd_boot(args, compute, conductor) -> int:
             print('accepted %s job %s (%.1f ms)' % (uuid, result['job_id'], rtt * 1000))
     if not args.wait:
         return 0
+    deadline = time.monotonic() + args.timeout
     rows = conductor.wait_instances(uuids, FINAL_BOOT_STATES, args.timeout)
+    active = [u for u in uuids if (rows.get(u) or {}).get('vm_state') == 'active']
+    if args.ready and active:
+        rows.update(conductor.wait_instances(active, ['active'],
+                                             max(1.0, deadline - time.monotonic()), ready=True))
+    return _print_boots(uuids, rows, sent, answers, args.ready)
+
+
+def _since(row: dict, key: str, sent: float) -> float | None:
+    return row[key] - sent if row.get(key) else None
+
+
+def _print_boots(uuids, rows: dict, sent: dict, answers: dict, ready: bool) -> int:
+    """The boot table: state, answer time, times to active (and ready); 1 if any failed."""
     print()
-    print('%-36s  %-10s  %10s  %14s  %s' % ('uuid', 'state', 'accept ms', 'to active (s)', 'fault'))
+    print('%-36s  %-10s  %10s  %14s  %13s  %s' % ('uuid', 'state', 'accept ms', 'to active (s)',
+                                                  'to ready (s)', 'fault'))
     failed = 0
     for uuid in uuids:
         row = rows.get(uuid) or {}
-        active = row.get('active_at')
-        took = '%.3f' % (active - sent[uuid]) if active else '-'
-        failed += row.get('vm_state') != 'active'
-        print('%-36s  %-10s  %10.1f  %14s  %s' % (uuid, row.get('vm_state', 'unknown'),
-                                                  answers[uuid][1] * 1000, took,
-                                                  row.get('fault') or ''))
-    times = sorted(r['active_at'] - sent[u] for u, r in rows.items() if r and r.get('active_at'))
-    if times:
-        print('\n%d/%d active; time to active: median %.3f s, max %.3f s'
-              % (len(times), len(uuids), times[len(times) // 2], times[-1]))
+        took = [_since(row, k, sent[uuid]) for k in ('active_at', 'ready_at')]
+        failed += row.get('vm_state') != 'active' or (ready and took[1] is None)
+        print('%-36s  %-10s  %10.1f  %14s  %13s  %s' % (
+            uuid, row.get('vm_state', 'unknown'), answers[uuid][1] * 1000,
+            *('-' if t is None else '%.3f' % t for t in took), row.get('fault') or ''))
+    for key, what in (('active_at', 'active'), ('ready_at', 'ready')):
+        times = sorted(t for t in (_since(rows.get(u) or {}, key, sent[u]) for u in uuids)
+                       if t is not None)
+        if times:
+            print('%d/%d %s; time to %s: median %.3f s, max %.3f s'
+                  % (len(times), len(uuids), what, what, times[len(times) // 2], times[-1]))
     return 1 if failed else 0
 
 
@@ -231,10 +253,12 @@ cmd_stop = cmd_start = cmd_reboot = cmd_power
 
 def cmd_list(args, compute, conductor) -> int:
     rows = [r for r in conductor.list_instances(args.host) if r['vm_state'] != 'deleted']
-    print('%-36s  %-20s  %-9s  %-9s  %s' % ('uuid', 'name', 'vm_state', 'power', 'fault'))
+    print('%-36s  %-20s  %-9s  %-9s  %-9s  %s' % ('uuid', 'name', 'vm_state', 'power',
+                                                  'readiness', 'fault'))
     for r in rows:
-        print('%-36s  %-20s  %-9s  %-9s  %s' % (r['uuid'], r['name'], r['vm_state'],
-                                                r['power_state'], r['fault'] or ''))
+        print('%-36s  %-20s  %-9s  %-9s  %-9s  %s' % (r['uuid'], r['name'], r['vm_state'],
+                                                      r['power_state'], r['readiness'] or '-',
+                                                      r['fault'] or ''))
     return 0
 
 
@@ -263,9 +287,10 @@ def cmd_resources(args, compute, conductor) -> int:
 
 def cmd_wait(args, compute, conductor) -> int:
     states = args.state or ['active']
-    rows = conductor.wait_instances(args.uuids, states, args.timeout)
+    rows = conductor.wait_instances(args.uuids, states, args.timeout, ready=args.ready)
     _print_json(rows)
-    return 0 if all(r and r['vm_state'] in states for r in rows.values()) else 1
+    return 0 if all(r and r['vm_state'] in states and (not args.ready or r['readiness'] == 'ready')
+                    for r in rows.values()) else 1
 
 
 def main(argv=None) -> int:

@@ -1,5 +1,13 @@
-"""Instance state from the hypervisor's lifecycle events (no polling)."""
+"""Instance state from the hypervisor's lifecycle events, and guest readiness from its
+agent-channel events (no polling).
+
+Readiness: a domain that starts is ``waiting``; its guest opening the agent channel makes it
+``ready`` (``ready_at``); closing it (a reboot) makes it ``waiting`` again; a wait longer than
+``ready_within`` shows ``late`` (a timer per wait, not a poll); a paused guest keeps its
+readiness; a domain that stops has none.
+"""
 import logging
+import time
 from typing import Callable
 
 from agent.compute import core as coremod
@@ -15,8 +23,9 @@ class Events:
     and when it is back."""
 
     def __init__(self, core: coremod.Core, on_hypervisor_lost: Callable[[], None],
-                 on_hypervisor_back: Callable[[], None]):
+                 on_hypervisor_back: Callable[[], None], ready_within: float = 300.0):
         self._core = core
+        self._ready_within = ready_within
         self._on_lost = on_hypervisor_lost
         self._on_back = on_hypervisor_back
         self.handled = 0
@@ -39,6 +48,9 @@ class Events:
             inst.reboots += 1
             self._core.notify(inst)      # a soft reboot waits for this
             return
+        if isinstance(event, vdriver.GuestReadiness):
+            self.apply_ready(inst, event.ready, event.timestamp, event.cause)
+            return
         if isinstance(event, vdriver.InstanceVanished):
             if inst.task is None and inst.delete_job is None and inst.vm_state != states.DELETED:
                 self._core.change(inst, vm_state=states.ERROR, power_state=vdriver.NOSTATE,
@@ -51,6 +63,10 @@ class Events:
         """Bring ``inst`` in line with the hypervisor's ``power`` state (from an event, a
         listing or a settled boot); report it if anything changed."""
         changes = {'power_state': power}
+        if power == vdriver.RUNNING and inst.readiness is None:
+            changes['readiness'] = states.WAITING
+        elif power not in (vdriver.RUNNING, vdriver.PAUSED):
+            changes.update(readiness=None, ready_at=None)
         if inst.delete_job is None:
             vm_state = states.POWER_TO_VM.get(power)
             if vm_state is not None and not (inst.vm_state == states.ERROR
@@ -72,3 +88,56 @@ class Events:
             LOG.info('[instance: %s] power %s -> %s (%s)', inst.uuid, inst.power_state, power,
                      cause)
         self._core.change(inst, **changes)
+        if changes.get('readiness') == states.WAITING:
+            self._arm_late(inst)
+
+    def apply_listing(self, inst: instancemod.Instance, info: vdriver.InstanceInfo,
+                      cause: str) -> None:
+        """Bring ``inst`` in line with a listing's entry: power state, and readiness when the
+        listing read the agent channel's state."""
+        self.apply_power(inst, info.power_state, cause, time.time())
+        if info.ready is not None:
+            self.apply_ready(inst, info.ready, time.time(), cause)
+
+    def apply_ready(self, inst: instancemod.Instance, ready: bool, when: float,
+                    cause: str) -> None:
+        """The guest of ``inst`` opened (``ready``) or closed its agent channel; from an event,
+        or a listing's channel state (``cause`` 'start-up' / 'resync')."""
+        if inst.delete_job is not None or inst.vm_state in (states.DELETING, states.DELETED):
+            return
+        if ready:
+            if inst.readiness == states.READY:
+                return
+            if inst.readies == 0 and cause not in ('start-up', 'resync'):
+                LOG.info('[instance: %s] ready %.2f s after the boot request', inst.uuid,
+                         when - inst.accepted_at)
+                self._core.metrics.boot_ready(when - inst.accepted_at)
+                self._core.tracer.instant('READY', 'event', uuid=inst.uuid, cause=cause)
+            else:
+                LOG.info('[instance: %s] ready (%s)', inst.uuid, cause)
+            self._core.change(inst, readiness=states.READY, ready_at=when,
+                              readies=inst.readies + 1)
+            return
+        if inst.power_state != vdriver.RUNNING or inst.readiness == states.WAITING \
+                or (inst.readiness == states.LATE and cause in ('start-up', 'resync')):
+            return       # not running (no readiness), or already waiting
+        LOG.info('[instance: %s] not ready: %s', inst.uuid, cause)
+        self._core.change(inst, readiness=states.WAITING, ready_at=None)
+        self._arm_late(inst)
+
+    def _arm_late(self, inst: instancemod.Instance) -> None:
+        """Show ``late`` if this wait for readiness lasts ``ready_within`` (one timer per
+        wait; a later wait or a change of readiness disarms it)."""
+        inst.ready_token += 1
+        if self._ready_within > 0:
+            self._core.runtime.spawn(self._late_after, inst, inst.ready_token)
+
+    def _late_after(self, inst: instancemod.Instance, token: int) -> None:
+        self._core.runtime.sleep(self._ready_within)
+        if inst.ready_token != token or inst.readiness != states.WAITING \
+                or self._core.instances.get(inst.uuid) is not inst:
+            return
+        LOG.warning('[instance: %s] not ready %d s after its start: its guest has not opened '
+                    'the agent channel (%s)', inst.uuid, self._ready_within,
+                    'readiness late; not an error')
+        self._core.change(inst, readiness=states.LATE)

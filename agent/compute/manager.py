@@ -29,14 +29,16 @@ class ComputeManager:
                  job_retention: float = 3600.0, max_boot_attempts: int = 2,
                  reconnect_interval: float = 1.0, tracer: tracemod.NullTracer | None = None,
                  metrics: metricsmod.NullMetrics | None = None,
-                 power: powermod.PowerOptions = powermod.PowerOptions()):
+                 power: powermod.PowerOptions = powermod.PowerOptions(),
+                 ready_within: float = 300.0):
         self.core = core = coremod.Core(driver, storage, runtime, reporter, host, journal,
                                         dirs, allocation, job_retention, tracer,
                                         metrics)
         # The parts call each other through these late-bound callables (recovery is made
         # last: it resumes jobs and audits).
         self.events = eventsmod.Events(core, lambda: self.recovery.hypervisor_lost(),
-                                       lambda: self.recovery.hypervisor_back())
+                                       lambda: self.recovery.hypervisor_back(),
+                                       ready_within=ready_within)
         self.tasks = tasksmod.Tasks(core, self.events, lambda: self.recovery.recovering,
                                     reconnect_interval)
         self.power = powermod.Power(core, self.events, power)

@@ -5,7 +5,6 @@ An instance is recorded before its boot makes anything and dropped only after it
 removed everything, so what no instance or job holds is an orphan and is removed.
 """
 import logging
-import time
 
 from agent import exception
 from agent import jobs as jobsmod
@@ -110,8 +109,9 @@ class Recovery:
     def _finish_boot(self, step: reconcile.Step) -> None:
         LOG.info('[instance: %s] boot job %s was interrupted after the domain started: done',
                  step.uuid, step.job.id)
-        inst = self._instance_from(step, vm_state=states.ACTIVE, power_state=vdriver.RUNNING)
+        inst = self._instance_from(step, vm_state=states.ACTIVE)
         self._core.jobs.finish(step.job)
+        self._events.apply_listing(inst, step.domain, 'start-up')
         self._core.report(inst)
 
     def _resume_boot(self, step: reconcile.Step) -> bool:
@@ -157,7 +157,7 @@ class Recovery:
         LOG.warning('[instance: %s] %s job %s was interrupted by a restart; running it again',
                     step.uuid, step.job.kind, step.job.id)
         inst = self._instance_from(step, vm_state=states.ACTIVE)
-        self._events.apply_power(inst, step.domain.power_state, 'start-up', time.time())
+        self._events.apply_listing(inst, step.domain, 'start-up')
         inst.power_job, inst.task = step.job.id, states.TASKS[step.job.kind]
         self._core.jobs.requeue(step.job)
         self._core.report(inst)
@@ -168,7 +168,7 @@ class Recovery:
             LOG.warning('[instance: %s] the hypervisor holds a domain of ours with no record in '
                         'the job journal: adopted and reported, not stopped', step.uuid)
         inst = self._instance_from(step, vm_state=states.ACTIVE)
-        self._events.apply_power(inst, step.domain.power_state, 'start-up', time.time())
+        self._events.apply_listing(inst, step.domain, 'start-up')
         self._core.report(inst)
 
     def _restore_error(self, step: reconcile.Step) -> bool:
@@ -204,7 +204,8 @@ class Recovery:
         core = self._core
         before = {u: (i, i.seq) for u, i in list(core.instances.items())}
         if infos is None:
-            infos = core.driver.list_instances()
+            # Readiness too: the agent-channel events of a gap in the connection are lost.
+            infos = core.driver.list_instances(with_readiness=True)
 
         def unchanged(uuid: str) -> instancemod.Instance | None:
             inst, seq = before.get(uuid, (None, None))
@@ -227,7 +228,7 @@ class Recovery:
                 core.instances[info.uuid] = inst
                 LOG.info('[instance: %s] adopted from the hypervisor (%s)', info.uuid,
                          info.power_state)
-            self._events.apply_power(inst, info.power_state, 'resync', time.time())
+            self._events.apply_listing(inst, info, 'resync')
         for uuid in before:
             inst = unchanged(uuid)
             if (inst is not None and uuid not in seen and inst.task is None

@@ -8,6 +8,9 @@
     any but deleted --> deleting --> deleted
     deleting --> error                          (the delete failed; a later delete may retry)
 
+Readiness (``WAITING``, ``READY``, ``LATE``; None while the domain does not run) is a second
+field of a running instance, from the guest-agent channel's events.
+
 Operators' operations (stop, start, reboot, hard reboot) are asked in the states ``OPERATIONS``
 names; their jobs then move the instance along the transitions above (a stop's domain stops:
 active -> stopped, by its event). A change to the same state is always allowed. ``check``
@@ -78,3 +81,12 @@ def check_operation(uuid: str, current: str, operation: str) -> None:
             uuid=uuid, state=current,
             action='%s (only from %s)' % (operation.replace('_', ' '),
                                           ', '.join(sorted(OPERATIONS[operation]))))
+
+
+# Readiness of a running guest (an instance field beside vm_state, not a vm_state: a guest
+# may stop being ready and become ready again while it stays active, e.g. across a reboot).
+# None while the domain does not run.
+WAITING = 'waiting'     # running; its guest has not opened its agent channel (yet)
+READY = 'ready'         # its guest holds the agent channel open (libvirt's event)
+LATE = 'late'           # waiting for longer than [readiness] expect_within: not an error
+READINESS = (WAITING, READY, LATE)

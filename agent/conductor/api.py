@@ -31,11 +31,16 @@ class ConductorAPI:
         """Every instance row, or those of node ``host``."""
         return self._client.call({}, 'list_instances', host=host)
 
-    def wait_instances(self, uuids: list[str], states: list[str], timeout: float) -> dict:
-        """Wait (on the conductor) until each uuid is in one of ``states`` or ``timeout``
-        passed; the rows."""
-        cctxt = self._client.prepare(timeout=timeout + 30)
-        return cctxt.call({}, 'wait_instances', uuids=uuids, states=states, timeout=timeout)
+    def wait_instances(self, uuids: list[str], states: list[str], timeout: float,
+                       ready: bool = False) -> dict:
+        """Wait (on the conductor) until each uuid is in one of ``states`` (with ``ready``:
+        and its guest is ready) or ``timeout`` passed; the rows."""
+        if not ready:
+            cctxt = self._client.prepare(timeout=timeout + 30)
+            return cctxt.call({}, 'wait_instances', uuids=uuids, states=states, timeout=timeout)
+        cctxt = self._client.prepare(timeout=timeout + 30, version='1.2')
+        return cctxt.call({}, 'wait_instances', uuids=uuids, states=states, timeout=timeout,
+                          ready=True)
 
     def report_count(self, host: str | None = None) -> int:
         """How many reports the conductor applied (from ``host``, or all)."""

@@ -13,7 +13,10 @@ import threading
 import time
 
 FIELDS = ('uuid', 'host', 'name', 'vm_state', 'power_state', 'task', 'fault', 'boot_job',
-          'accepted_at', 'active_at', 'updated_at', 'seq')
+          'accepted_at', 'active_at', 'updated_at', 'seq', 'readiness', 'ready_at')
+# When the conductor first stored the current active_at / ready_at (a report's lag is
+# ``*_seen_at - *_at``): kept while a later report repeats the same time.
+SEEN = (('active_seen_at', 'active_at'), ('ready_seen_at', 'ready_at'))
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -34,7 +37,9 @@ CREATE TABLE IF NOT EXISTS nodes (
 """
 
 # Columns added after the first release: (table, column, declaration).
-_ADDED_COLUMNS = (('reports', 'generation', 'INTEGER'), ('reports', 'node_applied', 'INTEGER'))
+_ADDED_COLUMNS = (('reports', 'generation', 'INTEGER'), ('reports', 'node_applied', 'INTEGER'),
+                  ('instances', 'readiness', 'TEXT'), ('instances', 'ready_at', 'REAL'),
+                  ('instances', 'active_seen_at', 'REAL'), ('instances', 'ready_seen_at', 'REAL'))
 
 
 class InstanceStore:
@@ -76,12 +81,20 @@ class InstanceStore:
             row = {f: state.get(f) for f in FIELDS}
             row['host'] = host
             row['received_at'] = now
+            seen_new = ', '.join('CASE WHEN :%s IS NULL THEN NULL ELSE :received_at END' % at
+                                 for _, at in SEEN)
+            seen_set = ', '.join(
+                '%s=CASE WHEN excluded.%s IS NULL THEN NULL WHEN excluded.%s IS instances.%s '
+                'THEN instances.%s ELSE excluded.received_at END' % (seen, at, at, at, seen)
+                for seen, at in SEEN)
             cur.execute(
-                'INSERT INTO instances (%s, received_at) VALUES (%s, :received_at) '
-                'ON CONFLICT(uuid) DO UPDATE SET %s WHERE excluded.seq > instances.seq '
+                'INSERT INTO instances (%s, received_at, %s) VALUES (%s, :received_at, %s) '
+                'ON CONFLICT(uuid) DO UPDATE SET %s, %s WHERE excluded.seq > instances.seq '
                 "AND (instances.host = excluded.host OR instances.vm_state = 'deleted')"
-                % (', '.join(FIELDS), ', '.join(':' + f for f in FIELDS),
-                   ', '.join('%s=excluded.%s' % (f, f) for f in FIELDS[1:] + ('received_at',))),
+                % (', '.join(FIELDS), ', '.join(seen for seen, _ in SEEN),
+                   ', '.join(':' + f for f in FIELDS), seen_new,
+                   ', '.join('%s=excluded.%s' % (f, f) for f in FIELDS[1:] + ('received_at',)),
+                   seen_set),
                 row)
             applied += cur.rowcount
         if resources is not None:
@@ -105,7 +118,8 @@ class InstanceStore:
         return applied
 
     def _rows(self, where: str = '', args=()) -> list[dict]:
-        columns = FIELDS + ('received_at',)     # when the conductor got the current state
+        # received_at: when the conductor got the current state.
+        columns = FIELDS + ('received_at',) + tuple(seen for seen, _ in SEEN)
         cur = self._db.execute('SELECT %s FROM instances %s ORDER BY accepted_at'
                                % (', '.join(columns), where), args)
         return [dict(zip(columns, row)) for row in cur.fetchall()]
@@ -148,14 +162,16 @@ class InstanceStore:
         return [dict(zip(('received_at', 'states', 'applied', 'generation', 'node_applied'), r))
                 for r in rows]
 
-    def wait_for(self, uuids: list[str], states: list[str], timeout: float) -> dict:
-        """Block until every uuid is in one of ``states`` (or absent when 'deleted' is among
-        them and it was never seen), or until ``timeout``. Returns {uuid: row or None}."""
+    def wait_for(self, uuids: list[str], states: list[str], timeout: float,
+                 ready: bool = False) -> dict:
+        """Block until every uuid is in one of ``states`` (and, with ``ready``, its guest is
+        ready), or until ``timeout``. Returns {uuid: row or None}."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
                 rows = {u: (self._rows('WHERE uuid = ?', (u,)) or [None])[0] for u in uuids}
-                if all(r is not None and r['vm_state'] in states for r in rows.values()):
+                if all(r is not None and r['vm_state'] in states
+                       and (not ready or r['readiness'] == 'ready') for r in rows.values()):
                     return rows
                 left = deadline - time.monotonic()
                 if left <= 0:

@@ -4,6 +4,8 @@ Version history:
   1.0 - report_instance_states, get_instance, list_instances, wait_instances, report_count
   1.1 - report (instance states and node usage in one message), get_node, list_reports;
         every report is checked (``validate``) and refused whole with InvalidReport
+  1.2 - instance rows carry readiness, ready_at and when the conductor first saw the current
+        active_at / ready_at; wait_instances(ready=True) waits for ready guests
 """
 import logging
 import time
@@ -23,7 +25,7 @@ class ConductorEndpoint:
     """Stores nodes' reports; answers queries. Bad input gets InvalidReport and changes
     nothing."""
 
-    target = oslo_messaging.Target(version='1.1')
+    target = oslo_messaging.Target(version='1.2')
 
     def __init__(self, store, report_delay: float = 0.0, max_future_s: float = 86400.0,
                  clock_ns=time.time_ns):
@@ -82,9 +84,9 @@ class ConductorEndpoint:
         return self._store.list_instances(None if host is None else validate.host(host))
 
     @_EXPECTED
-    def wait_instances(self, ctxt, uuids, states, timeout):
-        """Wait until each uuid is in one of ``states`` (woken by reports, no polling) or the
-        timeout passed; the rows."""
+    def wait_instances(self, ctxt, uuids, states, timeout, ready=False):
+        """Wait until each uuid is in one of ``states`` (with ``ready``: and its guest ready;
+        woken by reports, no polling) or the timeout passed; the rows."""
         if not isinstance(uuids, list) or len(uuids) > validate.MAX_STATES \
                 or not isinstance(states, list):
             raise exception.InvalidReport(reason='uuids and states: lists')
@@ -92,7 +94,9 @@ class ConductorEndpoint:
         for s in states:
             validate.choice(s, 'states', validate.VM_STATES)
         timeout = validate.number(timeout, 'timeout', 0, MAX_WAIT, optional=False)
-        return self._store.wait_for(uuids, list(states), float(timeout))
+        if not isinstance(ready, bool):
+            raise exception.InvalidReport(reason='ready: true or false')
+        return self._store.wait_for(uuids, list(states), float(timeout), ready)
 
     @_EXPECTED
     def report_count(self, ctxt, host=None):

@@ -15,6 +15,7 @@ HOST_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9._-]{0,254}')
 VM_STATES = frozenset({'building', 'active', 'paused', 'stopped', 'deleting', 'deleted',
                        'error'})
 POWER_STATES = frozenset({'running', 'paused', 'shutdown', 'crashed', 'nostate'})
+READINESS = frozenset({'waiting', 'ready', 'late'})
 TASKS = frozenset({'spawning', 'deleting', 'stopping', 'starting', 'rebooting'})
 MAX_STATES = 10000
 MAX_TEXT = 16384
@@ -88,6 +89,9 @@ def state(raw, i: int, node: str, max_seq: int) -> dict:
         'updated_at': number(raw.get('updated_at'), where + '.updated_at', 0, 1e11),
         'seq': number(raw.get('seq'), where + '.seq', 1, max_seq, integer=True,
                       optional=False),
+        'readiness': choice(raw.get('readiness'), where + '.readiness', READINESS,
+                            optional=True),
+        'ready_at': number(raw.get('ready_at'), where + '.ready_at', 0, 1e11),
     }
 
 

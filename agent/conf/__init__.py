@@ -8,6 +8,7 @@ from agent.conf import libvirt
 from agent.conf import metrics
 from agent.conf import network
 from agent.conf import power
+from agent.conf import readiness
 from agent.conf import resources
 from agent.conf import storage
 from agent.conf import trace
@@ -16,5 +17,5 @@ from agent.conf import workqueue
 CONF = cfg.CONF
 
 for _mod in (default, libvirt, workqueue, conductor, storage, resources, jobs, metrics,
-             trace, network, power):
+             trace, network, power, readiness):
     _mod.register_opts(CONF)

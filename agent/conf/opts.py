@@ -6,6 +6,7 @@ from agent.conf import libvirt
 from agent.conf import metrics
 from agent.conf import network
 from agent.conf import power
+from agent.conf import readiness
 from agent.conf import resources
 from agent.conf import storage
 from agent.conf import trace
@@ -15,6 +16,6 @@ from agent.conf import workqueue
 def list_opts():
     result = []
     for mod in (default, libvirt, workqueue, conductor, storage, resources, jobs, metrics,
-                trace, network, power):
+                trace, network, power, readiness):
         result.extend(mod.list_opts().items())
     return result

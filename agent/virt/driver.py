@@ -42,6 +42,17 @@ class InstanceRebooted:
 
 
 @dataclasses.dataclass(frozen=True)
+class GuestReadiness:
+    """The guest became ready (it opened its agent channel) or stopped being ready (it
+    closed it: a reboot, a guest agent stopped, or the domain started anew)."""
+
+    uuid: str
+    ready: bool
+    cause: str
+    timestamp: float
+
+
+@dataclasses.dataclass(frozen=True)
 class HypervisorLost:
     """The connection to the hypervisor broke; the driver is reconnecting by itself."""
 
@@ -65,6 +76,7 @@ class InstanceInfo:
     power_state: str
     ours: bool          # created by this agent (recognised by its metadata)
     sizes: dict | None = None   # vcpus/memory_mb/disk_gb from the metadata, when it was read
+    ready: bool | None = None   # the guest holds its agent channel open (None: not read)
 
 
 class ComputeDriver(abc.ABC):
@@ -125,8 +137,11 @@ class ComputeDriver(abc.ABC):
         DomainStateConflict if the domain does not run; DomainNotFound as ``shutdown``."""
 
     @abc.abstractmethod
-    def list_instances(self) -> list[InstanceInfo]:
-        """Every instance the hypervisor holds, with its power state."""
+    def list_instances(self, with_readiness: bool = False) -> list[InstanceInfo]:
+        """Every instance the hypervisor holds, with its power state; ``ready`` is filled in
+        for the instances of ours whose definition the listing reads anyway (those it sees
+        for the first time), and with ``with_readiness`` for every running one of ours
+        (after a reconnect: events of the gap are lost)."""
 
     @abc.abstractmethod
     def is_connected(self) -> bool:

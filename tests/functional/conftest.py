@@ -29,6 +29,7 @@ IMAGES = os.environ.get('COMPUTE_AGENT_IMAGE_DIR', '/var/lib/compute-agent/image
 VIRT_TYPE = os.environ.get('COMPUTE_AGENT_VIRT_TYPE', 'qemu')
 URI = 'qemu:///system'
 MARKER = 'COMPUTE-AGENT-GUEST-READY'
+GUEST_VERSION = 4       # the test guest's /init these tests rely on (opens the agent port)
 # Broker credentials written by tools/setup-node.sh (TLS to 127.0.0.1:5671, root only): the
 # agent's role may only report to conductors; the control plane's (conductor, these tests'
 # clients) may command nodes.
@@ -55,6 +56,13 @@ def _check_node():
     for name in ('test-vmlinuz', 'test-initrd.img'):
         if not os.path.isfile(os.path.join(IMAGES, name)):
             problems.append('test guest %s missing in %s' % (name, IMAGES))
+    try:
+        with open(os.path.join(IMAGES, 'test-guest.version')) as f:
+            version = int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        version = 0
+    if version < GUEST_VERSION:
+        problems.append('test guest in %s older than version %d' % (IMAGES, GUEST_VERSION))
     if problems:
         pytest.fail('node not ready: %s. Run tools/setup-node.sh and tools/build-test-guest.sh.'
                     % '; '.join(problems), pytrace=False)
@@ -280,7 +288,27 @@ class Node:
         self.transport.cleanup()
 
 
-NODE_FIXTURES = ('node', 'lvm_node', 'acct_node', 'fault_node', 'life_node', 'rpc_node')
+NODE_FIXTURES = ('node', 'lvm_node', 'acct_node', 'fault_node', 'life_node', 'rpc_node',
+                 'ready_node')
+
+
+def stop_libvirtd(pause: float = 0.0) -> None:
+    """SIGTERM to libvirtd (it drops every client at once), wait for it to exit, then
+    ``pause`` seconds. (SIGKILL in the middle of a domain start left libvirt 9.0 here with
+    that domain stuck in a "start" job that no restart frees: beyond any client's reach.)"""
+    with open('/run/libvirtd.pid') as f:
+        pid = int(f.read().strip())
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while os.path.exists('/proc/%d' % pid):
+        assert time.monotonic() < deadline, 'libvirtd did not exit'
+        time.sleep(0.05)
+    time.sleep(pause)
+
+
+def start_libvirtd() -> None:
+    """Start libvirtd again (daemonised, as tools/setup-node.sh does)."""
+    subprocess.run(['/usr/sbin/libvirtd', '-d'], check=True)
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,6 @@ boot storm, libvirtd killed while instances boot, RabbitMQ stopped and started, 
 away for a while. Each test ends with nothing of its instances left."""
 import concurrent.futures
 import os
-import signal
 import subprocess
 import time
 
@@ -112,19 +111,8 @@ def _libvirtd_killed(node, uuids, job_ids):
             break
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    with open('/run/libvirtd.pid') as f:
-        pid = int(f.read().strip())
-    # SIGTERM: libvirtd drops every client connection at once. (SIGKILL in the middle of a
-    # domain start left libvirt 9.0 here with that domain stuck in a "start" job, whose
-    # state lock no call and no libvirtd restart frees until its status file is removed:
-    # beyond any client's reach, so not what this test measures.)
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 30
-    while os.path.exists('/proc/%d' % pid):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(1.0)                  # boots in flight meet a dead libvirtd
-    subprocess.run(['/usr/sbin/libvirtd', '-d'], check=True)
+    conftest.stop_libvirtd(pause=1.0)   # boots in flight meet a dead libvirtd
+    conftest.start_libvirtd()
     deadline = time.monotonic() + 300   # a restarted libvirtd may hold domain locks ~30 s
     while True:        # until the agent has reconnected, resynchronised and settled every boot
         rows = node.wait_states(uuids, ['active', 'error'], timeout=300)

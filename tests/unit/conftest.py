@@ -118,7 +118,7 @@ class Agent:
     """An agent (manager, libvirt driver, storage) over the fake libvirt and fake LVM."""
 
     def __init__(self, conf, hv, lvm=None, backend='lvm', vg=None, allocation=None,
-                 tracer=None, metrics=None, power=None):
+                 tracer=None, metrics=None, power=None, ready_within=300.0):
         self.hv = hv
         self.lvm = lvm or fakelvm.FakeLvm()
         self.dirs = instancedir.InstanceDirs(conf.instances_path)
@@ -150,7 +150,7 @@ class Agent:
             self.journal, self.dirs, allocation=allocation or resources.Allocation(),
             job_retention=conf.jobs.retention, max_boot_attempts=conf.jobs.max_boot_attempts,
             reconnect_interval=0.05, tracer=tracer, metrics=metrics,
-            power=power or TEST_POWER)
+            power=power or TEST_POWER, ready_within=ready_within)
         self.manager.init_host()
 
     def wait_job(self, job_id):

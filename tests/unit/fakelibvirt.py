@@ -13,6 +13,11 @@ import xml.etree.ElementTree as ET
 # --- constants (values as in libvirt) ----------------------------------------------------
 VIR_DOMAIN_EVENT_ID_LIFECYCLE = 0
 VIR_DOMAIN_EVENT_ID_REBOOT = 1
+VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE = 18
+VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_CONNECTED = 1
+VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_DISCONNECTED = 2
+VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_REASON_DOMAIN_STARTED = 1
+VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_REASON_CHANNEL = 2
 VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN = 1
 VIR_DOMAIN_REBOOT_ACPI_POWER_BTN = 1
 VIR_DOMAIN_EVENT_DEFINED = 0
@@ -143,10 +148,25 @@ class Hypervisor:
             for cb, opaque in list(conn.reboot_callbacks):
                 _events.put((cb, (conn, dom, opaque)))
 
+    def emit_agent(self, dom: 'Domain', connected: bool, reason: int) -> None:
+        """The agent channel's state changes (libvirt keeps it in the live XML too)."""
+        dom.agent = 'connected' if connected else 'disconnected'
+        state = (VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_CONNECTED if connected
+                 else VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_DISCONNECTED)
+        for conn in list(self.connections):
+            for cb, opaque in list(conn.agent_callbacks):
+                _events.put((cb, (conn, dom, state, reason, opaque)))
+
+    def guest_agent(self, uuid: str, connected: bool = True) -> None:
+        """The guest opens (or closes) its agent channel: it is ready (or no longer)."""
+        self.emit_agent(self.domains[uuid], connected,
+                        VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_REASON_CHANNEL)
+
     # what happens outside the agent's calls
     def guest_poweroff(self, uuid: str) -> None:
         dom = self.domains[uuid]
         dom.run_state = VIR_DOMAIN_SHUTOFF
+        dom.agent = None
         self.emit(dom, VIR_DOMAIN_EVENT_SHUTDOWN, VIR_DOMAIN_EVENT_SHUTDOWN_GUEST)
         self.emit(dom, VIR_DOMAIN_EVENT_STOPPED, VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
 
@@ -187,6 +207,7 @@ class Connection:
         self.alive = True
         self.lifecycle_callbacks = []
         self.reboot_callbacks = []
+        self.agent_callbacks = []
         self.close_callback = None
 
     def _call(self, name: str) -> None:
@@ -203,11 +224,12 @@ class Connection:
 
     def domainEventRegisterAny(self, dom, event_id, cb, opaque):
         self._call('domainEventRegisterAny')
-        assert event_id in (VIR_DOMAIN_EVENT_ID_LIFECYCLE, VIR_DOMAIN_EVENT_ID_REBOOT)
-        callbacks = (self.lifecycle_callbacks if event_id == VIR_DOMAIN_EVENT_ID_LIFECYCLE
-                     else self.reboot_callbacks)
+        callbacks = {VIR_DOMAIN_EVENT_ID_LIFECYCLE: self.lifecycle_callbacks,
+                     VIR_DOMAIN_EVENT_ID_REBOOT: self.reboot_callbacks,
+                     VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE: self.agent_callbacks}[event_id]
         callbacks.append((cb, opaque))
-        return len(self.lifecycle_callbacks) + len(self.reboot_callbacks)
+        return len(self.lifecycle_callbacks) + len(self.reboot_callbacks) + len(
+            self.agent_callbacks)
 
     def setKeepAlive(self, interval, count):
         self._call('setKeepAlive')
@@ -292,6 +314,7 @@ class Domain:
         if shared is None:
             self.xml = xml
             self.run_state = VIR_DOMAIN_SHUTOFF
+            self.agent = None     # agent channel: None (not running) | connected | disconnected
 
     def _dom(self) -> 'Domain':
         return self._shared or self
@@ -311,7 +334,12 @@ class Domain:
         return self.name_
 
     def XMLDesc(self, flags=0):
-        return self._call('XMLDesc').xml
+        """The definition; a running domain's shows its agent channel's state (live XML)."""
+        dom = self._call('XMLDesc')
+        if dom.agent is None:
+            return dom.xml
+        return dom.xml.replace("name=\"org.qemu.guest_agent.0\"",
+                               "name=\"org.qemu.guest_agent.0\" state=\"%s\"" % dom.agent)
 
     def state(self, flags=0):
         return [self._call('state').run_state, 0]
@@ -328,6 +356,8 @@ class Domain:
             raise libvirtError('Requested operation is not valid: domain is already running',
                                VIR_ERR_OPERATION_INVALID)
         dom.run_state = VIR_DOMAIN_RUNNING
+        self._conn.hv.emit_agent(dom, False,
+                                 VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_REASON_DOMAIN_STARTED)
         self._conn.hv.emit(dom, VIR_DOMAIN_EVENT_RESUMED, 0)
         self._conn.hv.emit(dom, VIR_DOMAIN_EVENT_STARTED, 0)
         if not self._conn.alive:    # libvirtd went away while the call was in flight
@@ -369,6 +399,7 @@ class Domain:
             raise libvirtError('Requested operation is not valid: domain is not running',
                                VIR_ERR_OPERATION_INVALID)
         dom.run_state = VIR_DOMAIN_SHUTOFF
+        dom.agent = None
         self._conn.hv.emit(dom, VIR_DOMAIN_EVENT_SHUTDOWN, VIR_DOMAIN_EVENT_SHUTDOWN_HOST)
         self._conn.hv.emit(dom, VIR_DOMAIN_EVENT_STOPPED, VIR_DOMAIN_EVENT_STOPPED_DESTROYED)
         return 0

@@ -9,6 +9,9 @@ import xml.etree.ElementTree as ET
 METADATA_NS = 'http://compute-agent.org/xmlns/instance/1.0'
 QEMU_NS = 'http://libvirt.org/schemas/domain/qemu/1.0'
 DOMAIN_PREFIX = 'ca-'
+# The guest-agent channel: a guest that opens it is ready (libvirt's agent-lifecycle event).
+# The agent never talks on it; it only watches whether the guest holds it open.
+AGENT_CHANNEL = 'org.qemu.guest_agent.0'
 
 
 def domain_name(uuid: str) -> str:
@@ -94,6 +97,8 @@ class GuestConfig:
         # append: the console of a stopped and started (or rebooted) guest keeps its past.
         ET.SubElement(serial, 'source', path=self.console_log, append='on')
         ET.SubElement(serial, 'target', port='0')
+        channel = ET.SubElement(devices, 'channel', type='unix')   # libvirt picks the socket
+        ET.SubElement(channel, 'target', type='virtio', name=AGENT_CHANNEL)
         ET.SubElement(devices, 'memballoon', model='none')
         self._isolated_user_nics(dom)
         return ET.tostring(dom, encoding='unicode')
@@ -166,6 +171,19 @@ def parse_metadata(xml: str) -> dict | None:
     if inst is None:
         return None
     return {child.tag.split('}', 1)[1]: child.text or '' for child in inst}
+
+
+def agent_connected(xml: str) -> bool | None:
+    """Whether the guest holds its agent channel open, by the channel state in a running
+    domain's live XML; None when the XML says nothing (no channel, or not running)."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    for target in root.findall('devices/channel/target'):
+        if target.get('name') == AGENT_CHANNEL and target.get('state'):
+            return target.get('state') == 'connected'
+    return None
 
 
 def parse_capabilities(xml: str) -> dict:

@@ -7,6 +7,7 @@ createWithFlags, reboot or reset) on the domain object kept since its boot or th
 listing. Host facts come from the cache in ``Host``; instance state comes from lifecycle
 events, never from polling.
 """
+import dataclasses
 import logging
 import os
 import random
@@ -152,6 +153,13 @@ class LibvirtDriver(driver.ComputeDriver):
         if isinstance(item, vhost.RebootEvent):
             if item.uuid in self._ours:
                 self._listener(driver.InstanceRebooted(uuid=item.uuid, timestamp=item.timestamp))
+            return
+        if isinstance(item, vhost.AgentChannelEvent):
+            if item.uuid in self._ours:
+                self._listener(driver.GuestReadiness(
+                    uuid=item.uuid, ready=item.connected, timestamp=item.timestamp,
+                    cause='agent channel %s (reason %d)' % (
+                        'connected' if item.connected else 'disconnected', item.reason)))
             return
         if item.event == self._lv.VIR_DOMAIN_EVENT_DEFINED and item.uuid not in self._ours \
                 and item.uuid not in self._defining:
@@ -350,9 +358,11 @@ class LibvirtDriver(driver.ComputeDriver):
         self._dirs.remove(uuid)
 
     # -- listing ----------------------------------------------------------------------------
-    def list_instances(self) -> list[driver.InstanceInfo]:
+    def list_instances(self, with_readiness: bool = False) -> list[driver.InstanceInfo]:
         """One getAllDomainStats call for every domain's state; domains with our name prefix
-        never seen before get their XML read once to confirm they carry our metadata."""
+        never seen before get their XML read once to confirm they carry our metadata (and
+        their agent channel's state is taken from it); with ``with_readiness`` the running
+        ones of ours already known get one XMLDesc each for that state."""
         conn, epoch = self.host.conn(), self.host.epoch
         stats = self.host.call('getAllDomainStats', conn.getAllDomainStats,
                                self._lv.VIR_DOMAIN_STATS_STATE, 0, epoch=epoch)
@@ -360,30 +370,37 @@ class LibvirtDriver(driver.ComputeDriver):
         foreign = {}
         for dom, values in stats:
             uuid = dom.UUIDString()
-            name = ''                  # known instances: the manager holds name and sizes
-            sizes = None
-            ours = uuid in self._ours
-            if not ours and dom.name().startswith(vconfig.DOMAIN_PREFIX):
-                meta = vconfig.parse_metadata(
-                    self.host.call('XMLDesc', dom.XMLDesc, 0))
-                # Ours: our metadata, naming this domain and this node (an agent never takes
-                # the domains another agent made, even on a shared libvirtd).
-                ours = (bool(meta) and meta.get('uuid') == uuid
-                        and meta.get('host') == self._node)
-                if ours:
-                    self._ours.add(uuid)
-                    name = meta.get('name', '')
-                    sizes = {k: int(meta[k]) for k in ('vcpus', 'memory_mb', 'disk_gb')
-                             if meta.get(k, '').isdigit()}
-            if ours:
+            power = _power_state_from_state(self._lv, values.get('state.state', 0))
+            info = driver.InstanceInfo(uuid=uuid, name='', ours=uuid in self._ours,
+                                       power_state=power)
+            if not info.ours and dom.name().startswith(vconfig.DOMAIN_PREFIX):
+                info = self._recognise(dom, info)
+            elif info.ours and with_readiness and power == driver.RUNNING:
+                info = dataclasses.replace(info, ready=vconfig.agent_connected(
+                    self.host.call('XMLDesc', dom.XMLDesc, 0)))
+            if info.ours:
                 self._domains[uuid] = (epoch, dom)     # this listing's connection's object
             else:
                 foreign[uuid] = dom.name()
-            out.append(driver.InstanceInfo(
-                uuid=uuid, name=name, ours=ours, sizes=sizes,
-                power_state=_power_state_from_state(self._lv, values.get('state.state', 0))))
+            out.append(info)
         self._foreign = foreign           # the whole picture (events since keep it current)
         return out
+
+    def _recognise(self, dom, info: driver.InstanceInfo) -> driver.InstanceInfo:
+        """A domain with our prefix the agent does not know: ours if its metadata names its
+        uuid and this node (an agent never takes the domains another agent made, even on a
+        shared libvirtd); one XMLDesc call."""
+        xml = self.host.call('XMLDesc', dom.XMLDesc, 0)
+        meta = vconfig.parse_metadata(xml)
+        if not (meta and meta.get('uuid') == info.uuid and meta.get('host') == self._node):
+            return info
+        self._ours.add(info.uuid)
+        # Known instances: the manager holds name and sizes; these come from the metadata.
+        return dataclasses.replace(
+            info, ours=True, name=meta.get('name', ''),
+            sizes={k: int(meta[k]) for k in ('vcpus', 'memory_mb', 'disk_gb')
+                   if meta.get(k, '').isdigit()},
+            ready=vconfig.agent_connected(xml) if info.power_state == driver.RUNNING else None)
 
     def stats(self) -> dict:
         return {'libvirt_calls': dict(self.host.calls),

@@ -51,6 +51,18 @@ class RebootEvent:
 
 
 @dataclasses.dataclass(frozen=True)
+class AgentChannelEvent:
+    """The guest opened (``connected``) or closed its agent channel (libvirt's agent-lifecycle
+    event; ``reason``: libvirt's, 1 = the domain started, 2 = the guest's channel)."""
+
+    uuid: str
+    name: str
+    connected: bool
+    reason: int
+    timestamp: float
+
+
+@dataclasses.dataclass(frozen=True)
 class ConnectionLost:
     """Connection ``epoch`` broke (its close callback fired, or a call found it dead)."""
 
@@ -86,8 +98,8 @@ class Host:
     """One libvirt connection used by every caller of the agent.
 
     libvirt_mod: the libvirt module (the real one, or a fake in unit tests).
-    event_sink(item): thread-safe; receives LifecycleEvent, RebootEvent, ConnectionLost and
-    Reconnected.
+    event_sink(item): thread-safe; receives LifecycleEvent, RebootEvent, AgentChannelEvent,
+    ConnectionLost and Reconnected.
     runtime: spawn, spawn_native and sleep (``agent.workqueue.Runtime``).
     """
 
@@ -105,7 +117,7 @@ class Host:
         self._epoch = 0          # grows with every connection: a call can tell it lost its own
         self._facts: HostFacts | None = None
         # op -> count of work-queue items; one per libvirt call, except the start-up and
-        # reconnect bundles 'open' (open + 4 registrations) and 'host_facts' (6 reads).
+        # reconnect bundles 'open' (open + 5 registrations) and 'host_facts' (6 reads).
         self.calls = collections.Counter()
         self._codes = {getattr(libvirt_mod, name) for name in _CONNECTION_ERRORS
                        if hasattr(libvirt_mod, name)}
@@ -168,6 +180,8 @@ class Host:
                                     self._on_lifecycle, None)
         conn.domainEventRegisterAny(None, self._lv.VIR_DOMAIN_EVENT_ID_REBOOT,
                                     self._on_reboot, None)
+        conn.domainEventRegisterAny(None, self._lv.VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE,
+                                    self._on_agent, None)
         if self._keepalive[0] > 0:
             try:
                 conn.setKeepAlive(*self._keepalive)
@@ -200,6 +214,11 @@ class Host:
 
     def _on_reboot(self, conn, dom, opaque) -> None:
         self._sink(RebootEvent(uuid=dom.UUIDString(), name=dom.name(), timestamp=time.time()))
+
+    def _on_agent(self, conn, dom, state, reason, opaque) -> None:
+        connected = state == self._lv.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_CONNECTED
+        self._sink(AgentChannelEvent(uuid=dom.UUIDString(), name=dom.name(), connected=connected,
+                                     reason=reason, timestamp=time.time()))
 
     def _on_close(self, conn, reason, epoch) -> None:
         self._sink(ConnectionLost(reason=reason, timestamp=time.time(), epoch=epoch))
