@@ -2,7 +2,11 @@
 
 Callers ``update()`` an instance's latest state, or ``update_resources()`` the node's latest
 usage report, and return at once. One sender loop sends whatever is pending in one message,
-after a short window that gathers concurrent changes: at most one message is in flight, a
+after a window that gathers concurrent changes. The window adapts: a change after a quiet
+spell waits ``window`` (short); while changes keep coming (a storm) messages go at most one
+per ``busy_window``, so N boots cost about (storm length / busy_window) messages however large
+N is, and no change waits longer than ``busy_window`` plus one send. At most one message is
+in flight, a
 later state of an instance (or a later resource generation) supersedes an unsent earlier one,
 a resource report whose capacity and usage equal the last one sent is dropped, and a failed
 send keeps its content for the next attempt (with back-off), so nothing is lost while the
@@ -25,10 +29,12 @@ class StateReporter:
     in flight at a time (``run`` in its own (green)thread)."""
     def __init__(self, send: Callable[[list[dict], dict | None], None], window: float = 0.05,
                  retry_max: float = 10.0, sleep: Callable[[float], None] = time.sleep,
-                 tracer: tracemod.NullTracer | None = None):
+                 tracer: tracemod.NullTracer | None = None, busy_window: float | None = None):
         self._send = send
         self._tracer = tracer or tracemod.NullTracer()
         self._window = window
+        self._busy_window = max(window, busy_window if busy_window is not None else window)
+        self._last_send = -1e9       # monotonic time the last message went
         self._retry_max = retry_max
         self._sleep = sleep
         self._pending: dict[str, dict] = {}
@@ -65,6 +71,15 @@ class StateReporter:
             self._resources = report
             self._cond.notify_all()
 
+    def _gather(self) -> None:
+        """Wait for more changes to join the message: ``window`` after a quiet spell; while
+        changes keep coming (the last message left less than ``busy_window`` ago), until
+        ``busy_window`` after that message."""
+        since = time.monotonic() - self._last_send
+        wait = self._busy_window - since if since < self._busy_window else self._window
+        if wait > 0:
+            self._sleep(wait)
+
     def _take(self) -> tuple[dict, dict | None]:
         """Under the lock: everything pending, minus a resource report that changes nothing."""
         batch, self._pending = self._pending, {}
@@ -83,8 +98,8 @@ class StateReporter:
                     self._cond.wait()
                 if self._stopped and not self._pending and self._resources is None:
                     return
-            if self._window and not backoff:
-                self._sleep(self._window)
+            if not backoff:
+                self._gather()
             with self._cond:
                 batch, resources = self._take()
                 if not batch and resources is None:
@@ -92,6 +107,7 @@ class StateReporter:
                     continue
                 self._inflight = True
             try:
+                self._last_send = time.monotonic()
                 self._traced_send(sorted(batch.values(), key=lambda s: s['seq']), resources)
             except exception.InvalidReport as exc:
                 # Refused whole by the conductor: sending it again would be refused again

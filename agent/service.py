@@ -99,6 +99,7 @@ class AgentService:
         self.reporter = reportermod.StateReporter(
             lambda states, usage: conductor.report(conf.host, states, usage),
             window=conf.conductor.report_window, retry_max=conf.conductor.report_retry_max,
+            busy_window=conf.conductor.report_busy_window,
             sleep=self.runtime.sleep, tracer=self.tracer)
         self.dirs = instancedir.InstanceDirs(conf.instances_path)   # their one owner
         self.driver = libvirt_driver.LibvirtDriver(conf.libvirt, conf.host, self.dirs,

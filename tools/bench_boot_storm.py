@@ -6,17 +6,24 @@ and each repetition it runs, one after the other on the same node:
 
 - the floor: the same N domains (the agent's own XML builder, renamed) defined and started
   directly with libvirt-python from N native threads, one connection each, no agent. Time to
-  ACTIVE = request to the STARTED lifecycle event reaching this process.
-- the agent: a fresh compute-agent process (already serving) gets N boot_instance requests
-  released at once from N client threads. Time to ACTIVE = request to the STARTED event's
-  report reaching the conductor (its ``received_at``).
+  ACTIVE = request to the STARTED lifecycle event reaching this process; time to ready =
+  request to the agent-lifecycle "connected" event (the guest opened its agent channel).
+- the agent: a fresh compute-agent process (already serving) first answers N ``ping``s
+  released at once (the answer-time yardstick), then gets N boot_instance requests released
+  at once from N client threads. Time to ACTIVE / ready = request to the conductor's first
+  event in the agent (its ``active_at`` / ``ready_at``, as the floor's are its own event
+  times); the conductor's first sight of them (``active_seen_at`` / ``ready_seen_at``) is
+  reported apart, as the report lag (coalesced reports: at most ``report_busy_window``).
 
-Both wait for each guest's ready marker on its console too. Then everything is deleted. The
-figures per N are medians over the repetitions (this machine is noisy: +-30 % run to run).
-Output: a table, ``boot-storm.json`` (every run, and per N: median, p90, max, floor, ratio,
-accepts/s, libvirt calls per boot, storage commands, conductor messages, work-queue wait
-p50/p99, agent peak RSS, CPU seconds per boot), ``boot-storm.png`` (median and max time to
-ACTIVE against N, agent beside floor) and one Chrome trace per agent run.
+Then everything is deleted. The figures per N are medians over the repetitions (this machine
+is noisy: +-30 % run to run). Output: a table, ``boot-storm.json`` (every run, and per N:
+ACTIVE and ready median, p90, max, for agent and floor, their ratios, boot_instance and ping
+answer p99, accepts/s, libvirt calls per boot, storage commands, conductor messages per boot
+and the report lag p99, work-queue wait p50/p99, agent peak RSS, CPU seconds per process),
+``boot-storm.png`` (median and max time to ACTIVE and to ready against N, agent beside floor)
+and one Chrome trace per agent run. Capacity is set explicitly: 1-vCPU guests that idle once
+booted, ``cpu_allocation_ratio = 64`` (N = 100 fits 2 cores; the default would refuse the
+33rd vCPU).
 
 ``--accept-rate M`` measures how many boot_instance requests per second an agent accepts
 (validated, claimed, journaled, answered) against the round trip of the no-op ``ping`` over
@@ -50,7 +57,6 @@ from agent.conductor import api as conductor_api  # noqa: E402
 from agent.rpc import api as compute_api  # noqa: E402
 from agent.virt.libvirt import config as vconfig  # noqa: E402
 
-MARKER = b'COMPUTE-AGENT-GUEST-READY'
 URI = 'qemu:///system'
 CMDLINE = 'console=ttyS0 quiet no_timer_check'
 # Broker credentials (TLS) made by tools/setup-node.sh: the agent's role and the control plane's.
@@ -95,22 +101,6 @@ class Progress:
         sys.stderr.write(text + '\n')
 
 
-def wait_markers(paths: dict, t0: dict, timeout: float, found: dict) -> None:
-    """Poll console logs (both runs the same way, every 50 ms) until each has the marker."""
-    deadline = time.monotonic() + timeout
-    while len(found) < len(paths) and time.monotonic() < deadline:
-        for uuid, path in paths.items():
-            if uuid in found:
-                continue
-            try:
-                with open(path, 'rb') as f:
-                    if MARKER in f.read():
-                        found[uuid] = time.monotonic() - t0[uuid]
-            except FileNotFoundError:
-                pass
-        time.sleep(0.05)
-
-
 class Floor:
     """Raw libvirt-python: N threads, one connection each, define + create; STARTED events."""
 
@@ -126,8 +116,11 @@ class Floor:
         self.conn = libvirt.open(URI)
         self.arch = vconfig.parse_capabilities(self.conn.getCapabilities())['arch']
         self.started: dict = {}
+        self.ready: dict = {}
         self.conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
                                          self._event, None)
+        self.conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE,
+                                         self._agent_event, None)
         left = [d.UUIDString() for d in self.conn.listAllDomains()
                 if d.name().startswith('bench-floor-')]
         if left:
@@ -142,6 +135,10 @@ class Floor:
     def _event(self, conn, dom, event, detail, opaque):
         if event == libvirt.VIR_DOMAIN_EVENT_STARTED:
             self.started.setdefault(dom.UUIDString(), time.monotonic())
+
+    def _agent_event(self, conn, dom, state, reason, opaque):
+        if state == libvirt.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_CONNECTED:
+            self.ready.setdefault(dom.UUIDString(), time.monotonic())
 
     def _xml(self, uuid: str, index: int, memory_mb: int) -> str:
         xml = vconfig.GuestConfig(
@@ -160,6 +157,7 @@ class Floor:
         xmls = {u: self._xml(u, i, memory_mb) for i, u in enumerate(uuids)}
         barrier = threading.Barrier(n)
         t0, errors = {}, {}
+        cpu_before = cpu_by_process()
 
         def boot(uuid):
             conn = libvirt.open(URI)
@@ -182,11 +180,15 @@ class Floor:
                 n, len([u for u in uuids if u in self.started]), n))
             time.sleep(0.1)
         active = {u: self.started[u] - t0[u] for u in uuids if u in self.started}
-        ready: dict = {}
-        wait_markers({u: os.path.join(self.dir, u + '.log') for u in active}, t0,
-                     ready_timeout, ready)
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline and not all(u in self.ready for u in active):
+            self.progress.show('floor N=%d: started %d/%d, ready %d/%d' % (
+                n, len(active), n, len([u for u in uuids if u in self.ready]), n))
+            time.sleep(0.2)
+        ready = {u: self.ready[u] - t0[u] for u in active if u in self.ready}
+        cpu = cpu_since(cpu_before)
         self._remove(uuids)
-        return {'active_s': active, 'ready_s': ready, 'errors': errors}
+        return {'active_s': active, 'ready_s': ready, 'errors': errors, 'cpu_s': cpu}
 
     def _remove(self, uuids):
         def remove(uuid):
@@ -219,6 +221,42 @@ def proc_status(pid: int) -> dict:
         fields = f.read().rsplit(')', 1)[1].split()
     out['cpu_s'] = (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
     return out
+
+
+CPU_NAMES = {'libvirtd': 'libvirtd', 'beam.smp': 'rabbitmq', 'qemu-system-x86': 'qemu'}
+
+
+def cpu_by_process(pids: dict | None = None) -> dict:
+    """CPU seconds so far: per pid (qemu, libvirtd, RabbitMQ's beam.smp), and of ``pids``
+    (name -> pid: the agent, the conductor)."""
+    out = {}
+    for pid in os.listdir('/proc'):
+        if not pid.isdigit():
+            continue
+        try:
+            with open('/proc/%s/stat' % pid) as f:
+                head, _, rest = f.read().rpartition(')')
+        except OSError:
+            continue
+        comm = head.split('(', 1)[1]
+        if comm in CPU_NAMES:
+            fields = rest.split()
+            out[(CPU_NAMES[comm], int(pid))] = (int(fields[11]) + int(fields[12])) \
+                / os.sysconf('SC_CLK_TCK')
+    for name, pid in (pids or {}).items():
+        try:
+            out[(name, pid)] = proc_status(pid)['cpu_s']
+        except OSError:
+            pass
+    return out
+
+
+def cpu_since(before: dict, pids: dict | None = None) -> dict:
+    """CPU seconds per process kind (qemu summed over its processes) since ``before``."""
+    total: dict = {}
+    for (name, pid), cpu in cpu_by_process(pids).items():
+        total[name] = round(total.get(name, 0.0) + cpu - before.get((name, pid), 0.0), 2)
+    return total
 
 
 class Services:
@@ -303,6 +341,35 @@ class Services:
         self.transport.cleanup()
 
 
+def released_at_once(n: int, fn) -> dict:
+    """Call ``fn(i)`` from n threads released together; {i: seconds to its answer}."""
+    barrier = threading.Barrier(n)
+    took = {}
+
+    def one(i):
+        barrier.wait()
+        t = time.monotonic()
+        fn(i)
+        took[i] = time.monotonic() - t
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        for f in [pool.submit(one, i) for i in range(n)]:
+            f.result()
+    return took
+
+
+def wait_conductor(svc: Services, uuids: list, states: list, ready: bool, deadline: float,
+                   progress, what: str) -> dict:
+    """The conductor's rows once each uuid is in ``states`` (and ready), or at ``deadline``."""
+    waiting, rows = list(uuids), {}
+    while waiting and time.monotonic() < deadline:
+        done = svc.conductor.wait_instances(waiting, states, 2.0, ready=ready)
+        rows.update({u: r for u, r in done.items() if r and r['vm_state'] in states
+                     and (not ready or r['readiness'] == 'ready')})
+        waiting = [u for u in waiting if u not in rows]
+        progress.show('%s %d/%d' % (what, len(rows), len(uuids)))
+    return rows
+
+
 def storm(svc: Services, n: int, memory_mb: int, ready_timeout: float, progress, run: str,
           overrides: str = '') -> dict:
     proc = svc.start_agent(run, overrides)
@@ -314,51 +381,51 @@ def storm(svc: Services, n: int, memory_mb: int, ready_timeout: float, progress,
         for u in left:
             svc.compute.delete_instance(svc.host, u)
         svc.conductor.wait_instances(left, ['deleted'], 300)
+    # The yardstick of answer times: N pings released at once, as the boots will be.
+    released_at_once(n, lambda i: svc.compute.ping(svc.host))        # warm-up
+    pings = released_at_once(n, lambda i: svc.compute.ping(svc.host))
+    capacity = svc.compute.get_resources(svc.host)['capacity']
     before = svc.compute.get_stats(svc.host)
-    proc_before = proc_status(proc.pid)
+    pids = {'agent': proc.pid, 'conductor': svc.procs['conductor'].pid}
+    cpu_before = cpu_by_process(pids)
     reports_before = svc.conductor.report_count(svc.host)
     uuids = [str(uuidlib.uuid4()) for _ in range(n)]
-    barrier = threading.Barrier(n)
     t0, t0_wall, answered, refused = {}, {}, {}, {}
 
-    def boot(i, uuid):
+    def boot(i):
+        uuid = uuids[i]
         spec = {'uuid': uuid, 'name': 'storm-%d' % i, 'vcpus': 1, 'memory_mb': memory_mb,
                 'kernel': 'test-vmlinuz', 'initrd': 'test-initrd.img', 'cmdline': CMDLINE,
                 'nics': [{'type': 'user'}]}
-        barrier.wait()
         t0_wall[uuid], t0[uuid] = time.time(), time.monotonic()
         try:
             svc.compute.boot_instance(svc.host, spec)
             answered[uuid] = time.monotonic() - t0[uuid]
         except exception.AgentError as exc:
             refused[uuid] = exc.args[0]
-    with concurrent.futures.ThreadPoolExecutor(n) as pool:
-        futures = [pool.submit(boot, i, u) for i, u in enumerate(uuids)]
-        while not all(f.done() for f in futures):
-            progress.show('agent N=%d: accepted %d/%d' % (n, len(answered), n))
-            time.sleep(0.05)
-        for f in futures:
-            f.result()
+    progress.show('agent N=%d: booting' % n, force=True)
+    released_at_once(n, boot)
     first = min(t0.values())
     accept_span = max(t0[u] + answered[u] for u in answered) - first if answered else None
-    waiting = list(answered)
-    rows = {}
-    while waiting:
-        done = svc.conductor.wait_instances(waiting, ['active', 'error'], 2.0)
-        rows.update({u: r for u, r in done.items() if r and r['vm_state'] in ('active', 'error')})
-        waiting = [u for u in waiting if u not in rows]
-        progress.show('agent N=%d: accepted %d/%d, active %d/%d'
-                      % (n, len(answered), n, len(rows), n))
-        if time.monotonic() - first > 600:
-            break
+    rows = wait_conductor(svc, list(answered), ['active', 'error'], False, first + 600,
+                          progress, 'agent N=%d: active' % n)
+    active_uuids = [u for u, r in rows.items() if r['vm_state'] == 'active']
+    ready_rows = wait_conductor(svc, active_uuids, ['active'], True,
+                                time.monotonic() + ready_timeout, progress,
+                                'agent N=%d: ready' % n)
     reports = svc.conductor.report_count(svc.host) - reports_before
-    active = {u: r['received_at'] - t0_wall[u] for u, r in rows.items() if r['vm_state'] == 'active'}
-    ready: dict = {}
-    wait_markers({u: os.path.join(svc.workdir, 'instances', u, 'console.log') for u in active},
-                 t0, ready_timeout, ready)
+    cpu = cpu_since(cpu_before, pids)
+    # The agent's times are its own event times (as the floor's are), the conductor's first
+    # sight of them apart (the report's trip: coalesced, see report_lag_s).
+    active = {u: rows[u]['active_at'] - t0_wall[u] for u in active_uuids}
+    ready = {u: r['ready_at'] - t0_wall[u] for u, r in ready_rows.items()}
+    seen = {'active': {u: rows[u]['active_seen_at'] - t0_wall[u] for u in active_uuids},
+            'ready': {u: r['ready_seen_at'] - t0_wall[u] for u, r in ready_rows.items()}}
+    lag = {'active': [rows[u]['active_seen_at'] - rows[u]['active_at'] for u in active_uuids],
+           'ready': [r['ready_seen_at'] - r['ready_at'] for r in ready_rows.values()]}
     after = svc.compute.get_stats(svc.host)
     holding = proc_status(proc.pid)
-    metrics_ok = 'compute_agent_boot_to_active_seconds_count' in svc.metrics_text()
+    metrics_ok = 'compute_agent_boot_to_ready_seconds_count' in svc.metrics_text()
     trace = svc.compute.write_trace(svc.host)
     progress.show('agent N=%d: deleting' % n, force=True)
     for u in answered:
@@ -374,16 +441,18 @@ def storm(svc: Services, n: int, memory_mb: int, ready_timeout: float, progress,
     wq = after['workqueue']['all']
     return {
         'active_s': active, 'ready_s': ready, 'answer_s': answered, 'refused': refused,
+        'ping_s': list(pings.values()), 'capacity': capacity,
         'errors': {u: r['fault'] for u, r in rows.items() if r['vm_state'] != 'active'},
+        'not_ready': sorted(set(active_uuids) - set(ready_rows)),
         'accepts_per_s': len(answered) / accept_span if accept_span else None,
         'libvirt_calls': calls, 'libvirt_calls_per_boot': sum(calls.values()) / n,
         'storage_commands': commands, 'lvs_invocations': commands.get('lvs', 0),
-        'conductor_messages': reports,
+        'conductor_messages': reports, 'report_lag_s': lag, 'conductor_seen_s': seen,
         'reporter': {k: after['reporter'][k] - before['reporter'].get(k, 0)
                      for k in ('reports_sent', 'states_sent', 'resource_reports_sent')},
         'workqueue_wait_p50_ms': wq['wait_p50_ms'], 'workqueue_wait_p99_ms': wq['wait_p99_ms'],
         'agent_rss_bytes': holding['VmRSS'], 'agent_peak_rss_bytes': holding['VmHWM'],
-        'agent_cpu_s_per_boot': (holding['cpu_s'] - proc_before['cpu_s']) / n,
+        'agent_cpu_s_per_boot': cpu.get('agent', 0.0) / n, 'cpu_s': cpu,
         'metrics_endpoint_ok': metrics_ok, 'trace': trace.get('path'),
         'trace_events': trace.get('events'),
     }
@@ -396,33 +465,54 @@ def summarize(n: int, runs: list, floors: list) -> dict:
 
     def per_run(results, field, q):
         return [pct(list(r[field].values()), q) for r in results if r[field]]
-    out = {'n': n, 'repeats': len(runs),
-           'median_s': statistics.median(per_run(runs, 'active_s', 0.5)),
-           'p90_s': statistics.median(per_run(runs, 'active_s', 0.9)),
-           'max_s': statistics.median(per_run(runs, 'active_s', 1.0)),
-           'ready_median_s': statistics.median(per_run(runs, 'ready_s', 0.5) or [0]),
-           'ready_max_s': statistics.median(per_run(runs, 'ready_s', 1.0) or [0]),
+
+    def figures(results, prefix=''):
+        out = {}
+        for field, name in (('active_s', ''), ('ready_s', 'ready_')):
+            for q, label in ((0.5, 'median_s'), (0.9, 'p90_s'), (1.0, 'max_s')):
+                vals = per_run(results, field, q)
+                out[prefix + name + label] = statistics.median(vals) if vals else None
+        return out
+    answers = [a for r in runs for a in r['answer_s'].values()]
+    pings = [p for r in runs for p in r['ping_s']]
+    lag = {k: [x for r in runs for x in r['report_lag_s'][k]] for k in ('active', 'ready')}
+    seen = {k: statistics.median(pct(list(r['conductor_seen_s'][k].values()), 1.0)
+                                 for r in runs if r['conductor_seen_s'][k])
+            for k in ('active', 'ready') if any(r['conductor_seen_s'][k] for r in runs)}
+    out = {'n': n, 'repeats': len(runs), **figures(runs),
+           'conductor_seen_max_s': seen,
+           'answer_p99_ms': round(pct(answers, 0.99) * 1000, 1),
+           'ping_p99_ms': round(pct(pings, 0.99) * 1000, 1),
            'accepts_per_s': med('accepts_per_s'),
            'libvirt_calls_per_boot': med('libvirt_calls_per_boot'),
            'lvs_invocations': med('lvs_invocations'),
            'conductor_messages': med('conductor_messages'),
+           'conductor_messages_per_boot': round(med('conductor_messages') / n, 3),
+           'report_lag_p99_s': {k: round(pct(v, 0.99), 3) if v else None
+                                for k, v in lag.items()},
            'workqueue_wait_p50_ms': med('workqueue_wait_p50_ms'),
            'workqueue_wait_p99_ms': med('workqueue_wait_p99_ms'),
            'agent_peak_rss_mib': round(max(r['agent_peak_rss_bytes'] for r in runs) / 2 ** 20, 1),
            'agent_cpu_s_per_boot': med('agent_cpu_s_per_boot'),
-           'all_active': all(len(r['active_s']) == n for r in runs)}
+           'cpu_s': {k: statistics.median(r['cpu_s'].get(k, 0.0) for r in runs)
+                     for k in sorted({k for r in runs for k in r['cpu_s']})},
+           'capacity': runs[0]['capacity'],
+           'all_active': all(len(r['active_s']) == n for r in runs),
+           'all_ready': all(len(r['ready_s']) == n for r in runs)}
+    out['answer_p99_to_ping_p99'] = round(out['answer_p99_ms'] / out['ping_p99_ms'], 2)
     if floors:
-        out['floor_median_s'] = statistics.median(per_run(floors, 'active_s', 0.5))
-        out['floor_p90_s'] = statistics.median(per_run(floors, 'active_s', 0.9))
-        out['floor_max_s'] = statistics.median(per_run(floors, 'active_s', 1.0))
-        out['floor_ready_median_s'] = statistics.median(per_run(floors, 'ready_s', 0.5) or [0])
-        out['floor_ready_max_s'] = statistics.median(per_run(floors, 'ready_s', 1.0) or [0])
-        out['ratio_median'] = out['median_s'] / out['floor_median_s']
-        out['ratio_max'] = out['max_s'] / out['floor_max_s']
+        out.update(figures(floors, 'floor_'))
+        out['floor_cpu_s'] = {k: statistics.median(f['cpu_s'].get(k, 0.0) for f in floors)
+                              for k in sorted({k for f in floors for k in f['cpu_s']})}
+        for name in ('', 'ready_'):
+            for q in ('median', 'max'):
+                agent, floor = out[name + q + '_s'], out['floor_' + name + q + '_s']
+                out['ratio_' + name + q] = round(agent / floor, 3) if agent and floor else None
         # The same ratios run by run (agent run k against the floor run just before it).
-        out['ratio_max_per_run'] = [round(pct(list(a['active_s'].values()), 1.0)
-                                          / pct(list(f['active_s'].values()), 1.0), 3)
-                                    for a, f in zip(runs, floors)]
+        for field, key in (('active_s', 'ratio_max_per_run'), ('ready_s', 'ratio_ready_max_per_run')):
+            out[key] = [round(pct(list(a[field].values()), 1.0)
+                              / pct(list(f[field].values()), 1.0), 3)
+                        for a, f in zip(runs, floors) if a[field] and f[field]]
     return out
 
 
@@ -487,53 +577,63 @@ def plot(summaries: list, path: str) -> None:
     matplotlib.use('Agg')
     from matplotlib import pyplot
     ns = [s['n'] for s in summaries]
-    fig, ax = pyplot.subplots(figsize=(7, 4.5))
-    ax.plot(ns, [s['median_s'] for s in summaries], 'o-', color='tab:blue', label='agent median')
-    ax.plot(ns, [s['max_s'] for s in summaries], 's-', color='tab:blue', alpha=0.6,
-            label='agent max')
-    if 'floor_median_s' in summaries[0]:
-        ax.plot(ns, [s['floor_median_s'] for s in summaries], 'o--', color='tab:gray',
-                label='libvirt floor median')
-        ax.plot(ns, [s['floor_max_s'] for s in summaries], 's--', color='tab:gray', alpha=0.6,
-                label='libvirt floor max')
-    ax.set_xlabel('boots requested at once (N)')
-    ax.set_ylabel('time from request to ACTIVE (s)')
-    ax.set_title('Boot storm: compute-agent vs raw libvirt-python (%d repeats per N)'
-                 % summaries[0]['repeats'])
-    ax.set_xticks(ns)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
+    fig, axes = pyplot.subplots(1, 2, figsize=(12, 4.5))
+    for ax, name, what in ((axes[0], '', 'ACTIVE'), (axes[1], 'ready_', 'ready')):
+        ax.plot(ns, [s[name + 'median_s'] for s in summaries], 'o-', color='tab:blue',
+                label='agent median')
+        ax.plot(ns, [s[name + 'max_s'] for s in summaries], 's-', color='tab:blue', alpha=0.6,
+                label='agent max')
+        if 'floor_median_s' in summaries[0]:
+            ax.plot(ns, [s['floor_' + name + 'median_s'] for s in summaries], 'o--',
+                    color='tab:gray', label='libvirt floor median')
+            ax.plot(ns, [s['floor_' + name + 'max_s'] for s in summaries], 's--',
+                    color='tab:gray', alpha=0.6, label='libvirt floor max')
+        ax.set_xlabel('boots requested at once (N)')
+        ax.set_ylabel('time from request to %s (s)' % what)
+        ax.set_title('to %s (%d repeats per N)' % (what, summaries[0]['repeats']))
+        ax.set_xticks(ns)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.suptitle('Boot storm: compute-agent vs raw libvirt-python')
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
+def _f(s: dict, key: str, fmt: str = '%.2f') -> str:
+    return fmt % s[key] if s.get(key) is not None else '-'
+
+
 def table(summaries: list) -> str:
-    head = '%4s %8s %8s %8s %9s %9s %7s %7s %9s %9s %6s %8s' % (
-        'N', 'median', 'p90', 'max', 'floor med', 'floor max', 'ratio', 'ratio', 'accepts/s',
-        'calls/boot', 'msgs', 'RSS MiB')
-    head2 = '%4s %8s %8s %8s %9s %9s %7s %7s' % ('', '(s)', '(s)', '(s)', '(s)', '(s)', 'median', 'max')
+    head = ('%4s | %7s %7s %7s %7s %6s %6s | %7s %7s %7s %7s %6s %6s | %8s %8s %6s %6s'
+            % ('N', 'act med', 'act max', 'flr med', 'flr max', 'ratio', 'ratio',
+               'rdy med', 'rdy max', 'flr med', 'flr max', 'ratio', 'ratio',
+               'boot p99', 'ping p99', 'msgs', 'calls'))
+    head2 = ('%4s | %7s %7s %7s %7s %6s %6s | %7s %7s %7s %7s %6s %6s | %8s %8s %6s %6s'
+             % ('', '(s)', '(s)', '(s)', '(s)', 'med', 'max', '(s)', '(s)', '(s)', '(s)',
+                'med', 'max', '(ms)', '(ms)', '/boot', '/boot'))
     lines = [head, head2]
     for s in summaries:
-        lines.append('%4d %8.2f %8.2f %8.2f %9s %9s %7s %7s %9s %10.2f %6d %8.1f' % (
-            s['n'], s['median_s'], s['p90_s'], s['max_s'],
-            '%.2f' % s['floor_median_s'] if 'floor_median_s' in s else '-',
-            '%.2f' % s['floor_max_s'] if 'floor_max_s' in s else '-',
-            '%.2f' % s['ratio_median'] if 'ratio_median' in s else '-',
-            '%.2f' % s['ratio_max'] if 'ratio_max' in s else '-',
-            '%.0f' % s['accepts_per_s'] if s['accepts_per_s'] else '-',
-            s['libvirt_calls_per_boot'], s['conductor_messages'], s['agent_peak_rss_mib']))
+        lines.append(
+            '%4d | %7s %7s %7s %7s %6s %6s | %7s %7s %7s %7s %6s %6s | %8s %8s %6s %6s' % (
+                s['n'], _f(s, 'median_s'), _f(s, 'max_s'), _f(s, 'floor_median_s'),
+                _f(s, 'floor_max_s'), _f(s, 'ratio_median'), _f(s, 'ratio_max'),
+                _f(s, 'ready_median_s'), _f(s, 'ready_max_s'), _f(s, 'floor_ready_median_s'),
+                _f(s, 'floor_ready_max_s'), _f(s, 'ratio_ready_median'),
+                _f(s, 'ratio_ready_max'), _f(s, 'answer_p99_ms', '%.1f'),
+                _f(s, 'ping_p99_ms', '%.1f'), _f(s, 'conductor_messages_per_boot'),
+                _f(s, 'libvirt_calls_per_boot')))
     return '\n'.join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--sizes', default='1,5,10,20',
-                   help='comma-separated N values (default: the sweep 1,5,10,20)')
+    p.add_argument('--sizes', default='1,10,20,50,100',
+                   help='comma-separated N values (default: the sweep 1,10,20,50,100)')
     p.add_argument('--repeat', type=int, default=3, help='runs per N, floor and agent each')
     p.add_argument('--no-floor', action='store_true', help='skip the raw-libvirt floor')
     p.add_argument('--memory-mb', type=int, default=96)
-    p.add_argument('--ready-timeout', type=float, default=180.0,
-                   help='seconds to wait for the guests\' ready markers after ACTIVE')
+    p.add_argument('--ready-timeout', type=float, default=900.0,
+                   help='seconds to wait for the guests to be ready after ACTIVE')
     p.add_argument('--accept-rate', type=int, default=0, metavar='M',
                    help='also run the acceptance-rate benchmark with M requests')
     p.add_argument('--clients', type=int, default=32, help='client threads of --accept-rate')
@@ -560,16 +660,22 @@ def main(argv=None) -> int:
                     f = floor.run(n, args.memory_mb, args.ready_timeout)
                     floors.append(f)
                     result['runs'].append({'kind': 'floor', 'n': n, 'rep': rep, **f})
-                    progress.done('floor N=%d run %d: max %.2f s to STARTED' % (
-                        n, rep + 1, max(f['active_s'].values(), default=0)))
+                    progress.done('floor N=%d run %d: max %.2f s to STARTED, %.2f s to ready' % (
+                        n, rep + 1, max(f['active_s'].values(), default=0),
+                        max(f['ready_s'].values(), default=0)))
                 a = storm(svc, n, args.memory_mb, args.ready_timeout, progress,
                           'n%d-r%d' % (n, rep))
                 runs.append(a)
                 result['runs'].append({'kind': 'agent', 'n': n, 'rep': rep, **a})
-                progress.done('agent N=%d run %d: max %.2f s to ACTIVE, %d active, %s' % (
-                    n, rep + 1, max(a['active_s'].values(), default=0), len(a['active_s']),
-                    'errors: %s; refused: %s' % (a['errors'], sorted(set(a['refused'].values())))
-                    if a['errors'] or a['refused'] else 'no errors'))
+                progress.done(
+                    'agent N=%d run %d: max %.2f s to ACTIVE, %.2f s to ready, %d active, '
+                    '%d ready, %d messages, %s' % (
+                        n, rep + 1, max(a['active_s'].values(), default=0),
+                        max(a['ready_s'].values(), default=0), len(a['active_s']),
+                        len(a['ready_s']), a['conductor_messages'],
+                        'errors: %s; refused: %s' % (a['errors'],
+                                                     sorted(set(a['refused'].values())))
+                        if a['errors'] or a['refused'] else 'no errors'))
             result['summary'].append(summarize(n, runs, floors))
             with open(out, 'w') as f:
                 json.dump(result, f, indent=1)

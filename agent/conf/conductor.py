@@ -11,6 +11,11 @@ opts = [
     cfg.FloatOpt('report_window', default=0.05, min=0.0, max=10.0,
                  help='(agent) Seconds to gather further state changes before sending a batch; '
                       'at most one report is in flight and later changes supersede earlier ones.'),
+    cfg.FloatOpt('report_busy_window', default=0.4, min=0.0, max=10.0,
+                 help='(agent) While state changes keep coming (a boot storm), at most one '
+                      'report per this many seconds: a storm of N boots costs about its '
+                      'length / this many messages, and no change waits longer than this '
+                      '(plus one send). A change after a quiet spell waits report_window.'),
     cfg.FloatOpt('report_timeout', default=10.0, min=0.1,
                  help='(agent) RPC timeout of one state report.'),
     cfg.FloatOpt('debug_report_delay', default=0.0, min=0.0, max=60.0,

@@ -123,3 +123,27 @@ def test_a_usage_report_that_failed_is_retried_unless_a_newer_one_came():
     assert r.flush(5)
     assert [u['generation'] for u in c.usage] == [1] and r.send_failures == 2
     r.stop()
+
+
+def test_while_changes_keep_coming_messages_go_at_most_one_per_busy_window():
+    c = SlowConductor()
+    r = start(c, window=0.001, busy_window=0.25)
+    for i in range(100):                 # a storm: a change every ~5 ms for ~0.5 s
+        r.update(state('s%d' % i, i + 1))
+        threading.Event().wait(0.005)
+    assert r.flush(5)
+    assert sum(len(b) for b in c.batches) == 100
+    assert len(c.batches) <= 5, [len(b) for b in c.batches]     # ~0.5 s / 0.25 s, not 100
+    r.stop()
+
+
+def test_without_a_busy_window_a_storm_costs_many_messages():
+    # The same storm with the short window only: what the busy window saves.
+    c = SlowConductor()
+    r = start(c, window=0.001)
+    for i in range(100):
+        r.update(state('s%d' % i, i + 1))
+        threading.Event().wait(0.005)
+    assert r.flush(5)
+    assert len(c.batches) > 20
+    r.stop()
