@@ -62,6 +62,11 @@ class HypervisorError(AgentError):
     msg_fmt = 'libvirt %(op)s failed: %(reason)s'
 
 
+class HypervisorBusy(HypervisorError):
+    """libvirt could not do it now and said so (EAGAIN, e.g. libvirtd's cgroup BPF program
+    load interrupted by a signal during a storm of starts): the same call may succeed."""
+
+
 class DomainNotFound(HypervisorError):
     """libvirt holds no such domain (VIR_ERR_NO_DOMAIN)."""
 

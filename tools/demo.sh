@@ -2,7 +2,8 @@
 # The agent's main job, end to end on this node (as root):
 #   node set-up (packages, libvirtd, virtlogd, RabbitMQ), the test guest, a venv with the agent;
 #   start compute-conductor and compute-agent; boot N tiny VMs at once over RPC; show each one's
-#   time to ACTIVE and its console's ready marker; stop, start and reboot one of them; then delete
+#   time to ACTIVE and to ready (its guest opened the agent channel: an event, no polling); stop,
+#   start and reboot one of them; then delete
 #   them and stop both services.
 #
 #   tools/demo.sh [N]          (default N=5; KEEP=1 leaves VMs and services running;
@@ -77,9 +78,9 @@ done
 echo
 echo "== booting $N VMs at once over RPC (virt_type=$VIRT_TYPE, 1 GiB root disk each on $STORAGE storage) =="
 ctl boot --count "$N" --kernel test-vmlinuz --initrd test-initrd.img \
-    --cmdline "console=ttyS0 quiet no_timer_check" --memory-mb 128 --disk-gb 1 --nic user --wait --timeout 300
+    --cmdline "console=ttyS0 quiet no_timer_check" --memory-mb 128 --disk-gb 1 --nic user --wait --ready --timeout 300
 echo
-echo "== guest consoles =="
+echo "== guest consoles (ready above = the guest opened its agent channel: libvirt's event) =="
 deadline=$((SECONDS + 120))
 for uuid in $(ctl list | awk 'NR>1{print $1}'); do
     log=$run/instances/$uuid/console.log

@@ -65,12 +65,16 @@ CAPABILITIES = """<capabilities><host><cpu><arch>x86_64</arch></cpu></host>
 
 
 class libvirtError(Exception):
-    def __init__(self, msg, code=VIR_ERR_INTERNAL_ERROR):
+    def __init__(self, msg, code=VIR_ERR_INTERNAL_ERROR, int1=-1):
         super().__init__(msg)
         self._code = code
+        self._int1 = int1
 
     def get_error_code(self):
         return self._code
+
+    def get_error_int1(self):
+        return self._int1
 
     def get_error_message(self):
         return str(self)

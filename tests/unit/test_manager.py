@@ -63,6 +63,27 @@ def test_domain_xml_is_what_was_asked(agent, hv):
     assert '<transient />' in xml and 'type="qcow2"' in xml
 
 
+def test_a_start_libvirt_calls_busy_is_tried_again_and_other_failures_are_not(agent, hv):
+    # EAGAIN (libvirtd's cgroup BPF load interrupted during a storm): transient.
+    hv.fail_next['createWithFlags'] = fakelibvirt.libvirtError(
+        'failed to load cgroup BPF prog: Resource temporarily unavailable',
+        fakelibvirt.VIR_ERR_SYSTEM_ERROR, int1=11)
+    before = len(hv.calls)
+    _, job = boot(agent)
+    assert job['state'] == 'done', job
+    assert hv.calls[before:] == ['defineXML', 'createWithFlags', 'createWithFlags']
+    assert job['libvirt_calls_by_op'] == {'defineXML': 1, 'createWithFlags': 2}
+    agent.wait_state(U1, 'active')
+    # Any other system error is final: one start, then the clean-up.
+    other = '22222222-2222-3333-4444-555555555555'
+    hv.fail_next['createWithFlags'] = fakelibvirt.libvirtError(
+        'cannot open file: Permission denied', fakelibvirt.VIR_ERR_SYSTEM_ERROR, int1=13)
+    before = len(hv.calls)
+    _, job = boot(agent, other)
+    assert job['state'] == 'failed' and 'Permission denied' in job['reason']
+    assert hv.calls[before:].count('createWithFlags') == 1 and other not in hv.domains
+
+
 def test_start_failure_fails_the_job_with_libvirts_reason_and_leaves_nothing(agent, hv, conf):
     hv.fail_next['createWithFlags'] = fakelibvirt.libvirtError(
         'internal error: qemu unexpectedly closed the monitor: could not load kernel')

@@ -53,6 +53,7 @@ def random_mac() -> str:
 
 
 CONSOLE_LOG = 'console.log'
+START_RETRY_PAUSES = (0.2, 1.0)    # a start libvirt calls busy (EAGAIN) is tried again
 
 
 def read_tail(path: str, max_bytes: int) -> dict:
@@ -90,6 +91,7 @@ class LibvirtDriver(driver.ComputeDriver):
         self._dirs = dirs
         self._listener: Callable[[object], None] = lambda ev: None
         self._bridge = runtime.bridge(self._dispatch)
+        self._sleep = runtime.sleep
         self._wq = runtime.workqueue
         self.host = vhost.Host(
             options.connection_uri, runtime, libvirt_mod, event_sink=self._bridge.put,
@@ -241,7 +243,7 @@ class LibvirtDriver(driver.ComputeDriver):
             self._defining.discard(spec.uuid)
         self._domains[spec.uuid] = (epoch, dom)
         try:
-            self.host.call('createWithFlags', dom.createWithFlags, 0, epoch=epoch)
+            self._start(spec.uuid, dom, epoch)
         except exception.HypervisorUnavailable:
             raise
         except exception.DomainStateConflict:
@@ -263,6 +265,20 @@ class LibvirtDriver(driver.ComputeDriver):
                 LOG.warning('[instance: %s] could not remove the definition: %s', spec.uuid, exc)
             self._remove_files(spec.uuid)
             raise
+
+    def _start(self, uuid: str, dom, epoch: int) -> None:
+        """createWithFlags; again after a pause when libvirt says it is busy (EAGAIN: seen
+        during storms, where libvirtd's cgroup BPF load is interrupted), at most
+        len(START_RETRY_PAUSES) times. Any other error is final."""
+        for pause in START_RETRY_PAUSES + (None,):
+            try:
+                self.host.call('createWithFlags', dom.createWithFlags, 0, epoch=epoch)
+                return
+            except exception.HypervisorBusy as exc:
+                if pause is None:
+                    raise
+                LOG.warning('[instance: %s] start: %s; trying again in %.1f s', uuid, exc, pause)
+                self._sleep(pause)
 
     def _handle(self, uuid: str):
         """The domain of ours with this uuid, or None: the cached object of the current

@@ -11,7 +11,9 @@ there.
 """
 import collections
 import dataclasses
+import errno
 import logging
+import os
 import time
 from typing import Any, Callable
 
@@ -89,6 +91,14 @@ class HostFacts:
     memory_mb: int
     lib_version: int
     hv_version: int
+
+
+def _int1(exc) -> int | None:
+    """libvirt's int1 of an error (errno, for system errors), where the binding has it."""
+    try:
+        return exc.get_error_int1()
+    except Exception:     # not every libvirtError (or fake) carries it
+        return None
 
 
 _event_loops: set = set()   # id() of libvirt modules whose default event loop runs
@@ -263,6 +273,10 @@ class Host:
                 # and a reconnect starts.
                 self._sink(ConnectionLost(reason=-1, timestamp=time.time(), epoch=epoch))
             return exception.HypervisorUnavailable(reason=reason)
+        if code == getattr(self._lv, 'VIR_ERR_SYSTEM_ERROR', None) and (
+                _int1(exc) == errno.EAGAIN or reason.endswith(os.strerror(errno.EAGAIN))):
+            LOG.info('[instance: %s] libvirt %s: busy (%s)', instance, op, reason)
+            return exception.HypervisorBusy(op=op, reason=reason)
         # Callers decide whether an error matters (e.g. "not running" on destroy does not):
         # they tell them apart by the class, never by libvirt's error names.
         LOG.debug('[instance: %s] libvirt %s failed: %s', instance, op, reason)
