@@ -458,6 +458,23 @@ def storm(svc: Services, n: int, memory_mb: int, ready_timeout: float, progress,
     }
 
 
+def message_floor(times: list, window: float = 0.5) -> int:
+    """The fewest messages that carry every change at ``times`` (seconds) with none waiting
+    longer than ``window``: greedy cover of the sorted times by windows."""
+    count, until = 0, None
+    for t in sorted(times):
+        if until is None or t > until:
+            count, until = count + 1, t + window
+    return count
+
+
+def run_message_floor(run: dict) -> int:
+    """The lower bound of a run's conductor messages at 0.5 s latency, from its changes:
+    accepted (the answer), ACTIVE and ready of every instance."""
+    return message_floor(list(run['answer_s'].values()) + list(run['active_s'].values())
+                         + list(run['ready_s'].values()))
+
+
 def summarize(n: int, runs: list, floors: list) -> dict:
     def med(key):
         vals = [r[key] for r in runs if r.get(key) is not None]
@@ -488,6 +505,8 @@ def summarize(n: int, runs: list, floors: list) -> dict:
            'lvs_invocations': med('lvs_invocations'),
            'conductor_messages': med('conductor_messages'),
            'conductor_messages_per_boot': round(med('conductor_messages') / n, 3),
+           'conductor_messages_floor_at_0_5s': statistics.median(
+               run_message_floor(r) for r in runs),
            'report_lag_p99_s': {k: round(pct(v, 0.99), 3) if v else None
                                 for k, v in lag.items()},
            'workqueue_wait_p50_ms': med('workqueue_wait_p50_ms'),
@@ -625,6 +644,25 @@ def table(summaries: list) -> str:
     return '\n'.join(lines)
 
 
+def from_json(path: str) -> int:
+    """Recompute the summaries, table and plot of an earlier run's JSON (in place)."""
+    with open(path) as f:
+        result = json.load(f)
+    result['summary'] = []
+    for n in result['sizes']:
+        runs = [r for r in result['runs'] if r['n'] == n and r['kind'] == 'agent']
+        floors = [r for r in result['runs'] if r['n'] == n and r['kind'] == 'floor']
+        if runs:
+            result['summary'].append(summarize(n, runs, floors))
+    with open(path, 'w') as f:
+        json.dump(result, f, indent=1)
+    png = os.path.splitext(path)[0] + '.png'
+    plot(result['summary'], png)
+    print(table(result['summary']))
+    print('\nJSON %s\nplot %s' % (path, png))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--sizes', default='1,10,20,50,100',
@@ -641,7 +679,11 @@ def main(argv=None) -> int:
     p.add_argument('--venv', default=os.path.join(TOP, '.venv'))
     p.add_argument('--image-dir', default='/var/lib/compute-agent/images')
     p.add_argument('--virt-type', default='qemu')
+    p.add_argument('--from-json', metavar='PATH',
+                   help='no runs: summarise, tabulate and plot the runs of an earlier JSON')
     args = p.parse_args(argv)
+    if args.from_json:
+        return from_json(args.from_json)
     sizes = [int(x) for x in args.sizes.split(',') if x]
     os.makedirs(args.workdir, exist_ok=True)
     progress = Progress()

@@ -22,7 +22,7 @@ IMAGE_DIR=${1:-/var/lib/compute-agent/images}
 FORCE=${2:-}
 [ "$IMAGE_DIR" = --force ] && { IMAGE_DIR=/var/lib/compute-agent/images; FORCE=--force; }
 MARKER=COMPUTE-AGENT-GUEST-READY
-GUEST_VERSION=4      # bump when /init changes: older builds are then rebuilt
+GUEST_VERSION=5      # bump when /init changes: older builds are then rebuilt
 
 if [ -s "$IMAGE_DIR/test-vmlinuz" ] && [ -s "$IMAGE_DIR/test-initrd.img" ] && [ "$FORCE" != --force ] &&
    [ "$(cat "$IMAGE_DIR/test-guest.version" 2>/dev/null)" = "$GUEST_VERSION" ]; then
@@ -71,7 +71,7 @@ echo "$MARKER" >/dev/ttyS0
 # Ready: open the guest-agent port (and hold it open) once its device is there.
 grep -q ca.noagent /proc/cmdline || (
     i=0
-    while [ \$i -lt 100 ]; do
+    while true; do        # as long as it takes: under a storm of TCG guests probing is slow
         for p in /sys/class/virtio-ports/vport*; do
             if [ "\$(cat \$p/name 2>/dev/null)" = org.qemu.guest_agent.0 ]; then
                 exec 3<>/dev/\$(basename \$p)
@@ -79,9 +79,9 @@ grep -q ca.noagent /proc/cmdline || (
                 while true; do sleep 3600; done
             fi
         done
-        sleep 0.1; i=\$((i+1))
+        i=\$((i+1)); [ \$i = 100 ] && echo "guest-agent-port: not found yet" >/dev/ttyS0
+        sleep 0.1
     done
-    echo "guest-agent-port: not found" >/dev/ttyS0
 ) &
 # Devices probe asynchronously (slowly under TCG): give them a few seconds before listing.
 i=0; while [ \$i -lt 50 ] && ! ls /sys/block | grep -q '^vd' && ! ls /sys/class/net | grep -qv '^lo\$'; do sleep 0.1; i=\$((i+1)); done
