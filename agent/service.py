@@ -94,13 +94,7 @@ class AgentService:
         if conf.metrics.port:
             self.runtime.workqueue.observers.append(self.metrics.on_call)
         self.transport = rpc.get_transport(conf)
-        conductor = conductor_api.ConductorAPI(self.transport, conf.conductor.topic,
-                                               timeout=conf.conductor.report_timeout)
-        self.reporter = reportermod.StateReporter(
-            lambda states, usage: conductor.report(conf.host, states, usage),
-            window=conf.conductor.report_window, retry_max=conf.conductor.report_retry_max,
-            busy_window=conf.conductor.report_busy_window,
-            sleep=self.runtime.sleep, tracer=self.tracer)
+        self.reporter = self._reporter(conf)
         self.dirs = instancedir.InstanceDirs(conf.instances_path)   # their one owner
         self.driver = libvirt_driver.LibvirtDriver(conf.libvirt, conf.host, self.dirs,
                                                    self.runtime, libvirt_mod)
@@ -129,6 +123,16 @@ class AgentService:
             [rpc_server.ComputeEndpoint(self.manager, self.stats, self._write_trace)],
             executor='eventlet')
         self._stop = threading.Event()
+
+    def _reporter(self, conf) -> reportermod.StateReporter:
+        """The coalescing reporter, sending to the conductor over this service's transport."""
+        conductor = conductor_api.ConductorAPI(self.transport, conf.conductor.topic,
+                                               timeout=conf.conductor.report_timeout)
+        return reportermod.StateReporter(
+            lambda states, usage: conductor.report(conf.host, states, usage),
+            window=conf.conductor.report_window, retry_max=conf.conductor.report_retry_max,
+            busy_window=conf.conductor.report_busy_window,
+            sleep=self.runtime.sleep, tracer=self.tracer)
 
     def _write_trace(self) -> dict:
         # Serialising a large trace takes a while: on a work-queue thread, not the hub.

@@ -120,6 +120,9 @@ def test_a_periodic_audit_with_no_change_sends_nothing(acct_node):
     node.boot(spec)
     try:
         node.wait_states([spec['uuid']], ['active'])
+        # Its guest becoming ready is a state change (one report): before the count.
+        row = node.conductor.wait_instances([spec['uuid']], ['active'], 180, ready=True)
+        assert row[spec['uuid']]['readiness'] == 'ready', row
         _settled(node)
         reports = len(node.conductor.list_reports(node.host))
         before = node.compute.get_resources(node.host)['stats']

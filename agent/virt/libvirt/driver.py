@@ -19,59 +19,18 @@ from agent import instancedir
 from agent import spec as specmod
 from agent.virt import driver
 from agent.virt.libvirt import config as vconfig
+from agent.virt.libvirt import console as vconsole
 from agent.virt.libvirt import host as vhost
+from agent.virt.libvirt import states as vstates
 
 LOG = logging.getLogger(__name__)
-
-
-def _power_state_from_event(lv, event: int, detail: int) -> str | None:
-    """Map a lifecycle event to a power state; None when the event changes none."""
-    if event in (lv.VIR_DOMAIN_EVENT_STARTED, lv.VIR_DOMAIN_EVENT_RESUMED):
-        return driver.RUNNING
-    if event in (lv.VIR_DOMAIN_EVENT_SUSPENDED, lv.VIR_DOMAIN_EVENT_PMSUSPENDED):
-        return driver.PAUSED
-    if event == lv.VIR_DOMAIN_EVENT_STOPPED:
-        if detail in (lv.VIR_DOMAIN_EVENT_STOPPED_CRASHED, lv.VIR_DOMAIN_EVENT_STOPPED_FAILED):
-            return driver.CRASHED
-        return driver.SHUTDOWN
-    if event == lv.VIR_DOMAIN_EVENT_CRASHED:
-        return driver.CRASHED
-    return None   # DEFINED, UNDEFINED (handled apart), SHUTDOWN (STOPPED follows)
-
-
-def _power_state_from_state(lv, state: int) -> str:
-    return {
-        lv.VIR_DOMAIN_RUNNING: driver.RUNNING, lv.VIR_DOMAIN_BLOCKED: driver.RUNNING,
-        lv.VIR_DOMAIN_PAUSED: driver.PAUSED, lv.VIR_DOMAIN_PMSUSPENDED: driver.PAUSED,
-        lv.VIR_DOMAIN_SHUTDOWN: driver.RUNNING,   # shutting down, still running
-        lv.VIR_DOMAIN_SHUTOFF: driver.SHUTDOWN, lv.VIR_DOMAIN_CRASHED: driver.CRASHED,
-    }.get(state, driver.NOSTATE)
 
 
 def random_mac() -> str:
     return '52:54:00:%02x:%02x:%02x' % tuple(random.randint(0, 255) for _ in range(3))
 
 
-CONSOLE_LOG = 'console.log'
 START_RETRY_PAUSES = (0.2, 1.0)    # a start libvirt calls busy (EAGAIN) is tried again
-
-
-def read_tail(path: str, max_bytes: int) -> dict:
-    """The last ``max_bytes`` of the file at ``path`` (not following a symlink), decoded
-    with replacement: guest output is untrusted bytes."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return {'output': '', 'size': 0, 'truncated': False}
-    except OSError as exc:
-        raise exception.AgentError('console log %s: %s' % (path, exc.strerror)) from None
-    try:
-        size = os.fstat(fd).st_size
-        start = max(0, size - max_bytes)
-        data = os.pread(fd, min(max_bytes, size), start)
-    finally:
-        os.close(fd)
-    return {'output': data.decode('utf-8', 'replace'), 'size': size, 'truncated': start > 0}
 
 
 class LibvirtDriver(driver.ComputeDriver):
@@ -135,7 +94,7 @@ class LibvirtDriver(driver.ComputeDriver):
         if not self._owned(uuid, dom):
             return None        # that uuid is someone else's domain: ours does not exist
         self._domains[uuid] = (epoch, dom)
-        return _power_state_from_state(self._lv, state)
+        return vstates.from_state(self._lv, state)
 
     def ensure_reconnecting(self) -> None:
         self.host.ensure_reconnecting()
@@ -178,7 +137,7 @@ class LibvirtDriver(driver.ComputeDriver):
                 return
             self._listener(driver.InstanceVanished(uuid=item.uuid, timestamp=item.timestamp))
             return
-        state = _power_state_from_event(self._lv, item.event, item.detail)
+        state = vstates.from_event(self._lv, item.event, item.detail)
         if state is not None:
             self._listener(driver.PowerStateChanged(
                 uuid=item.uuid, power_state=state, cause='%d/%d' % (item.event, item.detail),
@@ -201,7 +160,7 @@ class LibvirtDriver(driver.ComputeDriver):
         return vconfig.GuestConfig(
             uuid=spec.uuid, name=spec.name, virt_type=self._virt_type, arch=facts.arch,
             vcpus=spec.vcpus, memory_mb=spec.memory_mb,
-            console_log=os.path.join(self.instance_dir(spec.uuid), CONSOLE_LOG),
+            console_log=os.path.join(self.instance_dir(spec.uuid), vconsole.CONSOLE_LOG),
             kernel=spec.kernel, initrd=spec.initrd, cmdline=spec.cmdline, disks=disks, nics=nics,
             cpu_mode=self._options.cpu_mode, tcg_tb_cache_mb=self._options.tcg_tb_cache_mb,
             metadata=(('host', self._node), ('created', '%.3f' % time.time()),
@@ -209,8 +168,8 @@ class LibvirtDriver(driver.ComputeDriver):
                       ('disk_gb', str(spec.disk_gb))))
 
     def console_output(self, uuid: str, max_bytes: int) -> dict:
-        return self._wq.execute('console.read', read_tail,
-                                os.path.join(self.instance_dir(uuid), CONSOLE_LOG), max_bytes)
+        return self._wq.execute('console.read', vconsole.read_tail,
+                                os.path.join(self.instance_dir(uuid), vconsole.CONSOLE_LOG), max_bytes)
 
     def instance_dir(self, uuid: str) -> str:
         """The instance's marked directory (its console log lives there)."""
@@ -386,7 +345,7 @@ class LibvirtDriver(driver.ComputeDriver):
         foreign = {}
         for dom, values in stats:
             uuid = dom.UUIDString()
-            power = _power_state_from_state(self._lv, values.get('state.state', 0))
+            power = vstates.from_state(self._lv, values.get('state.state', 0))
             info = driver.InstanceInfo(uuid=uuid, name='', ours=uuid in self._ours,
                                        power_state=power)
             if not info.ours and dom.name().startswith(vconfig.DOMAIN_PREFIX):
