@@ -22,7 +22,7 @@ IMAGE_DIR=${1:-/var/lib/compute-agent/images}
 FORCE=${2:-}
 [ "$IMAGE_DIR" = --force ] && { IMAGE_DIR=/var/lib/compute-agent/images; FORCE=--force; }
 MARKER=COMPUTE-AGENT-GUEST-READY
-GUEST_VERSION=5      # bump when /init changes: older builds are then rebuilt
+GUEST_VERSION=6      # bump when /init changes: older builds are then rebuilt
 
 if [ -s "$IMAGE_DIR/test-vmlinuz" ] && [ -s "$IMAGE_DIR/test-initrd.img" ] && [ "$FORCE" != --force ] &&
    [ "$(cat "$IMAGE_DIR/test-guest.version" 2>/dev/null)" = "$GUEST_VERSION" ]; then
@@ -64,7 +64,9 @@ done
 # The ACPI power button (libvirt's shutdown/reboot --mode acpi): any event on its input device powers off.
 grep -q ca.noacpi /proc/cmdline || for e in /sys/class/input/event*; do
     if [ "\$(cat \$e/device/name 2>/dev/null)" = "Power Button" ]; then
-        (head -c 24 /dev/input/\$(basename \$e) >/dev/null && echo "guest-acpi: power button" >/dev/ttyS0 && poweroff -f) &
+        # Opened here, before the ready marker: a press from then on is queued, never lost.
+        exec 4</dev/input/\$(basename \$e)
+        (head -c 24 <&4 >/dev/null && echo "guest-acpi: power button" >/dev/ttyS0 && poweroff -f) &
     fi
 done
 echo "$MARKER" >/dev/ttyS0

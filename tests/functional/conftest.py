@@ -29,7 +29,7 @@ IMAGES = os.environ.get('COMPUTE_AGENT_IMAGE_DIR', '/var/lib/compute-agent/image
 VIRT_TYPE = os.environ.get('COMPUTE_AGENT_VIRT_TYPE', 'qemu')
 URI = 'qemu:///system'
 MARKER = 'COMPUTE-AGENT-GUEST-READY'
-GUEST_VERSION = 5       # the test guest's /init these tests rely on (opens the agent port)
+GUEST_VERSION = 6       # the test guest's /init these tests rely on (opens the agent port)
 # Broker credentials written by tools/setup-node.sh (TLS to 127.0.0.1:5671, root only): the
 # agent's role may only report to conductors; the control plane's (conductor, these tests'
 # clients) may command nodes.

@@ -26,10 +26,12 @@ def life_node(tmp_path_factory):
 
 
 def _active(node, **extra):
-    """One instance booted, ACTIVE, and its /init running (its power button handled)."""
+    """One instance booted, ACTIVE, and its guest ready: its /init runs (its power button's
+    input device was opened before the marker) and no readiness change is still to come."""
     spec = node.spec(**extra)
     node.boot(spec)
-    node.wait_states([spec['uuid']], ['active'])
+    rows = node.conductor.wait_instances([spec['uuid']], ['active'], 180, ready=True)
+    assert rows[spec['uuid']]['readiness'] == 'ready', rows
     node.wait_console(spec['uuid'], conftest.MARKER)
     return spec['uuid']
 
