@@ -24,12 +24,12 @@ from agent import exception
 LOG = logging.getLogger(__name__)
 
 RESOURCES = ('vcpus', 'memory_mb', 'disk_gb')
-USAGE_KEYS = ('capacity', 'usage', 'instances')   # what a usage report is about
+USAGE_KEYS = ('capacity', 'usage', 'instances', 'reserved')   # what a usage report is about
 
 
 def same_usage(a: dict | None, b: dict | None) -> bool:
     """True if two usage reports say the same (whatever their generations)."""
-    return a is not None and b is not None and all(a[k] == b[k] for k in USAGE_KEYS)
+    return a is not None and b is not None and all(a.get(k) == b.get(k) for k in USAGE_KEYS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,6 +195,28 @@ class ResourceTracker:
         self._send(report)
         return want
 
+    def reserve(self, uuid: str, disk_gb: int) -> Amounts:
+        """Hold ``disk_gb`` for ``uuid``, something that is not an instance (a saved spare):
+        reserved capacity, counted in usage, never given to instances; ``release`` ends it.
+        A claim of ``uuid`` it replaces is dropped (a spare made and then saved)."""
+        want = Amounts(0, 0, _size('disk_gb', disk_gb, 0))
+        with self._lock:
+            held = self._claims.pop(uuid, Amounts())
+            self._usage = self._usage - held
+            try:
+                self._check_fits_locked(want)
+            except exception.AgentError:
+                self._claims[uuid] = held
+                self._usage = self._usage + held
+                self.counts['refusals'] += 1
+                raise
+            self._claims[uuid] = want
+            self._usage = self._usage + want
+            self._touch_locked(uuid)
+            report = self._changed_locked()
+        self._send(report)
+        return want
+
     def _check_fits_locked(self, want: Amounts) -> None:
         for name, need, cap, used in zip(RESOURCES, want.astuple(), self._capacity.astuple(),
                                          self._usage.astuple()):
@@ -284,8 +306,11 @@ class ResourceTracker:
 
     def _changed_locked(self) -> dict | None:
         """The report to send if capacity or usage differs from the last one, else None."""
+        # Reservations (vcpus 0: saved spares) are usage, not instances.
+        reserved = [a for a in self._claims.values() if a.vcpus == 0]
         body = {'capacity': self._capacity.to_dict(), 'usage': self._usage.to_dict(),
-                'instances': len(self._claims)}
+                'instances': len(self._claims) - len(reserved),
+                'reserved': sum(reserved, Amounts()).to_dict()}
         if same_usage(self._last, body):
             self.counts['reports_skipped_noop'] += 1
             return None

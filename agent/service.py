@@ -32,6 +32,8 @@ from agent.storage import file as file_storage
 from agent.storage import lvm as lvm_storage
 from agent.storage import operations
 from agent.virt.libvirt import driver as libvirt_driver
+from agent.warm import pools as poolsmod
+from agent.conf import warm as warmconf
 
 LOG = logging.getLogger(__name__)
 
@@ -72,6 +74,21 @@ def storage_from_conf(conf, runner, dirs: instancedir.InstanceDirs):
         return lvm_storage.LvmBackend(runner, conf.lvm.volume_group,
                                       conf.lvm.report_cache_seconds)
     return file_storage.FileBackend(runner, dirs, conf.storage.file_reserved_mb * 1024 * 1024)
+
+
+def pools_from_conf(conf) -> dict:
+    """The warm pools of ``[warm] pools``, each checked as a boot spec this node can boot
+    (ConfigError otherwise)."""
+    warmconf.register_pool_opts(conf)
+    pools = {}
+    for name in conf.warm.pools:
+        pool = poolsmod.pool_from_options(name, conf[warmconf.pool_group(name)])
+        poolsmod.check_pool(pool, limits_from_conf(conf))
+        pools[name] = pool
+    if pools and conf.storage.backend != 'file':
+        raise exception.ConfigError(reason='[warm] pools need [storage] backend = file (a '
+                                           'spare\'s disk cannot be handed over on LVM yet)')
+    return pools
 
 
 class AgentService:
@@ -116,7 +133,11 @@ class AgentService:
             max_boot_attempts=conf.jobs.max_boot_attempts,
             reconnect_interval=conf.libvirt.reconnect_interval, tracer=self.tracer,
             metrics=self.metrics, power=power_options_from_conf(conf),
-            ready_within=conf.readiness.expect_within)
+            ready_within=conf.readiness.expect_within, pools=pools_from_conf(conf),
+            warm={'quiet_seconds': conf.warm.quiet_seconds,
+                  'ready_timeout': conf.warm.ready_timeout,
+                  'retry_interval': conf.warm.retry_interval,
+                  'max_disk_gb': conf.warm.max_disk_gb})
         target = oslo_messaging.Target(topic='compute', server=conf.host)
         self.server = oslo_messaging.get_rpc_server(
             self.transport, target,
@@ -160,6 +181,7 @@ class AgentService:
         self.runtime.spawn(self.journal.run)
         self.manager.init_host()
         self.runtime.spawn(self.reporter.run)
+        self.runtime.spawn(self.manager.run_filler)
         if self.conf.resources.audit_interval > 0:
             self.runtime.spawn(self.manager.run_audits, self.conf.resources.audit_interval)
         if self.conf.metrics.port:

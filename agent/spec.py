@@ -61,6 +61,7 @@ class BootSpec:
     nics: tuple[Nic, ...] = ()
     disk_gb: int = 0            # >0: a root disk of this size from the storage backend
     files: tuple[CheckedFile, ...] = ()
+    pool: str | None = None     # a warm pool: restored from one of its spares if it has one
 
     @property
     def image_format(self) -> str:
@@ -206,7 +207,7 @@ def _nics(spec: dict, limits: Limits) -> tuple[Nic, ...]:
 
 
 BOOT_FIELDS = frozenset({'uuid', 'name', 'vcpus', 'memory_mb', 'image', 'kernel', 'initrd',
-                         'cmdline', 'nics', 'disk_gb'})
+                         'cmdline', 'nics', 'disk_gb', 'pool'})
 
 
 def validate_boot_spec(spec, limits: Limits) -> BootSpec:
@@ -238,4 +239,5 @@ def validate_boot_spec(spec, limits: Limits) -> BootSpec:
             % (disk_gb, os.path.basename(image), image_size / 1024 ** 3))
     return BootSpec(uuid=uuid, name=name or 'instance-%s' % uuid[:8], vcpus=vcpus,
                     memory_mb=memory_mb, image=image, kernel=kernel, initrd=initrd,
-                    cmdline=cmdline, nics=_nics(spec, limits), disk_gb=disk_gb, files=files)
+                    cmdline=cmdline, nics=_nics(spec, limits), disk_gb=disk_gb, files=files,
+                    pool=_str(spec, 'pool', NAME_RE, 'a warm pool\'s name'))

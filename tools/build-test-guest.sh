@@ -12,6 +12,8 @@
 # Readiness: when its userspace is up it opens the virtio-serial port named org.qemu.guest_agent.0 (as
 # qemu-guest-agent does on a real image): libvirt then emits its agent-lifecycle "connected" event, and it prints
 # "guest-agent-port: open". "ca.noagent" never opens it (a guest that never becomes ready).
+# Warm boots: a reader on the port org.compute-agent.identity.0 prints each line the host writes there as
+# "guest-identity: LINE" (a guest restored from a saved spare learns its identity so).
 # "ca.probe=P1,P2,..." makes it try TCP connections to the host side of user-mode networking
 # (10.0.2.2, QEMU's alias of the host's 127.0.0.1) on those ports and print
 # "guest-probe: 10.0.2.2:P open|closed" for each (the tests of guest isolation).
@@ -22,7 +24,7 @@ IMAGE_DIR=${1:-/var/lib/compute-agent/images}
 FORCE=${2:-}
 [ "$IMAGE_DIR" = --force ] && { IMAGE_DIR=/var/lib/compute-agent/images; FORCE=--force; }
 MARKER=COMPUTE-AGENT-GUEST-READY
-GUEST_VERSION=6      # bump when /init changes: older builds are then rebuilt
+GUEST_VERSION=7      # bump when /init changes: older builds are then rebuilt
 
 if [ -s "$IMAGE_DIR/test-vmlinuz" ] && [ -s "$IMAGE_DIR/test-initrd.img" ] && [ "$FORCE" != --force ] &&
    [ "$(cat "$IMAGE_DIR/test-guest.version" 2>/dev/null)" = "$GUEST_VERSION" ]; then
@@ -70,12 +72,29 @@ grep -q ca.noacpi /proc/cmdline || for e in /sys/class/input/event*; do
     fi
 done
 echo "$MARKER" >/dev/ttyS0
+# Identity (warm boots): a guest restored from a saved spare learns who it is from the port named
+# org.compute-agent.identity.0, one JSON line per restore. Its reader starts before the agent port
+# opens (so before a spare is saved) and prints each line it gets as "guest-identity: LINE".
+# While the host side is closed a read returns at once (EOF): it tries again every 0.2 s.
+identity() {
+    local q
+    for q in /sys/class/virtio-ports/vport*; do
+        if [ "\$(cat \$q/name 2>/dev/null)" = org.compute-agent.identity.0 ]; then
+            (while true; do
+                if read -r line; then echo "guest-identity: \$line" >/dev/ttyS0; else sleep 0.2; fi
+            done) </dev/\$(basename \$q) &
+            return 0
+        fi
+    done
+    return 1
+}
 # Ready: open the guest-agent port (and hold it open) once its device is there.
 grep -q ca.noagent /proc/cmdline || (
     i=0
     while true; do        # as long as it takes: under a storm of TCG guests probing is slow
         for p in /sys/class/virtio-ports/vport*; do
             if [ "\$(cat \$p/name 2>/dev/null)" = org.qemu.guest_agent.0 ]; then
+                identity || echo "guest-identity: no port" >/dev/ttyS0
                 exec 3<>/dev/\$(basename \$p)
                 echo "guest-agent-port: open" >/dev/ttyS0
                 while true; do sleep 3600; done

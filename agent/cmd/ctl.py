@@ -31,8 +31,11 @@ def _add_boot(sub) -> None:
     b = sub.add_parser('boot', help='boot instances (all requests are sent at once)')
     b.add_argument('--uuid', help='instance uuid (default: a new one; only with --count 1)')
     b.add_argument('--name')
-    b.add_argument('--vcpus', type=int, default=1)
-    b.add_argument('--memory-mb', type=int, default=128)
+    b.add_argument('--vcpus', type=int, help='default 1 (with --pool: the pool\'s)')
+    b.add_argument('--memory-mb', type=int, help='default 128 (with --pool: the pool\'s)')
+    b.add_argument('--pool', help='a warm pool of the node: restored from one of its saved '
+                                  'spares (booted cold when it has none); the flavor is '
+                                  'the pool\'s')
     b.add_argument('--image')
     b.add_argument('--kernel')
     b.add_argument('--initrd')
@@ -104,7 +107,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _spec(args, uuid: str, index: int) -> dict:
-    spec = {'uuid': uuid, 'vcpus': args.vcpus, 'memory_mb': args.memory_mb}
+    spec = {'uuid': uuid}
+    for field in ('vcpus', 'memory_mb', 'pool'):
+        if getattr(args, field) is not None:
+            spec[field] = getattr(args, field)
     if args.disk_gb:
         spec['disk_gb'] = args.disk_gb
     if args.name:

@@ -22,6 +22,7 @@ from agent.compute import instance as instancemod
 from agent.compute import states
 from agent.storage import backend as storage_backend
 from agent.virt import driver as vdriver
+from agent.warm import spares as sparesmod
 
 LOG = logging.getLogger(__name__)
 
@@ -57,6 +58,11 @@ class Core:
         self.instances: dict[str, instancemod.Instance] = {}
         self.lock = threading.Lock()        # guards ``instances`` (arithmetic only under it)
         self.reconciled = collections.Counter()    # start-up actions and removed orphans
+        # Warm boots (``agent.warm``): the saved spares, the pools, and who hears of spares'
+        # events (the filler). No pools: nothing of it is ever used.
+        self.spares = sparesmod.SpareStore(dirs)
+        self.pools: dict = {}
+        self.on_spare_event = lambda event: None
 
     def change(self, inst: instancemod.Instance, **changes) -> None:
         """Change ``inst`` and report it. A ``vm_state`` change must be a transition of
@@ -96,8 +102,10 @@ class Core:
         self.reporter.update(state)
 
     def busy(self) -> set[str]:
-        """The instances a job works on now (audits leave them alone)."""
-        return {i.uuid for i in list(self.instances.values()) if i.task or i.delete_job}
+        """The instances a job works on now, and spares being made (audits leave them
+        alone)."""
+        return ({i.uuid for i in list(self.instances.values()) if i.task or i.delete_job}
+                | set(self.spares.making))
 
     def auditing(self):
         """Begin an audit before reading the listings it will judge (``Audits.audit``)."""

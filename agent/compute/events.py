@@ -40,6 +40,9 @@ class Events:
         if isinstance(event, vdriver.HypervisorReconnected):
             self._on_back()
             return
+        if isinstance(event, vdriver.SpareEvent):
+            self._core.on_spare_event(event)      # spares are not instances
+            return
         inst = self._core.instances.get(event.uuid)
         if inst is None:
             return

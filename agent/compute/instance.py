@@ -44,6 +44,7 @@ class Instance:
     readiness: str | None = None
     ready_at: float | None = None     # when its guest last became ready (this run)
     readies: int = 0                  # times its guest became ready since it was made
+    domain: str | None = None         # the hypervisor's name (a warm one's is its spare's)
     ready_token: int = dataclasses.field(default=0, repr=False)   # the armed "late" timer
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
     # Notified on every change (``Core.change``) and reboot event: what a job waits on.
@@ -62,7 +63,7 @@ class Instance:
                 'power_state': self.power_state, 'task': self.task, 'fault': self.fault,
                 'boot_job': self.boot_job, 'delete_job': self.delete_job,
                 'power_job': self.power_job,
-                'readiness': self.readiness, 'ready_at': self.ready_at,
+                'readiness': self.readiness, 'ready_at': self.ready_at, 'domain': self.domain,
                 'accepted_at': self.accepted_at,
                 'active_at': self.active_at, 'updated_at': self.updated_at, 'seq': self.seq,
                 'sizes': dict(self.sizes),

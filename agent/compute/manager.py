@@ -16,6 +16,7 @@ from agent.compute import requests as requestsmod
 from agent.compute import tasks as tasksmod
 from agent.storage import backend as storage_backend
 from agent.virt import driver as vdriver
+from agent.warm import filler as fillermod
 
 
 class ComputeManager:
@@ -30,7 +31,10 @@ class ComputeManager:
                  reconnect_interval: float = 1.0, tracer: tracemod.NullTracer | None = None,
                  metrics: metricsmod.NullMetrics | None = None,
                  power: powermod.PowerOptions = powermod.PowerOptions(),
-                 ready_within: float = 300.0):
+                 ready_within: float = 300.0, pools: dict | None = None,
+                 warm: dict | None = None):
+        """``pools``: name -> agent.warm.pools.Pool; ``warm``: the Filler's options
+        (``[warm]``). With no pools no spare is made and a boot naming a pool is refused."""
         self.core = core = coremod.Core(driver, storage, runtime, reporter, host, journal,
                                         dirs, allocation, job_retention, tracer,
                                         metrics)
@@ -47,6 +51,8 @@ class ComputeManager:
         self.recovery = recoverymod.Recovery(core, self.events, self.tasks, self.power,
                                              self.audits, max_boot_attempts)
         self.requests = requestsmod.Requests(core, self.tasks, self.power, limits)
+        core.pools = dict(pools or {})
+        self.filler = fillermod.Filler(core, limits, **(warm or {}))
         self.facts: dict = {}
         driver.set_event_listener(self.events.handle)
 
@@ -144,6 +150,11 @@ class ComputeManager:
         """The periodic audit loop (``Audits.run``); run it in its own (green)thread."""
         self.audits.run(interval)
 
+    def run_filler(self) -> None:
+        """Keep the warm pools full (``Filler.run``); run it in its own (green)thread."""
+        if self.core.pools:
+            self.filler.run()
+
     def storage_report(self, uuids: list[str] | None = None) -> dict:
         """Capacity and the agent's disks, from one shared listing of the backend (``uuids``
         as checked by ``agent.rpc.schema``)."""
@@ -165,4 +176,5 @@ class ComputeManager:
         return {'instances': len(core.instances), 'jobs_by_state': core.jobs.by_state(),
                 'journal': core.journal.stats(), 'reconciled': dict(core.reconciled),
                 'resources': core.tracker.stats(),
-                'jobs_total': dict(core.jobs.counts), 'events_handled': self.events.handled}
+                'jobs_total': dict(core.jobs.counts), 'events_handled': self.events.handled,
+                'warm': self.filler.stats()}

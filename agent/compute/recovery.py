@@ -57,7 +57,8 @@ class Recovery:
             inventory = core.storage.inventory(fresh=True)
             core.tracker.set_inventory(cpus=facts['cpus'], memory_mb=facts['memory_mb'],
                                        disk_gb=inventory.instance_bytes // storage_backend.GiB)
-            changed = self._reconcile(infos, inventory)
+            changed = self._spares_at_start_up(infos, inventory)
+            changed = self._reconcile(infos, inventory) or changed
             if changed:          # what the listings showed is no longer what exists
                 self._audits.audit(self.resync(), token=token)
             else:
@@ -69,14 +70,46 @@ class Recovery:
         core = self._core
         domains = {i.uuid: i for i in infos if i.ours}
         running = {u for u, i in domains.items() if i.power_state == vdriver.RUNNING}
-        plan = reconcile.plan(core.jobs.all(), domains, inventory.disks,
-                              core.dirs.owned(), running,
-                              self._max_boot_attempts)
+        spares = core.spares.reserved_uuids()      # neither instances nor orphans
+        plan = reconcile.plan(core.jobs.all(), domains,
+                              {u: d for u, d in inventory.disks.items() if u not in spares},
+                              {u: d for u, d in core.dirs.owned().items() if u not in spares},
+                              running, self._max_boot_attempts)
         changed = False
         for step in plan.steps:
             core.reconciled[step.action] += 1
             changed |= self._handlers[step.action](step) or False
         return self.remove_orphans(plan.orphan_disks, plan.orphan_dirs) or changed
+
+    def _spares_at_start_up(self, infos: list[vdriver.InstanceInfo], inventory) -> bool:
+        """Keep the saved spares whose image and disk are there (their disks reserved);
+        remove everything else of spares: domains of spares being made when the agent
+        stopped, interrupted makes, spares a boot had taken. True if libvirt changed."""
+        core = self._core
+        changed = False
+        for info in infos:
+            if info.spare is not None:
+                LOG.warning('[spare: %s] removing the domain of a spare whose making was '
+                            'interrupted', info.uuid)
+                changed |= core.attempt(info.uuid, 'remove an unfinished spare',
+                                        core.driver.remove_spare, info.uuid)
+        kept, broken = core.spares.load(set(inventory.disks))
+        for uuid in broken:
+            LOG.warning('[spare: %s] removing an incomplete or used spare', uuid)
+            if uuid in inventory.disks:
+                core.attempt(uuid, 'remove the disk of an incomplete spare',
+                             core.storage.delete_disks, uuid)
+            core.spares.remove(uuid)
+            core.reconciled['spares_removed'] += 1
+        for spare in kept:
+            try:
+                core.tracker.reserve(spare.uuid, spare.disk_gb)
+            except exception.AgentError as exc:
+                LOG.warning('[spare: %s] no room for it any more (%s): kept, not counted',
+                            spare.uuid, exc)
+        if kept:
+            core.reconciled['spares_kept'] += len(kept)
+        return changed
 
     def _instance_from(self, step: reconcile.Step, **state) -> instancemod.Instance:
         """The instance of a step: its boot's spec from the journal, or (no record) what the
@@ -92,6 +125,8 @@ class Recovery:
                 or 'instance-%s' % step.uuid[:8], spec=None,
                 sizes=dict((domain.sizes if domain is not None else None) or {}),
                 boot_job=boot_job, **state)
+        if step.domain is not None:
+            inst.domain = step.domain.domain
         self._core.instances[step.uuid] = inst
         return inst
 
@@ -110,6 +145,10 @@ class Recovery:
         LOG.info('[instance: %s] boot job %s was interrupted after the domain started: done',
                  step.uuid, step.job.id)
         inst = self._instance_from(step, vm_state=states.ACTIVE)
+        if inst.spec is not None and inst.spec.pool:
+            # A restore that went through: its domain may not have been made persistent.
+            self._core.attempt(step.uuid, 'make the restored domain persistent',
+                               self._core.driver.persist, step.uuid)
         self._core.jobs.finish(step.job)
         self._events.apply_listing(inst, step.domain, 'start-up')
         self._core.report(inst)
@@ -224,7 +263,7 @@ class Recovery:
                     continue      # deleted, booted or changed since the listing was read
                 inst = instancemod.Instance(uuid=info.uuid, name=info.name, spec=None,
                                             sizes=dict(info.sizes or {}),
-                                            vm_state=states.ACTIVE)
+                                            vm_state=states.ACTIVE, domain=info.domain)
                 core.instances[info.uuid] = inst
                 LOG.info('[instance: %s] adopted from the hypervisor (%s)', info.uuid,
                          info.power_state)
@@ -312,10 +351,11 @@ class Recovery:
             infos = self.resync()
             try:
                 inventory = core.storage.inventory(fresh=True)
+                spares = core.spares.reserved_uuids()
                 removed = self.remove_orphans(
-                    [u for u in inventory.disks if u not in core.instances],
+                    [u for u in inventory.disks if u not in core.instances and u not in spares],
                     [u for u in core.dirs.owned()
-                     if u not in core.instances])
+                     if u not in core.instances and u not in spares])
                 self._audits.audit(infos, None if removed else inventory, token=token)
             except exception.AgentError as exc:
                 LOG.warning('storage reconciliation after reconnect skipped: %s', exc)

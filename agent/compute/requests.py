@@ -11,6 +11,7 @@ from agent.compute import instance as instancemod
 from agent.compute import power as powermod
 from agent.compute import states
 from agent.compute import tasks as tasksmod
+from agent.warm import pools as poolsmod
 
 LOG = logging.getLogger(__name__)
 
@@ -35,7 +36,8 @@ class Requests:
         core = self._core
         request = core.tracer.request('boot_instance')
         with request.phase('validate'):
-            spec = specmod.validate_boot_spec(raw_spec, self.limits)
+            spec = specmod.validate_boot_spec(poolsmod.apply(raw_spec, core.pools),
+                                              self.limits)
             if not core.journal.room_again():
                 raise exception.InsufficientResources(
                     resource='disk', reason='this node is out of disk space (its job journal '

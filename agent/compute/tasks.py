@@ -13,6 +13,7 @@ from agent.compute import core as coremod
 from agent.compute import events as eventsmod
 from agent.compute import instance as instancemod
 from agent.compute import states
+from agent.compute import warm as warmmod
 from agent.storage import backend as storage_backend
 from agent.virt import driver as vdriver
 
@@ -31,6 +32,7 @@ class Tasks:
         self._recovering = recovering
         self._interval = reconnect_interval
         self._settle_attempts = settle_attempts
+        self._warm = warmmod.WarmBoots(core)
 
     # -- boot -----------------------------------------------------------------------------
     def run_boot(self, job: jobsmod.Job, inst: instancemod.Instance,
@@ -61,21 +63,54 @@ class Tasks:
               spec: specmod.BootSpec) -> None:
         core = self._core
         core.jobs.start(job)
-        disks = ()
+        disks: list = []
+        result = None
         try:
             spec.recheck_files()      # the files checked at the request are the ones used
-            if spec.disk_gb:
-                disks = (core.storage.create_root_disk(
-                    spec.uuid, spec.disk_gb * storage_backend.GiB, spec.image,
-                    spec.image_format),)
-            core.driver.spawn(spec, disks)
+            spare = self._warm.take(spec) if spec.pool else None
+            if spare is not None:
+                result = self._restore_or_fall_back(inst, spec, spare, disks)
+            else:
+                result = warmmod.MISS_EMPTY if spec.pool else None
+                if spec.pool:
+                    LOG.info('[instance: %s] %s (%s): booting cold', inst.uuid, result,
+                             spec.pool)
+            if result is None or not result.startswith('warm: hit'):
+                self._cold(spec, disks)
         except Exception as exc:
-            self._boot_failed(job, inst, exc, disks)
+            self._boot_failed(job, inst, exc, tuple(disks))
             return
-        core.jobs.finish(job)
-        core.change(inst, task=None)
+        core.jobs.finish(job, result=result)
+        core.change(inst, task=None, domain=core.driver.domain_name(inst.uuid))
         LOG.debug('[instance: %s] boot job %s done (%d libvirt calls)', inst.uuid, job.id,
                   sum(job.calls.values()))
+
+    def _cold(self, spec: specmod.BootSpec, disks: list) -> None:
+        core = self._core
+        if spec.disk_gb:
+            disks.append(core.storage.create_root_disk(
+                spec.uuid, spec.disk_gb * storage_backend.GiB, spec.image, spec.image_format))
+        core.driver.spawn(spec, tuple(disks))
+        if spec.pool:     # a pool's instance booted cold: the same devices, the same identity
+            core.attempt(spec.uuid, 'send the guest its identity', core.driver.send_identity,
+                         spec.uuid, {'uuid': spec.uuid, 'name': spec.name, 'pool': spec.pool})
+
+    def _restore_or_fall_back(self, inst: instancemod.Instance, spec: specmod.BootSpec,
+                              spare, disks: list) -> str:
+        """The warm path; a restore libvirt refused (a broken image) falls back to a cold
+        boot, saying why. A lost connection is not a refusal: it is settled like a cold
+        boot's."""
+        try:
+            return self._warm.restore(inst, spec, spare, disks)
+        except exception.HypervisorUnavailable:
+            raise
+        except exception.AgentError as exc:
+            LOG.warning('[instance: %s] restoring spare %s failed (%s): booting cold',
+                        inst.uuid, spare.uuid, exc)
+            if disks:       # the spare's, moved: the cold boot makes a fresh one
+                self._core.storage.delete_disks(inst.uuid)
+                disks.clear()
+            return self._warm.failed_reason(exc)
 
     def _boot_failed(self, job: jobsmod.Job, inst: instancemod.Instance, exc: Exception,
                      disks: tuple) -> None:

@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS nodes (
 # Columns added after the first release: (table, column, declaration).
 _ADDED_COLUMNS = (('reports', 'generation', 'INTEGER'), ('reports', 'node_applied', 'INTEGER'),
                   ('instances', 'readiness', 'TEXT'), ('instances', 'ready_at', 'REAL'),
-                  ('instances', 'active_seen_at', 'REAL'), ('instances', 'ready_seen_at', 'REAL'))
+                  ('instances', 'active_seen_at', 'REAL'), ('instances', 'ready_seen_at', 'REAL'),
+                  ('nodes', 'reserved', 'TEXT'))
 
 
 class InstanceStore:
@@ -100,15 +101,16 @@ class InstanceStore:
         if resources is not None:
             cur.execute(
                 'INSERT INTO nodes (host, generation, capacity, usage, inventory, instances, '
-                'reported_at, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) '
+                'reported_at, received_at, reserved) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) '
                 'ON CONFLICT(host) DO UPDATE SET generation=excluded.generation, '
-                'capacity=excluded.capacity, usage=excluded.usage, '
+                'capacity=excluded.capacity, usage=excluded.usage, reserved=excluded.reserved, '
                 'inventory=excluded.inventory, instances=excluded.instances, '
                 'reported_at=excluded.reported_at, received_at=excluded.received_at '
                 'WHERE excluded.generation > nodes.generation',
                 (host, int(resources['generation']), json.dumps(resources['capacity']),
                  json.dumps(resources['usage']), json.dumps(resources.get('inventory')),
-                 int(resources['instances']), resources.get('at'), now))
+                 int(resources['instances']), resources.get('at'), now,
+                 json.dumps(resources.get('reserved'))))
             node_applied = cur.rowcount
         cur.execute('INSERT INTO reports (host, received_at, states, applied, generation, '
                     'node_applied) VALUES (?, ?, ?, ?, ?, ?)',
@@ -146,12 +148,13 @@ class InstanceStore:
         with self._cond:
             row = self._db.execute(
                 'SELECT host, generation, capacity, usage, inventory, instances, reported_at, '
-                'received_at FROM nodes WHERE host = ?', (host,)).fetchone()
+                'received_at, reserved FROM nodes WHERE host = ?', (host,)).fetchone()
         if row is None:
             return None
         return {'host': row[0], 'generation': row[1], 'capacity': json.loads(row[2]),
                 'usage': json.loads(row[3]), 'inventory': json.loads(row[4] or 'null'),
-                'instances': row[5], 'reported_at': row[6], 'received_at': row[7]}
+                'instances': row[5], 'reported_at': row[6], 'received_at': row[7],
+                'reserved': json.loads(row[8] or 'null')}
 
     def list_reports(self, host: str) -> list[dict]:
         """Every report received from ``host``, oldest first."""

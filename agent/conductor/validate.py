@@ -119,6 +119,8 @@ def resources(raw, node: str, max_seq: int) -> dict | None:
             k: number(inventory.get(k, 0) if isinstance(inventory, dict) else None,
                       'resources.inventory.%s' % k, 0, 1e15, optional=False)
             for k in ('cpus', 'memory_mb', 'disk_gb')}),
+        # held for what is not an instance (saved spares); absent from older agents
+        'reserved': _amounts(raw.get('reserved', {}), 'resources.reserved'),
         'instances': number(raw.get('instances', 0), 'resources.instances', 0, 10 ** 9,
                             integer=True, optional=False),
         'at': number(raw.get('at'), 'resources.at', 0, 1e11),

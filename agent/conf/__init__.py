@@ -12,10 +12,11 @@ from agent.conf import readiness
 from agent.conf import resources
 from agent.conf import storage
 from agent.conf import trace
+from agent.conf import warm
 from agent.conf import workqueue
 
 CONF = cfg.CONF
 
 for _mod in (default, libvirt, workqueue, conductor, storage, resources, jobs, metrics,
-             trace, network, power, readiness):
+             trace, network, power, readiness, warm):
     _mod.register_opts(CONF)

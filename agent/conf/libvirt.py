@@ -24,6 +24,11 @@ opts = [
                help='Unanswered keepalive probes before the connection is considered dead.'),
     cfg.FloatOpt('reconnect_interval', default=1.0, min=0.05,
                  help='Seconds between attempts to reconnect to libvirtd after it went away.'),
+    cfg.StrOpt('identity_socket_dir', default='/run/compute-agent/identity',
+               help='Where the host sides of the identity ports of warm-pool instances live '
+                    '(one unix socket per instance, <uuid>.sock; a unix socket path is at '
+                    'most 107 bytes, so this is kept short rather than under '
+                    'instances_path).'),
 ]
 
 

@@ -10,12 +10,13 @@ from agent.conf import readiness
 from agent.conf import resources
 from agent.conf import storage
 from agent.conf import trace
+from agent.conf import warm
 from agent.conf import workqueue
 
 
 def list_opts():
     result = []
     for mod in (default, libvirt, workqueue, conductor, storage, resources, jobs, metrics,
-                trace, network, power, readiness):
+                trace, network, power, readiness, warm):
         result.extend(mod.list_opts().items())
     return result

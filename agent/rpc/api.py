@@ -7,7 +7,7 @@ TOPIC = 'compute'
 class ComputeAPI:
     """Talks to the agent of node ``host``. Errors arrive as ``agent.exception`` classes."""
 
-    VERSION = '1.7'
+    VERSION = '1.8'
 
     def __init__(self, transport, timeout: float | None = None):
         target = oslo_messaging.Target(topic=TOPIC, version=self.VERSION)

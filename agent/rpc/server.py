@@ -12,6 +12,10 @@ Version history:
   1.6 - get_console_output
   1.7 - stop_instance, start_instance, reboot_instance (durable jobs, like boot and delete);
         jobs and instances gain ``result`` and ``power_job``; InstanceInvalidState
+  1.8 - warm boots: boot_instance spec field ``pool`` (restored from a saved spare of that
+        pool, or booted cold when it has none: the job's result says which); instances
+        gain ``readiness``, ``ready_at`` and ``domain`` (the hypervisor's name); get_stats
+        gains manager.warm (spares by pool)
 
 Methods validate, hand work to the manager and answer at once: none waits for libvirt.
 """
@@ -35,7 +39,7 @@ _MISSING = object()     # an argument the caller did not give (None is a value)
 class ComputeEndpoint:
     """The agent's RPC methods: each checks its arguments (``schema``) and hands the work to
     the manager, answering at once."""
-    target = oslo_messaging.Target(version='1.7')
+    target = oslo_messaging.Target(version='1.8')
 
     def __init__(self, manager, stats_fn, write_trace_fn=None):
         self._manager = manager

@@ -2,6 +2,7 @@
 import abc
 import dataclasses
 
+from agent import exception
 from agent.storage import operations
 
 GiB = 1024 ** 3
@@ -69,6 +70,12 @@ class StorageBackend(abc.ABC):
     @abc.abstractmethod
     def delete_disks(self, uuid: str) -> None:
         """Remove the instance's disks; nothing to remove is fine."""
+
+    def adopt_disk(self, owner: str, uuid: str) -> Disk:
+        """Make the disk of ``owner`` (a saved spare) instance ``uuid``'s: the same data,
+        under ``uuid``'s name and ownership from now on."""
+        raise exception.StorageError(reason='the %s backend cannot hand a spare\'s disk to an '
+                                            'instance' % self.kind)
 
     def stats(self) -> dict:
         """Counters: the backend's commands and listings."""

@@ -77,6 +77,18 @@ class FileBackend(backend.StorageBackend):
         LOG.info('[instance: %s] created %s (%d bytes)', uuid, path, size)
         return backend.Disk(path=path, format='qcow2', kind='file')
 
+    def adopt_disk(self, owner: str, uuid: str) -> backend.Disk:
+        """A rename into the instance's marked directory (same filesystem: atomic)."""
+        path = self._disk_path(uuid)
+        try:
+            self._dirs.create(uuid)
+            os.rename(self._disk_path(owner), path)
+        except OSError as exc:
+            raise exception.StorageError(reason='moving the disk of %s to %s: %s'
+                                         % (owner, path, exc)) from None
+        LOG.info('[instance: %s] took the disk of spare %s', uuid, owner)
+        return backend.Disk(path=path, format='qcow2', kind='file')
+
     def delete_disks(self, uuid: str) -> None:
         path = self._disk_path(uuid)
         try:

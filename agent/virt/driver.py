@@ -53,6 +53,17 @@ class GuestReadiness:
 
 
 @dataclasses.dataclass(frozen=True)
+class SpareEvent:
+    """Something happened to a spare being made: its guest became ready (``ready`` True) or
+    closed its channel (False), or its domain stopped (``stopped``)."""
+
+    uuid: str
+    timestamp: float
+    ready: bool | None = None
+    stopped: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class HypervisorLost:
     """The connection to the hypervisor broke; the driver is reconnecting by itself."""
 
@@ -77,6 +88,8 @@ class InstanceInfo:
     ours: bool          # created by this agent (recognised by its metadata)
     sizes: dict | None = None   # vcpus/memory_mb/disk_gb from the metadata, when it was read
     ready: bool | None = None   # the guest holds its agent channel open (None: not read)
+    domain: str = ''            # the hypervisor's name for it (a warm one's is its spare's)
+    spare: str | None = None    # a spare's pool (a spare is no instance: ``ours`` is False)
 
 
 class ComputeDriver(abc.ABC):
@@ -166,3 +179,37 @@ class ComputeDriver(abc.ABC):
     @abc.abstractmethod
     def stats(self) -> dict:
         """Counters: hypervisor calls by operation, host facts."""
+
+    def domain_name(self, uuid: str) -> str:
+        """The hypervisor's name for instance ``uuid`` (from what the driver knows: no call)."""
+        return uuid
+
+    # -- warm boots ---------------------------------------------------------------------------
+    def spawn_spare(self, spec: specmod.BootSpec, disks: tuple, pool: str) -> None:
+        """Start a spare of ``pool`` (``spec.uuid`` is its own identity), with a VM
+        generation id and the identity port. Its events come as SpareEvent only; it is never
+        an instance. Nothing is left if this fails."""
+        raise NotImplementedError
+
+    def save_spare(self, uuid: str, path: str) -> str:
+        """Save the running spare's memory to ``path`` (its domain goes); return the domain
+        XML stored in the image."""
+        raise NotImplementedError
+
+    def remove_spare(self, uuid: str) -> None:
+        """Stop the spare's domain if it runs (only a spare of this node); no error if none."""
+        raise NotImplementedError
+
+    def restore_warm(self, spec: specmod.BootSpec, spare, disks: tuple) -> None:
+        """Restore saved ``spare`` (agent.warm.spares.Spare) as instance ``spec`` with
+        ``disks``: one hypervisor call. It runs under the spare's hypervisor identity; every
+        method here takes the instance's uuid for it from now on."""
+        raise NotImplementedError
+
+    def persist(self, uuid: str) -> None:
+        """Make a restored instance's domain persistent (stop and start keep it)."""
+        raise NotImplementedError
+
+    def send_identity(self, uuid: str, identity: dict) -> None:
+        """Write ``identity`` as one JSON line to the guest's identity port."""
+        raise NotImplementedError

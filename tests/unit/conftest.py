@@ -4,7 +4,9 @@ Unit tests never spawn processes (the autouse fixture refuses), never touch Rabb
 libvirtd, and run the agent's plain code on native threads (``workqueue.native_runtime``).
 """
 import os
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -82,7 +84,13 @@ def conf(tmp_path, image_dir):
     c.set_override('virt_type', 'qemu', group='libvirt')
     c.set_override('connection_uri', 'fake:///', group='libvirt')
     c.set_override('reconnect_interval', 0.05, group='libvirt')
-    return c
+    sockets = tempfile.mkdtemp(prefix='ca-id-', dir='/tmp')     # short: unix socket paths
+    c.set_override('identity_socket_dir', sockets, group='libvirt')
+    yield c
+    # The option groups are module-level objects that ConfigOpts instances share (oslo.config
+    # copies them shallowly): an override left set would leak into later tests.
+    c.reset()
+    shutil.rmtree(sockets, ignore_errors=True)
 
 
 # Short waits: a guest of the fake libvirt answers the power button at once, or never.
@@ -118,7 +126,8 @@ class Agent:
     """An agent (manager, libvirt driver, storage) over the fake libvirt and fake LVM."""
 
     def __init__(self, conf, hv, lvm=None, backend='lvm', vg=None, allocation=None,
-                 tracer=None, metrics=None, power=None, ready_within=300.0):
+                 tracer=None, metrics=None, power=None, ready_within=300.0, pools=None,
+                 warm=None):
         self.hv = hv
         self.lvm = lvm or fakelvm.FakeLvm()
         self.dirs = instancedir.InstanceDirs(conf.instances_path)
@@ -150,7 +159,7 @@ class Agent:
             self.journal, self.dirs, allocation=allocation or resources.Allocation(),
             job_retention=conf.jobs.retention, max_boot_attempts=conf.jobs.max_boot_attempts,
             reconnect_interval=0.05, tracer=tracer, metrics=metrics,
-            power=power or TEST_POWER, ready_within=ready_within)
+            power=power or TEST_POWER, ready_within=ready_within, pools=pools, warm=warm)
         self.manager.init_host()
 
     def wait_job(self, job_id):

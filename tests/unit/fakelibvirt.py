@@ -6,8 +6,11 @@ connection's callbacks, delivered by ``virEventRunDefaultImpl`` on the caller's 
 with real libvirt. Every API call is recorded in ``Hypervisor.calls`` (independent of the
 agent's own counters); ``fail_next`` injects libvirt errors; ``restart`` drops connections.
 """
+import builtins
+import json
 import queue
 import threading
+import uuid as uuidlib
 import xml.etree.ElementTree as ET
 
 # --- constants (values as in libvirt) ----------------------------------------------------
@@ -33,6 +36,8 @@ VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN = 0
 VIR_DOMAIN_EVENT_STOPPED_DESTROYED = 1
 VIR_DOMAIN_EVENT_STOPPED_CRASHED = 2
 VIR_DOMAIN_EVENT_STOPPED_FAILED = 5
+VIR_DOMAIN_EVENT_STOPPED_SAVED = 4
+VIR_DOMAIN_EVENT_STARTED_RESTORED = 2
 VIR_DOMAIN_EVENT_SHUTDOWN_GUEST = 1
 VIR_DOMAIN_EVENT_SHUTDOWN_HOST = 2
 
@@ -58,6 +63,7 @@ VIR_ERR_OPERATION_INVALID = 55
 VIR_ERR_NO_DOMAIN = 42
 VIR_ERR_XML_ERROR = 27
 VIR_ERR_OPERATION_FAILED = 9
+VIR_ERR_CONFIG_UNSUPPORTED = 67
 
 CAPABILITIES = """<capabilities><host><cpu><arch>x86_64</arch></cpu></host>
 <guest><os_type>hvm</os_type><arch name='x86_64'><domain type='qemu'/><domain type='kvm'/></arch></guest>
@@ -124,6 +130,7 @@ class Hypervisor:
         self.lock = threading.Lock()
         # uuids of guests that ignore the ACPI power button (still booting, or no acpid)
         self.acpi_ignored: set[str] = set()
+        self.auto_ready = False    # every started guest opens its agent channel at once
 
     def record(self, name: str) -> None:
         with self.lock:
@@ -169,10 +176,8 @@ class Hypervisor:
     # what happens outside the agent's calls
     def guest_poweroff(self, uuid: str) -> None:
         dom = self.domains[uuid]
-        dom.run_state = VIR_DOMAIN_SHUTOFF
-        dom.agent = None
         self.emit(dom, VIR_DOMAIN_EVENT_SHUTDOWN, VIR_DOMAIN_EVENT_SHUTDOWN_GUEST)
-        self.emit(dom, VIR_DOMAIN_EVENT_STOPPED, VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
+        dom._stopped(VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
 
     def restart(self, stay_down: bool = False) -> None:
         """libvirtd goes away: every connection is closed (close callbacks fire)."""
@@ -288,8 +293,55 @@ class Connection:
         if dom is None:
             dom = self.hv.domains[uuid] = Domain(self, uuid, name, xml)
         dom.xml = xml
+        dom.transient = False
         self.hv.emit(dom, VIR_DOMAIN_EVENT_DEFINED, detail)
         return dom
+
+    def createXML(self, xml, flags):
+        """A transient domain, started: it is gone once it stops."""
+        self._call('createXML')
+        root = ET.fromstring(xml)
+        uuid, name = root.findtext('uuid'), root.findtext('name')
+        if uuid in self.hv.domains:
+            raise libvirtError("operation failed: domain '%s' already exists" % name,
+                               VIR_ERR_OPERATION_FAILED)
+        dom = self.hv.domains[uuid] = Domain(self, uuid, name, xml)
+        dom.transient = True
+        dom._start_state(VIR_DOMAIN_EVENT_STARTED, 0)
+        return Domain(self, uuid, name, xml, shared=dom)
+
+    def saveImageGetXMLDesc(self, path, flags):
+        self._call('saveImageGetXMLDesc')
+        with builtins.open(path) as f:
+            return json.load(f)['xml']
+
+    def restoreFlags(self, path, dxml, flags):
+        """Like libvirt: the XML must keep the saved uuid, name and genid; the guest runs on
+        (its agent channel connected, as it was when saved)."""
+        self._call('restoreFlags')
+        try:
+            with builtins.open(path) as f:
+                saved = ET.fromstring(json.load(f)['xml'])
+        except FileNotFoundError:
+            raise libvirtError("Failed to open file '%s': No such file or directory" % path,
+                               VIR_ERR_SYSTEM_ERROR, int1=2) from None
+        root = ET.fromstring(dxml)
+        for field in ('uuid', 'name', 'genid'):
+            if root.findtext(field) != saved.findtext(field):
+                raise libvirtError('unsupported configuration: Target domain %s does not match '
+                                   'source' % field, VIR_ERR_CONFIG_UNSUPPORTED)
+        uuid, name = root.findtext('uuid'), root.findtext('name')
+        dom = self.hv.domains.get(uuid)
+        if dom is not None and dom.run_state == VIR_DOMAIN_RUNNING:
+            raise libvirtError("operation invalid: domain '%s' is already active" % name,
+                               VIR_ERR_OPERATION_INVALID)
+        if dom is None:
+            dom = self.hv.domains[uuid] = Domain(self, uuid, name, dxml)
+            dom.transient = True
+        dom.xml = dxml
+        dom._start_state(VIR_DOMAIN_EVENT_STARTED, VIR_DOMAIN_EVENT_STARTED_RESTORED)
+        self.hv.emit_agent(dom, True, VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_REASON_CHANNEL)
+        return 0
 
     def lookupByUUIDString(self, uuid):
         self._call('lookupByUUIDString')
@@ -319,6 +371,7 @@ class Domain:
             self.xml = xml
             self.run_state = VIR_DOMAIN_SHUTOFF
             self.agent = None     # agent channel: None (not running) | connected | disconnected
+            self.transient = False
 
     def _dom(self) -> 'Domain':
         return self._shared or self
@@ -359,13 +412,36 @@ class Domain:
         if dom.run_state == VIR_DOMAIN_RUNNING:
             raise libvirtError('Requested operation is not valid: domain is already running',
                                VIR_ERR_OPERATION_INVALID)
-        dom.run_state = VIR_DOMAIN_RUNNING
-        self._conn.hv.emit_agent(dom, False,
-                                 VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_REASON_DOMAIN_STARTED)
-        self._conn.hv.emit(dom, VIR_DOMAIN_EVENT_RESUMED, 0)
-        self._conn.hv.emit(dom, VIR_DOMAIN_EVENT_STARTED, 0)
+        dom._start_state(VIR_DOMAIN_EVENT_STARTED, 0)
         if not self._conn.alive:    # libvirtd went away while the call was in flight
             raise libvirtError('Cannot recv data: Connection reset by peer', VIR_ERR_SYSTEM_ERROR)
+        return 0
+
+    def _start_state(self, event: int, detail: int) -> None:
+        """(On the shared state object.) Running now, with its events."""
+        hv = self._conn.hv
+        self.run_state = VIR_DOMAIN_RUNNING
+        hv.emit_agent(self, False, VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_REASON_DOMAIN_STARTED)
+        hv.emit(self, VIR_DOMAIN_EVENT_RESUMED, 0)
+        hv.emit(self, event, detail)
+        if hv.auto_ready and detail != VIR_DOMAIN_EVENT_STARTED_RESTORED:
+            hv.emit_agent(self, True, VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_REASON_CHANNEL)
+
+    def _stopped(self, detail: int) -> None:
+        """(On the shared state object.) Stopped; a transient domain is gone with it."""
+        self.run_state = VIR_DOMAIN_SHUTOFF
+        self.agent = None
+        self._conn.hv.emit(self, VIR_DOMAIN_EVENT_STOPPED, detail)
+        if self.transient:
+            self._conn.hv.domains.pop(self.uuid, None)
+
+    def saveFlags(self, path, dxml, flags):
+        """The memory image: here the live XML (with a generation id filled in)."""
+        dom = self._running('saveFlags')
+        xml = dom.xml.replace('<genid />', '<genid>%s</genid>' % uuidlib.uuid4())
+        with builtins.open(path, 'w') as f:
+            json.dump({'xml': xml}, f)
+        dom._stopped(VIR_DOMAIN_EVENT_STOPPED_SAVED)
         return 0
 
     def createWithFlags(self, flags):
@@ -402,10 +478,8 @@ class Domain:
         if dom.run_state != VIR_DOMAIN_RUNNING:
             raise libvirtError('Requested operation is not valid: domain is not running',
                                VIR_ERR_OPERATION_INVALID)
-        dom.run_state = VIR_DOMAIN_SHUTOFF
-        dom.agent = None
         self._conn.hv.emit(dom, VIR_DOMAIN_EVENT_SHUTDOWN, VIR_DOMAIN_EVENT_SHUTDOWN_HOST)
-        self._conn.hv.emit(dom, VIR_DOMAIN_EVENT_STOPPED, VIR_DOMAIN_EVENT_STOPPED_DESTROYED)
+        dom._stopped(VIR_DOMAIN_EVENT_STOPPED_DESTROYED)
         return 0
 
     def undefine(self):

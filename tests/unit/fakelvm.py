@@ -10,6 +10,7 @@ import threading
 
 from agent.storage import cmdworker
 from agent.storage import operations
+from tests.unit import qcow2
 
 EXTENT = 4 * 1024 * 1024
 WARNING = '  WARNING: Activation disabled. No device-mapper interaction will be attempted.\n'
@@ -100,6 +101,9 @@ class FakeLvm:
             '  Logical volume "%s" successfully removed.\n' % n for n in gone)}
 
     def _qemu_img(self, args):
+        if args[:1] == ['create']:           # qemu-img create ... PATH SIZE: a qcow2 header
+            with open(args[-2], 'wb') as f:
+                f.write(qcow2.header(size=int(args[-1])))
         return {'rc': 0, 'stdout': '', 'stderr': ''}
 
 

@@ -12,6 +12,9 @@ DOMAIN_PREFIX = 'ca-'
 # The guest-agent channel: a guest that opens it is ready (libvirt's agent-lifecycle event).
 # The agent never talks on it; it only watches whether the guest holds it open.
 AGENT_CHANNEL = 'org.qemu.guest_agent.0'
+# Warm boots: a guest restored from a saved spare learns who it is on this port (the agent
+# writes one JSON line on its host-side socket after the restore).
+IDENTITY_CHANNEL = 'org.compute-agent.identity.0'
 
 
 def domain_name(uuid: str) -> str:
@@ -65,6 +68,8 @@ class GuestConfig:
     cpu_mode: str = 'none'
     tcg_tb_cache_mb: int = 0
     metadata: tuple[tuple[str, str], ...] = ()   # extra (key, value) pairs for the metadata
+    genid: bool = False          # a VM generation id (libvirt changes it at every restore)
+    identity_socket: str | None = None   # host side of the identity port (spares)
 
     def to_xml(self) -> str:
         """The domain XML libvirt defines."""
@@ -75,6 +80,8 @@ class GuestConfig:
         self._metadata(dom)
         ET.SubElement(dom, 'memory', unit='MiB').text = str(self.memory_mb)
         ET.SubElement(dom, 'vcpu').text = str(self.vcpus)
+        if self.genid:
+            ET.SubElement(dom, 'genid')
         self._os(dom)
         features = ET.SubElement(dom, 'features')
         ET.SubElement(features, 'acpi')
@@ -99,6 +106,10 @@ class GuestConfig:
         ET.SubElement(serial, 'target', port='0')
         channel = ET.SubElement(devices, 'channel', type='unix')   # libvirt picks the socket
         ET.SubElement(channel, 'target', type='virtio', name=AGENT_CHANNEL)
+        if self.identity_socket:
+            channel = ET.SubElement(devices, 'channel', type='unix')
+            ET.SubElement(channel, 'source', mode='bind', path=self.identity_socket)
+            ET.SubElement(channel, 'target', type='virtio', name=IDENTITY_CHANNEL)
         ET.SubElement(devices, 'memballoon', model='none')
         self._isolated_user_nics(dom)
         return ET.tostring(dom, encoding='unicode')
@@ -171,6 +182,44 @@ def parse_metadata(xml: str) -> dict | None:
     if inst is None:
         return None
     return {child.tag.split('}', 1)[1]: child.text or '' for child in inst}
+
+
+def restore_xml(saved: str, title: str, metadata: tuple[tuple[str, str], ...],
+                disks: dict[str, str], console_log: str, identity_socket: str) -> str:
+    """The XML a saved spare is restored with as an instance: the spare's own (libvirt
+    refuses any other uuid, name, MAC or device address) with the instance's title and
+    metadata, its disks' sources (target dev -> path), console log and identity socket.
+    The agent channel's socket path is dropped: libvirt makes one for the new process."""
+    root = ET.fromstring(saved)
+    title_el = root.find('title')
+    if title_el is None:
+        title_el = ET.SubElement(root, 'title')
+    title_el.text = title
+    meta = root.find('metadata')
+    if meta is None:
+        meta = ET.SubElement(root, 'metadata')
+    for old in meta.findall('{%s}instance' % METADATA_NS):
+        meta.remove(old)
+    inst = ET.SubElement(meta, '{%s}instance' % METADATA_NS)
+    for key, value in metadata:
+        ET.SubElement(inst, '{%s}%s' % (METADATA_NS, key)).text = value
+    for disk in root.findall('devices/disk'):
+        target, source = disk.find('target'), disk.find('source')
+        path = disks.get(target.get('dev')) if target is not None else None
+        if path is not None and source is not None:
+            source.set('dev' if 'dev' in source.attrib else 'file', path)
+    for serial in root.findall('devices/serial'):
+        source = serial.find('source')
+        if source is not None and serial.get('type') == 'file':
+            source.set('path', console_log)
+    for channel in root.findall('devices/channel'):
+        name = channel.find('target').get('name')
+        source = channel.find('source')
+        if name == IDENTITY_CHANNEL and source is not None:
+            source.set('path', identity_socket)
+        elif name == AGENT_CHANNEL and source is not None:
+            channel.remove(source)
+    return ET.tostring(root, encoding='unicode')
 
 
 def agent_connected(xml: str) -> bool | None:

@@ -22,6 +22,7 @@ from agent.virt.libvirt import config as vconfig
 from agent.virt.libvirt import console as vconsole
 from agent.virt.libvirt import host as vhost
 from agent.virt.libvirt import states as vstates
+from agent.virt.libvirt import warm as vwarm
 
 LOG = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def random_mac() -> str:
 START_RETRY_PAUSES = (0.2, 1.0)    # a start libvirt calls busy (EAGAIN) is tried again
 
 
-class LibvirtDriver(driver.ComputeDriver):
+class LibvirtDriver(vwarm.WarmDomains, driver.ComputeDriver):
     """ComputeDriver over one libvirt connection (see ``host.Host``)."""
 
     def __init__(self, options, node: str, dirs: instancedir.InstanceDirs, runtime,
@@ -65,6 +66,14 @@ class LibvirtDriver(driver.ComputeDriver):
         # events): a boot of such a uuid is refused without a call.
         self._foreign: dict[str, str] = {}
         self._own_undefines: set[str] = set()   # UNDEFINED events we caused: not "vanished"
+        # Warm instances run under their spare's libvirt uuid and name (libvirt restores a
+        # saved image under no other): domain uuid <-> instance uuid, for those only. Every
+        # other domain of ours has the instance's uuid.
+        self._inst_of: dict[str, str] = {}
+        self._dom_of: dict[str, str] = {}
+        self._spares: set[str] = set()     # uuids of spares being made (their events apart)
+        self._restored: dict[str, str] = {}    # instance uuid -> its restore XML (persist)
+        self._identity: dict = {}          # instance uuid -> open identity-port connection
 
     # -- set-up -----------------------------------------------------------------------------
     def init_host(self) -> dict:
@@ -87,7 +96,8 @@ class LibvirtDriver(driver.ComputeDriver):
     def power_state(self, uuid: str) -> str | None:
         conn, epoch = self.host.conn(), self.host.epoch
         try:
-            dom = self.host.call('lookupByUUIDString', conn.lookupByUUIDString, uuid, epoch=epoch)
+            dom = self.host.call('lookupByUUIDString', conn.lookupByUUIDString,
+                                 self._dom_of.get(uuid, uuid), epoch=epoch)
             state = self.host.call('state', dom.state, epoch=epoch)[0]
         except exception.DomainNotFound:
             return None
@@ -111,14 +121,22 @@ class LibvirtDriver(driver.ComputeDriver):
         if isinstance(item, vhost.Reconnected):
             self._listener(driver.HypervisorReconnected(timestamp=item.timestamp))
             return
+        if item.uuid in self._spares:
+            self._listener(driver.SpareEvent(
+                uuid=item.uuid, timestamp=item.timestamp,
+                ready=item.connected if isinstance(item, vhost.AgentChannelEvent) else None,
+                stopped=(isinstance(item, vhost.LifecycleEvent)
+                         and item.event == self._lv.VIR_DOMAIN_EVENT_STOPPED)))
+            return
+        uuid = self._inst_of.get(item.uuid, item.uuid)
         if isinstance(item, vhost.RebootEvent):
             if item.uuid in self._ours:
-                self._listener(driver.InstanceRebooted(uuid=item.uuid, timestamp=item.timestamp))
+                self._listener(driver.InstanceRebooted(uuid=uuid, timestamp=item.timestamp))
             return
         if isinstance(item, vhost.AgentChannelEvent):
             if item.uuid in self._ours:
                 self._listener(driver.GuestReadiness(
-                    uuid=item.uuid, ready=item.connected, timestamp=item.timestamp,
+                    uuid=uuid, ready=item.connected, timestamp=item.timestamp,
                     cause='agent channel %s (reason %d)' % (
                         'connected' if item.connected else 'disconnected', item.reason)))
             return
@@ -130,17 +148,17 @@ class LibvirtDriver(driver.ComputeDriver):
         if not item.name.startswith(vconfig.DOMAIN_PREFIX) or item.uuid in self._foreign:
             return   # not a domain of ours
         if item.event == self._lv.VIR_DOMAIN_EVENT_UNDEFINED:
-            self._domains.pop(item.uuid, None)
-            self._ours.discard(item.uuid)
+            self._domains.pop(uuid, None)
+            self._forget(item.uuid)
             if item.uuid in self._own_undefines:
                 self._own_undefines.discard(item.uuid)
                 return
-            self._listener(driver.InstanceVanished(uuid=item.uuid, timestamp=item.timestamp))
+            self._listener(driver.InstanceVanished(uuid=uuid, timestamp=item.timestamp))
             return
         state = vstates.from_event(self._lv, item.event, item.detail)
         if state is not None:
             self._listener(driver.PowerStateChanged(
-                uuid=item.uuid, power_state=state, cause='%d/%d' % (item.event, item.detail),
+                uuid=uuid, power_state=state, cause='%d/%d' % (item.event, item.detail),
                 timestamp=item.timestamp))
 
     # -- boot / delete ----------------------------------------------------------------------
@@ -155,9 +173,13 @@ class LibvirtDriver(driver.ComputeDriver):
             # guest can write and the shared image is never modified.
             disks = (vconfig.DiskConfig(path=spec.image, format=spec.image_format,
                                         transient=True),)
+        if spec.pool:
+            os.makedirs(self._options.identity_socket_dir, mode=0o700, exist_ok=True)
         nics = tuple(vconfig.NicConfig(type=n.type, bridge=n.bridge, mac=n.mac or random_mac())
                      for n in spec.nics)
         return vconfig.GuestConfig(
+            genid=spec.pool is not None,
+            identity_socket=self.identity_socket(spec.uuid) if spec.pool else None,
             uuid=spec.uuid, name=spec.name, virt_type=self._virt_type, arch=facts.arch,
             vcpus=spec.vcpus, memory_mb=spec.memory_mb,
             console_log=os.path.join(self.instance_dir(spec.uuid), vconsole.CONSOLE_LOG),
@@ -249,7 +271,7 @@ class LibvirtDriver(driver.ComputeDriver):
         epoch = self.host.epoch
         try:
             dom = self.host.call('lookupByUUIDString', self.host.conn().lookupByUUIDString,
-                                 uuid, epoch=epoch)
+                                 self._dom_of.get(uuid, uuid), epoch=epoch)
         except exception.DomainNotFound:
             return None
         if not self._owned(uuid, dom):
@@ -275,6 +297,7 @@ class LibvirtDriver(driver.ComputeDriver):
             except (exception.DomainStateConflict, exception.DomainNotFound):
                 pass        # not running, or gone already: the goal is "gone"
             self._undefine(uuid, dom)
+        self.remove_identity_socket(uuid)
         self._remove_files(uuid)
 
     # -- power (one libvirt RPC each; the state follows from lifecycle events) -------------
@@ -303,30 +326,57 @@ class LibvirtDriver(driver.ComputeDriver):
             self.host.call('reboot', dom.reboot, self._lv.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN)
 
     def _undefine(self, uuid: str, dom) -> None:
-        self._own_undefines.add(uuid)
+        dom_uuid = self._dom_of.get(uuid, uuid)
+        self._own_undefines.add(dom_uuid)
         try:
             self.host.call('undefine', dom.undefine)
-        except exception.DomainNotFound:
-            self._own_undefines.discard(uuid)
+        except exception.DomainNotFound:      # gone (a transient domain, once destroyed)
+            self._own_undefines.discard(dom_uuid)
         except exception.HypervisorError:
-            self._own_undefines.discard(uuid)
+            self._own_undefines.discard(dom_uuid)
             raise
         self._domains.pop(uuid, None)
-        self._ours.discard(uuid)
+        self._forget(dom_uuid)
+
+    def _forget(self, dom_uuid: str) -> None:
+        """A domain of ours is gone: drop it (and its instance mapping)."""
+        self._ours.discard(dom_uuid)
+        uuid = self._inst_of.pop(dom_uuid, None)
+        if uuid is not None:
+            self._dom_of.pop(uuid, None)
+            self._restored.pop(uuid, None)
+
+    def _map(self, uuid: str, dom_uuid: str) -> None:
+        """Instance ``uuid`` runs as domain ``dom_uuid`` (ours)."""
+        self._ours.add(dom_uuid)
+        if dom_uuid != uuid:
+            self._inst_of[dom_uuid] = uuid
+            self._dom_of[uuid] = dom_uuid
+
+    def _instance_of(self, meta: dict | None, dom_uuid: str) -> str | None:
+        """The instance uuid a domain's metadata names, if it is an instance of this node's:
+        a cold one carries its own uuid, a warm one the uuid of the spare it ran as."""
+        if not meta or meta.get('host') != self._node or meta.get('role') == 'spare':
+            return None
+        uuid = meta.get('uuid')
+        if uuid == dom_uuid or (meta.get('spare') == dom_uuid and specmod.is_canonical_uuid(uuid)):
+            return uuid
+        return None
 
     def _owned(self, uuid: str, dom) -> bool:
         """Whether ``dom`` is this agent's: made or adopted by it, or carrying its metadata
         naming this uuid and this node (one XMLDesc call, never on the boot's hot path)."""
-        if uuid in self._foreign:
+        dom_uuid = dom.UUIDString()
+        if dom_uuid in self._foreign:
             return False
-        if uuid in self._ours:
-            return True
+        if dom_uuid in self._ours:
+            return self._inst_of.get(dom_uuid, dom_uuid) == uuid
         meta = vconfig.parse_metadata(self.host.call('XMLDesc', dom.XMLDesc, 0))
-        if bool(meta) and meta.get('uuid') == uuid and meta.get('host') == self._node:
-            self._ours.add(uuid)
-            self._foreign.pop(uuid, None)
+        if self._instance_of(meta, dom_uuid) == uuid:
+            self._map(uuid, dom_uuid)
+            self._foreign.pop(dom_uuid, None)
             return True
-        self._foreign[uuid] = dom.name()
+        self._foreign[dom_uuid] = dom.name()
         return False
 
     def _remove_files(self, uuid: str) -> None:
@@ -344,19 +394,22 @@ class LibvirtDriver(driver.ComputeDriver):
         out = []
         foreign = {}
         for dom, values in stats:
-            uuid = dom.UUIDString()
+            dom_uuid = dom.UUIDString()
             power = vstates.from_state(self._lv, values.get('state.state', 0))
-            info = driver.InstanceInfo(uuid=uuid, name='', ours=uuid in self._ours,
-                                       power_state=power)
-            if not info.ours and dom.name().startswith(vconfig.DOMAIN_PREFIX):
+            info = driver.InstanceInfo(uuid=self._inst_of.get(dom_uuid, dom_uuid), name='',
+                                       ours=dom_uuid in self._ours, power_state=power,
+                                       domain=dom.name())
+            if dom_uuid in self._spares:
+                info = dataclasses.replace(info, spare='?')
+            elif not info.ours and dom.name().startswith(vconfig.DOMAIN_PREFIX):
                 info = self._recognise(dom, info)
             elif info.ours and with_readiness and power == driver.RUNNING:
                 info = dataclasses.replace(info, ready=vconfig.agent_connected(
                     self.host.call('XMLDesc', dom.XMLDesc, 0)))
             if info.ours:
-                self._domains[uuid] = (epoch, dom)     # this listing's connection's object
-            else:
-                foreign[uuid] = dom.name()
+                self._domains[info.uuid] = (epoch, dom)   # this listing's connection's object
+            elif info.spare is None:
+                foreign[dom_uuid] = dom.name()
             out.append(info)
         self._foreign = foreign           # the whole picture (events since keep it current)
         return out
@@ -367,12 +420,16 @@ class LibvirtDriver(driver.ComputeDriver):
         shared libvirtd); one XMLDesc call."""
         xml = self.host.call('XMLDesc', dom.XMLDesc, 0)
         meta = vconfig.parse_metadata(xml)
-        if not (meta and meta.get('uuid') == info.uuid and meta.get('host') == self._node):
+        if (meta and meta.get('host') == self._node and meta.get('role') == 'spare'
+                and meta.get('uuid') == info.uuid):
+            return dataclasses.replace(info, spare=meta.get('pool') or '?')   # not an instance
+        uuid = self._instance_of(meta, info.uuid)
+        if uuid is None:
             return info
-        self._ours.add(info.uuid)
+        self._map(uuid, info.uuid)
         # Known instances: the manager holds name and sizes; these come from the metadata.
         return dataclasses.replace(
-            info, ours=True, name=meta.get('name', ''),
+            info, uuid=uuid, ours=True, name=meta.get('name', ''),
             sizes={k: int(meta[k]) for k in ('vcpus', 'memory_mb', 'disk_gb')
                    if meta.get(k, '').isdigit()},
             ready=vconfig.agent_connected(xml) if info.power_state == driver.RUNNING else None)

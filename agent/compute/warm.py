@@ -1,0 +1,68 @@
+"""The warm path of a boot: restore one of its pool's saved spares as the instance.
+
+The spare is handed out once (``SpareStore.take``) and recorded as the instance's before
+anything of it changes; its disk becomes the instance's (the backend moves it under the
+instance's name), then ONE hypervisor call restores it: the guest runs on from where it was
+saved, already booted and ready. Whatever happens after the take, the spare is used up: its
+memory image goes, and its reservation with it.
+"""
+import logging
+
+from agent import exception
+from agent import spec as specmod
+from agent.compute import core as coremod
+from agent.compute import instance as instancemod
+from agent.warm import spares as sparesmod
+
+LOG = logging.getLogger(__name__)
+
+MISS_EMPTY = 'warm: miss, pool empty'
+
+
+class WarmBoots:
+    """Restores spares as instances (``Tasks`` runs it inside a boot job)."""
+
+    def __init__(self, core: coremod.Core):
+        self._core = core
+
+    def take(self, spec: specmod.BootSpec) -> sparesmod.Spare | None:
+        """A spare for ``spec`` (which names a pool), or None when the pool has none."""
+        return self._core.spares.take(spec.pool)
+
+    def restore(self, inst: instancemod.Instance, spec: specmod.BootSpec,
+                spare: sparesmod.Spare, disks_out: list) -> str:
+        """Make ``inst`` from ``spare``; return the job's result. The instance's disk is put
+        into ``disks_out`` as soon as it exists (the caller removes it if this raises)."""
+        core = self._core
+        core.spares.mark_taken(spare, inst.uuid)
+        try:
+            if spare.disk is not None:
+                disks_out.append(core.storage.adopt_disk(spare.uuid, inst.uuid))
+            core.driver.restore_warm(spec, spare, tuple(disks_out))
+        finally:
+            self.discard(spare)
+        LOG.info('[instance: %s] restored from spare %s of pool %s', inst.uuid, spare.uuid,
+                 spare.pool)
+        # Off the way to ready (the instance runs and is ready already): persistence and
+        # its identity. Neither failing undoes the boot.
+        core.attempt(inst.uuid, 'make the restored domain persistent', core.driver.persist,
+                     inst.uuid)
+        core.attempt(inst.uuid, 'send the guest its identity', core.driver.send_identity,
+                     inst.uuid, {'uuid': inst.uuid, 'name': spec.name, 'pool': spare.pool})
+        return 'warm: hit, spare %s of pool %s' % (spare.uuid, spare.pool)
+
+    def discard(self, spare: sparesmod.Spare) -> None:
+        """What is left of a used (or broken) spare: its disk if not moved, its directory
+        (memory image, record, console), its reservation."""
+        core = self._core
+        if spare.disk is not None:
+            core.attempt(spare.uuid, 'remove the disk of a used spare',
+                         core.storage.delete_disks, spare.uuid)
+        core.spares.remove(spare.uuid)
+        core.tracker.release(spare.uuid)
+
+    @staticmethod
+    def failed_reason(exc: Exception) -> str:
+        """The cold fallback's result after a restore that failed."""
+        reason = str(exc) if isinstance(exc, exception.AgentError) else 'internal error: %s' % exc
+        return 'cold (warm: restore failed: %s)' % reason

@@ -1,0 +1,71 @@
+"""[warm] and [warm_pool:NAME] options: pools of saved, already-booted spares (warm boots).
+
+``[warm] pools`` names the pools; each has its own group ``[warm_pool:NAME]`` with its flavor
+and size, registered once the names are known (``register_pool_opts``).
+"""
+from oslo_config import cfg
+
+group = cfg.OptGroup('warm', help='Warm boots: instances restored from saved, already-booted '
+                                  'spares instead of booting cold.')
+
+POOL_GROUP_PREFIX = 'warm_pool:'
+
+opts = [
+    cfg.ListOpt('pools', default=[],
+                help='Names of the warm pools this node keeps (letters, digits, ".", "_", '
+                     '"-"). Each one is configured in its own group [warm_pool:NAME]. '
+                     'Empty: no spares are made, a boot naming a pool is refused.'),
+    cfg.IntOpt('max_disk_gb', default=0, min=0,
+               help='GiB of disk that saved spares may hold in all (their root disks; their '
+                    'memory images live in the instances directory too). Reserved node '
+                    'capacity: reported as usage and never given to instances. 0: no cap '
+                    'beyond the node\'s capacity.'),
+    cfg.FloatOpt('quiet_seconds', default=2.0, min=0.0, max=3600.0,
+                 help='Spares are made only while no boot or delete job runs, and only after '
+                      'none has run for this many seconds (spare making never slows a '
+                      'storm).'),
+    cfg.IntOpt('ready_timeout', default=300, min=10, max=3600,
+               help='Seconds a spare being made may take to become ready (its guest opens '
+                    'the agent channel) before it is given up and removed.'),
+    cfg.FloatOpt('retry_interval', default=30.0, min=1.0, max=3600.0,
+                 help='Seconds to wait before trying again after making a spare failed.'),
+]
+
+pool_opts = [
+    cfg.IntOpt('size', default=1, min=0, max=256,
+               help='How many saved spares to keep.'),
+    cfg.IntOpt('vcpus', default=1, min=1, help='vCPUs of the flavor.'),
+    cfg.IntOpt('memory_mb', default=128, min=16, help='Memory of the flavor, MiB.'),
+    cfg.StrOpt('kernel', help='Kernel file name in [DEFAULT] image_dir.'),
+    cfg.StrOpt('initrd', help='Initrd file name in [DEFAULT] image_dir.'),
+    cfg.StrOpt('cmdline', help='Kernel command line.'),
+    cfg.StrOpt('image', help='Disk image file name in [DEFAULT] image_dir.'),
+    cfg.IntOpt('disk_gb', default=1, min=1,
+               help='Root disk of each spare, GiB (a spare always has its own disk: the '
+                    'instance that takes the spare takes it).'),
+    cfg.IntOpt('user_nics', default=0, min=0, max=8,
+               help='Isolated user-mode NICs of the flavor (needs [network] '
+                    'allow_user_nics); each spare has its own MACs, which the instance '
+                    'keeps.'),
+]
+
+
+def pool_group(name: str) -> str:
+    """The option group of pool ``name``."""
+    return POOL_GROUP_PREFIX + name
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    conf.register_group(group)
+    conf.register_opts(opts, group=group)
+
+
+def register_pool_opts(conf: cfg.ConfigOpts) -> None:
+    """Register [warm_pool:NAME] for every name in [warm] pools (after parsing)."""
+    for name in conf.warm.pools:
+        conf.register_opts(pool_opts, group=pool_group(name))
+
+
+def list_opts():
+    return {group: opts, cfg.OptGroup(pool_group('NAME'), help='One warm pool (one per name '
+                                      'in [warm] pools).'): pool_opts}

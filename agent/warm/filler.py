@@ -1,0 +1,157 @@
+"""Keeps every warm pool full, in the background, only while the node is quiet.
+
+One spare at a time: claim its flavor, make its disk, start it (its own libvirt identity, MACs
+and disk), wait for its ready event, save it, record it, and hold its disk as reserved
+capacity. A boot or delete job makes the filler wait until none has run for ``quiet_seconds``
+(a spare is never made during a storm). Anything that fails on the way removes what it made.
+
+Plain code: ``runtime`` sleeps (a greenthread under the agent, a thread in tests).
+"""
+import dataclasses
+import logging
+import threading
+import time
+import uuid as uuidlib
+
+from agent import exception
+from agent import spec as specmod
+from agent.storage import backend as storage_backend
+from agent.warm import pools as poolsmod
+from agent.warm import spares as sparesmod
+
+LOG = logging.getLogger(__name__)
+
+
+class Filler:
+    """Makes spares for ``core.pools`` (``agent.compute.core.Core``)."""
+
+    def __init__(self, core, limits: specmod.Limits, quiet_seconds: float = 2.0,
+                 ready_timeout: float = 300.0, retry_interval: float = 30.0,
+                 max_disk_gb: int = 0, tick: float = 0.5):
+        self._core = core
+        self._limits = limits
+        self._quiet = quiet_seconds
+        self._ready_timeout = ready_timeout
+        self._retry = retry_interval
+        self._max_disk_gb = max_disk_gb
+        self._tick = tick
+        self._last_busy = 0.0
+        self._failed_at: dict[str, float] = {}      # pool -> when making one last failed
+        self._ready: dict[str, threading.Event] = {}
+        self._stopped: set[str] = set()
+        self.made = 0
+        self.failures = 0
+        core.on_spare_event = self.on_event
+
+    # -- events (the event bridge's greenthread) --------------------------------------------
+    def on_event(self, event) -> None:
+        """A spare's event: its guest is ready, or its domain stopped."""
+        waiter = self._ready.get(event.uuid)
+        if waiter is None:
+            return
+        if event.stopped:
+            self._stopped.add(event.uuid)
+            waiter.set()
+        elif event.ready:
+            waiter.set()
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> None:
+        """Forever: when the node is quiet, make the spare the emptiest pool lacks most."""
+        while True:
+            self._core.runtime.sleep(self._tick)
+            try:
+                pool = self.next_pool()
+                if pool is not None:
+                    self.make(pool)
+            except Exception:      # never let the loop die: log and go on
+                LOG.exception('making a spare failed unexpectedly')
+
+    def quiet(self) -> bool:
+        """No boot, delete or power job ran within ``quiet_seconds``."""
+        now = time.monotonic()
+        if any(i.task or i.delete_job for i in list(self._core.instances.values())):
+            self._last_busy = now
+        return now - self._last_busy >= self._quiet and self._core.driver.is_connected()
+
+    def next_pool(self) -> poolsmod.Pool | None:
+        """The pool to make a spare for now, or None (full, quiet time not reached, capped,
+        or a recent failure)."""
+        if not self.quiet():
+            return None
+        counts = self._core.spares.counts()
+        held = sum(s.disk_gb for s in self._core.spares.available())
+        now = time.monotonic()
+        short = []
+        for pool in self._core.pools.values():
+            lack = pool.size - counts.get(pool.name, 0)
+            if lack <= 0 or now - self._failed_at.get(pool.name, -1e9) < self._retry:
+                continue
+            if self._max_disk_gb and held + pool.disk_gb > self._max_disk_gb:
+                continue
+            short.append((-lack, pool.name, pool))
+        return min(short)[2] if short else None
+
+    def make(self, pool: poolsmod.Pool) -> sparesmod.Spare | None:
+        """Make one spare of ``pool``; None (and nothing left) if it could not be made."""
+        core = self._core
+        uuid = str(uuidlib.uuid4())
+        try:
+            spec = specmod.validate_boot_spec(pool.raw_spec(uuid, 'spare-' + pool.name),
+                                              self._limits)
+            core.tracker.claim(uuid, spec.vcpus, spec.memory_mb, spec.disk_gb)
+        except exception.AgentError as exc:
+            LOG.info('[spare: %s] pool %s: not now (%s)', uuid, pool.name, exc)
+            self._failed_at[pool.name] = time.monotonic()
+            return None
+        core.spares.begin(uuid, pool.name)
+        started = time.monotonic()
+        try:
+            spare = self._make(uuid, pool, spec)
+        except Exception as exc:
+            self.failures += 1
+            self._failed_at[pool.name] = time.monotonic()
+            LOG.warning('[spare: %s] pool %s: making a spare failed: %s', uuid, pool.name, exc)
+            self._remove(uuid, spec)
+            return None
+        finally:
+            self._ready.pop(uuid, None)
+            self._stopped.discard(uuid)
+        self.made += 1
+        LOG.info('[spare: %s] pool %s: spare saved in %.1f s (%d of %d)', uuid, pool.name,
+                 time.monotonic() - started, core.spares.counts().get(pool.name, 0), pool.size)
+        return spare
+
+    def _make(self, uuid: str, pool: poolsmod.Pool, spec: specmod.BootSpec) -> sparesmod.Spare:
+        core = self._core
+        disks = ()
+        if spec.disk_gb:
+            disks = (core.storage.create_root_disk(uuid, spec.disk_gb * storage_backend.GiB,
+                                                   spec.image, spec.image_format),)
+        ready = self._ready[uuid] = threading.Event()
+        core.driver.spawn_spare(spec, disks, pool.name)
+        if not ready.wait(self._ready_timeout) or uuid in self._stopped:
+            raise exception.AgentError('its guest did not become ready' if uuid not in
+                                       self._stopped else 'its domain stopped')
+        image = core.spares.image_path(uuid)
+        xml = core.driver.save_spare(uuid, image)
+        spare = sparesmod.Spare(
+            uuid=uuid, pool=pool.name, vcpus=spec.vcpus, memory_mb=spec.memory_mb,
+            disk_gb=spec.disk_gb, disk=dataclasses.asdict(disks[0]) if disks else None,
+            image=image, xml=xml, saved_at=time.time())
+        core.tracker.reserve(uuid, spec.disk_gb)      # its vCPUs and memory are free again
+        core.spares.saved(spare)
+        return spare
+
+    def _remove(self, uuid: str, spec: specmod.BootSpec) -> None:
+        core = self._core
+        core.attempt(uuid, 'stop a failed spare', core.driver.remove_spare, uuid)
+        if spec.disk_gb:
+            core.attempt(uuid, 'remove a failed spare\'s disk', core.storage.delete_disks, uuid)
+        core.spares.remove(uuid)
+        core.tracker.release(uuid)
+
+    def stats(self) -> dict:
+        """Spares by pool, made and failed."""
+        return {'spares': self._core.spares.counts(), 'made': self.made,
+                'failures': self.failures}

@@ -1,0 +1,158 @@
+"""Saved spares on disk: each one a marked directory under the instances path (the
+``InstanceDirs`` of its own libvirt uuid) holding its record ``spare.json``, its memory image
+``memory.save`` and (file storage) its root disk.
+
+A record is written when making a spare begins (``making``), rewritten once the spare is saved
+(``saved``: complete, usable) and again when a boot takes it (``taken``: its disk belongs to an
+instance from then on). Only ``saved`` spares with their image and disk survive a restart;
+anything else is what an interrupted make or restore left, and is removed. Plain file I/O,
+small and local: written with fsync and an atomic rename.
+"""
+import dataclasses
+import json
+import logging
+import os
+import threading
+import time
+
+from agent import instancedir
+from agent.storage import backend as storage_backend
+
+LOG = logging.getLogger(__name__)
+
+RECORD = 'spare.json'
+IMAGE = 'memory.save'
+MAKING, SAVED, TAKEN = 'making', 'saved', 'taken'
+
+
+@dataclasses.dataclass(frozen=True)
+class Spare:
+    """A saved spare: its libvirt identity (``uuid``), pool, flavor sizes, disk, memory image
+    and the domain XML stored in that image (the restore's XML is made from it)."""
+
+    uuid: str
+    pool: str
+    vcpus: int
+    memory_mb: int
+    disk_gb: int
+    disk: dict | None          # storage_backend.Disk as a dict, None without a disk
+    image: str                 # the memory image's path
+    xml: str
+    saved_at: float
+
+    def disk_object(self) -> storage_backend.Disk | None:
+        """The disk as the backend describes it."""
+        return storage_backend.Disk(**self.disk) if self.disk else None
+
+
+class SpareStore:
+    """The spares recorded in the marked directories; the available ones by pool in memory
+    (``take`` hands each out once)."""
+
+    def __init__(self, dirs: instancedir.InstanceDirs):
+        self._dirs = dirs
+        self._lock = threading.Lock()
+        self._available: dict[str, list[Spare]] = {}    # pool -> saved spares, oldest first
+        self.making: set[str] = set()                   # uuids of spares being made
+
+    # -- records ----------------------------------------------------------------------------
+    def image_path(self, uuid: str) -> str:
+        return os.path.join(self._dirs.path(uuid), IMAGE)
+
+    def _write(self, uuid: str, record: dict) -> None:
+        path = os.path.join(self._dirs.path(uuid), RECORD)
+        tmp = path + '.tmp'
+        with open(tmp, 'w') as f:
+            json.dump(record, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+
+    @staticmethod
+    def _read(path: str) -> dict | None:
+        try:
+            with open(os.path.join(path, RECORD)) as f:
+                record = json.load(f)
+            return record if isinstance(record, dict) else None
+        except (FileNotFoundError, NotADirectoryError, ValueError):
+            return None
+
+    def begin(self, uuid: str, pool: str) -> None:
+        """Record that spare ``uuid`` of ``pool`` is being made (its marked directory)."""
+        self._dirs.create(uuid)
+        self._write(uuid, {'state': MAKING, 'uuid': uuid, 'pool': pool, 'at': time.time()})
+        self.making.add(uuid)
+
+    def saved(self, spare: Spare) -> None:
+        """The spare is complete: recorded, and available to boots."""
+        self._write(spare.uuid, dict(dataclasses.asdict(spare), state=SAVED))
+        self.making.discard(spare.uuid)
+        with self._lock:
+            self._available.setdefault(spare.pool, []).append(spare)
+
+    def take(self, pool: str) -> Spare | None:
+        """The oldest available spare of ``pool``, handed out once; None if there is none."""
+        with self._lock:
+            spares = self._available.get(pool)
+            return spares.pop(0) if spares else None
+
+    def give_back(self, spare: Spare) -> None:
+        """A spare taken and not used (nothing of it changed): available again."""
+        with self._lock:
+            self._available.setdefault(spare.pool, []).insert(0, spare)
+
+    def mark_taken(self, spare: Spare, instance: str) -> None:
+        """Durably: the spare is an instance's from now on (a restart removes what is left
+        of it, never the instance's disk)."""
+        self._write(spare.uuid, dict(dataclasses.asdict(spare), state=TAKEN,
+                                     taken_by=instance))
+
+    def remove(self, uuid: str) -> None:
+        """Remove the spare's directory (record, memory image, console log)."""
+        self.making.discard(uuid)
+        self._dirs.remove(uuid)
+
+    # -- views ------------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        """Available spares by pool."""
+        with self._lock:
+            return {pool: len(spares) for pool, spares in self._available.items()}
+
+    def available(self) -> list[Spare]:
+        with self._lock:
+            return [s for spares in self._available.values() for s in spares]
+
+    def reserved_uuids(self) -> set[str]:
+        """Spares saved or being made: their disks and directories are not orphans."""
+        return {s.uuid for s in self.available()} | set(self.making)
+
+    # -- start-up ---------------------------------------------------------------------------
+    def load(self, disks: set[str]) -> tuple[list[Spare], list[str]]:
+        """Read the records: (saved spares whose image and disk are there, now available;
+        uuids of every other spare directory: interrupted makes, taken spares, broken
+        ones: to remove). ``disks``: uuids the storage holds a disk of."""
+        keep, remove = [], []
+        for uuid, path in self._dirs.owned().items():
+            record = self._read(path)
+            if record is None:
+                continue                 # an instance's directory
+            spare = self._spare(record) if record.get('state') == SAVED else None
+            if (spare is None or spare.uuid != uuid or not os.path.isfile(spare.image)
+                    or (spare.disk is not None and uuid not in disks)):
+                remove.append(uuid)
+                continue
+            keep.append(spare)
+        keep.sort(key=lambda s: s.saved_at)
+        with self._lock:
+            self._available = {}
+            for spare in keep:
+                self._available.setdefault(spare.pool, []).append(spare)
+        return keep, remove
+
+    @staticmethod
+    def _spare(record: dict) -> Spare | None:
+        fields = {f.name for f in dataclasses.fields(Spare)}
+        try:
+            return Spare(**{k: v for k, v in record.items() if k in fields})
+        except TypeError:
+            return None

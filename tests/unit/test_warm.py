@@ -1,0 +1,271 @@
+"""Warm boots over the fake libvirt (which keeps saved images and checks restores as libvirt
+does) and the file storage backend: pools, spares, the warm path, restarts and crashes."""
+import json
+import os
+import threading
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from agent import exception
+from agent.virt.libvirt import config as vconfig
+from agent.warm import pools as poolsmod
+from tests.unit import fakelibvirt
+from tests.unit.conftest import Agent, boot_spec, wait_until
+
+U1 = '11111111-2222-3333-4444-555555555555'
+U2 = '22222222-2222-3333-4444-555555555555'
+TINY = poolsmod.Pool(name='tiny', size=2, flavor=(
+    ('vcpus', 1), ('memory_mb', 96), ('kernel', 'vmlinuz'), ('initrd', 'initrd.img'),
+    ('cmdline', 'console=ttyS0'), ('disk_gb', 1)))
+WARM = {'quiet_seconds': 0.0, 'ready_timeout': 5.0, 'retry_interval': 1.0, 'tick': 0.01}
+
+
+def warm_agent(conf, hv, **kw):
+    hv.auto_ready = True            # every guest opens its agent channel once started
+    return Agent(conf, hv, backend='file', pools={'tiny': TINY}, warm=dict(WARM, **kw))
+
+
+def fill(a, n):
+    for _ in range(n):
+        assert a.manager.filler.make(TINY) is not None
+    return a.manager.core.spares.available()
+
+
+def warm_spec(uuid=U1, **extra):
+    return dict({'uuid': uuid, 'pool': 'tiny'}, **extra)
+
+
+# -- pools and specs (pure) ------------------------------------------------------------------
+def test_a_pool_spec_takes_the_pools_flavor():
+    whole = poolsmod.apply({'uuid': U1, 'pool': 'tiny', 'memory_mb': 96}, {'tiny': TINY})
+    assert whole['kernel'] == 'vmlinuz' and whole['disk_gb'] == 1 and whole['nics'] == []
+    assert poolsmod.apply({'uuid': U1}, {'tiny': TINY}) == {'uuid': U1}
+
+
+@pytest.mark.parametrize('raw, why', [
+    ({'pool': 'big'}, "no warm pool 'big'"),
+    ({'pool': 'tiny', 'memory_mb': 128}, 'memory_mb: pool tiny boots 96'),
+    ({'pool': 'tiny', 'image': 'disk.raw'}, 'image: pool tiny has none'),
+    ({'pool': 'tiny', 'nics': [{'type': 'user', 'mac': '52:54:00:00:00:01'}]},
+     "keeps its spare's MAC"),
+    ({'pool': 'tiny', 'nics': [{'type': 'user'}]}, 'has 0 user NIC'),
+])
+def test_a_pool_spec_that_asks_for_what_the_spares_are_not_is_refused(raw, why):
+    with pytest.raises(exception.InvalidSpec, match=why):
+        poolsmod.apply(dict(raw, uuid=U1), {'tiny': TINY})
+
+
+def test_the_restore_xml_keeps_the_spares_identity_and_takes_the_instances():
+    saved = vconfig.GuestConfig(
+        uuid=U2, name='spare', virt_type='qemu', arch='x86_64', vcpus=1, memory_mb=96,
+        console_log='/i/%s/console.log' % U2, kernel='/k',
+        disks=(vconfig.DiskConfig(path='/i/%s/disk.qcow2' % U2, format='qcow2'),),
+        genid=True, identity_socket='/i/%s/identity.sock' % U2,
+        metadata=(('host', 'node1'), ('role', 'spare'))).to_xml()
+    saved = saved.replace('<genid />', '<genid>g-1</genid>')
+    xml = vconfig.restore_xml(saved, 'web-1', (('uuid', U1), ('host', 'node1')),
+                              {'vda': '/i/%s/disk.qcow2' % U1}, '/i/%s/console.log' % U1,
+                              '/i/%s/identity.sock' % U1)
+    root = ET.fromstring(xml)
+    assert (root.findtext('uuid'), root.findtext('name'), root.findtext('genid')) == (
+        U2, 'ca-' + U2, 'g-1')
+    assert vconfig.parse_metadata(xml) == {'uuid': U1, 'host': 'node1'}
+    assert root.find('devices/disk/source').get('file') == '/i/%s/disk.qcow2' % U1
+    assert root.find('devices/serial/source').get('path') == '/i/%s/console.log' % U1
+    ident = [c for c in root.findall('devices/channel')
+             if c.find('target').get('name') == vconfig.IDENTITY_CHANNEL]
+    assert ident[0].find('source').get('path') == '/i/%s/identity.sock' % U1
+
+
+# -- spares ----------------------------------------------------------------------------------
+def test_a_spare_is_booted_until_ready_saved_and_held_as_reserved_disk(conf, hv):
+    a = warm_agent(conf, hv)
+    try:
+        before = dict(a.driver.host.calls)
+        spare, = fill(a, 1)
+        calls = {k: v - before.get(k, 0) for k, v in a.driver.host.calls.items()
+                 if v != before.get(k, 0)}
+        assert calls == {'createXML': 1, 'lookupByUUIDString': 1, 'saveFlags': 1,
+                         'saveImageGetXMLDesc': 1}
+        assert hv.domains == {}                     # saved: the spare's domain is gone
+        d = os.path.join(conf.instances_path, spare.uuid)
+        assert sorted(os.listdir(d)) == sorted(['.compute-agent-instance', 'disk.qcow2',
+                                                'memory.save', 'spare.json'])
+        with open(os.path.join(d, 'spare.json')) as f:
+            assert json.load(f)['state'] == 'saved'
+        report = a.manager.resource_report()
+        assert report['reserved'] == {'vcpus': 0, 'memory_mb': 0, 'disk_gb': 1}
+        assert report['usage'] == {'vcpus': 0, 'memory_mb': 0, 'disk_gb': 1}
+        assert report['instances'] == 0
+        assert ET.fromstring(spare.xml).findtext('genid')      # restored with the same one
+    finally:
+        a.stop()
+
+
+def test_a_spare_whose_guest_never_becomes_ready_is_removed(conf, hv):
+    a = warm_agent(conf, hv, ready_timeout=0.2)
+    hv.auto_ready = False
+    try:
+        assert a.manager.filler.make(TINY) is None
+        assert hv.domains == {} and os.listdir(conf.instances_path) == []
+        assert a.manager.resource_report()['usage']['disk_gb'] == 0
+        assert a.manager.filler.next_pool() is None       # not again before retry_interval
+    finally:
+        a.stop()
+
+
+def test_the_filler_keeps_the_pool_full_only_while_no_job_runs(conf, hv):
+    a = warm_agent(conf, hv, quiet_seconds=0.3)
+    try:
+        job = a.manager.boot_instance(boot_spec(U1))['job_id']   # a boot: not quiet
+        assert a.manager.filler.next_pool() is None
+        a.wait_job(job)
+        a.runtime.spawn(a.manager.run_filler)
+        wait_until(lambda: a.manager.core.spares.counts().get('tiny') == 2, what='pool full')
+        assert a.manager.stats()['warm']['made'] == 2
+        assert a.manager.filler.next_pool() is None       # full
+    finally:
+        a.stop()
+
+
+# -- the warm path ---------------------------------------------------------------------------
+def test_a_warm_boot_is_one_restore_and_the_instance_is_ready_at_once(conf, hv):
+    a = warm_agent(conf, hv)
+    try:
+        spare = fill(a, 1)[0]
+        before = dict(a.driver.host.calls)
+        job = a.wait_job(a.manager.boot_instance(warm_spec(name='web-1'))['job_id'])
+        assert job['state'] == 'done'
+        assert job['result'] == 'warm: hit, spare %s of pool tiny' % spare.uuid
+        assert job['libvirt_calls_by_op'] == {'restoreFlags': 1, 'defineXML': 1}
+        a.wait_state(U1, 'active')
+        wait_until(lambda: a.manager.instances[U1].readiness == 'ready', what='ready')
+        inst = a.manager.get_instance(U1)
+        assert inst['domain'] == 'ca-' + spare.uuid and inst['power_state'] == 'running'
+        dom = hv.domains[spare.uuid]
+        assert not dom.transient and vconfig.parse_metadata(dom.xml)['uuid'] == U1
+        assert os.path.exists(os.path.join(conf.instances_path, U1, 'disk.qcow2'))
+        assert not os.path.exists(os.path.join(conf.instances_path, spare.uuid))
+        report = a.manager.resource_report()
+        assert report['reserved']['disk_gb'] == 0 and report['usage']['disk_gb'] == 1
+        calls = {k: v - before.get(k, 0) for k, v in a.driver.host.calls.items()
+                 if v != before.get(k, 0)}
+        assert calls == {'restoreFlags': 1, 'defineXML': 1}      # no lookup, no polling
+    finally:
+        a.stop()
+
+
+def test_a_warm_instance_stops_starts_and_deletes_like_any_other(conf, hv):
+    a = warm_agent(conf, hv)
+    try:
+        spare = fill(a, 1)[0]
+        a.wait_job(a.manager.boot_instance(warm_spec())['job_id'])
+        assert a.wait_job(a.manager.stop_instance(U1, timeout=0)['job_id'])['state'] == 'done'
+        assert hv.domains[spare.uuid].run_state == 5          # shut off, still defined
+        assert a.wait_job(a.manager.start_instance(U1)['job_id'])['state'] == 'done'
+        a.wait_state(U1, 'active')
+        assert a.wait_job(a.manager.delete_instance(U1)['job_id'])['state'] == 'done'
+        assert hv.domains == {} and os.listdir(conf.instances_path) == []
+    finally:
+        a.stop()
+
+
+def test_a_warm_boot_with_an_empty_pool_boots_cold_and_says_so(conf, hv):
+    a = warm_agent(conf, hv)
+    try:
+        job = a.wait_job(a.manager.boot_instance(warm_spec())['job_id'])
+        assert job['state'] == 'done' and job['result'] == 'warm: miss, pool empty'
+        assert job['libvirt_calls_by_op'] == {'defineXML': 1, 'createWithFlags': 1}
+        root = ET.fromstring(hv.domains[U1].xml)       # the same devices as a spare's
+        assert root.find('genid') is not None
+        assert vconfig.IDENTITY_CHANNEL in [c.find('target').get('name')
+                                            for c in root.findall('devices/channel')]
+    finally:
+        a.stop()
+
+
+def test_a_restore_libvirt_refuses_falls_back_to_a_cold_boot(conf, hv):
+    a = warm_agent(conf, hv)
+    try:
+        spare = fill(a, 1)[0]
+        hv.fail_next['restoreFlags'] = fakelibvirt.libvirtError(
+            'image is corrupt', fakelibvirt.VIR_ERR_OPERATION_FAILED)
+        job = a.wait_job(a.manager.boot_instance(warm_spec())['job_id'])
+        assert job['state'] == 'done'
+        assert job['result'].startswith('cold (warm: restore failed: ')
+        assert job['result'].endswith('image is corrupt)')
+        assert U1 in hv.domains and spare.uuid not in os.listdir(conf.instances_path)
+        assert a.manager.core.spares.counts() == {'tiny': 0}
+        assert a.manager.resource_report()['usage']['disk_gb'] == 1
+    finally:
+        a.stop()
+
+
+def test_a_boot_may_not_name_an_unknown_pool_and_nothing_is_recorded(conf, hv):
+    a = warm_agent(conf, hv)
+    try:
+        with pytest.raises(exception.InvalidSpec, match='no warm pool'):
+            a.manager.boot_instance(warm_spec(pool='other'))
+        assert a.manager.instances == {} and a.manager.jobs.by_state() == {}
+    finally:
+        a.stop()
+
+
+# -- restarts and crashes ------------------------------------------------------------------------
+def test_spares_and_warm_instances_survive_a_restart(conf, hv):
+    a = warm_agent(conf, hv)
+    spare, kept = fill(a, 2)
+    a.wait_job(a.manager.boot_instance(warm_spec())['job_id'])
+    a.stop()
+    b = warm_agent(conf, hv)
+    try:
+        assert [s.uuid for s in b.manager.core.spares.available()] == [kept.uuid]
+        assert b.manager.get_instance(U1)['domain'] == 'ca-' + spare.uuid
+        assert b.manager.get_instance(U1)['vm_state'] == 'active'
+        assert b.manager.resource_report()['reserved']['disk_gb'] == 1
+        assert b.manager.reconciled['spares_kept'] == 1
+        # the mapping is back: power operations reach the spare's domain
+        assert b.wait_job(b.manager.reboot_instance(U1, hard=True)['job_id'])['state'] == 'done'
+        assert b.wait_job(b.manager.delete_instance(U1)['job_id'])['state'] == 'done'
+        assert sorted(os.listdir(conf.instances_path)) == [kept.uuid]
+    finally:
+        b.stop()
+
+
+def test_a_crash_while_a_spare_is_saved_leaves_nothing_after_the_restart(conf, hv):
+    a = warm_agent(conf, hv)
+    gate = hv.gates['saveFlags'] = threading.Event()
+    a.runtime.spawn(a.manager.filler.make, TINY)
+    wait_until(lambda: 'saveFlags' in hv.calls, what='the save to begin')
+    a.crash()
+    b = warm_agent(conf, hv)
+    try:
+        assert hv.domains == {}                       # the spare's domain: destroyed
+        assert os.listdir(conf.instances_path) == []  # its disk and directory: removed
+        assert b.manager.reconciled['spares_removed'] == 1
+        assert b.manager.resource_report()['usage']['disk_gb'] == 0
+    finally:
+        gate.set()
+        b.stop()
+
+
+def test_a_crash_during_a_restore_leaves_no_orphan_and_the_boot_runs_again(conf, hv):
+    a = warm_agent(conf, hv)
+    first, second = fill(a, 2)
+    gate = hv.gates['restoreFlags'] = threading.Event()
+    job_id = a.manager.boot_instance(warm_spec())['job_id']
+    wait_until(lambda: 'restoreFlags' in hv.calls, what='the restore to begin')
+    a.crash()
+    del hv.gates['restoreFlags']
+    b = warm_agent(conf, hv)
+    try:
+        job = b.wait_job(job_id)
+        assert (job['state'], job['reason'], job['attempts']) == ('done', None, 2)
+        assert job['result'] == 'warm: hit, spare %s of pool tiny' % second.uuid
+        assert sorted(os.listdir(conf.instances_path)) == [U1]     # the taken spare: gone
+        assert list(hv.domains) == [second.uuid]
+        assert b.manager.resource_report()['usage']['disk_gb'] == 1
+    finally:
+        gate.set()
+        b.stop()
