@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The agent's main job, end to end on this node (as root):
 #   node set-up (packages, libvirtd, virtlogd, RabbitMQ), the test guest, a venv with the agent;
-#   start compute-conductor and compute-agent; boot N tiny VMs at once over RPC; show each one's
-#   time to ACTIVE and to ready (its guest opened the agent channel: an event, no polling); stop,
-#   start and reboot one of them; then delete
-#   them and stop both services.
+#   start compute-conductor and compute-agent; let the agent fill a warm pool of N saved spares;
+#   boot N tiny VMs at once over RPC, cold, then N more from the pool, warm; show each one's time
+#   to ACTIVE and to ready (its guest opened the agent channel: an event, no polling) and cold
+#   and warm side by side; stop, start and reboot one of them; then delete them and stop both
+#   services (and remove the saved spares).
 #
 #   tools/demo.sh [N]          (default N=5; KEEP=1 leaves VMs and services running;
 #                               VIRT_TYPE=kvm|qemu overrides the automatic choice)
@@ -45,7 +46,21 @@ lvm_system_dir = /etc/compute-agent/lvm
 [network]
 # user-mode NICs, isolated: the guest reaches neither this host nor any network
 allow_user_nics = true
+[warm]
+pools = demo
+quiet_seconds = 1
+[warm_pool:demo]
+# the flavor of the cold boots below: a warm instance is its spare's flavor
+size = $N
+memory_mb = 128
+kernel = test-vmlinuz
+initrd = test-initrd.img
+cmdline = console=ttyS0 quiet no_timer_check
+disk_gb = 1
+user_nics = 1
 CONF
+# Emptying [warm] pools makes the agent remove every saved spare at its start-up.
+printf '[warm]\npools =\n' >"$run/no-pools.conf"
 # Broker credentials and TLS (tools/setup-node.sh, root only): the agent's role may only report
 # to the conductor; the control plane's (conductor, compute-ctl) may command nodes.
 agent_creds=/etc/compute-agent/messaging-agent.conf
@@ -62,6 +77,15 @@ cleanup() {
     uuids=$(ctl list 2>/dev/null | awk 'NR>1{print $1}') || true
     [ -n "$uuids" ] && ctl delete $uuids --wait >/dev/null 2>&1 || true
     stop_services
+    # The saved spares (files: no domain runs for them) go through the agent: started once
+    # with no pools, it removes them at start-up.
+    if compgen -G "$run/instances/*/spare.json" >/dev/null; then
+        "$venv/bin/compute-agent" --config-file "$run/compute-agent.conf" --config-file "$agent_creds" \
+            --config-file "$run/no-pools.conf" --log-file "$run/agent.log" &
+        pids=($!)
+        for _ in $(seq 150); do ctl --rpc-timeout 1 stats >/dev/null 2>&1 && break; sleep 0.2; done
+        stop_services
+    fi
 }
 if [ "${KEEP:-0}" != 1 ]; then trap cleanup EXIT; fi
 
@@ -76,17 +100,52 @@ for _ in $(seq 150); do
     sleep 0.2
 done
 echo
-echo "== booting $N VMs at once over RPC (virt_type=$VIRT_TYPE, 1 GiB root disk each on $STORAGE storage) =="
+echo "== the agent fills its warm pool: $N spares, each booted, ready, saved (only while no job runs) =="
+t0=$SECONDS
+until [ "$(ctl stats | "$venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["manager"]["warm"]["spares"].get("demo", 0))')" -ge "$N" ]; do
+    [ $((SECONDS - t0)) -gt $((60 + 30 * N)) ] && { echo "the pool did not fill; see $run/agent.log" >&2; exit 1; }
+    sleep 1
+done
+echo "$N spares saved in $((SECONDS - t0)) s"
+echo
+echo "== booting $N VMs at once over RPC, cold (virt_type=$VIRT_TYPE, 1 GiB root disk each on $STORAGE storage) =="
 ctl boot --count "$N" --kernel test-vmlinuz --initrd test-initrd.img \
-    --cmdline "console=ttyS0 quiet no_timer_check" --memory-mb 128 --disk-gb 1 --nic user --wait --ready --timeout 300
+    --cmdline "console=ttyS0 quiet no_timer_check" --memory-mb 128 --disk-gb 1 --nic user --wait --ready --timeout 300 \
+    | tee "$run/cold.txt" | grep -v '^accepted'
+cold=$(ctl list | awk 'NR>1{print $1}')
+echo
+echo "== booting $N more at once, warm: restored from the pool's saved spares (one libvirt call each) =="
+ctl boot --count "$N" --pool demo --wait --ready --timeout 300 | tee "$run/warm.txt" | grep -v '^accepted'
+echo
+echo "== time to ready, side by side =="
+"$venv/bin/python" - "$run/cold.txt" "$run/warm.txt" <<'PY'
+import re, sys
+times = {}
+for name, path in zip(('cold', 'warm'), sys.argv[1:]):
+    m = re.search(r'ready; time to ready: median ([0-9.]+) s, max ([0-9.]+) s', open(path).read())
+    times[name] = (float(m.group(1)), float(m.group(2))) if m else None
+for name in ('cold', 'warm'):
+    t = times[name]
+    print('%s  median %7s s   max %7s s' % (name, '%.2f' % t[0] if t else '-', '%.2f' % t[1] if t else '-'))
+if times['cold'] and times['warm']:
+    print('warm / cold: median %.2fx, max %.2fx' % (times['warm'][0] / times['cold'][0],
+                                                  times['warm'][1] / times['cold'][1]))
+PY
 echo
 echo "== guest consoles (ready above = the guest opened its agent channel: libvirt's event) =="
 deadline=$((SECONDS + 120))
-for uuid in $(ctl list | awk 'NR>1{print $1}'); do
+for uuid in $cold; do
     log=$run/instances/$uuid/console.log
     until grep -qa 'guest-disk:' "$log" 2>/dev/null || [ $SECONDS -gt $deadline ]; do sleep 0.2; done
     printf '%s  %s  %s\n' "$uuid" "$(grep -a -m1 -o 'COMPUTE-AGENT-GUEST-READY' "$log" 2>/dev/null || echo 'no ready marker yet')" \
         "$(grep -a -m1 -o 'guest-disk: vda [0-9]*' "$log" 2>/dev/null)"
+done
+echo
+echo "== warm guests: each learned its own identity after the restore (its console) =="
+for uuid in $(ctl list | awk 'NR>1{print $1}' | grep -vxF "$cold"); do
+    log=$run/instances/$uuid/console.log
+    until grep -qa 'guest-identity:' "$log" 2>/dev/null || [ $SECONDS -gt $deadline ]; do sleep 0.2; done
+    printf '%s  %s\n' "$uuid" "$(grep -a -m1 'guest-identity:' "$log" 2>/dev/null || echo 'no identity yet')"
 done
 echo
 echo "== agent counters =="
@@ -95,8 +154,12 @@ import json, sys
 s = json.load(sys.stdin)
 calls = s["driver"]["libvirt_calls"]
 boots = s["manager"]["jobs_total"].get("done", 0)
-print("libvirt calls on the boot hot path: defineXML=%d createWithFlags=%d for %d boots"
-      % (calls.get("defineXML", 0), calls.get("createWithFlags", 0), boots))
+warm = s["manager"]["warm"]
+print("libvirt calls: cold boots defineXML + createWithFlags each; warm boots restoreFlags each "
+      "(then defineXML); in all defineXML=%d createWithFlags=%d restoreFlags=%d for %d boots"
+      % (calls.get("defineXML", 0), calls.get("createWithFlags", 0), calls.get("restoreFlags", 0), boots))
+print("spares: made %d (createXML + saveFlags each), %d in the pool now (refilled while idle)"
+      % (warm["made"], warm["spares"].get("demo", 0)))
 print("conductor reports: %d carrying %d state changes" % (s["reporter"]["reports_sent"], s["reporter"]["states_sent"]))
 print("storage commands: %s" % (s["commands"] or "none"))
 j = s["manager"]["journal"]
@@ -120,7 +183,7 @@ print("conductor usage %s  generation %s" % (c.get("usage"), c.get("generation")
 print("in agreement: %s" % v["in_agreement"])'
 echo
 echo "== stop, start, soft and hard reboot of one VM (durable jobs; state from libvirt events) =="
-first=$(ctl list | awk 'NR==2{print $1}')
+first=$(echo "$cold" | head -1)
 log=$run/instances/$first/console.log
 markers() { grep -a -c 'COMPUTE-AGENT-GUEST-READY' "$log" 2>/dev/null || true; }
 for op in stop start reboot "reboot --hard"; do

@@ -167,7 +167,15 @@ def cmd_boot(args, compute, conductor) -> int:
     if args.ready and active:
         rows.update(conductor.wait_instances(active, ['active'],
                                              max(1.0, deadline - time.monotonic()), ready=True))
-    return _print_boots(uuids, rows, sent, answers, args.ready)
+    failed = _print_boots(uuids, rows, sent, answers, args.ready)
+    if args.pool:
+        results = [compute.get_job(args.host, answers[u][0]['job_id']).get('result') or ''
+                   for u in uuids]
+        hits = sum(r.startswith('warm: hit') for r in results)
+        print('pool %s: %d warm (restored from saved spares), %d cold%s' % (
+            args.pool, hits, len(uuids) - hits, ''.join(
+                sorted({' (%s)' % r for r in results if not r.startswith('warm: hit')}))))
+    return failed
 
 
 def _since(row: dict, key: str, sent: float) -> float | None:

@@ -52,6 +52,7 @@ class Events:
             self._core.notify(inst)      # a soft reboot waits for this
             return
         if isinstance(event, vdriver.GuestReadiness):
+            inst.readiness_event_at = event.timestamp
             self.apply_ready(inst, event.ready, event.timestamp, event.cause)
             return
         if isinstance(event, vdriver.InstanceVanished):
@@ -99,7 +100,10 @@ class Events:
         """Bring ``inst`` in line with a listing's entry: power state, and readiness when the
         listing read the agent channel's state."""
         self.apply_power(inst, info.power_state, cause, time.time())
-        if info.ready is not None:
+        # A channel event that came after the listing was read is newer than it (start-up
+        # runs while events already arrive: a restore's "connected" follows it at once).
+        if info.ready is not None and (inst.readiness_event_at is None
+                                       or inst.readiness_event_at < info.listed_at):
             self.apply_ready(inst, info.ready, time.time(), cause)
 
     def apply_ready(self, inst: instancemod.Instance, ready: bool, when: float,

@@ -82,9 +82,10 @@ class Recovery:
         return self.remove_orphans(plan.orphan_disks, plan.orphan_dirs) or changed
 
     def _spares_at_start_up(self, infos: list[vdriver.InstanceInfo], inventory) -> bool:
-        """Keep the saved spares whose image and disk are there (their disks reserved);
-        remove everything else of spares: domains of spares being made when the agent
-        stopped, interrupted makes, spares a boot had taken. True if libvirt changed."""
+        """Keep the saved spares whose image and disk are there (their disks reserved), as
+        many as their pool (still configured, same flavor) wants; remove everything else of
+        spares: domains of spares being made when the agent stopped, interrupted makes,
+        spares a boot had taken, spares no pool wants. True if libvirt changed."""
         core = self._core
         changed = False
         for info in infos:
@@ -93,7 +94,7 @@ class Recovery:
                             'interrupted', info.uuid)
                 changed |= core.attempt(info.uuid, 'remove an unfinished spare',
                                         core.driver.remove_spare, info.uuid)
-        kept, broken = core.spares.load(set(inventory.disks))
+        kept, broken = core.spares.load(set(inventory.disks), self._wanted_spare)
         for uuid in broken:
             LOG.warning('[spare: %s] removing an incomplete or used spare', uuid)
             if uuid in inventory.disks:
@@ -110,6 +111,12 @@ class Recovery:
         if kept:
             core.reconciled['spares_kept'] += len(kept)
         return changed
+
+    def _wanted_spare(self, spare, rank: int) -> bool:
+        """A saved spare is kept if its pool is still configured with the same flavor and
+        wants at least ``rank`` + 1 spares (the oldest are kept first)."""
+        pool = self._core.pools.get(spare.pool)
+        return pool is not None and spare.flavor == pool.fingerprint() and rank < pool.size
 
     def _instance_from(self, step: reconcile.Step, **state) -> instancemod.Instance:
         """The instance of a step: its boot's spec from the journal, or (no record) what the

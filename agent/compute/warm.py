@@ -12,11 +12,13 @@ from agent import exception
 from agent import spec as specmod
 from agent.compute import core as coremod
 from agent.compute import instance as instancemod
+from agent.compute import states
 from agent.warm import spares as sparesmod
 
 LOG = logging.getLogger(__name__)
 
 MISS_EMPTY = 'warm: miss, pool empty'
+READY_WAIT = 10.0          # seconds the job waits for a restored guest's ready event
 
 
 class WarmBoots:
@@ -43,12 +45,14 @@ class WarmBoots:
             self.discard(spare)
         LOG.info('[instance: %s] restored from spare %s of pool %s', inst.uuid, spare.uuid,
                  spare.pool)
-        # Off the way to ready (the instance runs and is ready already): persistence and
-        # its identity. Neither failing undoes the boot.
-        core.attempt(inst.uuid, 'make the restored domain persistent', core.driver.persist,
-                     inst.uuid)
         core.attempt(inst.uuid, 'send the guest its identity', core.driver.send_identity,
                      inst.uuid, {'uuid': inst.uuid, 'name': spec.name, 'pool': spare.pool})
+        # Off the way to ready: the domain is made persistent (stop and start keep it) once
+        # the guest's ready event is in (it follows the restore at once), so the one call of
+        # the warm path is the only one before ready. Failing leaves it running, transient.
+        core.wait_until(inst, lambda: inst.readiness == states.READY, READY_WAIT)
+        core.attempt(inst.uuid, 'make the restored domain persistent', core.driver.persist,
+                     inst.uuid)
         return 'warm: hit, spare %s of pool %s' % (spare.uuid, spare.pool)
 
     def discard(self, spare: sparesmod.Spare) -> None:

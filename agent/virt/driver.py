@@ -90,6 +90,7 @@ class InstanceInfo:
     ready: bool | None = None   # the guest holds its agent channel open (None: not read)
     domain: str = ''            # the hypervisor's name for it (a warm one's is its spare's)
     spare: str | None = None    # a spare's pool (a spare is no instance: ``ours`` is False)
+    listed_at: float = 0.0      # when the listing was asked for (what came after is newer)
 
 
 class ComputeDriver(abc.ABC):

@@ -138,7 +138,7 @@ class Filler:
         spare = sparesmod.Spare(
             uuid=uuid, pool=pool.name, vcpus=spec.vcpus, memory_mb=spec.memory_mb,
             disk_gb=spec.disk_gb, disk=dataclasses.asdict(disks[0]) if disks else None,
-            image=image, xml=xml, saved_at=time.time())
+            image=image, xml=xml, saved_at=time.time(), flavor=pool.fingerprint())
         core.tracker.reserve(uuid, spec.disk_gb)      # its vCPUs and memory are free again
         core.spares.saved(spare)
         return spare

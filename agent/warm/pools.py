@@ -33,6 +33,10 @@ class Pool:
             raw['nics'] = [{'type': 'user'}] * self.user_nics
         return raw
 
+    def fingerprint(self) -> list:
+        """The flavor as plain data: a spare made for another one is not this pool's."""
+        return [[f, v] for f, v in self.flavor] + [['user_nics', self.user_nics]]
+
     @property
     def disk_gb(self) -> int:
         return dict(self.flavor).get('disk_gb', 0)

@@ -39,6 +39,7 @@ class Spare:
     image: str                 # the memory image's path
     xml: str
     saved_at: float
+    flavor: list = dataclasses.field(default_factory=list)   # the pool's when it was made
 
     def disk_object(self) -> storage_backend.Disk | None:
         """The disk as the backend describes it."""
@@ -127,10 +128,11 @@ class SpareStore:
         return {s.uuid for s in self.available()} | set(self.making)
 
     # -- start-up ---------------------------------------------------------------------------
-    def load(self, disks: set[str]) -> tuple[list[Spare], list[str]]:
-        """Read the records: (saved spares whose image and disk are there, now available;
-        uuids of every other spare directory: interrupted makes, taken spares, broken
-        ones: to remove). ``disks``: uuids the storage holds a disk of."""
+    def load(self, disks: set[str], wanted) -> tuple[list[Spare], list[str]]:
+        """Read the records: (saved spares whose image and disk are there and that
+        ``wanted(spare, rank)`` keeps (rank: how many of its pool are kept before it, oldest
+        first), now available; uuids of every other spare directory: interrupted makes, taken
+        spares, broken or unwanted ones: to remove). ``disks``: uuids with a disk."""
         keep, remove = [], []
         for uuid, path in self._dirs.owned().items():
             record = self._read(path)
@@ -143,6 +145,14 @@ class SpareStore:
                 continue
             keep.append(spare)
         keep.sort(key=lambda s: s.saved_at)
+        ranks: dict[str, int] = {}
+        for spare in list(keep):
+            rank = ranks.get(spare.pool, 0)
+            if wanted(spare, rank):
+                ranks[spare.pool] = rank + 1
+            else:
+                keep.remove(spare)
+                remove.append(spare.uuid)
         with self._lock:
             self._available = {}
             for spare in keep:

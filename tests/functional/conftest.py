@@ -29,7 +29,7 @@ IMAGES = os.environ.get('COMPUTE_AGENT_IMAGE_DIR', '/var/lib/compute-agent/image
 VIRT_TYPE = os.environ.get('COMPUTE_AGENT_VIRT_TYPE', 'qemu')
 URI = 'qemu:///system'
 MARKER = 'COMPUTE-AGENT-GUEST-READY'
-GUEST_VERSION = 6       # the test guest's /init these tests rely on (opens the agent port)
+GUEST_VERSION = 7       # the test guest's /init these tests rely on (agent + identity ports)
 # Broker credentials written by tools/setup-node.sh (TLS to 127.0.0.1:5671, root only): the
 # agent's role may only report to conductors; the control plane's (conductor, these tests'
 # clients) may command nodes.
@@ -261,6 +261,9 @@ class Node:
             except Exception as exc:      # the agent is broken: libvirt below still cleans
                 print('removing leftovers %s through the agent failed: %s' % (held, exc))
         domains = self.domains() & uuids
+        # warm instances: domains under their spares' uuids whose metadata names them
+        domains |= {d for d, meta in self.host_domains(spares=False).items()
+                    if meta.get('uuid') in uuids}
         self._remove_domains(domains)
         return sorted(held | domains)
 
@@ -282,14 +285,33 @@ class Node:
         finally:
             conn.close()
 
+    def host_domains(self, spares: bool = True) -> dict[str, dict]:
+        """libvirt uuid -> metadata of every domain whose metadata names this node (warm
+        instances and spares run under their own libvirt uuids); ``spares``: with spares."""
+        from agent.virt.libvirt import config as vconfig
+        conn = libvirt.open(URI)
+        try:
+            out = {}
+            for dom in conn.listAllDomains(0):
+                try:
+                    meta = vconfig.parse_metadata(dom.XMLDesc(0)) or {}
+                except libvirt.libvirtError:      # gone meanwhile
+                    continue
+                if meta.get('host') == self.host and (spares or meta.get('role') != 'spare'):
+                    out[dom.UUIDString()] = meta
+            return out
+        finally:
+            conn.close()
+
     def cleanup(self) -> None:
-        """Safety net for failed tests: remove any domain this run created."""
-        self._remove_domains(self.domains())
+        """Safety net for failed tests: remove any domain this run created (or that names
+        this node in its metadata)."""
+        self._remove_domains(self.domains() | set(self.host_domains()))
         self.transport.cleanup()
 
 
 NODE_FIXTURES = ('node', 'lvm_node', 'acct_node', 'fault_node', 'life_node', 'rpc_node',
-                 'ready_node')
+                 'ready_node', 'warm_node')
 
 
 def stop_libvirtd(pause: float = 0.0) -> None:

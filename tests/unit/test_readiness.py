@@ -9,6 +9,7 @@ import pytest
 from agent import exception
 from agent.conductor import db
 from agent.conductor import validate
+from agent.virt import driver as vdriver
 from agent.virt.libvirt import config as vconfig
 from tests.unit.conftest import Agent, boot_spec, wait_until
 
@@ -167,3 +168,20 @@ def test_old_conductor_databases_gain_the_readiness_columns(tmp_path):
     store.apply_report('h1', [{'uuid': U1, 'vm_state': 'active', 'seq': 2, 'readiness': 'ready',
                                'ready_at': 3.0}])
     assert store.get(U1)['readiness'] == 'ready'
+
+
+def test_a_listing_read_before_a_channel_event_does_not_undo_it(agent, hv):
+    """Start-up and resync apply listings while events already arrive (a restore's
+    "connected" follows it at once): the listing's older channel state loses."""
+    inst = _booted(agent)
+    before = time.time()
+    hv.guest_agent(U1)
+    _readiness(agent, U1, 'ready')
+    stale = vdriver.InstanceInfo(uuid=U1, name='', power_state='running', ours=True,
+                                 ready=False, listed_at=before)
+    agent.manager.events.apply_listing(inst, stale, 'start-up')
+    assert inst.readiness == 'ready'
+    newer = vdriver.InstanceInfo(uuid=U1, name='', power_state='running', ours=True,
+                                 ready=False, listed_at=time.time())
+    agent.manager.events.apply_listing(inst, newer, 'resync')
+    assert inst.readiness == 'waiting'

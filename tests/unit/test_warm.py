@@ -1,5 +1,6 @@
 """Warm boots over the fake libvirt (which keeps saved images and checks restores as libvirt
 does) and the file storage backend: pools, spares, the warm path, restarts and crashes."""
+import dataclasses
 import json
 import os
 import threading
@@ -229,6 +230,26 @@ def test_spares_and_warm_instances_survive_a_restart(conf, hv):
         assert b.wait_job(b.manager.reboot_instance(U1, hard=True)['job_id'])['state'] == 'done'
         assert b.wait_job(b.manager.delete_instance(U1)['job_id'])['state'] == 'done'
         assert sorted(os.listdir(conf.instances_path)) == [kept.uuid]
+    finally:
+        b.stop()
+
+
+@pytest.mark.parametrize('pools, left', [
+    ({'tiny': TINY}, 2),
+    ({'tiny': dataclasses.replace(TINY, size=1)}, 1),                # shrunk: the oldest kept
+    ({'tiny': dataclasses.replace(TINY, flavor=TINY.flavor[:-1] + (('disk_gb', 2),))}, 0),
+    ({}, 0),                                                          # no longer configured
+])
+def test_at_start_up_only_the_spares_the_pools_want_are_kept(conf, hv, pools, left):
+    a = warm_agent(conf, hv)
+    oldest = fill(a, 2)[0]
+    a.stop()
+    b = Agent(conf, hv, backend='file', pools=pools, warm=WARM)
+    try:
+        kept = b.manager.core.spares.available()
+        assert len(kept) == left and (not kept or kept[0].uuid == oldest.uuid)
+        assert sorted(os.listdir(conf.instances_path)) == sorted(s.uuid for s in kept)
+        assert b.manager.resource_report()['reserved']['disk_gb'] == left
     finally:
         b.stop()
 

@@ -1,0 +1,231 @@
+"""Warm boots on real QEMU: a pool of saved spares fills in the background; instances restored
+from them are ready at once, each learns its own identity (the test guest prints what it reads
+on its identity port: "guest-identity: {...}"), and everything else (delete, restarts,
+kill -9 in the middle of a save or a restore) treats them like any instance.
+
+The libvirt calls are read from the agent's libvirt client log (as in test_rpc_count): the warm
+path sends ONE remote call before the guest is ready, restoreFlags; the job then makes the
+domain persistent (defineXML), after the ready event.
+"""
+import calendar
+import json
+import os
+import re
+import time
+
+import pytest
+
+from tests.functional import conftest
+
+POOL_SIZE = 5
+CMDLINE = 'console=ttyS0 quiet no_timer_check'
+FLAVOR = ('vcpus = 1\nmemory_mb = 128\nkernel = test-vmlinuz\ninitrd = test-initrd.img\n'
+          'cmdline = %s\ndisk_gb = 1\n' % CMDLINE)
+REMOTE_PROGRAM = 0x20008086
+PROCS = {10: 'DomainCreateXML', 11: 'DomainDefineXML', 233: 'DomainRestoreFlags',
+         232: 'DomainSaveFlags', 235: 'DomainSaveImageGetXMLDesc', 24: 'DomainLookupByUUID',
+         14: 'DomainGetXMLDesc', 12: 'DomainDestroy', 35: 'DomainUndefine'}
+CALL = re.compile(r'^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})\+0000: .*RPC_CLIENT_MSG_TX_QUEUE: '
+                  r'.* prog=%d vers=\d+ proc=(\d+) type=0 ' % REMOTE_PROGRAM, re.M)
+
+
+@pytest.fixture(scope='module')
+def warm_node(tmp_path_factory):
+    conftest._check_node()
+    workdir = str(tmp_path_factory.mktemp('warmnode'))
+    log = os.path.join(workdir, 'libvirt-client.log')
+    config = ('[resources]\naudit_interval = 0\n'
+              '[warm]\npools = tiny,none\nquiet_seconds = 1\n'
+              '[warm_pool:tiny]\nsize = %d\n%s[warm_pool:none]\nsize = 0\n%s'
+              % (POOL_SIZE, FLAVOR, FLAVOR))
+    node = conftest.Node(workdir, extra_config=config,
+                         agent_env={'LIBVIRT_LOG_FILTERS': '1:rpc 4:*',
+                                    'LIBVIRT_LOG_OUTPUTS': '1:file:%s' % log})
+    node.client_log = log
+    yield from conftest._run_node(node)
+
+
+def _spares(node) -> dict:
+    return node.compute.get_stats(node.host)['manager']['warm']['spares']
+
+
+def _full(node, timeout: float = 300.0) -> None:
+    """Until the pool holds POOL_SIZE saved spares and no spare is being made."""
+    deadline = time.monotonic() + timeout
+    while _spares(node).get('tiny') != POOL_SIZE or _records(node, 'making'):
+        assert time.monotonic() < deadline, 'pool not full: %s' % _spares(node)
+        time.sleep(0.5)
+
+
+def _records(node, state: str | None = None) -> dict:
+    """Spare records on disk: directory uuid -> record (of one state)."""
+    out = {}
+    for name in os.listdir(node.instances):
+        try:
+            with open(os.path.join(node.instances, name, 'spare.json')) as f:
+                record = json.load(f)
+        except (FileNotFoundError, ValueError):
+            continue
+        if state is None or record.get('state') == state:
+            out[name] = record
+    return out
+
+
+def _ready(node, uuids, timeout=300.0) -> dict:
+    rows = node.conductor.wait_instances(list(uuids), ['active'], timeout, ready=True)
+    bad = {u: r and (r['vm_state'], r['readiness']) for u, r in rows.items()
+           if not r or r['readiness'] != 'ready'}
+    assert not bad, 'not ready in time: %s' % bad
+    return rows
+
+
+def _calls(node, since: int) -> tuple[list[tuple[float, str]], int]:
+    """(time, remote call) the agent sent after byte ``since`` of its client log; the end."""
+    with open(node.client_log, 'rb') as f:
+        f.seek(since)
+        data = f.read()
+    out = []
+    for stamp, proc in CALL.findall(data.decode('utf-8', 'replace')):
+        when = calendar.timegm(time.strptime(stamp[:19], '%Y-%m-%d %H:%M:%S'))
+        out.append((when + float(stamp[19:]), PROCS.get(int(proc), 'proc %s' % proc)))
+    return out, since + len(data)
+
+
+def _leaves_nothing(node, uuids, spare_domains) -> None:
+    """No domain, directory, disk or identity socket of these deleted instances is left."""
+    left = {d for d, m in node.host_domains().items() if m.get('uuid') in uuids}
+    assert not left and not (set(spare_domains) & set(node.host_domains()))
+    assert not set(uuids) & set(os.listdir(node.instances))
+    sockets = '/run/compute-agent/identity'
+    assert not {u + '.sock' for u in uuids} & set(os.listdir(sockets))
+
+
+def test_five_warm_boots_at_once_are_ready_each_with_its_own_identity(warm_node):
+    node = warm_node
+    _full(node)
+    spares = set(_records(node, 'saved'))
+    _, mark = _calls(node, 0)
+    specs = [{'uuid': node.spec()['uuid'], 'pool': 'tiny', 'name': 'warm-%d' % i}
+             for i in range(POOL_SIZE)]
+    jobs = {s['uuid']: node.boot(s)['job_id'] for s in specs}
+    uuids = list(jobs)
+    _ready(node, uuids)
+    domains = {}
+    for uuid, job_id in jobs.items():
+        job = node.wait_job(job_id)
+        assert job['state'] == 'done' and job['result'].startswith('warm: hit, spare ')
+        spare = job['result'].split()[3]
+        assert spare in spares
+        inst = node.compute.get_instance(node.host, uuid)
+        assert inst['domain'] == 'ca-' + spare and inst['readiness'] == 'ready'
+        domains[uuid] = spare
+        line = node.wait_console(uuid, 'guest-identity: ', timeout=60)
+        identity = json.loads(line.split('guest-identity: ', 1)[1].splitlines()[0])
+        assert identity == {'uuid': uuid, 'name': inst['name'], 'pool': 'tiny'}
+    assert len(set(domains.values())) == POOL_SIZE          # five distinct spares
+    # As libvirt counts them: one restore per boot before its guest was ready, then the
+    # define that makes the domain persistent.
+    calls, mark = _calls(node, mark)
+    hot = [c for c in calls if c[1] in ('DomainRestoreFlags', 'DomainDefineXML')]
+    assert sorted(c for _, c in hot) == ['DomainDefineXML'] * 5 + ['DomainRestoreFlags'] * 5
+    ready_at = min(node.compute.get_instance(node.host, u)['ready_at'] for u in uuids)
+    first_define = min(t for t, c in hot if c == 'DomainDefineXML')
+    restores = [t for t, c in hot if c == 'DomainRestoreFlags']
+    assert max(restores) <= first_define and ready_at <= first_define + 0.001, (
+        ready_at, hot)
+    for uuid in uuids:
+        node.compute.delete_instance(node.host, uuid)
+    node.wait_states(uuids, ['deleted'])
+    _leaves_nothing(node, uuids, domains.values())
+
+
+def test_a_warm_boot_with_an_empty_pool_boots_cold_and_says_so(warm_node):
+    node = warm_node
+    uuid = node.spec()['uuid']
+    job = node.wait_job(node.boot({'uuid': uuid, 'pool': 'none'})['job_id'])
+    assert job['state'] == 'done' and job['result'] == 'warm: miss, pool empty'
+    assert job['libvirt_calls_by_op'] == {'defineXML': 1, 'createWithFlags': 1}
+    _ready(node, [uuid])
+    # the same devices as a spare's: it learns its identity on the same port
+    assert '"uuid": "%s"' % uuid in node.wait_console(uuid, 'guest-identity: {', timeout=60)
+    assert node.compute.get_instance(node.host, uuid)['domain'] == 'ca-' + uuid
+    node.delete([uuid])
+    _leaves_nothing(node, [uuid], [])
+
+
+def test_a_spec_a_spare_cannot_be_is_refused(warm_node):
+    node = warm_node
+    from agent import exception
+    for spec, why in (({'pool': 'tiny', 'memory_mb': 256}, 'memory_mb: pool tiny boots 128'),
+                      ({'pool': 'tiny', 'nics': [{'type': 'user', 'mac': '52:54:00:00:00:09'}]},
+                       "keeps its spare's MAC"),
+                      ({'pool': 'big'}, "no warm pool 'big'")):
+        with pytest.raises(exception.InvalidSpec, match=why):
+            node.compute.boot_instance(node.host, dict(spec, uuid=node.spec()['uuid']))
+
+
+def test_spares_survive_an_agent_restart(warm_node):
+    node = warm_node
+    _full(node)
+    before = set(_records(node, 'saved'))
+    node.stop('agent')
+    node.start('agent')
+    assert set(_records(node)) == before and _spares(node) == {'tiny': POOL_SIZE}
+    stats = node.compute.get_stats(node.host)['manager']
+    assert stats['reconciled'].get('spares_kept') == POOL_SIZE and stats['warm']['made'] == 0
+    resources = node.compute.get_resources(node.host)
+    assert resources['reserved']['disk_gb'] == POOL_SIZE
+
+
+def _kill_when(node, check, timeout=120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, 'the moment to kill never came'
+        time.sleep(0.01)
+    node.kill('agent')
+
+
+def _consistent(node, timeout=300.0) -> None:
+    """After a restart: every spare directory is a saved spare with its image and disk, the
+    only spare domain is one being made, the pool refills."""
+    _full(node, timeout)
+    for uuid, record in _records(node).items():
+        assert record['state'] == 'saved', record
+        for name in ('memory.save', 'disk.qcow2'):
+            assert os.path.exists(os.path.join(node.instances, uuid, name))
+    assert not [d for d, m in node.host_domains().items() if m.get('role') == 'spare']
+
+
+def test_kill_9_during_a_save_leaves_nothing_and_the_pool_refills(warm_node):
+    node = warm_node
+    _full(node)
+    uuid = node.spec()['uuid']
+    node.wait_job(node.boot({'uuid': uuid, 'pool': 'tiny'})['job_id'])   # one spare used
+    _kill_when(node, lambda: any(
+        os.path.exists(os.path.join(node.instances, u, 'memory.save'))
+        for u in _records(node, 'making')))
+    making = set(_records(node, 'making'))
+    node.start('agent')
+    assert not making & set(_records(node)), 'the interrupted spare is still there'
+    _consistent(node)
+    assert node.compute.get_instance(node.host, uuid)['vm_state'] == 'active'
+    node.delete([uuid])
+
+
+def test_kill_9_during_a_restore_leaves_nothing_and_the_boot_ends(warm_node):
+    node = warm_node
+    _full(node)
+    uuid = node.spec()['uuid']
+    job_id = node.boot({'uuid': uuid, 'pool': 'tiny'})['job_id']
+    _kill_when(node, lambda: bool(_records(node, 'taken')))
+    taken = set(_records(node, 'taken'))
+    node.start('agent')
+    job = node.wait_job(job_id)
+    assert job['state'] == 'done', job
+    _ready(node, [uuid])
+    assert not taken & set(os.listdir(node.instances)), 'the taken spare is still there'
+    dirs = set(os.listdir(node.instances)) - set(_records(node))
+    assert dirs == {uuid}, dirs
+    _consistent(node)
+    node.delete([uuid])
+    _leaves_nothing(node, [uuid], [])
