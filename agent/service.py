@@ -33,7 +33,6 @@ from agent.storage import lvm as lvm_storage
 from agent.storage import operations
 from agent.virt.libvirt import driver as libvirt_driver
 from agent.warm import pools as poolsmod
-from agent.conf import warm as warmconf
 
 LOG = logging.getLogger(__name__)
 
@@ -74,21 +73,6 @@ def storage_from_conf(conf, runner, dirs: instancedir.InstanceDirs):
         return lvm_storage.LvmBackend(runner, conf.lvm.volume_group,
                                       conf.lvm.report_cache_seconds)
     return file_storage.FileBackend(runner, dirs, conf.storage.file_reserved_mb * 1024 * 1024)
-
-
-def pools_from_conf(conf) -> dict:
-    """The warm pools of ``[warm] pools``, each checked as a boot spec this node can boot
-    (ConfigError otherwise)."""
-    warmconf.register_pool_opts(conf)
-    pools = {}
-    for name in conf.warm.pools:
-        pool = poolsmod.pool_from_options(name, conf[warmconf.pool_group(name)])
-        poolsmod.check_pool(pool, limits_from_conf(conf))
-        pools[name] = pool
-    if pools and conf.storage.backend != 'file':
-        raise exception.ConfigError(reason='[warm] pools need [storage] backend = file (a '
-                                           'spare\'s disk cannot be handed over on LVM yet)')
-    return pools
 
 
 class AgentService:
@@ -133,7 +117,8 @@ class AgentService:
             max_boot_attempts=conf.jobs.max_boot_attempts,
             reconnect_interval=conf.libvirt.reconnect_interval, tracer=self.tracer,
             metrics=self.metrics, power=power_options_from_conf(conf),
-            ready_within=conf.readiness.expect_within, pools=pools_from_conf(conf),
+            ready_within=conf.readiness.expect_within,
+            pools=poolsmod.pools_from_conf(conf, limits_from_conf(conf)),
             warm={'quiet_seconds': conf.warm.quiet_seconds,
                   'ready_timeout': conf.warm.ready_timeout,
                   'retry_interval': conf.warm.retry_interval,

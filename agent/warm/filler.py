@@ -3,7 +3,8 @@
 One spare at a time: claim its flavor, make its disk, start it (its own libvirt identity, MACs
 and disk), wait for its ready event, save it, record it, and hold its disk as reserved
 capacity. A boot or delete job makes the filler wait until none has run for ``quiet_seconds``
-(a spare is never made during a storm). Anything that fails on the way removes what it made.
+(a spare is never made during a storm), and a job that starts while a spare boots makes that
+spare give way (removed at once). Anything that fails on the way removes what it made.
 
 Plain code: ``runtime`` sleeps (a greenthread under the agent, a thread in tests).
 """
@@ -14,12 +15,17 @@ import time
 import uuid as uuidlib
 
 from agent import exception
+from agent import jobs as jobsmod
 from agent import spec as specmod
 from agent.storage import backend as storage_backend
 from agent.warm import pools as poolsmod
 from agent.warm import spares as sparesmod
 
 LOG = logging.getLogger(__name__)
+
+
+class GaveWay(Exception):
+    """A job started while a spare was being made: it is removed (it would compete)."""
 
 
 class Filler:
@@ -36,11 +42,13 @@ class Filler:
         self._max_disk_gb = max_disk_gb
         self._tick = tick
         self._last_busy = 0.0
+        self._seen_jobs = 0
         self._failed_at: dict[str, float] = {}      # pool -> when making one last failed
         self._ready: dict[str, threading.Event] = {}
         self._stopped: set[str] = set()
         self.made = 0
         self.failures = 0
+        self.gave_way = 0
         core.on_spare_event = self.on_event
 
     # -- events (the event bridge's greenthread) --------------------------------------------
@@ -67,10 +75,17 @@ class Filler:
             except Exception:      # never let the loop die: log and go on
                 LOG.exception('making a spare failed unexpectedly')
 
+    def _jobs_created(self) -> int:
+        """Jobs accepted so far (a counter: a job that came and went is seen too)."""
+        return self._core.jobs.counts[jobsmod.QUEUED]
+
     def quiet(self) -> bool:
         """No boot, delete or power job ran within ``quiet_seconds``."""
         now = time.monotonic()
-        if any(i.task or i.delete_job for i in list(self._core.instances.values())):
+        created = self._jobs_created()
+        if created != self._seen_jobs or any(
+                i.task or i.delete_job for i in list(self._core.instances.values())):
+            self._seen_jobs = created
             self._last_busy = now
         return now - self._last_busy >= self._quiet and self._core.driver.is_connected()
 
@@ -108,6 +123,12 @@ class Filler:
         started = time.monotonic()
         try:
             spare = self._make(uuid, pool, spec)
+        except GaveWay:
+            LOG.info('[spare: %s] pool %s: a job started: the spare being made gave way',
+                     uuid, pool.name)
+            self._remove(uuid, spec)
+            self.gave_way += 1
+            return None
         except Exception as exc:
             self.failures += 1
             self._failed_at[pool.name] = time.monotonic()
@@ -129,10 +150,16 @@ class Filler:
             disks = (core.storage.create_root_disk(uuid, spec.disk_gb * storage_backend.GiB,
                                                    spec.image, spec.image_format),)
         ready = self._ready[uuid] = threading.Event()
+        jobs = self._jobs_created()
         core.driver.spawn_spare(spec, disks, pool.name)
-        if not ready.wait(self._ready_timeout) or uuid in self._stopped:
-            raise exception.AgentError('its guest did not become ready' if uuid not in
-                                       self._stopped else 'its domain stopped')
+        deadline = time.monotonic() + self._ready_timeout
+        while not ready.wait(self._tick):
+            if self._jobs_created() != jobs:     # a spare never competes with a storm
+                raise GaveWay()
+            if time.monotonic() > deadline:
+                raise exception.AgentError('its guest did not become ready')
+        if uuid in self._stopped:
+            raise exception.AgentError('its domain stopped')
         image = core.spares.image_path(uuid)
         xml = core.driver.save_spare(uuid, image)
         spare = sparesmod.Spare(
@@ -154,4 +181,4 @@ class Filler:
     def stats(self) -> dict:
         """Spares by pool, made and failed."""
         return {'spares': self._core.spares.counts(), 'made': self.made,
-                'failures': self.failures}
+                'failures': self.failures, 'gave_way': self.gave_way}

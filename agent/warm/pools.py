@@ -10,6 +10,7 @@ import uuid as uuidlib
 
 from agent import exception
 from agent import spec as specmod
+from agent.conf import warm as warmconf
 
 # The spec fields a pool fixes (``nics`` apart: compared by type).
 FLAVOR_FIELDS = ('vcpus', 'memory_mb', 'kernel', 'initrd', 'cmdline', 'image', 'disk_gb')
@@ -49,6 +50,21 @@ def pool_from_options(name: str, options) -> Pool:
     flavor = tuple((f, getattr(options, f)) for f in FLAVOR_FIELDS
                    if getattr(options, f) is not None)
     return Pool(name=name, size=options.size, flavor=flavor, user_nics=options.user_nics)
+
+
+def pools_from_conf(conf, limits: specmod.Limits) -> dict[str, Pool]:
+    """The pools of ``[warm] pools`` (their groups registered here), each checked as a boot
+    spec this node can boot; ConfigError naming what is wrong."""
+    warmconf.register_pool_opts(conf)
+    pools = {}
+    for name in conf.warm.pools:
+        pool = pool_from_options(name, conf[warmconf.pool_group(name)])
+        check_pool(pool, limits)
+        pools[name] = pool
+    if pools and conf.storage.backend != 'file':
+        raise exception.ConfigError(reason='[warm] pools need [storage] backend = file (a '
+                                           'spare\'s disk cannot be handed over on LVM yet)')
+    return pools
 
 
 def check_pool(pool: Pool, limits: specmod.Limits) -> specmod.BootSpec:

@@ -200,6 +200,14 @@ class Node:
         assert not bad, 'not %s in time: %s' % ('/'.join(states), bad)
         return rows
 
+    def wait_ready(self, uuids, timeout: float = 300.0) -> dict:
+        """The conductor's rows once every instance is active and its guest ready."""
+        rows = self.conductor.wait_instances(list(uuids), ['active'], timeout, ready=True)
+        bad = {u: r and (r['vm_state'], r['readiness']) for u, r in rows.items()
+               if not r or r['readiness'] != 'ready'}
+        assert not bad, 'not ready in time: %s' % bad
+        return rows
+
     def wait_job(self, job_id: str, timeout: float = 120.0) -> dict:
         deadline = time.monotonic() + timeout
         while True:

@@ -41,14 +41,6 @@ def _wait_row(node, uuid, check, timeout=180.0) -> dict:
         time.sleep(0.2)
 
 
-def _ready(node, uuids, timeout=300.0) -> dict:
-    rows = node.conductor.wait_instances(list(uuids), ['active'], timeout, ready=True)
-    bad = {u: r and (r['vm_state'], r['readiness']) for u, r in rows.items()
-           if not r or r['readiness'] != 'ready'}
-    assert not bad, 'not ready in time: %s' % bad
-    return rows
-
-
 def test_five_guests_ready_by_event_with_no_polling(ready_node):
     node = ready_node
     before = _calls(node)
@@ -56,7 +48,7 @@ def test_five_guests_ready_by_event_with_no_polling(ready_node):
     for spec in specs:
         node.boot(spec)
     uuids = [s['uuid'] for s in specs]
-    rows = _ready(node, uuids)
+    rows = node.wait_ready(uuids)
     for uuid, row in rows.items():
         assert row['vm_state'] == 'active' and row['fault'] is None
         assert row['accepted_at'] < row['active_at'] < row['ready_at'], row
@@ -97,7 +89,7 @@ def test_ready_survives_libvirtd_and_agent_restarts(ready_node):
     spec = node.spec()
     node.boot(spec)
     uuid = spec['uuid']
-    ready_at = _ready(node, [uuid])[uuid]['ready_at']
+    ready_at = node.wait_ready([uuid])[uuid]['ready_at']
     reports = node.conductor.report_count(node.host)
     conftest.stop_libvirtd()
     conftest.start_libvirtd()

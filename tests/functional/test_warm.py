@@ -71,14 +71,6 @@ def _records(node, state: str | None = None) -> dict:
     return out
 
 
-def _ready(node, uuids, timeout=300.0) -> dict:
-    rows = node.conductor.wait_instances(list(uuids), ['active'], timeout, ready=True)
-    bad = {u: r and (r['vm_state'], r['readiness']) for u, r in rows.items()
-           if not r or r['readiness'] != 'ready'}
-    assert not bad, 'not ready in time: %s' % bad
-    return rows
-
-
 def _calls(node, since: int) -> tuple[list[tuple[float, str]], int]:
     """(time, remote call) the agent sent after byte ``since`` of its client log; the end."""
     with open(node.client_log, 'rb') as f:
@@ -109,7 +101,7 @@ def test_five_warm_boots_at_once_are_ready_each_with_its_own_identity(warm_node)
              for i in range(POOL_SIZE)]
     jobs = {s['uuid']: node.boot(s)['job_id'] for s in specs}
     uuids = list(jobs)
-    _ready(node, uuids)
+    node.wait_ready(uuids)
     domains = {}
     for uuid, job_id in jobs.items():
         job = node.wait_job(job_id)
@@ -145,7 +137,7 @@ def test_a_warm_boot_with_an_empty_pool_boots_cold_and_says_so(warm_node):
     job = node.wait_job(node.boot({'uuid': uuid, 'pool': 'none'})['job_id'])
     assert job['state'] == 'done' and job['result'] == 'warm: miss, pool empty'
     assert job['libvirt_calls_by_op'] == {'defineXML': 1, 'createWithFlags': 1}
-    _ready(node, [uuid])
+    node.wait_ready([uuid])
     # the same devices as a spare's: it learns its identity on the same port
     assert '"uuid": "%s"' % uuid in node.wait_console(uuid, 'guest-identity: {', timeout=60)
     assert node.compute.get_instance(node.host, uuid)['domain'] == 'ca-' + uuid
@@ -222,7 +214,7 @@ def test_kill_9_during_a_restore_leaves_nothing_and_the_boot_ends(warm_node):
     node.start('agent')
     job = node.wait_job(job_id)
     assert job['state'] == 'done', job
-    _ready(node, [uuid])
+    node.wait_ready([uuid])
     assert not taken & set(os.listdir(node.instances)), 'the taken spare is still there'
     dirs = set(os.listdir(node.instances)) - set(_records(node))
     assert dirs == {uuid}, dirs

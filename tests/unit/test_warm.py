@@ -290,3 +290,51 @@ def test_a_crash_during_a_restore_leaves_no_orphan_and_the_boot_runs_again(conf,
     finally:
         gate.set()
         b.stop()
+
+
+# -- configuration -------------------------------------------------------------------------------
+def _pool_conf(tmp_path, image_dir, text, backend='file'):
+    from oslo_config import cfg
+    from agent.conf import storage as conf_storage
+    from agent.conf import warm as conf_warm
+    path = tmp_path / 'pools.conf'
+    path.write_text('[storage]\nbackend = %s\n%s' % (backend, text))
+    c = cfg.ConfigOpts()
+    conf_storage.register_opts(c)
+    conf_warm.register_opts(c)
+    c(['--config-file', str(path)], project='compute-agent-test', default_config_files=[])
+    return c
+
+
+POOL_CONF = ('[warm]\npools = tiny\n[warm_pool:tiny]\nsize = 3\nmemory_mb = 96\n'
+             'kernel = vmlinuz\ninitrd = initrd.img\ndisk_gb = 1\n')
+
+
+def test_pools_come_from_their_own_groups_and_are_checked_as_specs(tmp_path, image_dir):
+    from agent import spec as specmod
+    limits = specmod.Limits(image_dir=str(image_dir))
+    pools = poolsmod.pools_from_conf(_pool_conf(tmp_path, image_dir, POOL_CONF), limits)
+    assert pools['tiny'].size == 3 and dict(pools['tiny'].flavor)['memory_mb'] == 96
+    bad = POOL_CONF.replace('kernel = vmlinuz', 'kernel = missing')
+    with pytest.raises(exception.ConfigError, match=r"\[warm_pool:tiny\] .*kernel"):
+        poolsmod.pools_from_conf(_pool_conf(tmp_path, image_dir, bad), limits)
+    with pytest.raises(exception.ConfigError, match='backend = file'):
+        poolsmod.pools_from_conf(_pool_conf(tmp_path, image_dir, POOL_CONF, 'lvm'), limits)
+    with pytest.raises(exception.ConfigError, match='not a valid pool name'):
+        poolsmod.pools_from_conf(_pool_conf(tmp_path, image_dir, '[warm]\npools = a/b\n'),
+                                 limits)
+
+
+def test_a_spare_being_made_gives_way_to_a_job(conf, hv):
+    a = warm_agent(conf, hv)
+    hv.auto_ready = False             # the spare's guest is still booting...
+    try:
+        filler = a.manager.filler
+        a.runtime.spawn(filler.make, TINY)
+        wait_until(lambda: 'createXML' in hv.calls, what='the spare to start')
+        a.wait_job(a.manager.boot_instance(boot_spec(U1))['job_id'])    # ...when a boot comes
+        wait_until(lambda: filler.gave_way == 1, what='the spare to give way')
+        assert list(hv.domains) == [U1] and os.listdir(conf.instances_path) == [U1]
+        assert filler.failures == 0 and a.manager.core.spares.counts() == {}
+    finally:
+        a.stop()
