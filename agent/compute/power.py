@@ -142,8 +142,14 @@ class Power:
             self._core.driver.power_on(inst.uuid)
         except exception.DomainStateConflict:       # its events tell the state
             return 'already running'
-        self._events.apply_power(inst, vdriver.RUNNING, 'started by the agent', time.time())
+        self._started(inst)
         return 'started'
+
+    def _started(self, inst: instancemod.Instance) -> None:
+        """The agent started the domain: running (its events confirm it), and a pool
+        instance's new guest learns its identity."""
+        self._events.apply_power(inst, vdriver.RUNNING, 'started by the agent', time.time())
+        self._core.send_identity(inst)
 
     # -- reboot -----------------------------------------------------------------------------
     def _reboot(self, job: jobsmod.Job, inst: instancemod.Instance) -> str:
@@ -171,7 +177,7 @@ class Power:
         if inst.power_state == vdriver.RUNNING:
             return 'settled after an agent restart: the domain runs'
         self._core.driver.power_on(inst.uuid)
-        self._events.apply_power(inst, vdriver.RUNNING, 'started by the agent', time.time())
+        self._started(inst)
         return 'settled after an agent restart: started'
 
     def _hard(self, inst: instancemod.Instance) -> str:
@@ -180,6 +186,5 @@ class Power:
             return 'hard'
         except exception.DomainStateConflict:       # not running: start it
             self._core.driver.power_on(inst.uuid)
-            self._events.apply_power(inst, vdriver.RUNNING, 'started by the agent',
-                                     time.time())
+            self._started(inst)
             return 'hard (started)'

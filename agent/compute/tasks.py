@@ -76,7 +76,7 @@ class Tasks:
                     LOG.info('[instance: %s] %s (%s): booting cold', inst.uuid, result,
                              spec.pool)
             if result is None or not result.startswith('warm: hit'):
-                self._cold(spec, disks)
+                self._cold(inst, spec, disks)
         except Exception as exc:
             self._boot_failed(job, inst, exc, tuple(disks))
             return
@@ -85,15 +85,13 @@ class Tasks:
         LOG.debug('[instance: %s] boot job %s done (%d libvirt calls)', inst.uuid, job.id,
                   sum(job.calls.values()))
 
-    def _cold(self, spec: specmod.BootSpec, disks: list) -> None:
+    def _cold(self, inst: instancemod.Instance, spec: specmod.BootSpec, disks: list) -> None:
         core = self._core
         if spec.disk_gb:
             disks.append(core.storage.create_root_disk(
                 spec.uuid, spec.disk_gb * storage_backend.GiB, spec.image, spec.image_format))
         core.driver.spawn(spec, tuple(disks))
-        if spec.pool:     # a pool's instance booted cold: the same devices, the same identity
-            core.attempt(spec.uuid, 'send the guest its identity', core.driver.send_identity,
-                         spec.uuid, {'uuid': spec.uuid, 'name': spec.name, 'pool': spec.pool})
+        core.send_identity(inst)   # a pool's instance booted cold: the same devices too
 
     def _restore_or_fall_back(self, inst: instancemod.Instance, spec: specmod.BootSpec,
                               spare, disks: list) -> str:

@@ -42,11 +42,10 @@ class WarmBoots:
                 disks_out.append(core.storage.adopt_disk(spare.uuid, inst.uuid))
             core.driver.restore_warm(spec, spare, tuple(disks_out))
         finally:
-            self.discard(spare)
+            self.discard(spare, disk_left=spare.disk is not None and not disks_out)
         LOG.info('[instance: %s] restored from spare %s of pool %s', inst.uuid, spare.uuid,
                  spare.pool)
-        core.attempt(inst.uuid, 'send the guest its identity', core.driver.send_identity,
-                     inst.uuid, {'uuid': inst.uuid, 'name': spec.name, 'pool': spare.pool})
+        core.send_identity(inst)
         # Off the way to ready: the domain is made persistent (stop and start keep it) once
         # the guest's ready event is in (it follows the restore at once), so the one call of
         # the warm path is the only one before ready. Failing leaves it running, transient.
@@ -55,11 +54,11 @@ class WarmBoots:
                      inst.uuid)
         return 'warm: hit, spare %s of pool %s' % (spare.uuid, spare.pool)
 
-    def discard(self, spare: sparesmod.Spare) -> None:
-        """What is left of a used (or broken) spare: its disk if not moved, its directory
-        (memory image, record, console), its reservation."""
+    def discard(self, spare: sparesmod.Spare, disk_left: bool) -> None:
+        """What is left of a used spare: its disk if it was not handed over (``disk_left``),
+        its directory (memory image, record, console), its reservation."""
         core = self._core
-        if spare.disk is not None:
+        if disk_left:
             core.attempt(spare.uuid, 'remove the disk of a used spare',
                          core.storage.delete_disks, spare.uuid)
         core.spares.remove(spare.uuid)

@@ -73,7 +73,7 @@ class StorageBackend(abc.ABC):
 
     def adopt_disk(self, owner: str, uuid: str) -> Disk:
         """Make the disk of ``owner`` (a saved spare) instance ``uuid``'s: the same data,
-        under ``uuid``'s name and ownership from now on."""
+        under ``uuid``'s ownership from now on, in one step a restart never sees halfway."""
         raise exception.StorageError(reason='the %s backend cannot hand a spare\'s disk to an '
                                             'instance' % self.kind)
 

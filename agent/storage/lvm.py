@@ -109,6 +109,21 @@ class LvmBackend(backend.StorageBackend):
         LOG.info('[instance: %s] created LV %s/%s (%d bytes)', uuid, self.vg, name, size)
         return disk
 
+    def adopt_disk(self, owner: str, uuid: str) -> backend.Disk:
+        """One lvchange moves the instance tag from ``owner`` to ``uuid`` (atomic: a restart
+        finds the LV either the spare's or the instance's). The LV keeps its name: names
+        never matter, tags do."""
+        try:
+            res = self._run.check('lv_retag', {'vg': self.vg, 'uuid': uuid, 'owner': owner},
+                                  instance=uuid, message=lvm_report.lvm_message)
+        finally:
+            self._sweep.invalidate()
+        if 'changed' not in res.stdout:
+            raise exception.StorageError(reason='no LV of %s in %s to hand over' % (owner, self.vg))
+        LOG.info('[instance: %s] took LV %s/%s of spare %s', uuid, self.vg, lv_name(owner), owner)
+        return backend.Disk(path='/dev/%s/%s' % (self.vg, lv_name(owner)), format='raw',
+                            kind='block')
+
     def delete_disks(self, uuid: str) -> None:
         """Remove the LVs tagged for this instance: selected by tag inside the one lvremove,
         so an LV the agent did not tag (even one with the same name) is never removed."""

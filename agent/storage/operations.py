@@ -99,6 +99,15 @@ def _lv_remove(args: dict, policy: Policy) -> list[str]:
     return ['lvremove', '--yes', '--select', 'lv_tags=%s%s' % (INSTANCE_TAG_PREFIX, uuid), vg]
 
 
+def _lv_retag(args: dict, policy: Policy) -> list[str]:
+    # Hands the LV of ``owner`` (a saved spare) to instance ``uuid``: one lvchange that moves
+    # the instance tag, selected by the owner's tag (never by name; the name stays).
+    vg, uuid, owner = _vg(args, policy), _uuid(args), _uuid({'uuid': args.get('owner')})
+    return ['lvchange', '--addtag', INSTANCE_TAG_PREFIX + uuid,
+            '--deltag', INSTANCE_TAG_PREFIX + owner,
+            '--select', 'lv_tags=%s%s' % (INSTANCE_TAG_PREFIX, owner), vg]
+
+
 def _image_to_lv(args: dict, policy: Policy) -> list[str]:
     vg, uuid = _vg(args, policy), _uuid(args)
     return ['qemu-img', 'convert', '-n', '-f', _format(args, 'format'), '-O', 'raw',
@@ -116,8 +125,10 @@ def _qcow2_create(args: dict, policy: Policy) -> list[str]:
 
 
 OPERATIONS = {'lvs': _lvs, 'vgs': _vgs, 'lv_create': _lv_create, 'lv_remove': _lv_remove,
+              'lv_retag': _lv_retag,
               'image_to_lv': _image_to_lv, 'qcow2_create': _qcow2_create}
 COMMAND = {'lvs': 'lvs', 'vgs': 'vgs', 'lv_create': 'lvcreate', 'lv_remove': 'lvremove',
+           'lv_retag': 'lvchange',
            'image_to_lv': 'qemu-img', 'qcow2_create': 'qemu-img'}
 
 

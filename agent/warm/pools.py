@@ -61,9 +61,6 @@ def pools_from_conf(conf, limits: specmod.Limits) -> dict[str, Pool]:
         pool = pool_from_options(name, conf[warmconf.pool_group(name)])
         check_pool(pool, limits)
         pools[name] = pool
-    if pools and conf.storage.backend != 'file':
-        raise exception.ConfigError(reason='[warm] pools need [storage] backend = file (a '
-                                           'spare\'s disk cannot be handed over on LVM yet)')
     return pools
 
 

@@ -319,7 +319,7 @@ class Node:
 
 
 NODE_FIXTURES = ('node', 'lvm_node', 'acct_node', 'fault_node', 'life_node', 'rpc_node',
-                 'ready_node', 'warm_node')
+                 'ready_node', 'warm_node', 'warm_lvm_node')
 
 
 def stop_libvirtd(pause: float = 0.0) -> None:

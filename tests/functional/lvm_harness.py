@@ -79,7 +79,7 @@ class LoopVolumeGroup:
         self.lvm('pvcreate', '-q', self.pv)
         self.lvm('vgcreate', '-q', self.name, self.pv)
         open(self.log, 'w').close()
-        for name in ('lvs', 'vgs', 'lvcreate', 'lvremove'):
+        for name in ('lvs', 'vgs', 'lvcreate', 'lvremove', 'lvchange'):
             path = os.path.join(self.bin, name)
             with open(path, 'w') as f:
                 f.write(WRAPPER.format(name=name, vg=self.name, log=self.log, has_dm=int(HAS_DM)))

@@ -13,6 +13,7 @@ import os
 import re
 import time
 
+import libvirt
 import pytest
 
 from tests.functional import conftest
@@ -131,6 +132,29 @@ def test_five_warm_boots_at_once_are_ready_each_with_its_own_identity(warm_node)
     _leaves_nothing(node, uuids, domains.values())
 
 
+def test_a_warm_instance_stops_and_starts_as_its_own_domain(warm_node):
+    node = warm_node
+    _full(node)
+    uuid = node.spec()['uuid']
+    job = node.wait_job(node.boot({'uuid': uuid, 'pool': 'tiny', 'name': 'again'})['job_id'])
+    spare = job['result'].split()[3]
+    node.wait_ready([uuid])
+    node.wait_console(uuid, 'guest-identity: {')
+    assert node.wait_job(node.compute.stop_instance(node.host, uuid, timeout=0)['job_id'])[
+        'state'] == 'done'
+    assert spare in node.host_domains()          # persistent: still defined, shut off
+    assert node.wait_job(node.compute.start_instance(node.host, uuid)['job_id'])[
+        'state'] == 'done'
+    node.wait_ready([uuid])                      # booted cold from its own disk: ready again
+    console = node.wait_console(uuid, conftest.MARKER)
+    deadline = time.monotonic() + 60             # and it learned its identity again
+    while node.console(uuid).count('guest-identity: {') < 2:
+        assert time.monotonic() < deadline, console[-500:]
+        time.sleep(0.2)
+    node.delete([uuid])
+    _leaves_nothing(node, [uuid], [spare])
+
+
 def test_a_warm_boot_with_an_empty_pool_boots_cold_and_says_so(warm_node):
     node = warm_node
     uuid = node.spec()['uuid']
@@ -221,3 +245,44 @@ def test_kill_9_during_a_restore_leaves_nothing_and_the_boot_ends(warm_node):
     _consistent(node)
     node.delete([uuid])
     _leaves_nothing(node, [uuid], [])
+
+
+@pytest.fixture(scope='module')
+def warm_lvm_node(tmp_path_factory):
+    """A pool of one on the LVM backend (a private loop-backed VG; without device-mapper
+    the harness exposes each LV through a loop device at its /dev/VG/LV path)."""
+    conftest._check_node()
+    workdir = str(tmp_path_factory.mktemp('warmlvmnode'))
+    vg = conftest.lvm_harness.LoopVolumeGroup(workdir)
+    try:
+        yield from conftest._run_node(conftest.Node(
+            workdir, vg, extra_config='[resources]\naudit_interval = 0\n'
+                                      '[warm]\npools = tiny\nquiet_seconds = 1\n'
+                                      '[warm_pool:tiny]\nsize = 1\n' + FLAVOR))
+    finally:
+        vg.destroy()
+
+
+def test_on_lvm_a_warm_instance_takes_its_spares_lv(warm_lvm_node):
+    node = warm_lvm_node
+    deadline = time.monotonic() + 300
+    while _spares(node).get('tiny') != 1:
+        assert time.monotonic() < deadline, 'pool not full'
+        time.sleep(0.5)
+    spare = next(iter(_records(node, 'saved')))
+    lv = 'ca-%s-root' % spare
+    assert 'ca-instance-' + spare in node.vg.lvs()[lv]['tags']
+    uuid = node.spec()['uuid']
+    job = node.wait_job(node.boot({'uuid': uuid, 'pool': 'tiny'})['job_id'])
+    assert job['result'] == 'warm: hit, spare %s of pool tiny' % spare
+    node.wait_ready([uuid])
+    assert node.vg.lvs()[lv]['tags'] == {'compute-agent', 'ca-instance-' + uuid}
+    assert '"uuid": "%s"' % uuid in node.wait_console(uuid, 'guest-identity: {')
+    conn = libvirt.open(conftest.URI)
+    try:
+        xml = conn.lookupByUUIDString(spare).XMLDesc(0)
+    finally:
+        conn.close()
+    assert "<source dev='/dev/%s/%s'" % (node.vg.name, lv) in xml
+    node.delete([uuid])
+    assert lv not in node.vg.lvs()

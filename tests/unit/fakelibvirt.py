@@ -8,7 +8,9 @@ agent's own counters); ``fail_next`` injects libvirt errors; ``restart`` drops c
 """
 import builtins
 import json
+import os
 import queue
+import socket
 import threading
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
@@ -421,16 +423,45 @@ class Domain:
         """(On the shared state object.) Running now, with its events."""
         hv = self._conn.hv
         self.run_state = VIR_DOMAIN_RUNNING
+        self._listen_identity()
         hv.emit_agent(self, False, VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_REASON_DOMAIN_STARTED)
         hv.emit(self, VIR_DOMAIN_EVENT_RESUMED, 0)
         hv.emit(self, event, detail)
         if hv.auto_ready and detail != VIR_DOMAIN_EVENT_STARTED_RESTORED:
             hv.emit_agent(self, True, VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_REASON_CHANNEL)
 
+    def _listen_identity(self) -> None:
+        """QEMU binds the host side of an identity port (``<source mode='bind'>``)."""
+        for channel in ET.fromstring(self.xml).findall('devices/channel'):
+            source = channel.find('source')
+            if source is not None and source.get('mode') == 'bind':
+                self.identity = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    os.unlink(source.get('path'))      # as QEMU does before it binds
+                except FileNotFoundError:
+                    pass
+                self.identity.bind(source.get('path'))
+                self.identity.listen(4)
+                self.identity_path = source.get('path')
+
+    def identity_lines(self, timeout: float = 5.0) -> list[str]:
+        """What the host wrote on the identity port (what the guest would read)."""
+        self.identity.settimeout(timeout)
+        conn, _ = self.identity.accept()
+        conn.settimeout(timeout)
+        data = b''
+        while not data.endswith(b'\n'):
+            data += conn.recv(4096)
+        conn.close()
+        return data.decode().splitlines()
+
     def _stopped(self, detail: int) -> None:
         """(On the shared state object.) Stopped; a transient domain is gone with it."""
         self.run_state = VIR_DOMAIN_SHUTOFF
         self.agent = None
+        if getattr(self, 'identity', None) is not None:     # QEMU exits: its socket goes
+            self.identity.close()
+            self.identity = None
         self._conn.hv.emit(self, VIR_DOMAIN_EVENT_STOPPED, detail)
         if self.transient:
             self._conn.hv.domains.pop(self.uuid, None)

@@ -88,6 +88,20 @@ class FakeLvm:
         self.lvs[name] = {'size': size, 'tags': set(opts.get('--addtag', []))}
         return {'rc': 0, 'stdout': '  Logical volume "%s" created.\n' % name, 'stderr': WARNING}
 
+    def _lvchange(self, args):
+        opts, vg = _options(args[:-1]), args[-1]
+        if vg != self.vg:
+            return self._vg_missing(vg)
+        field, _, value = opts['--select'][0].partition('=')
+        assert field == 'lv_tags', 'the fake selects by tag only'
+        out = ''
+        for name, lv in sorted(self.lvs.items()):
+            if value in lv['tags']:
+                lv['tags'] = (lv['tags'] - set(opts.get('--deltag', []))) | set(
+                    opts.get('--addtag', []))
+                out += '  Logical volume %s/%s changed.\n' % (vg, name)
+        return {'rc': 0, 'stdout': out, 'stderr': WARNING}
+
     def _lvremove(self, args):
         opts, vg = _options(args[:-1]), args[-1]
         if vg != self.vg:

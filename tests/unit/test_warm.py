@@ -144,6 +144,8 @@ def test_a_warm_boot_is_one_restore_and_the_instance_is_ready_at_once(conf, hv):
         wait_until(lambda: a.manager.instances[U1].readiness == 'ready', what='ready')
         inst = a.manager.get_instance(U1)
         assert inst['domain'] == 'ca-' + spare.uuid and inst['power_state'] == 'running'
+        assert [json.loads(line) for line in hv.domains[spare.uuid].identity_lines()] == [
+            {'uuid': U1, 'name': 'web-1', 'pool': 'tiny'}]          # what the guest reads
         dom = hv.domains[spare.uuid]
         assert not dom.transient and vconfig.parse_metadata(dom.xml)['uuid'] == U1
         assert os.path.exists(os.path.join(conf.instances_path, U1, 'disk.qcow2'))
@@ -166,6 +168,8 @@ def test_a_warm_instance_stops_starts_and_deletes_like_any_other(conf, hv):
         assert hv.domains[spare.uuid].run_state == 5          # shut off, still defined
         assert a.wait_job(a.manager.start_instance(U1)['job_id'])['state'] == 'done'
         a.wait_state(U1, 'active')
+        # a new QEMU: its guest learns its identity again
+        assert json.loads(hv.domains[spare.uuid].identity_lines()[0])['uuid'] == U1
         assert a.wait_job(a.manager.delete_instance(U1)['job_id'])['state'] == 'done'
         assert hv.domains == {} and os.listdir(conf.instances_path) == []
     finally:
@@ -293,14 +297,12 @@ def test_a_crash_during_a_restore_leaves_no_orphan_and_the_boot_runs_again(conf,
 
 
 # -- configuration -------------------------------------------------------------------------------
-def _pool_conf(tmp_path, image_dir, text, backend='file'):
+def _pool_conf(tmp_path, image_dir, text):
     from oslo_config import cfg
-    from agent.conf import storage as conf_storage
     from agent.conf import warm as conf_warm
     path = tmp_path / 'pools.conf'
-    path.write_text('[storage]\nbackend = %s\n%s' % (backend, text))
+    path.write_text(text)
     c = cfg.ConfigOpts()
-    conf_storage.register_opts(c)
     conf_warm.register_opts(c)
     c(['--config-file', str(path)], project='compute-agent-test', default_config_files=[])
     return c
@@ -318,8 +320,6 @@ def test_pools_come_from_their_own_groups_and_are_checked_as_specs(tmp_path, ima
     bad = POOL_CONF.replace('kernel = vmlinuz', 'kernel = missing')
     with pytest.raises(exception.ConfigError, match=r"\[warm_pool:tiny\] .*kernel"):
         poolsmod.pools_from_conf(_pool_conf(tmp_path, image_dir, bad), limits)
-    with pytest.raises(exception.ConfigError, match='backend = file'):
-        poolsmod.pools_from_conf(_pool_conf(tmp_path, image_dir, POOL_CONF, 'lvm'), limits)
     with pytest.raises(exception.ConfigError, match='not a valid pool name'):
         poolsmod.pools_from_conf(_pool_conf(tmp_path, image_dir, '[warm]\npools = a/b\n'),
                                  limits)
@@ -338,3 +338,48 @@ def test_a_spare_being_made_gives_way_to_a_job(conf, hv):
         assert filler.failures == 0 and a.manager.core.spares.counts() == {}
     finally:
         a.stop()
+
+
+def test_a_domain_copying_a_warm_instances_metadata_is_not_taken(conf, hv):
+    a = warm_agent(conf, hv)
+    spare = fill(a, 1)[0]
+    a.wait_job(a.manager.boot_instance(warm_spec())['job_id'])
+    # someone defines another domain whose metadata names the same instance
+    fake = str(__import__('uuid').uuid4())
+    xml = hv.domains[spare.uuid].xml.replace(spare.uuid, fake)
+    copy = fakelibvirt.Domain(hv.connections[0], fake, 'ca-' + fake, xml)
+    hv.domains = {fake: copy, **hv.domains}          # listed first
+    a.stop()
+    b = warm_agent(conf, hv)
+    try:
+        assert b.manager.get_instance(U1)['domain'] == 'ca-' + spare.uuid
+        assert b.wait_job(b.manager.delete_instance(U1)['job_id'])['state'] == 'done'
+        assert list(hv.domains) == [fake]            # the copy: never touched
+    finally:
+        b.stop()
+
+
+def test_on_lvm_a_warm_instance_takes_its_spares_lv_by_one_retag(conf, hv):
+    from agent import spec as specmod
+    from agent.storage import operations
+    hv.auto_ready = True
+    a = Agent(conf, hv, backend='lvm', pools={'tiny': TINY}, warm=WARM)
+    try:
+        spare = fill(a, 1)[0]
+        lv = operations.lv_name(spare.uuid)
+        assert 'ca-instance-' + spare.uuid in a.lvm.lvs[lv]['tags']
+        before = list(a.lvm.launches)
+        job = a.wait_job(a.manager.boot_instance(warm_spec())['job_id'])
+        assert job['state'] == 'done' and job['result'].startswith('warm: hit')
+        assert a.lvm.launches[len(before):] == ['lvchange']      # the hand-over: one command
+        assert a.lvm.lvs[lv]['tags'] == {'compute-agent', 'ca-instance-' + U1}
+        disk = ET.fromstring(hv.domains[spare.uuid].xml).find('devices/disk/source')
+        assert disk.get('dev') == '/dev/%s/%s' % (a.lvm.vg, lv)
+        assert a.wait_job(a.manager.delete_instance(U1)['job_id'])['state'] == 'done'
+        assert a.lvm.lvs == {} and hv.domains == {}
+    finally:
+        a.stop()
+    with pytest.raises(operations.Refused, match='uuid'):
+        operations.build('lv_retag', {'vg': a.lvm.vg, 'uuid': U1, 'owner': '../x'},
+                         operations.Policy(volume_group=a.lvm.vg))
+    assert specmod.is_canonical_uuid(U1)

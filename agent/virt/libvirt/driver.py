@@ -355,13 +355,19 @@ class LibvirtDriver(vlisting.Listing, vwarm.WarmDomains, driver.ComputeDriver):
 
     def _instance_of(self, meta: dict | None, dom_uuid: str) -> str | None:
         """The instance uuid a domain's metadata names, if it is an instance of this node's:
-        a cold one carries its own uuid, a warm one the uuid of the spare it ran as."""
+        a cold one carries its own uuid; a warm one the uuid of the spare it runs as, which
+        the instance's marked directory records too (copied metadata is not enough)."""
         if not meta or meta.get('host') != self._node or meta.get('role') == 'spare':
             return None
         uuid = meta.get('uuid')
-        if uuid == dom_uuid or (meta.get('spare') == dom_uuid and specmod.is_canonical_uuid(uuid)):
-            return uuid
-        return None
+        if uuid != dom_uuid and not (meta.get('spare') == dom_uuid
+                                     and specmod.is_canonical_uuid(uuid)
+                                     and self.restored_as(uuid) == dom_uuid):
+            return None
+        # One domain per instance: a second one naming an instance that already runs as
+        # another domain of ours (copied metadata) is not taken.
+        held = self._dom_of.get(uuid, uuid if uuid in self._ours else None)
+        return uuid if held in (None, dom_uuid) else None
 
     def _owned(self, uuid: str, dom) -> bool:
         """Whether ``dom`` is this agent's: made or adopted by it, or carrying its metadata

@@ -23,6 +23,7 @@ from agent.virt.libvirt import console as vconsole
 LOG = logging.getLogger(__name__)
 
 MAX_SOCKET_PATH = 107          # sun_path
+RESTORED_AS = 'restored-as'    # in a warm instance's directory: its domain's uuid
 
 
 def _open_and_write(path: str, line: bytes, timeout: float = 5.0) -> socket.socket:
@@ -119,6 +120,7 @@ class WarmDomains:
             os.path.join(self.instance_dir(spec.uuid), vconsole.CONSOLE_LOG),
             self.identity_socket(spec.uuid))
         self._dirs.create(spec.uuid)
+        self._write_restored_as(spec.uuid, spare.uuid)
         self._map(spec.uuid, spare.uuid)      # before: the restore's events are the instance's
         try:
             self.host.call('restoreFlags', conn.restoreFlags, spare.image, xml, 0, epoch=epoch)
@@ -129,6 +131,18 @@ class WarmDomains:
             self._remove_files(spec.uuid)
             raise
         self._restored[spec.uuid] = xml
+
+    def _write_restored_as(self, uuid: str, dom_uuid: str) -> None:
+        with open(os.path.join(self.instance_dir(uuid), RESTORED_AS), 'w') as f:
+            f.write(dom_uuid + '\n')
+
+    def restored_as(self, uuid: str) -> str | None:
+        """The libvirt uuid a warm instance was restored as, from its marked directory."""
+        try:
+            with open(os.path.join(self.instance_dir(uuid), RESTORED_AS)) as f:
+                return f.read(64).strip()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
 
     def persist(self, uuid: str) -> None:
         xml = self._restored.pop(uuid, None)
