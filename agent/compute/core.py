@@ -60,7 +60,7 @@ class Core:
         self.reconciled = collections.Counter()    # start-up actions and removed orphans
         # Warm boots (``agent.warm``): the saved spares, the pools, and who hears of spares'
         # events (the filler). No pools: nothing of it is ever used.
-        self.spares = sparesmod.SpareStore(dirs)
+        self.spares = sparesmod.SpareStore(dirs, runtime.workqueue.execute)
         self.pools: dict = {}
         self.on_spare_event = lambda event: None
 

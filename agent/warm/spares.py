@@ -5,8 +5,9 @@
 A record is written when making a spare begins (``making``), rewritten once the spare is saved
 (``saved``: complete, usable) and again when a boot takes it (``taken``: its disk belongs to an
 instance from then on). Only ``saved`` spares with their image and disk survive a restart;
-anything else is what an interrupted make or restore left, and is removed. Plain file I/O,
-small and local: written with fsync and an atomic rename.
+anything else is what an interrupted make or restore left, and is removed. Records are
+written with fsync and an atomic rename, and they and removals (a memory image is tens of
+MB) run on the work queue (``execute``): never on the caller's greenthread.
 """
 import dataclasses
 import json
@@ -50,8 +51,9 @@ class SpareStore:
     """The spares recorded in the marked directories; the available ones by pool in memory
     (``take`` hands each out once)."""
 
-    def __init__(self, dirs: instancedir.InstanceDirs):
+    def __init__(self, dirs: instancedir.InstanceDirs, execute=None):
         self._dirs = dirs
+        self._execute = execute or (lambda op, fn, *args: fn(*args))
         self._lock = threading.Lock()
         self._available: dict[str, list[Spare]] = {}    # pool -> saved spares, oldest first
         self.making: set[str] = set()                   # uuids of spares being made
@@ -61,6 +63,9 @@ class SpareStore:
         return os.path.join(self._dirs.path(uuid), IMAGE)
 
     def _write(self, uuid: str, record: dict) -> None:
+        self._execute('spare.record', self._write_now, uuid, record)
+
+    def _write_now(self, uuid: str, record: dict) -> None:
         path = os.path.join(self._dirs.path(uuid), RECORD)
         tmp = path + '.tmp'
         with open(tmp, 'w') as f:
@@ -80,7 +85,7 @@ class SpareStore:
 
     def begin(self, uuid: str, pool: str) -> None:
         """Record that spare ``uuid`` of ``pool`` is being made (its marked directory)."""
-        self._dirs.create(uuid)
+        self._execute('spare.dir', self._dirs.create, uuid)
         self._write(uuid, {'state': MAKING, 'uuid': uuid, 'pool': pool, 'at': time.time()})
         self.making.add(uuid)
 
@@ -111,7 +116,7 @@ class SpareStore:
     def remove(self, uuid: str) -> None:
         """Remove the spare's directory (record, memory image, console log)."""
         self.making.discard(uuid)
-        self._dirs.remove(uuid)
+        self._execute('spare.remove', self._dirs.remove, uuid)
 
     # -- views ------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
