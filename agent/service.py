@@ -122,6 +122,7 @@ class AgentService:
             warm={'quiet_seconds': conf.warm.quiet_seconds,
                   'ready_timeout': conf.warm.ready_timeout,
                   'retry_interval': conf.warm.retry_interval,
+                  'settle_seconds': conf.warm.settle_seconds,
                   'max_disk_gb': conf.warm.max_disk_gb})
         target = oslo_messaging.Target(topic='compute', server=conf.host)
         self.server = oslo_messaging.get_rpc_server(

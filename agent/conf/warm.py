@@ -27,6 +27,11 @@ opts = [
     cfg.IntOpt('ready_timeout', default=300, min=10, max=3600,
                help='Seconds a spare being made may take to become ready (its guest opens '
                     'the agent channel) before it is given up and removed.'),
+    cfg.FloatOpt('settle_seconds', default=2.0, min=0.0, max=600.0,
+                 help='Seconds a spare runs on after its guest became ready before it is '
+                      'saved: the burst of work a guest does right after boot is done by '
+                      'then, so restored guests resume quiet (restores of many at once '
+                      'compete less for the CPUs).'),
     cfg.FloatOpt('retry_interval', default=30.0, min=1.0, max=3600.0,
                  help='Seconds to wait before trying again after making a spare failed.'),
 ]

@@ -33,13 +33,14 @@ class Filler:
 
     def __init__(self, core, limits: specmod.Limits, quiet_seconds: float = 2.0,
                  ready_timeout: float = 300.0, retry_interval: float = 30.0,
-                 max_disk_gb: int = 0, tick: float = 0.5):
+                 max_disk_gb: int = 0, settle_seconds: float = 2.0, tick: float = 0.5):
         self._core = core
         self._limits = limits
         self._quiet = quiet_seconds
         self._ready_timeout = ready_timeout
         self._retry = retry_interval
         self._max_disk_gb = max_disk_gb
+        self._settle = settle_seconds
         self._tick = tick
         self._last_busy = 0.0
         self._seen_jobs = 0
@@ -158,6 +159,11 @@ class Filler:
                 raise GaveWay()
             if time.monotonic() > deadline:
                 raise exception.AgentError('its guest did not become ready')
+        settled = time.monotonic() + self._settle
+        while time.monotonic() < settled and uuid not in self._stopped:
+            core.runtime.sleep(min(self._tick, max(0.0, settled - time.monotonic())))
+            if self._jobs_created() != jobs:
+                raise GaveWay()
         if uuid in self._stopped:
             raise exception.AgentError('its domain stopped')
         image = core.spares.image_path(uuid)

@@ -19,7 +19,8 @@ U2 = '22222222-2222-3333-4444-555555555555'
 TINY = poolsmod.Pool(name='tiny', size=2, flavor=(
     ('vcpus', 1), ('memory_mb', 96), ('kernel', 'vmlinuz'), ('initrd', 'initrd.img'),
     ('cmdline', 'console=ttyS0'), ('disk_gb', 1)))
-WARM = {'quiet_seconds': 0.0, 'ready_timeout': 5.0, 'retry_interval': 1.0, 'tick': 0.01}
+WARM = {'quiet_seconds': 0.0, 'ready_timeout': 5.0, 'retry_interval': 1.0, 'tick': 0.01,
+        'settle_seconds': 0.0}
 
 
 def warm_agent(conf, hv, **kw):
@@ -325,9 +326,10 @@ def test_pools_come_from_their_own_groups_and_are_checked_as_specs(tmp_path, ima
                                  limits)
 
 
-def test_a_spare_being_made_gives_way_to_a_job(conf, hv):
-    a = warm_agent(conf, hv)
-    hv.auto_ready = False             # the spare's guest is still booting...
+@pytest.mark.parametrize('ready', [False, True])     # still booting, or ready and settling
+def test_a_spare_being_made_gives_way_to_a_job(conf, hv, ready):
+    a = warm_agent(conf, hv, settle_seconds=30.0)
+    hv.auto_ready = ready
     try:
         filler = a.manager.filler
         a.runtime.spawn(filler.make, TINY)
