@@ -39,6 +39,7 @@ from agent import exception  # noqa: E402
 from agent.virt.libvirt import config as vconfig  # noqa: E402
 
 KINDS = ('cold_floor', 'cold_agent', 'restore_floor', 'warm_agent')
+SETTLE_S = 2.0          # [warm] settle_seconds, the agent's default
 POOL = ('[warm]\npools = bench\nquiet_seconds = 0.5\n[warm_pool:bench]\nsize = %d\nvcpus = 1\n'
         'memory_mb = %d\nkernel = test-vmlinuz\ninitrd = test-initrd.img\ncmdline = %s\n'
         'disk_gb = 1\nuser_nics = 1\n')
@@ -52,6 +53,8 @@ class RestoreFloor:
         self.floor = floor
         self.dir = os.path.join(floor.dir, 'restore')
         os.makedirs(self.dir, exist_ok=True)
+        for name in os.listdir(self.dir):          # what an interrupted run left
+            os.unlink(os.path.join(self.dir, name))
         self.progress = progress
 
     def _xml(self, uuid: str, index: int, memory_mb: int) -> str:
@@ -86,6 +89,10 @@ class RestoreFloor:
             self.progress.show('restore floor N=%d: spares ready %d/%d' % (
                 n, len([u for u in uuids if u in self.floor.ready]), n))
             time.sleep(0.2)
+        # As the agent's filler does: each spare runs SETTLE_S after it became ready
+        # before it is saved (most here ran longer: they waited for the slowest).
+        last_ready = max(self.floor.ready[u] for u in uuids)
+        time.sleep(max(0.0, SETTLE_S - (time.monotonic() - last_ready)))
         images = {u: os.path.join(self.dir, u + '.save') for u in uuids}
 
         def save(u):
