@@ -158,7 +158,7 @@ class RestoreFloor:
 def warm_storm(svc: 'bs.Services', n: int, memory_mb: int, ready_timeout: float, progress,
                run: str) -> dict:
     """N warm boots at once through a fresh agent whose pool holds N saved spares."""
-    proc = svc.start_agent(run, POOL % (n, memory_mb, bs.CMDLINE), trace=False)
+    proc = svc.start_agent(run, POOL % (n, memory_mb, bs.CMDLINE))
     deadline = time.monotonic() + 120 + 60 * n
     while True:
         warm = svc.compute.get_stats(svc.host)['manager']['warm']
