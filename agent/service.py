@@ -186,10 +186,12 @@ class AgentService:
         self.stop()
 
     def stop(self) -> None:
-        """Stop serving: RPC server first, then flush reports and the journal."""
+        """Stop serving: RPC server first, then the warm filler (a spare being booted is
+        removed while libvirt is still connected), then flush reports and the journal."""
         LOG.info('stopping')
         self.server.stop()
         self.server.wait()
+        self.manager.stop_filler()
         self.reporter.flush(timeout=5.0)
         self.reporter.stop()
         try:

@@ -155,6 +155,11 @@ class ComputeManager:
         if self.core.pools:
             self.filler.run()
 
+    def stop_filler(self) -> None:
+        """No spare is made from now on; one being booted is removed first (``Filler.stop``)."""
+        if self.core.pools:
+            self.filler.stop()
+
     def storage_report(self, uuids: list[str] | None = None) -> dict:
         """Capacity and the agent's disks, from one shared listing of the backend (``uuids``
         as checked by ``agent.rpc.schema``)."""

@@ -25,7 +25,8 @@ LOG = logging.getLogger(__name__)
 
 
 class GaveWay(Exception):
-    """A job started while a spare was being made: it is removed (it would compete)."""
+    """A job started while a spare was being made (it would compete), or the agent stops: the
+    spare is removed."""
 
 
 class Filler:
@@ -47,6 +48,8 @@ class Filler:
         self._failed_at: dict[str, float] = {}      # pool -> when making one last failed
         self._ready: dict[str, threading.Event] = {}
         self._stopped: set[str] = set()
+        self._stopping = False
+        self._busy = False
         self.made = 0
         self.failures = 0
         self.gave_way = 0
@@ -66,15 +69,32 @@ class Filler:
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> None:
-        """Forever: when the node is quiet, make the spare the emptiest pool lacks most."""
-        while True:
+        """Until ``stop``: when the node is quiet, make the spare the emptiest pool lacks
+        most."""
+        while not self._stopping:
             self._core.runtime.sleep(self._tick)
+            self._busy = True
             try:
                 pool = self.next_pool()
                 if pool is not None:
                     self.make(pool)
             except Exception:      # never let the loop die: log and go on
                 LOG.exception('making a spare failed unexpectedly')
+            finally:
+                self._busy = False
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """The agent stops: no spare is begun from now on, one being booted gives way (it is
+        removed while libvirt is still connected: a transient domain would outlive the agent),
+        one being saved finishes. Waits up to ``timeout`` s; True once the filler is idle."""
+        self._stopping = True
+        deadline = time.monotonic() + timeout
+        while self._busy and time.monotonic() < deadline:
+            self._core.runtime.sleep(0.05)
+        if self._busy:
+            LOG.warning('a spare was still being made when the agent stopped; the next '
+                        'start-up removes it')
+        return not self._busy
 
     def _jobs_created(self) -> int:
         """Jobs accepted so far (a counter: a job that came and went is seen too)."""
@@ -93,7 +113,7 @@ class Filler:
     def next_pool(self) -> poolsmod.Pool | None:
         """The pool to make a spare for now, or None (full, quiet time not reached, capped,
         or a recent failure)."""
-        if not self.quiet():
+        if self._stopping or not self.quiet():
             return None
         counts = self._core.spares.counts()
         held = sum(s.disk_gb for s in self._core.spares.available())
@@ -124,9 +144,9 @@ class Filler:
         started = time.monotonic()
         try:
             spare = self._make(uuid, pool, spec)
-        except GaveWay:
-            LOG.info('[spare: %s] pool %s: a job started: the spare being made gave way',
-                     uuid, pool.name)
+        except GaveWay as why:
+            LOG.info('[spare: %s] pool %s: %s: the spare being made gave way', uuid, pool.name,
+                     why)
             self._remove(uuid, spec)
             self.gave_way += 1
             return None
@@ -152,18 +172,17 @@ class Filler:
                                                    spec.image, spec.image_format),)
         ready = self._ready[uuid] = threading.Event()
         jobs = self._jobs_created()
+        self._go_on(jobs)
         core.driver.spawn_spare(spec, disks, pool.name)
         deadline = time.monotonic() + self._ready_timeout
         while not ready.wait(self._tick):
-            if self._jobs_created() != jobs:     # a spare never competes with a storm
-                raise GaveWay()
+            self._go_on(jobs)
             if time.monotonic() > deadline:
                 raise exception.AgentError('its guest did not become ready')
         settled = time.monotonic() + self._settle
         while time.monotonic() < settled and uuid not in self._stopped:
             core.runtime.sleep(min(self._tick, max(0.0, settled - time.monotonic())))
-            if self._jobs_created() != jobs:
-                raise GaveWay()
+            self._go_on(jobs)
         if uuid in self._stopped:
             raise exception.AgentError('its domain stopped')
         image = core.spares.image_path(uuid)
@@ -175,6 +194,14 @@ class Filler:
         core.tracker.reserve(uuid, spec.disk_gb)      # its vCPUs and memory are free again
         core.spares.saved(spare)
         return spare
+
+    def _go_on(self, jobs: int) -> None:
+        """GaveWay if a job was accepted since ``jobs`` (a spare never competes with a storm)
+        or the agent stops."""
+        if self._stopping:
+            raise GaveWay('the agent stops')
+        if self._jobs_created() != jobs:
+            raise GaveWay('a job started')
 
     def _remove(self, uuid: str, spec: specmod.BootSpec) -> None:
         core = self._core

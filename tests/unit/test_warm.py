@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import threading
+import time
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -338,6 +339,24 @@ def test_a_spare_being_made_gives_way_to_a_job(conf, hv, ready):
         wait_until(lambda: filler.gave_way == 1, what='the spare to give way')
         assert list(hv.domains) == [U1] and os.listdir(conf.instances_path) == [U1]
         assert filler.failures == 0 and a.manager.core.spares.counts() == {}
+    finally:
+        a.stop()
+
+
+def test_a_spare_being_booted_when_the_agent_stops_is_removed_first(conf, hv):
+    """A spare is a transient domain: left running, it would outlive the agent."""
+    a = warm_agent(conf, hv)
+    hv.auto_ready = False                     # its guest never gets ready
+    try:
+        filler = a.manager.filler
+        a.runtime.spawn(filler.run)
+        wait_until(lambda: 'createXML' in hv.calls, what='the spare to start')
+        a.manager.stop_filler()
+        assert hv.domains == {} and os.listdir(conf.instances_path) == []
+        assert filler.gave_way == 1 and a.manager.core.spares.counts() == {}
+        created = hv.calls.count('createXML')
+        time.sleep(0.3)                       # several ticks: nothing is begun any more
+        assert hv.calls.count('createXML') == created and filler.next_pool() is None
     finally:
         a.stop()
 
