@@ -212,14 +212,18 @@ class AgentService:
 
 
 class ConductorService:
-    """The reference conductor: stores agents' reports; native threads, no eventlet."""
+    """The reference conductor: stores agents' reports; native threads, no eventlet. One
+    process per worker (``agent.conductor.workers``), each with its own store connections
+    and its own RPC server name on the shared topic."""
 
-    def __init__(self, conf):
+    def __init__(self, conf, worker: int | None = None):
         self.conf = conf
-        os.makedirs(os.path.dirname(os.path.abspath(conf.conductor.database)), exist_ok=True)
-        self.store = conductor_db.InstanceStore(conf.conductor.database)
+        self.store = conductor_db.InstanceStore(
+            conf.conductor.database, conf.conductor.db_pool_size,
+            conf.conductor.wait_poll_interval)
         self.transport = rpc.get_transport(conf)
-        target = oslo_messaging.Target(topic=conf.conductor.topic, server=conf.host)
+        self.name = conf.host if worker is None else '%s-w%d' % (conf.host, worker)
+        target = oslo_messaging.Target(topic=conf.conductor.topic, server=self.name)
         self.server = oslo_messaging.get_rpc_server(
             self.transport, target,
             [conductor_manager.ConductorEndpoint(self.store, conf.conductor.debug_report_delay,
@@ -228,10 +232,10 @@ class ConductorService:
         self._stop = threading.Event()
 
     def start(self) -> None:
-        """Open the store and start the RPC server."""
+        """Start the RPC server (the store is open and migrated)."""
         self.server.start()
-        LOG.info('compute-conductor serving topic %s, database %s', self.conf.conductor.topic,
-                 self.conf.conductor.database)
+        LOG.info('compute-conductor %s serving topic %s, %s database at revision %s',
+                 self.name, self.conf.conductor.topic, self.store.dialect, self.store.revision)
 
     def wait(self) -> None:
         """Block until told to stop, then stop."""

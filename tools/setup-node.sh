@@ -17,6 +17,7 @@ ETC=/etc/compute-agent                        # messaging credentials (0600) and
 TLS_DIR=$ETC/tls                              # ca.pem (public), ca.key (root only)
 RABBIT_TLS=/etc/rabbitmq/tls                  # the broker's certificate and key (user rabbitmq)
 AMQPS_PORT=5671
+RABBIT_NOFILE=65536
 # Broker users, one per node role. The agent may publish only to the conductor's topics and to
 # reply queues (it cannot command nodes); the control plane (conductor, compute-ctl) may do all.
 AGENT_USER=compute-agent
@@ -156,15 +157,34 @@ CONF
     if [ "$(cat "$conf" 2>/dev/null)" != "$want" ]; then
         log "configuring RabbitMQ for TLS on 127.0.0.1:$AMQPS_PORT"
         printf '%s\n' "$want" >"$conf"
-        if rabbitmqctl -q status >/dev/null 2>&1; then
+        if rabbitmqctl -q ping >/dev/null 2>&1; then
             log "restarting rabbitmq-server to read it"
             rabbitmqctl -q stop >/dev/null 2>&1 || true
         fi
     fi
 }
 
+rabbit_nofile() {
+    local pid
+    pid=$(pgrep -o beam.smp) || return 1
+    awk '/^Max open files/ {print $4}' "/proc/$pid/limits"
+}
+
 start_rabbitmq() {
-    if ! rabbitmqctl -q status >/dev/null 2>&1; then
+    local hard
+    hard=$(ulimit -Hn)
+    [ "$hard" = unlimited ] || [ "$hard" -ge "$RABBIT_NOFILE" ] || RABBIT_NOFILE=$hard
+    # A fleet's broker holds a few connections per node (100 simulated nodes passed the
+    # default 1024 files and RabbitMQ refused connections): start it with room for many.
+    if rabbitmqctl -q ping >/dev/null 2>&1 && [ "$(rabbit_nofile || echo 0)" -lt "$RABBIT_NOFILE" ]; then
+        log "restarting rabbitmq-server with $RABBIT_NOFILE open files"
+        rabbitmqctl -q stop >/dev/null 2>&1 || true
+        for _ in $(seq 100); do pgrep beam.smp >/dev/null || break; sleep 0.1; done
+    fi
+    # rabbitmq-server runs the broker through su, whose pam_limits sets the limit.
+    local limits=/etc/security/limits.d/compute-agent-rabbitmq.conf
+    printf 'rabbitmq soft nofile %s\nrabbitmq hard nofile %s\n' "$RABBIT_NOFILE" "$RABBIT_NOFILE" >"$limits"
+    if ! rabbitmqctl -q ping >/dev/null 2>&1; then
         log "starting rabbitmq-server"
         HOME=/var/lib/rabbitmq rabbitmq-server -detached
     fi

@@ -1,189 +1,261 @@
 """The conductor's store: the latest state of every instance and the latest usage of every
-node, in SQLite.
+node, on SQLAlchemy (SQLite embedded by default; PostgreSQL for a fleet).
 
 An instance row is applied only if its ``seq`` is newer than the stored one, and a node's usage
 only if its ``generation`` is higher, so reports that arrive late or twice never roll back.
 An instance belongs to the node that first reported it: another node's state for it is not
-applied (unless the instance was deleted). Reports are checked (``validate``) before they get
-here; a report that still fails to apply is rolled back whole and the store stays usable.
+applied (unless the instance was deleted). These rules are conditions inside the database's
+own upserts (``INSERT ... ON CONFLICT DO UPDATE ... WHERE``), never read-then-write in
+Python, so several conductor workers may apply reports for the same rows at once: each row's
+newest state wins whatever the order. A report is one transaction (rolled back whole if any
+part fails); rows are written in uuid order, so two reports never wait on each other's rows in
+a cycle. A transaction the database aborted (deadlock, serialization, a restart) is tried
+again. Reports are checked (``validate``) before they get here.
 """
 import json
-import sqlite3
+import logging
+import os
 import threading
 import time
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import sqlite
+
+from agent.conductor import migrate
+from agent.conductor import schema
+
+LOG = logging.getLogger(__name__)
 
 FIELDS = ('uuid', 'host', 'name', 'vm_state', 'power_state', 'task', 'fault', 'boot_job',
           'accepted_at', 'active_at', 'updated_at', 'seq', 'readiness', 'ready_at')
 # When the conductor first stored the current active_at / ready_at (a report's lag is
 # ``*_seen_at - *_at``): kept while a later report repeats the same time.
 SEEN = (('active_seen_at', 'active_at'), ('ready_seen_at', 'ready_at'))
+COLUMNS = FIELDS + ('received_at',) + tuple(seen for seen, _ in SEEN)
+NODE_COLUMNS = ('host', 'generation', 'capacity', 'usage', 'inventory', 'instances',
+                'reported_at', 'received_at', 'reserved')
+RETRIES = 5
+_INSERT = {'postgresql': postgresql.insert, 'sqlite': sqlite.insert}
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS instances (
-    uuid TEXT PRIMARY KEY, host TEXT NOT NULL, name TEXT, vm_state TEXT NOT NULL,
-    power_state TEXT, task TEXT, fault TEXT, boot_job TEXT, accepted_at REAL, active_at REAL,
-    updated_at REAL, seq INTEGER NOT NULL, received_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS instances_host ON instances(host);
-CREATE TABLE IF NOT EXISTS reports (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, host TEXT NOT NULL, received_at REAL NOT NULL,
-    states INTEGER NOT NULL, applied INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS nodes (
-    host TEXT PRIMARY KEY, generation INTEGER NOT NULL, capacity TEXT NOT NULL,
-    usage TEXT NOT NULL, inventory TEXT, instances INTEGER NOT NULL, reported_at REAL,
-    received_at REAL NOT NULL
-);
-"""
 
-# Columns added after the first release: (table, column, declaration).
-_ADDED_COLUMNS = (('reports', 'generation', 'INTEGER'), ('reports', 'node_applied', 'INTEGER'),
-                  ('instances', 'readiness', 'TEXT'), ('instances', 'ready_at', 'REAL'),
-                  ('instances', 'active_seen_at', 'REAL'), ('instances', 'ready_seen_at', 'REAL'),
-                  ('nodes', 'reserved', 'TEXT'))
+def url_of(database: str) -> str:
+    """A SQLAlchemy URL; a plain path is a SQLite file."""
+    return database if '://' in database else 'sqlite:///' + os.path.abspath(database)
+
+
+def make_engine(url: str, pool_size: int = 8) -> sa.engine.Engine:
+    """An engine for ``url``: SQLite in WAL mode with write transactions that take the write
+    lock first (``BEGIN IMMEDIATE``) and wait up to 30 s for it; PostgreSQL with a pool that
+    checks a connection before use (a database restart costs one failed check, not a report)."""
+    if url.startswith('sqlite'):
+        path = sa.engine.make_url(url).database
+        if path and path != ':memory:':
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        engine = sa.create_engine(url, connect_args={'timeout': 30, 'check_same_thread': False,
+                                                     'isolation_level': None})
+
+        @sa.event.listens_for(engine, 'connect')
+        def _pragmas(dbapi_conn, _record):
+            dbapi_conn.execute('PRAGMA journal_mode=WAL')
+            dbapi_conn.execute('PRAGMA synchronous=NORMAL')
+
+        @sa.event.listens_for(engine, 'begin')
+        def _begin(conn):
+            immediate = conn.get_execution_options().get('write', False)
+            conn.exec_driver_sql('BEGIN IMMEDIATE' if immediate else 'BEGIN')
+        return engine
+    return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size,
+                            pool_pre_ping=True, pool_recycle=3600)
+
+
+def _retryable(exc: Exception) -> bool:
+    """A transaction the database gave up on (deadlock, serialization, a locked SQLite file)
+    or a connection it dropped or refused (a restart): try again. Bad data is not retried."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, sa_exc.OperationalError)
 
 
 class InstanceStore:
-    """Thread-safe; every change wakes ``wait_for`` callers."""
+    """Thread-safe; every change this process makes wakes ``wait_for`` callers, and they look
+    again every ``wait_poll`` seconds for what other workers applied."""
 
-    def __init__(self, path: str):
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute('PRAGMA journal_mode=WAL')
-        self._db.execute('PRAGMA synchronous=NORMAL')
-        self._db.executescript(_SCHEMA)
-        for table, column, decl in _ADDED_COLUMNS:
-            have = {row[1] for row in self._db.execute('PRAGMA table_info(%s)' % table)}
-            if column not in have:
-                self._db.execute('ALTER TABLE %s ADD COLUMN %s %s' % (table, column, decl))
+    def __init__(self, database: str, pool_size: int = 8, wait_poll: float = 0.25):
+        self.url = url_of(database)
+        self.engine = make_engine(self.url, pool_size)
+        self.dialect = self.engine.dialect.name
+        if self.dialect not in _INSERT:
+            raise ValueError('conductor database: sqlite or postgresql, not %s' % self.dialect)
+        self.revision = migrate.upgrade(self.engine)
+        self._insert = _INSERT[self.dialect]
+        self._wait_poll = wait_poll
         self._cond = threading.Condition()
+        self.retried = 0
 
+    def _retrying(self, what: str, fn, *args):
+        """``fn(*args)``, tried again (up to RETRIES times, backing off) when the database
+        gave up the transaction or the connection."""
+        for attempt in range(RETRIES):
+            try:
+                return fn(*args)
+            except sa_exc.DBAPIError as exc:
+                if attempt == RETRIES - 1 or not _retryable(exc):
+                    raise
+                self.retried += 1
+                LOG.warning('%s: the database gave up (%s); trying again', what,
+                            str(exc).splitlines()[0])
+                time.sleep(min(2.0, 0.1 * 2 ** attempt))
+
+    # -- writes --------------------------------------------------------------------------
     def apply_report(self, host: str, states: list[dict], resources: dict | None = None) -> int:
         """Store the newer of each state, and the node's usage if its generation is higher;
         one transaction per report, rolled back whole if any part fails. Returns the
         instance rows applied."""
+        def once():
+            with self.engine.connect().execution_options(write=True) as conn:
+                with conn.begin():
+                    return self._apply(conn, host, states, resources)
+        applied = self._retrying('report from %s' % host, once)
         with self._cond:
-            cur = self._db.cursor()
-            cur.execute('BEGIN')
-            try:
-                applied = self._apply(cur, host, states, resources)
-                cur.execute('COMMIT')
-            except BaseException:
-                if self._db.in_transaction:
-                    cur.execute('ROLLBACK')
-                raise
             self._cond.notify_all()
         return applied
 
-    def _apply(self, cur, host: str, states: list[dict], resources: dict | None) -> int:
+    def _apply(self, conn, host: str, states: list[dict], resources: dict | None) -> int:
         now = time.time()
         applied = 0
-        node_applied = None
+        newest: dict[str, dict] = {}           # one row per uuid: its newest state
         for state in states:
             row = {f: state.get(f) for f in FIELDS}
-            row['host'] = host
-            row['received_at'] = now
-            seen_new = ', '.join('CASE WHEN :%s IS NULL THEN NULL ELSE :received_at END' % at
-                                 for _, at in SEEN)
-            seen_set = ', '.join(
-                '%s=CASE WHEN excluded.%s IS NULL THEN NULL WHEN excluded.%s IS instances.%s '
-                'THEN instances.%s ELSE excluded.received_at END' % (seen, at, at, at, seen)
-                for seen, at in SEEN)
-            cur.execute(
-                'INSERT INTO instances (%s, received_at, %s) VALUES (%s, :received_at, %s) '
-                'ON CONFLICT(uuid) DO UPDATE SET %s, %s WHERE excluded.seq > instances.seq '
-                "AND (instances.host = excluded.host OR instances.vm_state = 'deleted')"
-                % (', '.join(FIELDS), ', '.join(seen for seen, _ in SEEN),
-                   ', '.join(':' + f for f in FIELDS), seen_new,
-                   ', '.join('%s=excluded.%s' % (f, f) for f in FIELDS[1:] + ('received_at',)),
-                   seen_set),
-                row)
-            applied += cur.rowcount
+            old = newest.get(row['uuid'])
+            if old is None or row['seq'] > old['seq']:
+                newest[row['uuid']] = row
+        if newest:
+            rows = []
+            for uuid in sorted(newest):
+                row = newest[uuid]
+                row.update(host=host, received_at=now)
+                for seen, at in SEEN:
+                    row[seen] = None if row[at] is None else now
+                rows.append(row)
+            t = schema.instances
+            stmt = self._insert(t).values(rows)
+            new = stmt.excluded
+            update = {f: new[f] for f in FIELDS[1:] + ('received_at',)}
+            for seen, at in SEEN:
+                update[seen] = sa.case((new[at].is_(None), None),
+                                       (new[at].is_not_distinct_from(t.c[at]), t.c[seen]),
+                                       else_=new.received_at)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[t.c.uuid], set_=update,
+                where=sa.and_(new.seq > t.c.seq,
+                              sa.or_(t.c.host == new.host, t.c.vm_state == 'deleted')))
+            applied = conn.execute(stmt).rowcount
+        node_applied = None
         if resources is not None:
-            cur.execute(
-                'INSERT INTO nodes (host, generation, capacity, usage, inventory, instances, '
-                'reported_at, received_at, reserved) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) '
-                'ON CONFLICT(host) DO UPDATE SET generation=excluded.generation, '
-                'capacity=excluded.capacity, usage=excluded.usage, reserved=excluded.reserved, '
-                'inventory=excluded.inventory, instances=excluded.instances, '
-                'reported_at=excluded.reported_at, received_at=excluded.received_at '
-                'WHERE excluded.generation > nodes.generation',
-                (host, int(resources['generation']), json.dumps(resources['capacity']),
-                 json.dumps(resources['usage']), json.dumps(resources.get('inventory')),
-                 int(resources['instances']), resources.get('at'), now,
-                 json.dumps(resources.get('reserved'))))
-            node_applied = cur.rowcount
-        cur.execute('INSERT INTO reports (host, received_at, states, applied, generation, '
-                    'node_applied) VALUES (?, ?, ?, ?, ?, ?)',
-                    (host, now, len(states), applied,
-                     None if resources is None else int(resources['generation']),
-                     node_applied))
+            t = schema.nodes
+            values = {'host': host, 'generation': int(resources['generation']),
+                      'capacity': json.dumps(resources['capacity']),
+                      'usage': json.dumps(resources['usage']),
+                      'inventory': json.dumps(resources.get('inventory')),
+                      'instances': int(resources['instances']),
+                      'reported_at': resources.get('at'), 'received_at': now,
+                      'reserved': json.dumps(resources.get('reserved'))}
+            stmt = self._insert(t).values(values)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[t.c.host],
+                set_={c: stmt.excluded[c] for c in NODE_COLUMNS[1:]},
+                where=stmt.excluded.generation > t.c.generation)
+            node_applied = conn.execute(stmt).rowcount
+        conn.execute(schema.reports.insert().values(
+            host=host, received_at=now, states=len(states), applied=applied,
+            generation=None if resources is None else int(resources['generation']),
+            node_applied=node_applied))
         return applied
 
-    def _rows(self, where: str = '', args=()) -> list[dict]:
+    # -- reads ---------------------------------------------------------------------------
+    def _rows(self, where=None) -> list[dict]:
         # received_at: when the conductor got the current state.
-        columns = FIELDS + ('received_at',) + tuple(seen for seen, _ in SEEN)
-        cur = self._db.execute('SELECT %s FROM instances %s ORDER BY accepted_at'
-                               % (', '.join(columns), where), args)
-        return [dict(zip(columns, row)) for row in cur.fetchall()]
+        t = schema.instances
+        query = sa.select(*(t.c[c] for c in COLUMNS)).order_by(t.c.accepted_at, t.c.uuid)
+        if where is not None:
+            query = query.where(where)
+
+        def once():
+            with self.engine.connect() as conn:
+                return [dict(r._mapping) for r in conn.execute(query)]
+        return self._retrying('reading instances', once)
 
     def get(self, uuid: str) -> dict | None:
         """One instance's row, or None."""
-        with self._cond:
-            rows = self._rows('WHERE uuid = ?', (uuid,))
+        rows = self._rows(schema.instances.c.uuid == uuid)
         return rows[0] if rows else None
 
     def list_instances(self, host: str | None = None) -> list[dict]:
         """Every instance row, or those of one host."""
-        with self._cond:
-            return self._rows('WHERE host = ?', (host,)) if host else self._rows()
+        return self._rows(schema.instances.c.host == host if host else None)
 
     def report_count(self, host: str | None = None) -> int:
         """The number of reports applied (from one host, or all)."""
-        with self._cond:
-            q = 'SELECT COUNT(*) FROM reports' + (' WHERE host = ?' if host else '')
-            return self._db.execute(q, (host,) if host else ()).fetchone()[0]
+        query = sa.select(sa.func.count()).select_from(schema.reports)
+        if host:
+            query = query.where(schema.reports.c.host == host)
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar_one()
 
     def get_node(self, host: str) -> dict | None:
         """A node's last applied usage report, or None."""
-        with self._cond:
-            row = self._db.execute(
-                'SELECT host, generation, capacity, usage, inventory, instances, reported_at, '
-                'received_at, reserved FROM nodes WHERE host = ?', (host,)).fetchone()
+        t = schema.nodes
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(*(t.c[c] for c in NODE_COLUMNS))
+                               .where(t.c.host == host)).first()
         if row is None:
             return None
-        return {'host': row[0], 'generation': row[1], 'capacity': json.loads(row[2]),
-                'usage': json.loads(row[3]), 'inventory': json.loads(row[4] or 'null'),
-                'instances': row[5], 'reported_at': row[6], 'received_at': row[7],
-                'reserved': json.loads(row[8] or 'null')}
+        out = dict(row._mapping)
+        for c in ('capacity', 'usage', 'inventory', 'reserved'):
+            out[c] = json.loads(out[c] or 'null')
+        return out
 
     def list_reports(self, host: str) -> list[dict]:
         """Every report received from ``host``, oldest first."""
-        with self._cond:
-            rows = self._db.execute(
-                'SELECT received_at, states, applied, generation, node_applied FROM reports '
-                'WHERE host = ? ORDER BY id', (host,)).fetchall()
-        return [dict(zip(('received_at', 'states', 'applied', 'generation', 'node_applied'), r))
-                for r in rows]
+        t = schema.reports
+        cols = ('received_at', 'states', 'applied', 'generation', 'node_applied')
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(*(t.c[c] for c in cols))
+                                .where(t.c.host == host).order_by(t.c.id))
+            return [dict(r._mapping) for r in rows]
+
+    def size_bytes(self) -> int:
+        """The database's size on disk (PostgreSQL: the database; SQLite: file + WAL)."""
+        if self.dialect == 'postgresql':
+            with self.engine.connect() as conn:
+                return conn.execute(sa.text('SELECT pg_database_size(current_database())')
+                                    ).scalar_one()
+        path = self.engine.url.database
+        return sum(os.path.getsize(p) for p in (path, path + '-wal') if os.path.exists(p))
 
     def wait_for(self, uuids: list[str], states: list[str], timeout: float,
                  ready: bool = False) -> dict:
         """Block until every uuid is in one of ``states`` (and, with ``ready``, its guest is
         ready), or until ``timeout``. Returns {uuid: row or None}."""
         deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                rows = {u: (self._rows('WHERE uuid = ?', (u,)) or [None])[0] for u in uuids}
-                if all(r is not None and r['vm_state'] in states
-                       and (not ready or r['readiness'] == 'ready') for r in rows.values()):
-                    return rows
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return rows
-                self._cond.wait(left)
+        t = schema.instances
+        while True:
+            found = {r['uuid']: r for r in self._rows(t.c.uuid.in_(list(uuids)))}
+            rows = {u: found.get(u) for u in uuids}
+            if all(r is not None and r['vm_state'] in states
+                   and (not ready or r['readiness'] == 'ready') for r in rows.values()):
+                return rows
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return rows
+            with self._cond:
+                self._cond.wait(min(left, self._wait_poll))
 
     def close(self) -> None:
-        """Close the database."""
-        self._db.close()
+        """Close the database's connections."""
+        self.engine.dispose()
 
 
 def dumps(rows) -> str:

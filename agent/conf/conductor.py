@@ -6,8 +6,22 @@ group = cfg.OptGroup('conductor', help='The conductor that receives instance sta
 opts = [
     cfg.StrOpt('topic', default='conductor',
                help='RPC topic of the conductor service.'),
-    cfg.StrOpt('database', default='/var/lib/compute-agent/conductor.sqlite',
-               help='(conductor) SQLite file holding the reported instance states.'),
+    cfg.StrOpt('database', default='/var/lib/compute-agent/conductor.sqlite', secret=True,
+               help='(conductor) Where the conductor keeps instance states and node usage: a '
+                    'SQLite file (a path: the embedded default, one host) or a SQLAlchemy URL, '
+                    'e.g. postgresql+psycopg2://USER:PASSWORD@HOST:PORT/DB for a fleet with '
+                    'several workers (tools/setup-conductor-db.sh writes one). Migrated to the '
+                    'current schema at start-up.'),
+    cfg.IntOpt('workers', default=1, min=1, max=64,
+               help='(conductor) Conductor processes sharing the topic: RabbitMQ hands each '
+                    'report to one of them. More than one needs a store they share safely '
+                    '(PostgreSQL; a SQLite file works on one host but serialises writers).'),
+    cfg.IntOpt('db_pool_size', default=8, min=1, max=256,
+               help='(conductor) Database connections per worker (PostgreSQL), and as many '
+                    'again on demand.'),
+    cfg.FloatOpt('wait_poll_interval', default=0.25, min=0.01, max=10.0,
+                 help='(conductor) wait_instances is woken by the reports its own worker '
+                      'applies, and looks again this often for what other workers applied.'),
     cfg.FloatOpt('report_window', default=0.05, min=0.0, max=10.0,
                  help='(agent) Seconds to gather further state changes before sending a batch; '
                       'at most one report is in flight and later changes supersede earlier ones.'),

@@ -36,6 +36,8 @@ GUEST_VERSION = 7       # the test guest's /init these tests rely on (agent + id
 AGENT_CREDS = '/etc/compute-agent/messaging-agent.conf'
 CONTROL_CREDS = '/etc/compute-agent/messaging-control.conf'
 AMQPS_PORT = 5671
+# The conductor's PostgreSQL (tools/setup-conductor-db.sh): its URL, root only.
+DB_URL_FILE = '/etc/compute-agent/conductor-db.url'
 
 
 def _check_node():
@@ -148,6 +150,24 @@ class Node:
             stdout=log, stderr=subprocess.STDOUT, env=env)
         if name == 'agent':
             self.wait_agent()
+        else:
+            self.wait_conductor()
+
+    def wait_conductor(self, timeout: float = 60.0) -> None:
+        """Until the conductor answers (its queue exists: an agent's first report is not
+        lost to a queue nobody declared yet)."""
+        probe = conductor_api.ConductorAPI(self.transport, self.topic, timeout=2)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.procs['conductor'].poll() is not None:
+                raise AssertionError('conductor exited: %s' % self.log_tail('conductor'))
+            try:
+                probe.list_instances('nobody')
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise AssertionError('conductor did not answer: %s'
+                                         % self.log_tail('conductor'))
 
     def wait_agent(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -356,6 +376,42 @@ def leaves_no_instances(request):
         if still:
             left[n.host] = still
     assert not left, 'instances left behind (now removed): %s' % left
+
+
+def pg_admin_url() -> str:
+    """The URL of the conductor's PostgreSQL role (may create databases); fails the run when
+    tools/setup-conductor-db.sh has not run."""
+    try:
+        with open(DB_URL_FILE) as f:
+            url = f.read().strip()
+    except OSError as exc:
+        pytest.fail('no conductor database (%s). Run tools/setup-conductor-db.sh.' % exc,
+                    pytrace=False)
+    import sqlalchemy as sa
+    try:
+        sa.create_engine(url).connect().close()
+    except sa.exc.OperationalError as exc:
+        pytest.fail('PostgreSQL not reachable: %s. Run tools/setup-conductor-db.sh.'
+                    % str(exc).splitlines()[0], pytrace=False)
+    return url
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh PostgreSQL database for one test (dropped afterwards, connections and all)."""
+    import sqlalchemy as sa
+    admin = pg_admin_url()
+    name = 'ftest_%s' % uuidlib.uuid4().hex[:12]
+    # No pooled connection: a test may restart PostgreSQL under it.
+    engine = sa.create_engine(admin, isolation_level='AUTOCOMMIT', poolclass=sa.pool.NullPool)
+    with engine.connect() as conn:
+        conn.exec_driver_sql('CREATE DATABASE %s' % name)
+    try:
+        yield admin.rsplit('/', 1)[0] + '/' + name
+    finally:
+        with engine.connect() as conn:
+            conn.exec_driver_sql('DROP DATABASE IF EXISTS %s WITH (FORCE)' % name)
+        engine.dispose()
 
 
 def _run_node(n: Node):

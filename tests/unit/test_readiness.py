@@ -155,10 +155,30 @@ def test_the_conductor_refuses_bad_readiness(field, value):
     assert field in str(err.value)
 
 
+# The hand-written schema of the first conductor (before readiness and before alembic).
+OLD_SCHEMA = """
+CREATE TABLE instances (
+    uuid TEXT PRIMARY KEY, host TEXT NOT NULL, name TEXT, vm_state TEXT NOT NULL,
+    power_state TEXT, task TEXT, fault TEXT, boot_job TEXT, accepted_at REAL, active_at REAL,
+    updated_at REAL, seq INTEGER NOT NULL, received_at REAL NOT NULL
+);
+CREATE INDEX instances_host ON instances(host);
+CREATE TABLE reports (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, host TEXT NOT NULL, received_at REAL NOT NULL,
+    states INTEGER NOT NULL, applied INTEGER NOT NULL
+);
+CREATE TABLE nodes (
+    host TEXT PRIMARY KEY, generation INTEGER NOT NULL, capacity TEXT NOT NULL,
+    usage TEXT NOT NULL, inventory TEXT, instances INTEGER NOT NULL, reported_at REAL,
+    received_at REAL NOT NULL
+);
+"""
+
+
 def test_old_conductor_databases_gain_the_readiness_columns(tmp_path):
     path = str(tmp_path / 'old.sqlite')
     old = sqlite3.connect(path)
-    old.executescript(db._SCHEMA)
+    old.executescript(OLD_SCHEMA)
     old.execute("INSERT INTO instances (uuid, host, vm_state, seq, received_at) "
                 "VALUES (?, 'h1', 'active', 1, 1.0)", (U1,))
     old.commit()

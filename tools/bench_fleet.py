@@ -1,0 +1,543 @@
+#!/usr/bin/env python3
+"""Fleet simulation: K agent processes (each its own node, on a private libvirt test driver
+hosted in libvirtd: every libvirt call crosses libvirtd's socket, no QEMU runs) reporting to
+one RabbitMQ and one conductor of W worker processes on PostgreSQL (or SQLite).
+
+Run it through tools/bench-fleet.sh (node set-up, PostgreSQL, venv, then this). For each W in
+``--workers``: a fresh database and conductor; then every node gets a storm of M
+``boot_instance`` at once (all K nodes at the same time), the conductor is waited for until
+every instance is active, then every instance is deleted the same way. Measured per W:
+
+- lag: each instance's ACTIVE time in its agent (``active_at``, the agent's event time) to
+  when the conductor first stored it (``active_seen_at``): p50, p99, max;
+- conductor messages per boot (reports received during the boot phase / K * M) and during the
+  delete phase; reports per second the conductor applied during the busiest second;
+- CPU seconds per process kind (agents summed, conductor processes, RabbitMQ, PostgreSQL,
+  libvirtd) over each phase, and per message;
+- the database's size; and whether every instance's final state in the conductor equals its
+  agent's (after the boots and after the deletes).
+
+``--restart-conductor`` and ``--restart-db`` restart the conductor (all its workers) and the
+database in the middle of the boot storm. Output: a table, ``fleet.json`` and ``fleet.png``
+in ``--workdir``. ``--from-json`` re-tabulates and re-plots an earlier JSON.
+"""
+import argparse
+import concurrent.futures
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid as uuidlib
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, TOP)
+
+from agent import conf as agent_conf  # noqa: E402
+from agent import rpc  # noqa: E402
+from agent.conductor import api as conductor_api  # noqa: E402
+from agent.rpc import api as compute_api  # noqa: E402
+
+AGENT_CREDS = '/etc/compute-agent/messaging-agent.conf'
+CONTROL_CREDS = '/etc/compute-agent/messaging-control.conf'
+DB_URL_FILE = '/etc/compute-agent/conductor-db.url'
+DB_NAME = 'compute_fleet_bench'
+# A node of the test driver: 64 CPUs, 64 GiB; the agent's capacity is the driver's.
+NODE_XML = ('<node><cpu><mhz>2000</mhz><model>i686</model><active>64</active><nodes>1</nodes>'
+            '<sockets>1</sockets><cores>64</cores><threads>1</threads></cpu>'
+            '<memory>67108864</memory></node>\n')
+
+
+def pct(values, q):
+    values = sorted(values)
+    if not values:
+        return None
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+class Progress:
+    def __init__(self):
+        self._last = 0.0
+
+    def show(self, text: str, force: bool = False) -> None:
+        if force or time.monotonic() - self._last > 2.0:
+            self._last = time.monotonic()
+            print('  ' + text, file=sys.stderr, flush=True)
+
+
+# -- CPU per process kind ---------------------------------------------------------------------
+def _kind(pid: str) -> str | None:
+    try:
+        with open('/proc/%s/cmdline' % pid, 'rb') as f:
+            cmd = f.read().replace(b'\0', b' ').decode('utf-8', 'replace')
+        with open('/proc/%s/comm' % pid) as f:
+            comm = f.read().strip()
+    except OSError:
+        return None
+    if 'agent.cmd.agent' in cmd:
+        return 'agents'
+    if 'agent.cmd.conductor' in cmd:
+        return 'conductor'
+    if comm == 'beam.smp':
+        return 'rabbitmq'
+    if comm == 'postgres' or comm.startswith('postgres'):
+        return 'database'
+    if comm == 'libvirtd':
+        return 'libvirtd'
+    return None
+
+
+def cpu_sample() -> dict:
+    """(kind, pid) -> CPU seconds so far, for the processes this simulation measures."""
+    out = {}
+    tick = os.sysconf('SC_CLK_TCK')
+    for pid in os.listdir('/proc'):
+        if not pid.isdigit():
+            continue
+        kind = _kind(pid)
+        if kind is None:
+            continue
+        try:
+            with open('/proc/%s/stat' % pid) as f:
+                fields = f.read().rpartition(')')[2].split()
+        except OSError:
+            continue
+        out[(kind, pid)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def cpu_since(before: dict) -> dict:
+    total: dict = {}
+    for (kind, pid), cpu in cpu_sample().items():
+        total[kind] = total.get(kind, 0.0) + cpu - before.get((kind, pid), 0.0)
+    return {k: round(v, 2) for k, v in total.items()}
+
+
+# -- the processes ----------------------------------------------------------------------------
+class Fleet:
+    def __init__(self, args, progress: Progress):
+        self.args = args
+        self.progress = progress
+        self.workdir = args.workdir
+        self.python = os.path.join(args.venv, 'bin', 'python')
+        self.topic = 'conductor-fleet'
+        self.hosts = ['fleet-%03d' % i for i in range(args.nodes)]
+        self.agents: dict[str, subprocess.Popen] = {}
+        self.conductor: subprocess.Popen | None = None
+        self.db_url = None
+        self.common = os.path.join(self.workdir, 'common.conf')
+        with open(self.common, 'w') as f:
+            f.write('[DEFAULT]\nimage_dir = %s\n[conductor]\ntopic = %s\n'
+                    '[storage]\nbackend = file\n[readiness]\nexpect_within = 0\n'
+                    '[resources]\naudit_interval = 0\ncpu_allocation_ratio = 64\n'
+                    '[workqueue]\nthreads = %d\nreserved_threads = 1\n'
+                    % (args.image_dir, self.topic, args.agent_threads))
+        agent_conf.CONF(['--config-file', self.common, '--config-file', CONTROL_CREDS],
+                        project='compute-agent-fleet', default_config_files=[])
+        self.transport = rpc.get_transport(agent_conf.CONF)
+        self.compute = compute_api.ComputeAPI(self.transport, timeout=300)
+        self.conductor_api = conductor_api.ConductorAPI(self.transport, self.topic, timeout=300)
+        self.probe = conductor_api.ConductorAPI(self.transport, self.topic, timeout=2)
+
+    # databases
+    def fresh_database(self) -> str:
+        if self.args.database == 'sqlite':
+            path = os.path.join(self.workdir, 'conductor.sqlite')
+            for suffix in ('', '-wal', '-shm', '.migrate-lock'):
+                if os.path.exists(path + suffix):
+                    os.unlink(path + suffix)
+            self.db_url = 'sqlite:///' + path
+            return self.db_url
+        import sqlalchemy as sa
+        with open(DB_URL_FILE) as f:
+            admin = f.read().strip()
+        engine = sa.create_engine(admin, isolation_level='AUTOCOMMIT')
+        with engine.connect() as conn:
+            conn.exec_driver_sql('DROP DATABASE IF EXISTS %s WITH (FORCE)' % DB_NAME)
+            conn.exec_driver_sql('CREATE DATABASE %s' % DB_NAME)
+        engine.dispose()
+        self.db_url = admin.rsplit('/', 1)[0] + '/' + DB_NAME
+        return self.db_url
+
+    def db_size(self) -> int:
+        from agent.conductor import db
+        store = db.InstanceStore(self.db_url)
+        try:
+            return store.size_bytes()
+        finally:
+            store.close()
+
+    # conductor
+    def start_conductor(self, workers: int) -> None:
+        conf = os.path.join(self.workdir, 'conductor.conf')
+        with open(conf, 'w') as f:
+            f.write('[DEFAULT]\nhost = fleet-conductor\n[conductor]\ndatabase = %s\n'
+                    'workers = %d\n' % (self.db_url, workers))
+        log = open(os.path.join(self.workdir, 'conductor.log'), 'ab')
+        self.conductor = subprocess.Popen(
+            [self.python, '-m', 'agent.cmd.conductor', '--config-file', self.common,
+             '--config-file', conf, '--config-file', CONTROL_CREDS],
+            stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.probe.list_instances('nobody')
+                return
+            except Exception:
+                if self.conductor.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit('the conductor did not start; see %s/conductor.log'
+                                     % self.workdir)
+                time.sleep(0.2)
+
+    def stop_conductor(self) -> None:
+        if self.conductor is not None and self.conductor.poll() is None:
+            self.conductor.send_signal(signal.SIGTERM)
+            try:
+                self.conductor.wait(60)
+            except subprocess.TimeoutExpired:
+                self.conductor.kill()
+                self.conductor.wait()
+        self.conductor = None
+
+    # agents
+    def start_agents(self) -> None:
+        nodes = os.path.join(self.workdir, 'nodes')
+        shutil.rmtree(nodes, ignore_errors=True)
+        os.makedirs(nodes)
+        for host in self.hosts:
+            d = os.path.join(nodes, host)
+            os.makedirs(d)
+            with open(os.path.join(d, 'node.xml'), 'w') as f:
+                f.write(NODE_XML)
+            conf = os.path.join(d, 'agent.conf')
+            with open(conf, 'w') as f:
+                f.write('[DEFAULT]\nhost = %s\ninstances_path = %s\n'
+                        '[libvirt]\nvirt_type = test\nconnection_uri = test+unix://%s\n'
+                        '[jobs]\njournal = %s\n'
+                        % (host, os.path.join(d, 'instances'), os.path.join(d, 'node.xml'),
+                           os.path.join(d, 'jobs.sqlite')))
+            log = open(os.path.join(d, 'agent.log'), 'ab')
+            self.agents[host] = subprocess.Popen(
+                [self.python, '-m', 'agent.cmd.agent', '--config-file', self.common,
+                 '--config-file', conf, '--config-file', AGENT_CREDS],
+                stdout=log, stderr=subprocess.STDOUT)
+        waiting = set(self.hosts)
+        deadline = time.monotonic() + 120 + 3 * len(self.hosts)
+        while waiting:
+            for host in sorted(waiting):
+                if self.agents[host].poll() is not None:
+                    raise SystemExit('agent %s exited; see %s/nodes/%s/agent.log'
+                                     % (host, self.workdir, host))
+                try:
+                    self.compute.ping(host, timeout=1)
+                    waiting.discard(host)
+                except Exception:
+                    pass
+            if time.monotonic() > deadline:
+                raise SystemExit('agents not answering: %s' % sorted(waiting)[:5])
+            self.progress.show('agents serving: %d/%d' % (len(self.hosts) - len(waiting),
+                                                          len(self.hosts)))
+
+    def wait_nodes_reported(self, timeout: float = 300.0) -> None:
+        """Until every node's start-up usage report is in the conductor."""
+        waiting = set(self.hosts)
+        deadline = time.monotonic() + timeout
+        while waiting and time.monotonic() < deadline:
+            waiting = {h for h in waiting if self.conductor_api.get_node(h) is None}
+            self.progress.show('nodes reported: %d/%d' % (len(self.hosts) - len(waiting),
+                                                          len(self.hosts)))
+            time.sleep(0.5)
+        if waiting:
+            raise SystemExit('nodes never reported: %s' % sorted(waiting)[:5])
+
+    def stop_agents(self) -> None:
+        for proc in self.agents.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.agents.values():
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.agents = {}
+
+    def close(self) -> None:
+        self.stop_agents()
+        self.stop_conductor()
+        self.transport.cleanup()
+
+
+def restart_database() -> None:
+    cluster = subprocess.run(['pg_lsclusters', '-h'], check=True, capture_output=True,
+                             text=True).stdout.split()
+    subprocess.run(['pg_ctlcluster', cluster[0], cluster[1], 'restart', '-m', 'fast'],
+                   check=True, capture_output=True)
+
+
+# -- one run ----------------------------------------------------------------------------------
+def _storm(fleet: Fleet, calls: list, threads: int, rate: float = 0.0) -> dict:
+    """Send every (fn, args) from ``threads`` clients, all at once or (``rate``) that many
+    per second across the fleet; uuid -> error of the refused."""
+    errors = {}
+    start = time.monotonic()
+
+    def one(item):
+        index, (fn, host, arg, uuid) = item
+        if rate:
+            time.sleep(max(0.0, start + index / rate - time.monotonic()))
+        try:
+            fn(host, arg)
+        except Exception as exc:
+            errors[uuid] = str(exc)
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, enumerate(calls)))
+    return errors
+
+
+def _wait_conductor(fleet: Fleet, by_host: dict, states: list, deadline: float) -> dict:
+    """uuid -> the conductor's row once every instance is in ``states`` (or the deadline)."""
+    rows = {}
+    left = {h: list(u) for h, u in by_host.items()}
+    while left and time.monotonic() < deadline:
+        for host in list(left):
+            got = fleet.conductor_api.wait_instances(left[host], states, 0)
+            for uuid, row in got.items():
+                if row is not None and row['vm_state'] in states:
+                    rows[uuid] = row
+            left[host] = [u for u in left[host] if u not in rows]
+            if not left[host]:
+                del left[host]
+        fleet.progress.show('conductor: %d/%d %s' % (
+            len(rows), sum(len(u) for u in by_host.values()), '/'.join(states)))
+        time.sleep(0.5)
+    return rows
+
+
+def _agree(fleet: Fleet, by_host: dict) -> dict:
+    """Compare every instance's state in its agent with its row in the conductor."""
+    differ = []
+    checked = 0
+    rows = {r['uuid']: r for r in fleet.conductor_api.list_instances()}
+    for host, uuids in by_host.items():
+        agent = {i['uuid']: i for i in fleet.compute.list_instances(host)}
+        for uuid in uuids:
+            a, c = agent.get(uuid), rows.get(uuid)
+            a_state = a['vm_state'] if a else 'deleted'
+            c_state = c['vm_state'] if c else None
+            checked += 1
+            if a_state != c_state or (a and c and a['power_state'] != c['power_state']):
+                differ.append((host, uuid, a_state, c_state))
+    return {'checked': checked, 'differ': len(differ), 'examples': differ[:5]}
+
+
+def _reports_during(fleet: Fleet, t0: float, t1: float) -> dict:
+    """Reports the conductor received between wall times t0 and t1: count, busiest second."""
+    from agent.conductor import db
+    import sqlalchemy as sa
+    store = db.InstanceStore(fleet.db_url)
+    try:
+        with store.engine.connect() as conn:
+            times = [r[0] for r in conn.execute(sa.text(
+                'SELECT received_at FROM reports WHERE received_at BETWEEN :a AND :b'),
+                {'a': t0, 'b': t1})]
+    finally:
+        store.close()
+    per_second: dict = {}
+    for t in times:
+        per_second[int(t)] = per_second.get(int(t), 0) + 1
+    return {'count': len(times), 'busiest_second': max(per_second.values(), default=0),
+            'span_s': round(max(times) - min(times), 2) if times else 0.0}
+
+
+def run(fleet: Fleet, workers: int, args) -> dict:
+    """One storm of boots and one of deletes on every node; the conductor (``workers``) is
+    running on a fresh database."""
+    progress = fleet.progress
+    m = args.boots
+    specs = {host: [{'uuid': str(uuidlib.uuid4()), 'name': '%s-%d' % (host, i), 'vcpus': 1,
+                     'memory_mb': 64, 'kernel': 'test-vmlinuz', 'initrd': 'test-initrd.img'}
+                    for i in range(m)] for host in fleet.hosts}
+    by_host = {h: [s['uuid'] for s in ss] for h, ss in specs.items()}
+    total = m * len(fleet.hosts)
+    events = []
+    # boots: every node's storm at once
+    progress.show('W=%d: %d boots on %d nodes' % (workers, total, len(fleet.hosts)), force=True)
+    cpu0, t0 = cpu_sample(), time.time()
+    restarts = []
+    if args.restart_conductor or args.restart_db:
+        def disrupt():
+            time.sleep(args.disrupt_after)
+            if args.restart_db and args.database == 'postgresql':
+                restart_database()
+                restarts.append(('database', time.time()))
+            if args.restart_conductor:
+                fleet.stop_conductor()
+                fleet.start_conductor(workers)
+                restarts.append(('conductor', time.time()))
+        disruptor = threading.Thread(target=disrupt)
+        disruptor.start()
+    calls = [(fleet.compute.boot_instance, h, s, s['uuid'])
+             for i in range(m) for h, ss in specs.items() for s in ss[i:i + 1]]
+    refused = _storm(fleet, calls, args.clients, args.rate)
+    answered_at = time.time()
+    rows = _wait_conductor(fleet, by_host, ['active'], time.monotonic() + args.timeout)
+    if args.restart_conductor or args.restart_db:
+        disruptor.join()
+    t1 = time.time()
+    time.sleep(args.settle)                # late reports (usage) are counted too
+    boot_cpu = cpu_since(cpu0)
+    boot_reports = _reports_during(fleet, t0, time.time())
+    agree_boot = _agree(fleet, by_host)
+    lag = [r['active_seen_at'] - r['active_at'] for r in rows.values()
+           if r.get('active_seen_at') and r.get('active_at')]
+    events.append(('boots answered', answered_at - t0))
+    # deletes
+    progress.show('W=%d: deleting %d' % (workers, total), force=True)
+    cpu1, t2 = cpu_sample(), time.time()
+    calls = [(fleet.compute.delete_instance, h, u, u) for h, us in by_host.items() for u in us]
+    refused_delete = _storm(fleet, calls, args.clients)
+    deleted = _wait_conductor(fleet, by_host, ['deleted'], time.monotonic() + args.timeout)
+    t3 = time.time()
+    time.sleep(args.settle)
+    delete_cpu = cpu_since(cpu1)
+    delete_reports = _reports_during(fleet, t2, time.time())
+    agree_delete = _agree(fleet, by_host)
+    size = fleet.db_size()
+    fleet.stop_conductor()
+    result = {
+        'workers': workers, 'nodes': len(fleet.hosts), 'boots_per_node': m, 'boots': total,
+        'rate': args.rate,
+        'database': args.database, 'refused': len(refused), 'refused_examples':
+            list(refused.items())[:3], 'refused_delete': len(refused_delete),
+        'active_in_conductor': len(rows), 'deleted_in_conductor': len(deleted),
+        'boot_phase_s': round(t1 - t0, 2), 'delete_phase_s': round(t3 - t2, 2),
+        'answer_all_boots_s': round(answered_at - t0, 2),
+        'lag_s': {'p50': pct(lag, 0.5), 'p99': pct(lag, 0.99), 'max': max(lag, default=None),
+                  'n': len(lag)},
+        'lag_values': sorted(round(x, 4) for x in lag),
+        'boot_reports': boot_reports, 'delete_reports': delete_reports,
+        'messages_per_boot': round(boot_reports['count'] / total, 3),
+        'messages_per_delete': round(delete_reports['count'] / total, 3),
+        'cpu_boot_s': boot_cpu, 'cpu_delete_s': delete_cpu,
+        'cpu_ms_per_message': {k: round(1000 * v / max(1, boot_reports['count']), 2)
+                               for k, v in boot_cpu.items()},
+        'db_size_bytes': size, 'agree_after_boots': agree_boot,
+        'agree_after_deletes': agree_delete, 'restarts': restarts,
+    }
+    progress.show('W=%d: lag p50 %.3f p99 %.3f max %.3f s; %.3f messages per boot; '
+                  'final states differ: %d / %d' % (
+                      workers, result['lag_s']['p50'] or 0, result['lag_s']['p99'] or 0,
+                      result['lag_s']['max'] or 0, result['messages_per_boot'],
+                      agree_boot['differ'], agree_delete['differ']), force=True)
+    return result
+
+
+# -- output -----------------------------------------------------------------------------------
+def table(results: list) -> str:
+    head = ('%3s | %5s | %16s | %8s | %9s | %11s | %-40s | %8s | %s'
+            % ('W', 'boots', 'lag p50/p99/max', 'msg/boot', 'msg/s max', 'phase (s)',
+               'CPU ms per message (boot phase)', 'DB MiB', 'final states'))
+    lines = [head, '-' * len(head)]
+    for r in results:
+        lag = r['lag_s']
+        cpu = ' '.join('%s %.1f' % (k[:5], v) for k, v in sorted(r['cpu_ms_per_message'].items()))
+        lines.append('%3d | %5d | %4.2f/%4.2f/%5.2f | %8.3f | %9d | %5.1f/%5.1f | %-40s | %8.1f | '
+                     '%d/%d differ' % (
+                         r['workers'], r['boots'], lag['p50'] or 0, lag['p99'] or 0,
+                         lag['max'] or 0, r['messages_per_boot'],
+                         r['boot_reports']['busiest_second'], r['boot_phase_s'],
+                         r['delete_phase_s'], cpu, r['db_size_bytes'] / 2 ** 20,
+                         r['agree_after_boots']['differ'] + r['agree_after_deletes']['differ'],
+                         r['agree_after_boots']['checked'] * 2))
+    return '\n'.join(lines)
+
+
+def plot(results: list, path: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in results:
+        values = r['lag_values']
+        if not values:
+            continue
+        ys = [(i + 1) / len(values) for i in range(len(values))]
+        ax.plot(values, ys, label='W = %d (%s), %d boots on %d nodes, %s' % (
+            r['workers'], r['database'], r['boots'], r['nodes'],
+            '%g boots/s' % r['rate'] if r.get('rate') else 'all at once'))
+    ax.axvline(1.0, color='grey', linestyle=':', label='target p99 < 1 s')
+    ax.set_xlabel('ACTIVE in the agent -> row in the conductor (s)')
+    ax.set_ylabel('fraction of instances')
+    ax.set_title('Fleet simulation: report lag')
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def report(data: dict, out: str) -> None:
+    print(table(data['results']))
+    png = os.path.splitext(out)[0] + '.png'
+    try:
+        plot(data['results'], png)
+        print('\nJSON %s\nplot %s' % (out, png))
+    except ImportError:
+        print('\nJSON %s (no plot: matplotlib missing)' % out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--nodes', '-K', type=int, default=100)
+    p.add_argument('--boots', '-M', type=int, default=20)
+    p.add_argument('--workers', default='1,2', help='conductor workers, one run each')
+    p.add_argument('--database', choices=('postgresql', 'sqlite'), default='postgresql')
+    p.add_argument('--clients', type=int, default=64)
+    p.add_argument('--rate', type=float, default=0.0,
+                   help='boots per second across the fleet (0: every storm at once); the '
+                        'deletes are always at once')
+    p.add_argument('--agent-threads', type=int, default=4,
+                   help='work-queue threads per agent (the test driver answers at once)')
+    p.add_argument('--restart-conductor', action='store_true')
+    p.add_argument('--restart-db', action='store_true')
+    p.add_argument('--disrupt-after', type=float, default=2.0)
+    p.add_argument('--settle', type=float, default=3.0)
+    p.add_argument('--timeout', type=float, default=600.0)
+    p.add_argument('--workdir', default='/var/lib/compute-agent/fleet')
+    p.add_argument('--venv', default=os.path.join(TOP, '.venv'))
+    p.add_argument('--image-dir', default='/var/lib/compute-agent/images')
+    p.add_argument('--from-json', metavar='PATH')
+    args = p.parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            report(json.load(f), args.from_json)
+        return 0
+    os.makedirs(args.workdir, exist_ok=True)
+    progress = Progress()
+    fleet = Fleet(args, progress)
+    data = {'started_at': time.time(), 'cpus': os.cpu_count(), 'args': {
+        k: v for k, v in vars(args).items() if k not in ('from_json',)}, 'results': []}
+    out = os.path.join(args.workdir, 'fleet.json')
+    try:
+        for index, w in enumerate(int(x) for x in args.workers.split(',') if x):
+            fleet.fresh_database()
+            fleet.start_conductor(w)
+            if index == 0:           # the conductor first: no agent starts in back-off
+                t = time.monotonic()
+                fleet.start_agents()
+                fleet.wait_nodes_reported()
+                data['agents_start_s'] = round(time.monotonic() - t, 1)
+            data['results'].append(run(fleet, w, args))
+            with open(out, 'w') as f:
+                json.dump(data, f, indent=1)
+    finally:
+        fleet.close()
+    report(data, out)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
