@@ -35,7 +35,9 @@ import uuid as uuidlib
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, TOP)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import bench_boot_storm as bs  # noqa: E402
 from agent import conf as agent_conf  # noqa: E402
 from agent import rpc  # noqa: E402
 from agent.conductor import api as conductor_api  # noqa: E402
@@ -49,23 +51,6 @@ DB_NAME = 'compute_fleet_bench'
 NODE_XML = ('<node><cpu><mhz>2000</mhz><model>i686</model><active>64</active><nodes>1</nodes>'
             '<sockets>1</sockets><cores>64</cores><threads>1</threads></cpu>'
             '<memory>67108864</memory></node>\n')
-
-
-def pct(values, q):
-    values = sorted(values)
-    if not values:
-        return None
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
-
-
-class Progress:
-    def __init__(self):
-        self._last = 0.0
-
-    def show(self, text: str, force: bool = False) -> None:
-        if force or time.monotonic() - self._last > 2.0:
-            self._last = time.monotonic()
-            print('  ' + text, file=sys.stderr, flush=True)
 
 
 # -- CPU per process kind ---------------------------------------------------------------------
@@ -118,7 +103,7 @@ def cpu_since(before: dict) -> dict:
 
 # -- the processes ----------------------------------------------------------------------------
 class Fleet:
-    def __init__(self, args, progress: Progress):
+    def __init__(self, args, progress: 'bs.Progress'):
         self.args = args
         self.progress = progress
         self.workdir = args.workdir
@@ -416,7 +401,7 @@ def run(fleet: Fleet, workers: int, args) -> dict:
         'active_in_conductor': len(rows), 'deleted_in_conductor': len(deleted),
         'boot_phase_s': round(t1 - t0, 2), 'delete_phase_s': round(t3 - t2, 2),
         'answer_all_boots_s': round(answered_at - t0, 2),
-        'lag_s': {'p50': pct(lag, 0.5), 'p99': pct(lag, 0.99), 'max': max(lag, default=None),
+        'lag_s': {'p50': bs.pct(lag, 0.5), 'p99': bs.pct(lag, 0.99), 'max': max(lag, default=None),
                   'n': len(lag)},
         'lag_values': sorted(round(x, 4) for x in lag),
         'boot_reports': boot_reports, 'delete_reports': delete_reports,
@@ -516,7 +501,7 @@ def main(argv=None) -> int:
             report(json.load(f), args.from_json)
         return 0
     os.makedirs(args.workdir, exist_ok=True)
-    progress = Progress()
+    progress = bs.Progress()
     fleet = Fleet(args, progress)
     data = {'started_at': time.time(), 'cpus': os.cpu_count(), 'args': {
         k: v for k, v in vars(args).items() if k not in ('from_json',)}, 'results': []}
