@@ -220,7 +220,7 @@ class ConductorService:
         self.conf = conf
         self.store = conductor_db.InstanceStore(
             conf.conductor.database, conf.conductor.db_pool_size,
-            conf.conductor.wait_poll_interval)
+            conf.conductor.wait_poll_interval if conf.conductor.workers > 1 else None)
         self.transport = rpc.get_transport(conf)
         self.name = conf.host if worker is None else '%s-w%d' % (conf.host, worker)
         target = oslo_messaging.Target(topic=conf.conductor.topic, server=self.name)

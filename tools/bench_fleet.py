@@ -113,6 +113,7 @@ class Fleet:
         self.agents: dict[str, subprocess.Popen] = {}
         self.conductor: subprocess.Popen | None = None
         self.db_url = None
+        self._store = None
         self.common = os.path.join(self.workdir, 'common.conf')
         with open(self.common, 'w') as f:
             f.write('[DEFAULT]\nimage_dir = %s\n[conductor]\ntopic = %s\n'
@@ -129,6 +130,7 @@ class Fleet:
 
     # databases
     def fresh_database(self) -> str:
+        self.close_store()
         if self.args.database == 'sqlite':
             path = os.path.join(self.workdir, 'conductor.sqlite')
             for suffix in ('', '-wal', '-shm', '.migrate-lock'):
@@ -147,13 +149,18 @@ class Fleet:
         self.db_url = admin.rsplit('/', 1)[0] + '/' + DB_NAME
         return self.db_url
 
-    def db_size(self) -> int:
+    def store(self):
+        """The run's database, read directly (opened once per database)."""
         from agent.conductor import db
-        store = db.InstanceStore(self.db_url)
-        try:
-            return store.size_bytes()
-        finally:
-            store.close()
+        if self._store is None or self._store.url != self.db_url:
+            self.close_store()
+            self._store = db.InstanceStore(self.db_url)
+        return self._store
+
+    def close_store(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
     # conductor
     def start_conductor(self, workers: int) -> None:
@@ -251,6 +258,7 @@ class Fleet:
         self.agents = {}
 
     def close(self) -> None:
+        self.close_store()
         self.stop_agents()
         self.stop_conductor()
         self.transport.cleanup()
@@ -321,16 +329,11 @@ def _agree(fleet: Fleet, by_host: dict) -> dict:
 
 def _reports_during(fleet: Fleet, t0: float, t1: float) -> dict:
     """Reports the conductor received between wall times t0 and t1: count, busiest second."""
-    from agent.conductor import db
     import sqlalchemy as sa
-    store = db.InstanceStore(fleet.db_url)
-    try:
-        with store.engine.connect() as conn:
-            times = [r[0] for r in conn.execute(sa.text(
-                'SELECT received_at FROM reports WHERE received_at BETWEEN :a AND :b'),
-                {'a': t0, 'b': t1})]
-    finally:
-        store.close()
+    with fleet.store().engine.connect() as conn:
+        times = [r[0] for r in conn.execute(sa.text(
+            'SELECT received_at FROM reports WHERE received_at BETWEEN :a AND :b'),
+            {'a': t0, 'b': t1})]
     per_second: dict = {}
     for t in times:
         per_second[int(t)] = per_second.get(int(t), 0) + 1
@@ -391,7 +394,7 @@ def run(fleet: Fleet, workers: int, args) -> dict:
     delete_cpu = cpu_since(cpu1)
     delete_reports = _reports_during(fleet, t2, time.time())
     agree_delete = _agree(fleet, by_host)
-    size = fleet.db_size()
+    size = fleet.store().size_bytes()
     fleet.stop_conductor()
     result = {
         'workers': workers, 'nodes': len(fleet.hosts), 'boots_per_node': m, 'boots': total,

@@ -79,10 +79,11 @@ def _retryable(exc: Exception) -> bool:
 
 
 class InstanceStore:
-    """Thread-safe; every change this process makes wakes ``wait_for`` callers, and they look
-    again every ``wait_poll`` seconds for what other workers applied."""
+    """Thread-safe; every change this process makes wakes ``wait_for`` callers; with
+    ``wait_poll`` (several workers) they also look again that often for what other workers
+    applied."""
 
-    def __init__(self, database: str, pool_size: int = 8, wait_poll: float = 0.25):
+    def __init__(self, database: str, pool_size: int = 8, wait_poll: float | None = None):
         self.url = url_of(database)
         self.engine = make_engine(self.url, pool_size)
         self.dialect = self.engine.dialect.name
@@ -241,17 +242,18 @@ class InstanceStore:
         ready), or until ``timeout``. Returns {uuid: row or None}."""
         deadline = time.monotonic() + timeout
         t = schema.instances
-        while True:
-            found = {r['uuid']: r for r in self._rows(t.c.uuid.in_(list(uuids)))}
-            rows = {u: found.get(u) for u in uuids}
-            if all(r is not None and r['vm_state'] in states
-                   and (not ready or r['readiness'] == 'ready') for r in rows.values()):
-                return rows
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return rows
-            with self._cond:
-                self._cond.wait(min(left, self._wait_poll))
+        # Read and wait under the condition: a change applied in between is not missed.
+        with self._cond:
+            while True:
+                found = {r['uuid']: r for r in self._rows(t.c.uuid.in_(list(uuids)))}
+                rows = {u: found.get(u) for u in uuids}
+                if all(r is not None and r['vm_state'] in states
+                       and (not ready or r['readiness'] == 'ready') for r in rows.values()):
+                    return rows
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return rows
+                self._cond.wait(left if self._wait_poll is None else min(left, self._wait_poll))
 
     def close(self) -> None:
         """Close the database's connections."""

@@ -41,12 +41,6 @@ def head() -> str:
     return script.ScriptDirectory.from_config(_config(None)).get_current_head()
 
 
-def current(engine: sa.engine.Engine) -> str | None:
-    """The revision the database is at (None: not under alembic)."""
-    with engine.connect() as conn:
-        return migration.MigrationContext.configure(conn).get_current_revision()
-
-
 @contextlib.contextmanager
 def _one_at_a_time(engine: sa.engine.Engine):
     if engine.dialect.name == 'postgresql':

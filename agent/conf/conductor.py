@@ -21,7 +21,8 @@ opts = [
                     'again on demand.'),
     cfg.FloatOpt('wait_poll_interval', default=0.25, min=0.01, max=10.0,
                  help='(conductor) wait_instances is woken by the reports its own worker '
-                      'applies, and looks again this often for what other workers applied.'),
+                      'applies; with workers > 1 it also looks again this often for what '
+                      'other workers applied (one worker never polls).'),
     cfg.FloatOpt('report_window', default=0.05, min=0.0, max=10.0,
                  help='(agent) Seconds to gather further state changes before sending a batch; '
                       'at most one report is in flight and later changes supersede earlier ones.'),
