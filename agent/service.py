@@ -35,6 +35,7 @@ from agent.virt.libvirt import driver as libvirt_driver
 from agent.warm import pools as poolsmod
 
 LOG = logging.getLogger(__name__)
+PRUNE_INTERVAL = 300.0     # seconds between prunings of old report records (conductor)
 
 
 def _bridge_exists(name: str) -> bool:
@@ -230,6 +231,16 @@ class ConductorService:
                                                  conf.conductor.max_future_seconds)],
             executor='threading')
         self._stop = threading.Event()
+        self.worker = worker
+
+    def _prune(self, retention: float) -> None:
+        try:
+            gone = self.store.prune_reports(time.time() - retention)
+        except Exception:
+            LOG.exception('pruning report records failed; trying again later')
+            return
+        if gone:
+            LOG.info('pruned %d report records older than %.0f s', gone, retention)
 
     def start(self) -> None:
         """Start the RPC server (the store is open and migrated)."""
@@ -238,11 +249,17 @@ class ConductorService:
                  self.name, self.conf.conductor.topic, self.store.dialect, self.store.revision)
 
     def wait(self) -> None:
-        """Block until told to stop, then stop."""
+        """Block until told to stop, then stop. The first worker prunes old report
+        records now and then."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *a: self._stop.set())
+        retention = self.conf.conductor.reports_retention
+        prunes = retention > 0 and self.worker in (None, 0)
+        next_prune = time.monotonic()
         while not self._stop.wait(1.0):
-            pass
+            if prunes and time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + PRUNE_INTERVAL
+                self._prune(retention)
         self.server.stop()
         self.server.wait()
         self.transport.cleanup()

@@ -5,13 +5,18 @@ one RabbitMQ and one conductor of W worker processes on PostgreSQL (or SQLite).
 
 Run it through tools/bench-fleet.sh (node set-up, PostgreSQL, venv, then this). For each W in
 ``--workers``: a fresh database and conductor; then every node gets a storm of M
-``boot_instance`` at once (all K nodes at the same time), the conductor is waited for until
-every instance is active, then every instance is deleted the same way. Measured per W:
+``boot_instance`` at once, node after node at ``--node-rate`` nodes per second (0: all K
+nodes at the same time), the conductor is waited for until every instance is active, then
+every instance is deleted the same way. Why node after node: K agents share this machine's
+cores, where in a fleet each has its own; K storms at once stretch every node's storm over
+the whole machine's (see README, "Fleet simulation"). Measured per W:
 
 - lag: each instance's ACTIVE time in its agent (``active_at``, the agent's event time) to
-  when the conductor first stored it (``active_seen_at``): p50, p99, max;
+  when the conductor first stored it (``active_seen_at``): p50, p99, max; and its parts:
+  in the agent (to the ``sent_at`` of the report that carried it) and sent to stored;
 - conductor messages per boot (reports received during the boot phase / K * M) and during the
-  delete phase; reports per second the conductor applied during the busiest second;
+  delete phase; reports per second the conductor applied during the busiest second, and
+  (``--saturate``) the reports per second it sustains when clients send back to back;
 - CPU seconds per process kind (agents summed, conductor processes, RabbitMQ, PostgreSQL,
   libvirtd) over each phase, and per message;
 - the database's size; and whether every instance's final state in the conductor equals its
@@ -272,16 +277,16 @@ def restart_database() -> None:
 
 
 # -- one run ----------------------------------------------------------------------------------
-def _storm(fleet: Fleet, calls: list, threads: int, rate: float = 0.0) -> dict:
-    """Send every (fn, args) from ``threads`` clients, all at once or (``rate``) that many
-    per second across the fleet; uuid -> error of the refused."""
+def _storm(fleet: Fleet, calls: list, threads: int, at=None) -> dict:
+    """Send every (fn, host, arg, uuid) from ``threads`` clients, each no sooner than its
+    ``at(index, host)`` seconds from now (None: all at once); uuid -> error of the refused."""
     errors = {}
     start = time.monotonic()
 
     def one(item):
         index, (fn, host, arg, uuid) = item
-        if rate:
-            time.sleep(max(0.0, start + index / rate - time.monotonic()))
+        if at is not None:
+            time.sleep(max(0.0, start + at(index, host) - time.monotonic()))
         try:
             fn(host, arg)
         except Exception as exc:
@@ -289,6 +294,26 @@ def _storm(fleet: Fleet, calls: list, threads: int, rate: float = 0.0) -> dict:
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         list(pool.map(one, enumerate(calls)))
     return errors
+
+
+def _schedule(fleet: Fleet, args):
+    """The calls' order and start times: ``--rate``: boots one by one across the fleet;
+    ``--node-rate``: node after node, each node's M at once; else everything at once (round
+    robin over the nodes)."""
+    if args.rate:
+        return 'round_robin', (lambda index, host: index / args.rate)
+    if args.node_rate:
+        slot = {h: i / args.node_rate for i, h in enumerate(fleet.hosts)}
+        return 'by_node', (lambda index, host: slot[host])
+    return 'round_robin', None
+
+
+def _ordered(order: str, items: dict) -> list:
+    """host -> [x]: host after host (by_node) or round robin over the hosts."""
+    if order == 'by_node':
+        return [(h, x) for h, xs in items.items() for x in xs]
+    most = max((len(xs) for xs in items.values()), default=0)
+    return [(h, xs[i]) for i in range(most) for h, xs in items.items() if i < len(xs)]
 
 
 def _wait_conductor(fleet: Fleet, by_host: dict, states: list, deadline: float) -> dict:
@@ -341,6 +366,68 @@ def _reports_during(fleet: Fleet, t0: float, t1: float) -> dict:
             'span_s': round(max(times) - min(times), 2) if times else 0.0}
 
 
+def _lag_parts(fleet: Fleet, rows: dict) -> dict:
+    """Where each instance's lag went: in its agent (ACTIVE to the report that carried it
+    leaving: the report window, a report still in flight, the agent waiting for CPU) and
+    after (sent to stored: RabbitMQ, the conductor's queue, the transaction). The report
+    that carried an instance's ACTIVE is the one its row was stored with (same host and
+    ``received_at``)."""
+    import sqlalchemy as sa
+    with fleet.store().engine.connect() as conn:
+        sent = {(h, r): s for h, r, s in conn.execute(sa.text(
+            'SELECT host, received_at, sent_at FROM reports WHERE sent_at IS NOT NULL'))}
+    agent, after = [], []
+    for row in rows.values():
+        s = sent.get((row['host'], row.get('active_seen_at')))
+        if s is not None and row.get('active_at'):
+            agent.append(s - row['active_at'])
+            after.append(row['active_seen_at'] - s)
+
+    def stats(values):
+        return {'p50': bs.pct(values, 0.5), 'p99': bs.pct(values, 0.99),
+                'max': max(values, default=None), 'n': len(values)}
+    return {'in_agent': stats(agent), 'sent_to_stored': stats(after)}
+
+
+def saturate(fleet: Fleet, seconds: float, threads: int) -> dict:
+    """The reports per second the conductor sustains: ``threads`` clients send reports (5
+    instance states of their own fake node each, usage every fifth) back to back for
+    ``seconds``; the answered calls per second and their latency. The clients share this
+    machine with the conductor: a lower bound."""
+    done, latency = [], []
+    stop = time.monotonic() + seconds
+
+    def client(i):
+        host = 'saturate-%03d' % i
+        uuids = [str(uuidlib.uuid4()) for _ in range(5)]
+        n = 0
+        while time.monotonic() < stop:
+            seq = time.time_ns()
+            states = [{'uuid': u, 'seq': seq, 'vm_state': 'active', 'power_state': 'running',
+                       'name': host, 'accepted_at': time.time(), 'active_at': time.time()}
+                      for u in uuids]
+            usage = None if n % 5 else {
+                'generation': seq, 'instances': 5, 'at': time.time(),
+                'capacity': {'vcpus': 64, 'memory_mb': 65536, 'disk_gb': 100},
+                'usage': {'vcpus': 5, 'memory_mb': 320, 'disk_gb': 0}}
+            t = time.monotonic()
+            fleet.conductor_api.report(host, states, usage)
+            latency.append(time.monotonic() - t)
+            n += 1
+        done.append(n)
+    t0, cpu0 = time.monotonic(), cpu_sample()
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        list(pool.map(client, range(threads)))
+    elapsed = time.monotonic() - t0
+    cpu = cpu_since(cpu0)
+    total = sum(done)
+    return {'reports': total, 'seconds': round(elapsed, 2),
+            'reports_per_s': round(total / elapsed, 1), 'clients': threads,
+            'latency_s': {'p50': bs.pct(latency, 0.5), 'p99': bs.pct(latency, 0.99)},
+            'cpu_s': cpu, 'conductor_cpu_ms_per_report': round(
+                1000 * cpu.get('conductor', 0.0) / max(1, total), 2)}
+
+
 def run(fleet: Fleet, workers: int, args) -> dict:
     """One storm of boots and one of deletes on every node; the conductor (``workers``) is
     running on a fresh database."""
@@ -368,9 +455,9 @@ def run(fleet: Fleet, workers: int, args) -> dict:
                 restarts.append(('conductor', time.time()))
         disruptor = threading.Thread(target=disrupt)
         disruptor.start()
-    calls = [(fleet.compute.boot_instance, h, s, s['uuid'])
-             for i in range(m) for h, ss in specs.items() for s in ss[i:i + 1]]
-    refused = _storm(fleet, calls, args.clients, args.rate)
+    order, at = _schedule(fleet, args)
+    calls = [(fleet.compute.boot_instance, h, s, s['uuid']) for h, s in _ordered(order, specs)]
+    refused = _storm(fleet, calls, args.clients, at)
     answered_at = time.time()
     rows = _wait_conductor(fleet, by_host, ['active'], time.monotonic() + args.timeout)
     if args.restart_conductor or args.restart_db:
@@ -386,8 +473,8 @@ def run(fleet: Fleet, workers: int, args) -> dict:
     # deletes
     progress.show('W=%d: deleting %d' % (workers, total), force=True)
     cpu1, t2 = cpu_sample(), time.time()
-    calls = [(fleet.compute.delete_instance, h, u, u) for h, us in by_host.items() for u in us]
-    refused_delete = _storm(fleet, calls, args.clients)
+    calls = [(fleet.compute.delete_instance, h, u, u) for h, u in _ordered(order, by_host)]
+    refused_delete = _storm(fleet, calls, args.clients, None if args.rate else at)
     deleted = _wait_conductor(fleet, by_host, ['deleted'], time.monotonic() + args.timeout)
     t3 = time.time()
     time.sleep(args.settle)
@@ -395,10 +482,15 @@ def run(fleet: Fleet, workers: int, args) -> dict:
     delete_reports = _reports_during(fleet, t2, time.time())
     agree_delete = _agree(fleet, by_host)
     size = fleet.store().size_bytes()
+    sustained = None
+    if args.saturate:
+        progress.show('W=%d: saturating the conductor for %gs' % (workers, args.saturate),
+                      force=True)
+        sustained = saturate(fleet, args.saturate, args.saturate_clients)
     fleet.stop_conductor()
     result = {
         'workers': workers, 'nodes': len(fleet.hosts), 'boots_per_node': m, 'boots': total,
-        'rate': args.rate,
+        'rate': args.rate, 'node_rate': args.node_rate,
         'database': args.database, 'refused': len(refused), 'refused_examples':
             list(refused.items())[:3], 'refused_delete': len(refused_delete),
         'active_in_conductor': len(rows), 'deleted_in_conductor': len(deleted),
@@ -407,6 +499,7 @@ def run(fleet: Fleet, workers: int, args) -> dict:
         'lag_s': {'p50': bs.pct(lag, 0.5), 'p99': bs.pct(lag, 0.99), 'max': max(lag, default=None),
                   'n': len(lag)},
         'lag_values': sorted(round(x, 4) for x in lag),
+        'lag_parts_s': _lag_parts(fleet, rows),
         'boot_reports': boot_reports, 'delete_reports': delete_reports,
         'messages_per_boot': round(boot_reports['count'] / total, 3),
         'messages_per_delete': round(delete_reports['count'] / total, 3),
@@ -415,33 +508,48 @@ def run(fleet: Fleet, workers: int, args) -> dict:
                                for k, v in boot_cpu.items()},
         'db_size_bytes': size, 'agree_after_boots': agree_boot,
         'agree_after_deletes': agree_delete, 'restarts': restarts,
+        'sustained': sustained,
     }
-    progress.show('W=%d: lag p50 %.3f p99 %.3f max %.3f s; %.3f messages per boot; '
-                  'final states differ: %d / %d' % (
+    parts = result['lag_parts_s']
+    progress.show('W=%d: lag p50 %.3f p99 %.3f max %.3f s (p99 in agent %.3f, sent to stored '
+                  '%.3f); %.3f messages per boot; final states differ: %d / %d' % (
                       workers, result['lag_s']['p50'] or 0, result['lag_s']['p99'] or 0,
-                      result['lag_s']['max'] or 0, result['messages_per_boot'],
+                      result['lag_s']['max'] or 0, parts['in_agent']['p99'] or 0,
+                      parts['sent_to_stored']['p99'] or 0, result['messages_per_boot'],
                       agree_boot['differ'], agree_delete['differ']), force=True)
     return result
 
 
 # -- output -----------------------------------------------------------------------------------
 def table(results: list) -> str:
-    head = ('%3s | %5s | %16s | %8s | %9s | %11s | %-40s | %8s | %s'
-            % ('W', 'boots', 'lag p50/p99/max', 'msg/boot', 'msg/s max', 'phase (s)',
-               'CPU ms per message (boot phase)', 'DB MiB', 'final states'))
+    head = ('%3s | %-18s | %16s | %13s | %8s | %9s | %9s | %11s | %-40s | %6s | %s'
+            % ('W', 'shape', 'lag p50/p99/max', 'p99 agt/after', 'msg/boot', 'msg/s max',
+               'sustained', 'phase (s)', 'CPU ms per message (boot phase)', 'DB MiB',
+               'final states'))
     lines = [head, '-' * len(head)]
     for r in results:
         lag = r['lag_s']
+        parts = r.get('lag_parts_s') or {}
         cpu = ' '.join('%s %.1f' % (k[:5], v) for k, v in sorted(r['cpu_ms_per_message'].items()))
-        lines.append('%3d | %5d | %4.2f/%4.2f/%5.2f | %8.3f | %9d | %5.1f/%5.1f | %-40s | %8.1f | '
-                     '%d/%d differ' % (
-                         r['workers'], r['boots'], lag['p50'] or 0, lag['p99'] or 0,
-                         lag['max'] or 0, r['messages_per_boot'],
-                         r['boot_reports']['busiest_second'], r['boot_phase_s'],
-                         r['delete_phase_s'], cpu, r['db_size_bytes'] / 2 ** 20,
+        shape = _shape(r)
+        lines.append('%3d | %-18s | %4.2f/%4.2f/%5.2f | %6.2f/%6.2f | %8.3f | %9d | %9s | '
+                     '%5.1f/%5.1f | %-40s | %6.1f | %d/%d differ' % (
+                         r['workers'], shape, lag['p50'] or 0, lag['p99'] or 0,
+                         lag['max'] or 0, (parts.get('in_agent') or {}).get('p99') or 0,
+                         (parts.get('sent_to_stored') or {}).get('p99') or 0,
+                         r['messages_per_boot'], r['boot_reports']['busiest_second'],
+                         '%.0f/s' % r['sustained']['reports_per_s'] if r.get('sustained')
+                         else '-', r['boot_phase_s'], r['delete_phase_s'], cpu,
+                         r['db_size_bytes'] / 2 ** 20,
                          r['agree_after_boots']['differ'] + r['agree_after_deletes']['differ'],
                          r['agree_after_boots']['checked'] * 2))
     return '\n'.join(lines)
+
+
+def _shape(r: dict) -> str:
+    if r.get('rate'):
+        return '%g boots/s' % r['rate']
+    return '%g node storms/s' % r['node_rate'] if r.get('node_rate') else 'all at once'
 
 
 def plot(results: list, path: str) -> None:
@@ -455,8 +563,7 @@ def plot(results: list, path: str) -> None:
             continue
         ys = [(i + 1) / len(values) for i in range(len(values))]
         ax.plot(values, ys, label='W = %d (%s), %d boots on %d nodes, %s' % (
-            r['workers'], r['database'], r['boots'], r['nodes'],
-            '%g boots/s' % r['rate'] if r.get('rate') else 'all at once'))
+            r['workers'], r['database'], r['boots'], r['nodes'], _shape(r)))
     ax.axvline(1.0, color='grey', linestyle=':', label='target p99 < 1 s')
     ax.set_xlabel('ACTIVE in the agent -> row in the conductor (s)')
     ax.set_ylabel('fraction of instances')
@@ -485,10 +592,18 @@ def main(argv=None) -> int:
     p.add_argument('--database', choices=('postgresql', 'sqlite'), default='postgresql')
     p.add_argument('--clients', type=int, default=64)
     p.add_argument('--rate', type=float, default=0.0,
-                   help='boots per second across the fleet (0: every storm at once); the '
-                        'deletes are always at once')
+                   help='boots per second across the fleet, one by one round robin over the '
+                        'nodes (0: every storm at once); the deletes are at once')
+    p.add_argument('--node-rate', type=float, default=2.0,
+                   help='node storms per second: node after node, each node gets its M boots '
+                        '(later its M deletes) at once; 0: every node at once (with --rate 0: '
+                        'all K x M boots at once)')
     p.add_argument('--agent-threads', type=int, default=4,
                    help='work-queue threads per agent (the test driver answers at once)')
+    p.add_argument('--saturate', type=float, default=10.0,
+                   help='seconds of reports back to back after the deletes: the reports per '
+                        'second the conductor sustains (0: skip)')
+    p.add_argument('--saturate-clients', type=int, default=32)
     p.add_argument('--restart-conductor', action='store_true')
     p.add_argument('--restart-db', action='store_true')
     p.add_argument('--disrupt-after', type=float, default=2.0)

@@ -1,4 +1,6 @@
 """Client side of the conductor's RPC API (see ``agent.conductor.manager``)."""
+import time
+
 import oslo_messaging
 
 
@@ -12,8 +14,11 @@ class ConductorAPI:
         self._client = oslo_messaging.get_rpc_client(transport, target, timeout=timeout)
 
     def report(self, host: str, states: list[dict], resources: dict | None) -> int:
-        """Send one node's batch of instance states and its usage report (either may be empty)."""
-        return self._client.call({}, 'report', host=host, states=states, resources=resources)
+        """Send one node's batch of instance states and its usage report (either may be
+        empty), with when it left (1.3: conductors are upgraded before their agents)."""
+        cctxt = self._client.prepare(version='1.3')
+        return cctxt.call({}, 'report', host=host, states=states, resources=resources,
+                          sent_at=time.time())
 
     def get_node(self, host: str) -> dict | None:
         """A node's last applied usage report, or None."""

@@ -78,6 +78,36 @@ def _retryable(exc: Exception) -> bool:
     return isinstance(exc, sa_exc.OperationalError)
 
 
+def _upserts(insert) -> tuple:
+    """The two conditional upserts, built once: executed with each report's rows as
+    parameters, they compile once per process (SQLAlchemy caches the compiled form), where
+    a statement built around each report's values compiled anew every time.
+
+    Instances: ``INSERT ... ON CONFLICT (uuid) DO UPDATE ... WHERE excluded.seq > seq AND
+    (same host OR deleted) RETURNING uuid`` (one row back per row applied); a ``*_seen_at``
+    keeps its time while a later state repeats the same ``*_at``. Nodes: ``... WHERE
+    excluded.generation > generation``."""
+    t = schema.instances
+    stmt = insert(t)
+    new = stmt.excluded
+    update = {f: new[f] for f in FIELDS[1:] + ('received_at',)}
+    for seen, at in SEEN:
+        update[seen] = sa.case((new[at].is_(None), None),
+                               (new[at].is_not_distinct_from(t.c[at]), t.c[seen]),
+                               else_=new.received_at)
+    instances = stmt.on_conflict_do_update(
+        index_elements=[t.c.uuid], set_=update,
+        where=sa.and_(new.seq > t.c.seq,
+                      sa.or_(t.c.host == new.host, t.c.vm_state == 'deleted'))
+    ).returning(t.c.uuid)
+    n = schema.nodes
+    stmt = insert(n)
+    nodes = stmt.on_conflict_do_update(
+        index_elements=[n.c.host], set_={c: stmt.excluded[c] for c in NODE_COLUMNS[1:]},
+        where=stmt.excluded.generation > n.c.generation)
+    return instances, nodes
+
+
 class InstanceStore:
     """Thread-safe; every change this process makes wakes ``wait_for`` callers; with
     ``wait_poll`` (several workers) they also look again that often for what other workers
@@ -90,7 +120,7 @@ class InstanceStore:
         if self.dialect not in _INSERT:
             raise ValueError('conductor database: sqlite or postgresql, not %s' % self.dialect)
         self.revision = migrate.upgrade(self.engine)
-        self._insert = _INSERT[self.dialect]
+        self._upsert_instances, self._upsert_node = _upserts(_INSERT[self.dialect])
         self._wait_poll = wait_poll
         self._cond = threading.Condition()
         self.retried = 0
@@ -110,28 +140,30 @@ class InstanceStore:
                 time.sleep(min(2.0, 0.1 * 2 ** attempt))
 
     # -- writes --------------------------------------------------------------------------
-    def apply_report(self, host: str, states: list[dict], resources: dict | None = None) -> int:
+    def apply_report(self, host: str, states: list[dict], resources: dict | None = None,
+                     sent_at: float | None = None) -> int:
         """Store the newer of each state, and the node's usage if its generation is higher;
         one transaction per report, rolled back whole if any part fails. Returns the
-        instance rows applied."""
+        instance rows applied. ``sent_at``: the agent's clock when it sent the report."""
         def once():
             with self.engine.connect().execution_options(write=True) as conn:
                 with conn.begin():
-                    return self._apply(conn, host, states, resources)
+                    return self._apply(conn, host, states, resources, sent_at)
         applied = self._retrying('report from %s' % host, once)
         with self._cond:
             self._cond.notify_all()
         return applied
 
-    def _apply(self, conn, host: str, states: list[dict], resources: dict | None) -> int:
+    def _apply(self, conn, host: str, states: list[dict], resources: dict | None,
+               sent_at: float | None) -> int:
         now = time.time()
-        applied = 0
         newest: dict[str, dict] = {}           # one row per uuid: its newest state
         for state in states:
             row = {f: state.get(f) for f in FIELDS}
             old = newest.get(row['uuid'])
             if old is None or row['seq'] > old['seq']:
                 newest[row['uuid']] = row
+        applied = 0
         if newest:
             rows = []
             for uuid in sorted(newest):
@@ -140,39 +172,22 @@ class InstanceStore:
                 for seen, at in SEEN:
                     row[seen] = None if row[at] is None else now
                 rows.append(row)
-            t = schema.instances
-            stmt = self._insert(t).values(rows)
-            new = stmt.excluded
-            update = {f: new[f] for f in FIELDS[1:] + ('received_at',)}
-            for seen, at in SEEN:
-                update[seen] = sa.case((new[at].is_(None), None),
-                                       (new[at].is_not_distinct_from(t.c[at]), t.c[seen]),
-                                       else_=new.received_at)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[t.c.uuid], set_=update,
-                where=sa.and_(new.seq > t.c.seq,
-                              sa.or_(t.c.host == new.host, t.c.vm_state == 'deleted')))
-            applied = conn.execute(stmt).rowcount
+            # Rows the condition skipped return nothing: the rest were applied.
+            applied = len(conn.execute(self._upsert_instances, rows).all())
         node_applied = None
         if resources is not None:
-            t = schema.nodes
-            values = {'host': host, 'generation': int(resources['generation']),
-                      'capacity': json.dumps(resources['capacity']),
-                      'usage': json.dumps(resources['usage']),
-                      'inventory': json.dumps(resources.get('inventory')),
-                      'instances': int(resources['instances']),
-                      'reported_at': resources.get('at'), 'received_at': now,
-                      'reserved': json.dumps(resources.get('reserved'))}
-            stmt = self._insert(t).values(values)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[t.c.host],
-                set_={c: stmt.excluded[c] for c in NODE_COLUMNS[1:]},
-                where=stmt.excluded.generation > t.c.generation)
-            node_applied = conn.execute(stmt).rowcount
-        conn.execute(schema.reports.insert().values(
-            host=host, received_at=now, states=len(states), applied=applied,
-            generation=None if resources is None else int(resources['generation']),
-            node_applied=node_applied))
+            node_applied = conn.execute(self._upsert_node, {
+                'host': host, 'generation': int(resources['generation']),
+                'capacity': json.dumps(resources['capacity']),
+                'usage': json.dumps(resources['usage']),
+                'inventory': json.dumps(resources.get('inventory')),
+                'instances': int(resources['instances']),
+                'reported_at': resources.get('at'), 'received_at': now,
+                'reserved': json.dumps(resources.get('reserved'))}).rowcount
+        conn.execute(schema.reports.insert(), {
+            'host': host, 'received_at': now, 'states': len(states), 'applied': applied,
+            'generation': None if resources is None else int(resources['generation']),
+            'node_applied': node_applied, 'sent_at': sent_at})
         return applied
 
     # -- reads ---------------------------------------------------------------------------
@@ -221,11 +236,21 @@ class InstanceStore:
     def list_reports(self, host: str) -> list[dict]:
         """Every report received from ``host``, oldest first."""
         t = schema.reports
-        cols = ('received_at', 'states', 'applied', 'generation', 'node_applied')
+        cols = ('received_at', 'sent_at', 'states', 'applied', 'generation', 'node_applied')
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(*(t.c[c] for c in cols))
                                 .where(t.c.host == host).order_by(t.c.id))
             return [dict(r._mapping) for r in rows]
+
+    def prune_reports(self, before: float) -> int:
+        """Delete the records of reports received before ``before`` (epoch seconds); how
+        many. The instance and node rows they updated stay."""
+        def once():
+            with self.engine.connect().execution_options(write=True) as conn:
+                with conn.begin():
+                    return conn.execute(schema.reports.delete().where(
+                        schema.reports.c.received_at < before)).rowcount
+        return self._retrying('pruning reports', once)
 
     def size_bytes(self) -> int:
         """The database's size on disk (PostgreSQL: the database; SQLite: file + WAL)."""

@@ -6,6 +6,7 @@ Version history:
         every report is checked (``validate``) and refused whole with InvalidReport
   1.2 - instance rows carry readiness, ready_at and when the conductor first saw the current
         active_at / ready_at; wait_instances(ready=True) waits for ready guests
+  1.3 - report carries sent_at (the agent's clock when it sent it), kept with the report
 """
 import logging
 import time
@@ -25,7 +26,7 @@ class ConductorEndpoint:
     """Stores nodes' reports; answers queries. Bad input gets InvalidReport and changes
     nothing."""
 
-    target = oslo_messaging.Target(version='1.2')
+    target = oslo_messaging.Target(version='1.3')
 
     def __init__(self, store, report_delay: float = 0.0, max_future_s: float = 86400.0,
                  clock_ns=time.time_ns):
@@ -41,19 +42,22 @@ class ConductorEndpoint:
         return self.report(ctxt, host, states, None)
 
     @_EXPECTED
-    def report(self, ctxt, host, states, resources=None):
+    def report(self, ctxt, host, states, resources=None, sent_at=None):
         """Apply one node's report (validated whole: InvalidReport changes nothing); how many
         of its states applied."""
         try:
-            host, states, resources = validate.report(host, states, resources,
-                                                      self._clock_ns(), self._max_future_s)
+            now_ns = self._clock_ns()
+            host, states, resources = validate.report(host, states, resources, now_ns,
+                                                      self._max_future_s)
+            sent_at = validate.number(sent_at, 'sent_at', 0,
+                                      now_ns / 1e9 + self._max_future_s)
         except exception.InvalidReport as exc:
             self.refused += 1
             LOG.warning('%s', exc)
             raise
         if self._delay:
             time.sleep(self._delay)     # testing aid: a slow conductor
-        applied = self._store.apply_report(host, states, resources)
+        applied = self._store.apply_report(host, states, resources, sent_at)
         LOG.debug('report from %s: %d states, %d applied', host, len(states), applied)
         for s in states:
             LOG.info('[instance: %s] %s: %s/%s', s.get('uuid'), host, s.get('vm_state'),

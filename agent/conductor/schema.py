@@ -42,6 +42,7 @@ reports = sa.Table(
     sa.Column('applied', sa.Integer, nullable=False),
     sa.Column('generation', sa.BigInteger),
     sa.Column('node_applied', sa.Integer),
+    sa.Column('sent_at', sa.Float),          # the agent's clock when it sent the report (1.3)
     sa.Index('reports_host', 'host', 'id'),
 )
 

@@ -23,6 +23,11 @@ opts = [
                  help='(conductor) wait_instances is woken by the reports its own worker '
                       'applies; with workers > 1 it also looks again this often for what '
                       'other workers applied (one worker never polls).'),
+    cfg.FloatOpt('reports_retention', default=86400.0, min=0.0,
+                 help='(conductor) Seconds the per-report records (list_reports, report_count) '
+                      'are kept; older ones are deleted every few minutes by one worker. The '
+                      'instances\' and nodes\' rows are kept for as long as they live. '
+                      '0 keeps every record.'),
     cfg.FloatOpt('report_window', default=0.05, min=0.0, max=10.0,
                  help='(agent) Seconds to gather further state changes before sending a batch; '
                       'at most one report is in flight and later changes supersede earlier ones.'),

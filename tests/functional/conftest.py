@@ -5,6 +5,7 @@ FAILS the run: a skipped functional test would hide a break. ``COMPUTE_AGENT_VIR
 (default qemu: TCG) switches every test to kvm where KVM works.
 """
 import configparser
+import contextlib
 import os
 import shutil
 import signal
@@ -92,8 +93,11 @@ class Node:
     """The running agent + conductor, their RPC clients, and direct libvirt access."""
 
     def __init__(self, workdir, vg: 'lvm_harness.LoopVolumeGroup | None' = None,
-                 extra_config: str = '', agent_env: dict | None = None):
+                 extra_config: str = '', agent_env: dict | None = None,
+                 conductor_db: str | None = None):
         self.workdir = workdir
+        # The conductor's store: a SQLite file (the embedded default) or a database URL.
+        self.conductor_db = conductor_db or os.path.join(workdir, 'conductor.sqlite')
         self.agent_env = dict(agent_env or {})
         self.vg = vg
         self.host = 'ftest-%s' % uuidlib.uuid4().hex[:8]
@@ -122,14 +126,18 @@ class Node:
             f.write('[DEFAULT]\nhost = %s\n'
                     'image_dir = %s\ninstances_path = %s\ndebug = true\n'
                     '[libvirt]\nvirt_type = %s\nconnection_uri = %s\n'
-                    '[conductor]\ntopic = %s\ndatabase = %s\n[jobs]\njournal = %s\n'
+                    '[conductor]\ntopic = %s\n[jobs]\njournal = %s\n'
                     '[trace]\npath = %s\n[metrics]\nport = %d\n'
                     '[network]\nallow_user_nics = true\nbridges = %s\n%s'
                     % (self.host, self.image_dir, self.instances, VIRT_TYPE, URI, self.topic,
-                       os.path.join(workdir, 'conductor.sqlite'),
                        os.path.join(workdir, 'jobs.sqlite'), self.trace_path, self.metrics_port,
                        self.bridge, storage))
             f.write(extra_config)
+        # The database (its URL may hold a password) only in the conductor's own file.
+        self.conductor_config = os.path.join(workdir, 'conductor.conf')
+        with open(os.open(self.conductor_config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+                  'w') as f:
+            f.write('[conductor]\ndatabase = %s\n' % self.conductor_db)
         self.procs = {}
         self.created: set[str] = set()
         agent_conf.CONF(['--config-file', self.config, '--config-file', CONTROL_CREDS],
@@ -144,9 +152,10 @@ class Node:
         log = open(os.path.join(self.workdir, name + '.log'), 'ab')
         env = dict(os.environ, **(self.vg.env if self.vg and name == 'agent' else {}),
                    **(self.agent_env if name == 'agent' else {}))
-        creds = AGENT_CREDS if name == 'agent' else CONTROL_CREDS
+        files = [self.config, AGENT_CREDS] if name == 'agent' else [
+            self.config, self.conductor_config, CONTROL_CREDS]
         self.procs[name] = subprocess.Popen(
-            [sys.executable, '-m', module, '--config-file', self.config, '--config-file', creds],
+            [sys.executable, '-m', module] + [a for f in files for a in ('--config-file', f)],
             stdout=log, stderr=subprocess.STDOUT, env=env)
         if name == 'agent':
             self.wait_agent()
@@ -396,9 +405,9 @@ def pg_admin_url() -> str:
     return url
 
 
-@pytest.fixture
-def pg_url():
-    """A fresh PostgreSQL database for one test (dropped afterwards, connections and all)."""
+@contextlib.contextmanager
+def _pg_database():
+    """A fresh PostgreSQL database (dropped afterwards, connections and all): its URL."""
     import sqlalchemy as sa
     admin = pg_admin_url()
     name = 'ftest_%s' % uuidlib.uuid4().hex[:12]
@@ -414,6 +423,13 @@ def pg_url():
         engine.dispose()
 
 
+@pytest.fixture
+def pg_url():
+    """A fresh PostgreSQL database for one test."""
+    with _pg_database() as url:
+        yield url
+
+
 def _run_node(n: Node):
     try:
         n.start('conductor')
@@ -427,9 +443,12 @@ def _run_node(n: Node):
 
 @pytest.fixture(scope='session')
 def node(tmp_path_factory):
-    """An agent with the file storage backend."""
+    """An agent with the file storage backend; its conductor on PostgreSQL (the fleet's
+    store). The other nodes' conductors use SQLite (the embedded default), so the conductor
+    tests run against both."""
     _check_node()
-    yield from _run_node(Node(str(tmp_path_factory.mktemp('node'))))
+    with _pg_database() as url:
+        yield from _run_node(Node(str(tmp_path_factory.mktemp('node')), conductor_db=url))
 
 
 @pytest.fixture(scope='session')

@@ -99,9 +99,8 @@ def test_two_workers_on_postgresql_end_in_the_newest_state(pg_url):
 @pytest.fixture
 def pg_node(tmp_path, pg_url):
     conftest._check_node()
-    node = conftest.Node(str(tmp_path), extra_config=(
-        '[resources]\naudit_interval = 0\n'
-        '[conductor]\ndatabase = %s\nworkers = 2\n' % pg_url))
+    node = conftest.Node(str(tmp_path), conductor_db=pg_url, extra_config=(
+        '[resources]\naudit_interval = 0\n[conductor]\nworkers = 2\n'))
     node.pg_url = pg_url
     yield from conftest._run_node(node)
 

@@ -117,6 +117,20 @@ def test_a_bad_report_is_refused_whole_and_the_next_good_one_applies(endpoint, s
     assert store.get(UA)['vm_state'] == 'active' and store.get_node('h1') is not None
 
 
+def test_a_report_keeps_when_its_agent_sent_it(endpoint):
+    assert endpoint.report({}, 'h1', [good()], None, sent_at=NOW_NS / 1e9 - 0.5) == 1
+    assert endpoint.report({}, 'h1', [good(seq=NOW_NS - 5)]) == 1       # a 1.2 agent
+    assert [r['sent_at'] for r in endpoint._store.list_reports('h1')] == [
+        NOW_NS / 1e9 - 0.5, None]
+
+
+@pytest.mark.parametrize('sent_at', ['now', -1.0, float('inf'), NOW_NS / 1e9 + 2 * 86400, True])
+def test_a_report_with_a_bad_sent_at_is_refused_whole(endpoint, sent_at):
+    with pytest.raises(exception.InvalidReport, match='sent_at'):
+        endpoint.report({}, 'h1', [good()], usage(), sent_at=sent_at)
+    assert endpoint._store.report_count() == 0 and endpoint._store.get(UA) is None
+
+
 def test_a_report_that_fails_inside_the_transaction_is_rolled_back(endpoint):
     store = endpoint._store
     with pytest.raises(KeyError):       # past validation (a bug): still rolled back whole

@@ -4,6 +4,7 @@ import random
 import sqlite3
 import threading
 
+import oslo_messaging
 import pytest
 import sqlalchemy as sa
 from alembic import autogenerate
@@ -67,6 +68,25 @@ def test_a_pre_alembic_database_is_adopted_with_its_rows(tmp_path):
     store.apply_report('h1', [], {'generation': 1, 'capacity': {}, 'usage': {}, 'instances': 0,
                                   'reserved': {'disk_gb': 2}})
     assert store.get_node('h1')['reserved'] == {'disk_gb': 2}
+
+
+def test_a_database_at_an_older_revision_is_upgraded_in_place_with_its_rows(tmp_path):
+    from alembic import command
+    path = str(tmp_path / 'c.sqlite')
+    engine = sa.create_engine('sqlite:///' + path)
+    with engine.connect() as conn:
+        command.upgrade(migrate._config(conn), '0001')
+        conn.commit()
+        conn.execute(sa.text("INSERT INTO reports (host, received_at, states, applied) "
+                             "VALUES ('h1', 1, 1, 1)"))
+        conn.commit()
+        assert 'sent_at' not in {c['name'] for c in sa.inspect(conn).get_columns('reports')}
+    engine.dispose()
+    store = db.InstanceStore(path)
+    assert store.revision == migrate.head() != '0001'
+    store.apply_report('h1', [state(UUIDS[0], 5)], sent_at=2.5)
+    assert [(r['received_at'] == 1.0, r['sent_at']) for r in store.list_reports('h1')] == [
+        (True, None), (False, 2.5)]
 
 
 def test_several_states_of_one_instance_in_a_report_apply_as_its_newest(tmp_path):
@@ -145,8 +165,8 @@ def test_any_other_database_error_fails_the_report_and_changes_nothing(tmp_path,
     store = db.InstanceStore(str(tmp_path / 'c.sqlite'))
     real = store._apply
 
-    def broken(conn, host, states, resources):
-        real(conn, host, states, resources)
+    def broken(conn, *args):
+        real(conn, *args)
         raise sa_exc.IntegrityError('INSERT', {}, sqlite3.IntegrityError('no'))
     monkeypatch.setattr(store, '_apply', broken)
     with pytest.raises(sa_exc.IntegrityError):
@@ -163,3 +183,35 @@ def test_database_size(tmp_path):
     store = db.InstanceStore(str(tmp_path / 'c.sqlite'))
     assert store.size_bytes() > 0
     assert isinstance(store.engine, sa.engine.Engine)
+
+
+def test_pruning_deletes_only_old_report_records(tmp_path):
+    store = db.InstanceStore(str(tmp_path / 'c.sqlite'))
+    store.apply_report('h1', [state(UUIDS[0], 1)])
+    with store.engine.begin() as conn:      # one record from long ago
+        conn.execute(schema.reports.insert().values(host='h1', received_at=1.0, states=1,
+                                                    applied=1))
+    assert store.report_count('h1') == 2
+    assert store.prune_reports(1000.0) == 1
+    assert store.report_count('h1') == 1 and store.get(UUIDS[0])['seq'] == 1
+    assert store.prune_reports(1000.0) == 0
+
+
+@pytest.mark.parametrize('worker, pruned', [(None, True), (0, True), (1, False)])
+def test_the_first_conductor_worker_prunes_old_report_records(tmp_path, conf, worker, pruned):
+    from agent import service
+    conf.set_override('database', str(tmp_path / 'c.sqlite'), group='conductor')
+    conf.set_override('reports_retention', 60.0, group='conductor')
+    oslo_messaging.get_rpc_transport(conf, url='fake:/').cleanup()    # registers its options
+    conf.set_override('transport_url', 'fake:/')
+    svc = service.ConductorService(conf, worker)
+    svc.store.apply_report('h1', [state(UUIDS[0], 1)])
+    with svc.store.engine.begin() as conn:
+        conn.execute(schema.reports.insert().values(host='h1', received_at=1.0, states=1,
+                                                    applied=1))
+    svc.start()
+    threading.Timer(1.5, svc._stop.set).start()
+    svc.wait()                                  # one turn of its loop, then stopped
+    store = db.InstanceStore(str(tmp_path / 'c.sqlite'))
+    assert store.report_count('h1') == (1 if pruned else 2)
+    store.close()
