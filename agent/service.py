@@ -26,6 +26,7 @@ from agent import workqueue
 from agent.conductor import api as conductor_api
 from agent.conductor import db as conductor_db
 from agent.conductor import manager as conductor_manager
+from agent.rpc import drain as rpc_drain
 from agent.rpc import server as rpc_server
 from agent.storage import commands
 from agent.storage import file as file_storage
@@ -191,6 +192,7 @@ class AgentService:
         removed while libvirt is still connected), then flush reports and the journal."""
         LOG.info('stopping')
         self.server.stop()
+        rpc_drain.leave_unacked(self.server)        # requests delivered now wait for the restart
         self.server.wait()
         self.manager.stop_filler()
         self.reporter.flush(timeout=5.0)
@@ -261,6 +263,7 @@ class ConductorService:
                 next_prune = time.monotonic() + PRUNE_INTERVAL
                 self._prune(retention)
         self.server.stop()
+        rpc_drain.leave_unacked(self.server)        # later deliveries go back to the queue
         self.server.wait()
         self.transport.cleanup()
         self.store.close()

@@ -6,7 +6,7 @@
 #   tools/bench-fleet.sh                                   # K = 100 nodes x M = 20, W = 1 and 2
 #   tools/bench-fleet.sh -K 100 -M 20 --workers 2 --restart-conductor --restart-db
 #   tools/bench-fleet.sh --from-json FILE
-# Results: /var/lib/compute-agent/fleet/fleet.{json,png}
+# Results: docs/bench/fleet-kK-mM-SHAPE.{json,png} (logs in /var/lib/compute-agent/fleet)
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 "$top/tools/setup-node.sh" >&2

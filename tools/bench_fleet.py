@@ -23,8 +23,10 @@ the whole machine's (see README, "Fleet simulation"). Measured per W:
   agent's (after the boots and after the deletes).
 
 ``--restart-conductor`` and ``--restart-db`` restart the conductor (all its workers) and the
-database in the middle of the boot storm. Output: a table, ``fleet.json`` and ``fleet.png``
-in ``--workdir``. ``--from-json`` re-tabulates and re-plots an earlier JSON.
+database in the middle of the boots. Output: a table, and the JSON and its plot in
+``docs/bench/`` (``fleet-kK-mM-SHAPE.json`` and ``.png``; ``--out`` elsewhere); the agents'
+and the conductor's logs stay in ``--workdir``. ``--from-json`` re-tabulates and re-plots an
+earlier JSON.
 """
 import argparse
 import concurrent.futures
@@ -584,6 +586,16 @@ def report(data: dict, out: str) -> None:
         print('\nJSON %s (no plot: matplotlib missing)' % out)
 
 
+def default_out(args) -> str:
+    shape = 'paced' if args.rate else 'nodestorms' if args.node_rate else 'storm'
+    if args.restart_conductor or args.restart_db:
+        shape += '-restarts'
+    if args.database != 'postgresql':
+        shape += '-' + args.database
+    return os.path.join(TOP, 'docs', 'bench', 'fleet-k%d-m%d-%s.json' % (
+        args.nodes, args.boots, shape))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--nodes', '-K', type=int, default=100)
@@ -610,6 +622,9 @@ def main(argv=None) -> int:
     p.add_argument('--settle', type=float, default=3.0)
     p.add_argument('--timeout', type=float, default=600.0)
     p.add_argument('--workdir', default='/var/lib/compute-agent/fleet')
+    p.add_argument('--out', metavar='PATH',
+                   help='the JSON (the plot next to it); default docs/bench/fleet-kK-mM-SHAPE'
+                        '.json, SHAPE: nodestorms, storm (all at once) or paced, -restarts')
     p.add_argument('--venv', default=os.path.join(TOP, '.venv'))
     p.add_argument('--image-dir', default='/var/lib/compute-agent/images')
     p.add_argument('--from-json', metavar='PATH')
@@ -623,7 +638,8 @@ def main(argv=None) -> int:
     fleet = Fleet(args, progress)
     data = {'started_at': time.time(), 'cpus': os.cpu_count(), 'args': {
         k: v for k, v in vars(args).items() if k not in ('from_json',)}, 'results': []}
-    out = os.path.join(args.workdir, 'fleet.json')
+    out = args.out or default_out(args)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     try:
         for index, w in enumerate(int(x) for x in args.workers.split(',') if x):
             fleet.fresh_database()
