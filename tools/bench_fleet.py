@@ -368,6 +368,12 @@ def _reports_during(fleet: Fleet, t0: float, t1: float) -> dict:
             'span_s': round(max(times) - min(times), 2) if times else 0.0}
 
 
+def _spread(values: list) -> dict:
+    """p50, p99, max and count of some durations (seconds)."""
+    return {'p50': bs.pct(values, 0.5), 'p99': bs.pct(values, 0.99),
+            'max': max(values, default=None), 'n': len(values)}
+
+
 def _lag_parts(fleet: Fleet, rows: dict) -> dict:
     """Where each instance's lag went: in its agent (ACTIVE to the report that carried it
     leaving: the report window, a report still in flight, the agent waiting for CPU) and
@@ -384,11 +390,7 @@ def _lag_parts(fleet: Fleet, rows: dict) -> dict:
         if s is not None and row.get('active_at'):
             agent.append(s - row['active_at'])
             after.append(row['active_seen_at'] - s)
-
-    def stats(values):
-        return {'p50': bs.pct(values, 0.5), 'p99': bs.pct(values, 0.99),
-                'max': max(values, default=None), 'n': len(values)}
-    return {'in_agent': stats(agent), 'sent_to_stored': stats(after)}
+    return {'in_agent': _spread(agent), 'sent_to_stored': _spread(after)}
 
 
 def saturate(fleet: Fleet, seconds: float, threads: int) -> dict:
@@ -425,7 +427,7 @@ def saturate(fleet: Fleet, seconds: float, threads: int) -> dict:
     total = sum(done)
     return {'reports': total, 'seconds': round(elapsed, 2),
             'reports_per_s': round(total / elapsed, 1), 'clients': threads,
-            'latency_s': {'p50': bs.pct(latency, 0.5), 'p99': bs.pct(latency, 0.99)},
+            'latency_s': _spread(latency),
             'cpu_s': cpu, 'conductor_cpu_ms_per_report': round(
                 1000 * cpu.get('conductor', 0.0) / max(1, total), 2)}
 
@@ -498,8 +500,7 @@ def run(fleet: Fleet, workers: int, args) -> dict:
         'active_in_conductor': len(rows), 'deleted_in_conductor': len(deleted),
         'boot_phase_s': round(t1 - t0, 2), 'delete_phase_s': round(t3 - t2, 2),
         'answer_all_boots_s': round(answered_at - t0, 2),
-        'lag_s': {'p50': bs.pct(lag, 0.5), 'p99': bs.pct(lag, 0.99), 'max': max(lag, default=None),
-                  'n': len(lag)},
+        'lag_s': _spread(lag),
         'lag_values': sorted(round(x, 4) for x in lag),
         'lag_parts_s': _lag_parts(fleet, rows),
         'boot_reports': boot_reports, 'delete_reports': delete_reports,

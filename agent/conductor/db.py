@@ -140,16 +140,22 @@ class InstanceStore:
                 time.sleep(min(2.0, 0.1 * 2 ** attempt))
 
     # -- writes --------------------------------------------------------------------------
+    def _write(self, what: str, fn, *args):
+        """``fn(conn, *args)`` in one write transaction (SQLite: the write lock first),
+        tried again when the database gave it up (``_retrying``)."""
+        def once():
+            with self.engine.connect().execution_options(write=True) as conn:
+                with conn.begin():
+                    return fn(conn, *args)
+        return self._retrying(what, once)
+
     def apply_report(self, host: str, states: list[dict], resources: dict | None = None,
                      sent_at: float | None = None) -> int:
         """Store the newer of each state, and the node's usage if its generation is higher;
         one transaction per report, rolled back whole if any part fails. Returns the
         instance rows applied. ``sent_at``: the agent's clock when it sent the report."""
-        def once():
-            with self.engine.connect().execution_options(write=True) as conn:
-                with conn.begin():
-                    return self._apply(conn, host, states, resources, sent_at)
-        applied = self._retrying('report from %s' % host, once)
+        applied = self._write('report from %s' % host, self._apply, host, states, resources,
+                              sent_at)
         with self._cond:
             self._cond.notify_all()
         return applied
@@ -245,12 +251,10 @@ class InstanceStore:
     def prune_reports(self, before: float) -> int:
         """Delete the records of reports received before ``before`` (epoch seconds); how
         many. The instance and node rows they updated stay."""
-        def once():
-            with self.engine.connect().execution_options(write=True) as conn:
-                with conn.begin():
-                    return conn.execute(schema.reports.delete().where(
-                        schema.reports.c.received_at < before)).rowcount
-        return self._retrying('pruning reports', once)
+        def delete(conn):
+            return conn.execute(schema.reports.delete().where(
+                schema.reports.c.received_at < before)).rowcount
+        return self._write('pruning reports', delete)
 
     def size_bytes(self) -> int:
         """The database's size on disk (PostgreSQL: the database; SQLite: file + WAL)."""

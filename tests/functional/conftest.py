@@ -387,6 +387,37 @@ def leaves_no_instances(request):
     assert not left, 'instances left behind (now removed): %s' % left
 
 
+def calls_through_restart(node: Node, name: str, call, callers: int) -> tuple[int, list]:
+    """``callers`` threads repeat ``call(i)`` for 1.5 s, while ``name`` (agent or conductor)
+    is stopped (SIGTERM: each caller has a call in flight) and started, and 1.5 s more;
+    (calls answered, MessagingTimeout texts)."""
+    import threading
+    answered = [0] * callers             # per caller: no shared counter between threads
+    timeouts = []
+    stop = threading.Event()
+
+    def caller(i):
+        while not stop.is_set():
+            try:
+                call(i)
+                answered[i] += 1
+            except oslo_messaging.MessagingTimeout as exc:
+                timeouts.append(str(exc))
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(callers)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.5)
+        node.stop(name)
+        node.start(name)
+        time.sleep(1.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    return sum(answered), timeouts
+
+
 def pg_admin_url() -> str:
     """The URL of the conductor's PostgreSQL role (may create databases); fails the run when
     tools/setup-conductor-db.sh has not run."""

@@ -168,42 +168,20 @@ def test_a_conductor_restart_answers_every_report_in_flight(tmp_path, workers):
     """Reports sent while the conductor stops wait in RabbitMQ for the next one: none is taken
     and dropped (oslo.messaging acknowledges on arrival; ``agent.rpc.drain``), so no sender
     waits for its timeout. Before, every report in flight at the stop timed out."""
-    import threading
-
-    import oslo_messaging
     from agent.conductor import api as conductor_api
     conftest._check_node()
     node = conftest.Node(str(tmp_path), extra_config='[conductor]\nworkers = %d\n' % workers)
     client = conductor_api.ConductorAPI(node.transport, node.topic, timeout=8)
-    answered = [0] * 12                  # per sender: no shared counter between threads
-    timeouts = []
-    stop = threading.Event()
 
-    def sender(i):
-        host, uuid = 'sender-%d' % i, _uuid(1000 + i)
-        while not stop.is_set():
-            try:
-                client.report(host, [{'uuid': uuid, 'seq': time.time_ns(), 'vm_state': 'active',
-                                      'accepted_at': 1.0}], None)
-                answered[i] += 1
-            except oslo_messaging.MessagingTimeout as exc:
-                timeouts.append(str(exc))
+    def report(i):
+        client.report('sender-%d' % i, [{'uuid': _uuid(1000 + i), 'seq': time.time_ns(),
+                                         'vm_state': 'active', 'accepted_at': 1.0}], None)
     try:
         node.start('conductor')
-        threads = [threading.Thread(target=sender, args=(i,)) for i in range(12)]
-        for t in threads:
-            t.start()
-        time.sleep(1.5)
-        node.stop('conductor')           # SIGTERM: every sender has a report in flight
-        node.start('conductor')
-        time.sleep(1.5)
-        stop.set()
-        for t in threads:
-            t.join()
+        answered, timeouts = conftest.calls_through_restart(node, 'conductor', report, 12)
         assert timeouts == []
         # Every answered report was applied once, by one of the two conductors.
-        assert node.conductor.report_count() == sum(answered) > 100
+        assert node.conductor.report_count() == answered > 100
     finally:
-        stop.set()
         node.stop('conductor')
         node.cleanup()

@@ -198,31 +198,9 @@ def test_conductor_away_for_a_while(fault_node):
 def test_an_agent_restarted_under_a_stream_of_requests_answers_every_one(fault_node):
     """Requests that reach the agent while it stops wait in RabbitMQ for its restart (none is
     taken and dropped: ``agent.rpc.drain``), so no caller waits for its timeout."""
-    import threading
-
-    import oslo_messaging
     node = fault_node
-    answered = [0] * 8                   # per caller: no shared counter between threads
-    timeouts = []
-    stop = threading.Event()
 
-    def caller(i):
-        while not stop.is_set():
-            try:
-                assert node.compute.ping(node.host, timeout=60) == 'pong'
-                answered[i] += 1
-            except oslo_messaging.MessagingTimeout as exc:
-                timeouts.append(str(exc))
-    threads = [threading.Thread(target=caller, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    try:
-        time.sleep(1.5)
-        node.stop('agent')               # SIGTERM: every caller has a request in flight
-        node.start('agent')
-        time.sleep(1.5)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-    assert timeouts == [] and sum(answered) > 100
+    def ping(i):
+        assert node.compute.ping(node.host, timeout=60) == 'pong'
+    answered, timeouts = conftest.calls_through_restart(node, 'agent', ping, 8)
+    assert timeouts == [] and answered > 100
