@@ -4,23 +4,37 @@
 storage backend (disk files) and recovery (orphans) all go through it. Each directory holds a
 marker file naming its instance; a directory is recognised, and removed, only by that record,
 never by its name alone.
+
+Both changes are atomic, so a crash never leaves a directory without its marker (which every
+later start would refuse as not the agent's): a directory is made with its marker under a
+temporary name (``.making-<uuid>-*``) and renamed into place; it is removed by a rename to
+``.removing-<uuid>-*`` first. ``sweep`` removes what a crash left under those names (marked
+ones only) at start-up.
 """
 import logging
 import os
 import shutil
+import uuid as uuidlib
 
+from agent import crashpoints
+from agent import durable
 from agent import exception
 
 LOG = logging.getLogger(__name__)
 
 MARKER = '.compute-agent-instance'
+MAKING = '.making-'
+REMOVING = '.removing-'
 
 
 class InstanceDirs:
     """The marked per-instance directories under ``base``."""
 
-    def __init__(self, base: str):
+    def __init__(self, base: str, execute=None):
+        """``execute(op, fn, *args)``: where the blocking work runs (fsyncs, removals: the
+        agent's work queue); by default in the caller."""
         self.base = base
+        self._execute = execute or (lambda op, fn, *args: fn(*args))
 
     def path(self, uuid: str) -> str:
         """The directory of instance ``uuid`` (whether or not it exists)."""
@@ -29,15 +43,26 @@ class InstanceDirs:
     def create(self, uuid: str) -> str:
         """Make (or keep) the instance's marked directory; return its path. A directory of
         that name that is not marked as the agent's is never taken over (DirectoryNotOurs)."""
+        return self._execute('dir.create', self._create, uuid)
+
+    def _create(self, uuid: str) -> str:
         d = self.path(uuid)
         if self._marked(uuid):
             return d
-        try:
-            os.makedirs(d)
-        except FileExistsError:
-            raise exception.DirectoryNotOurs(path=d) from None
-        with open(os.path.join(d, MARKER), 'w') as f:
-            f.write(uuid + '\n')
+        if os.path.lexists(d):
+            raise exception.DirectoryNotOurs(path=d)
+        os.makedirs(self.base, exist_ok=True)
+        tmp = os.path.join(self.base, '%s%s-%s' % (MAKING, uuid, uuidlib.uuid4().hex[:8]))
+        os.mkdir(tmp)
+        durable.write_file(os.path.join(tmp, MARKER), uuid + '\n', mode=0o644)
+        crashpoints.reached('dir.create.made', uuid)
+        if os.path.lexists(d):            # made meanwhile (by a concurrent create of ours?)
+            shutil.rmtree(tmp, ignore_errors=True)
+            if self._marked(uuid):
+                return d
+            raise exception.DirectoryNotOurs(path=d)
+        os.rename(tmp, d)
+        durable.fsync_dir(self.base)
         return d
 
     def _marked(self, uuid: str) -> bool:
@@ -58,11 +83,44 @@ class InstanceDirs:
     def remove(self, uuid: str) -> None:
         """Remove the instance's directory if it is the agent's (its marker names ``uuid``);
         a directory of that name without the marker is left alone."""
+        self._execute('dir.remove', self._remove, uuid)
+
+    def _remove(self, uuid: str) -> None:
         if self._marked(uuid):
-            shutil.rmtree(self.path(uuid), ignore_errors=True)
+            gone = os.path.join(self.base, '%s%s-%s' % (REMOVING, uuid, uuidlib.uuid4().hex[:8]))
+            os.rename(self.path(uuid), gone)
+            durable.fsync_dir(self.base)
+            crashpoints.reached('dir.remove.renamed', uuid)
+            shutil.rmtree(gone, ignore_errors=True)
         elif os.path.lexists(self.path(uuid)):
             LOG.warning('[instance: %s] %s is not marked as the agent\'s: left alone', uuid,
                         self.path(uuid))
+
+    def sweep(self) -> list[str]:
+        """Remove what an interrupted create or remove left under a temporary name (only
+        directories holding the marker of the uuid their name carries); their names."""
+        try:
+            names = os.listdir(self.base)
+        except FileNotFoundError:
+            return []
+        removed = []
+        for name in names:
+            for prefix in (MAKING, REMOVING):
+                if not name.startswith(prefix):
+                    continue
+                uuid = name[len(prefix):].rsplit('-', 1)[0]
+                path = os.path.join(self.base, name)
+                try:
+                    with open(os.path.join(path, MARKER)) as f:
+                        ours = f.read().strip() == uuid
+                except (OSError, UnicodeDecodeError):
+                    ours = False
+                if ours:
+                    LOG.warning('[instance: %s] removing %s, left by an interrupted %s', uuid,
+                                path, 'create' if prefix == MAKING else 'removal')
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(name)
+        return removed
 
     def remove_if_empty(self, uuid: str) -> None:
         """Remove the directory if nothing but its marker is left in it."""

@@ -24,6 +24,8 @@ import threading
 import time
 from typing import Callable
 
+from agent import crashpoints
+
 LOG = logging.getLogger(__name__)
 
 COLUMNS = ('id', 'kind', 'uuid', 'state', 'reason', 'created_at', 'started_at', 'finished_at',
@@ -281,7 +283,10 @@ class JobJournal:
                 cur.execute('DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?',
                             (prune,))
                 self.pruned += cur.rowcount
+            uuids = [row.get('uuid') for row in rows]
+            crashpoints.reached('journal.commit.before', *uuids)
             cur.execute('COMMIT')      # WAL + synchronous=FULL: one fsync for the whole batch
+            crashpoints.reached('journal.commit.after', *uuids)
         except BaseException:
             # A failed COMMIT may have rolled back already: a second ROLLBACK would then
             # raise "no transaction is active" and hide the real error (disk full).

@@ -15,6 +15,8 @@ import threading
 import time
 from typing import Callable
 
+from agent import crashpoints
+
 BLOCK = 1 << 30          # ~1.07 s of clock: a restart moves the numbers at most this far ahead
 
 
@@ -30,7 +32,9 @@ class Sequence:
         self._lock = threading.Lock()
         self._next = max(clock(), reserved) + 1
         self._limit = self._next + block
+        crashpoints.reached('sequence.reserve.before')
         store_now(self._limit)            # durable before the first number is used
+        crashpoints.reached('sequence.reserve.after')
 
     def next(self) -> int:
         """The next number: larger than every number handed out before, also before a restart."""

@@ -98,7 +98,8 @@ class AgentService:
             self.runtime.workqueue.observers.append(self.metrics.on_call)
         self.transport = rpc.get_transport(conf)
         self.reporter = self._reporter(conf)
-        self.dirs = instancedir.InstanceDirs(conf.instances_path)   # their one owner
+        self.dirs = instancedir.InstanceDirs(conf.instances_path,     # their one owner
+                                             self.runtime.workqueue.execute)
         self.driver = libvirt_driver.LibvirtDriver(conf.libvirt, conf.host, self.dirs,
                                                    self.runtime, libvirt_mod)
         self.commands = commands.CommandRunner(

@@ -8,6 +8,7 @@ import sys  # noqa: E402
 from oslo_log import log as logging  # noqa: E402
 
 from agent import conf  # noqa: E402
+from agent import crashpoints  # noqa: E402
 from agent import exception  # noqa: E402
 
 
@@ -16,6 +17,8 @@ def main(argv=None) -> int:
     logging.register_options(conf.CONF)
     conf.CONF(argv if argv is not None else sys.argv[1:], project='compute-agent')
     logging.setup(conf.CONF, 'compute-agent')
+    if not crashpoints.arm_for_service(conf.CONF.debug, logging.getLogger(__name__)):
+        return 1
     try:
         svc = service.AgentService(conf.CONF)
         svc.start()

@@ -5,6 +5,7 @@ import sys
 from oslo_log import log as logging
 
 from agent import conf
+from agent import crashpoints
 
 
 def main(argv=None) -> int:
@@ -15,6 +16,8 @@ def main(argv=None) -> int:
     logging.register_options(conf.CONF)
     conf.CONF(argv if argv is not None else sys.argv[1:], project='compute-agent')
     logging.setup(conf.CONF, 'compute-conductor')
+    if not crashpoints.arm_for_service(conf.CONF.debug, logging.getLogger(__name__)):
+        return 1
 
     def run(index=None):
         svc = service.ConductorService(conf.CONF, index)

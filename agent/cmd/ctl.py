@@ -169,13 +169,29 @@ def cmd_boot(args, compute, conductor) -> int:
                                              max(1.0, deadline - time.monotonic()), ready=True))
     failed = _print_boots(uuids, rows, sent, answers, args.ready)
     if args.pool:
-        results = [compute.get_job(args.host, answers[u][0]['job_id']).get('result') or ''
-                   for u in uuids]
+        # A warm boot's job ends after its guest is ready (it then makes the domain
+        # persistent): its result exists only once the job ended.
+        results = _job_results(compute, args.host, [answers[u][0]['job_id'] for u in uuids],
+                               deadline)
         hits = sum(r.startswith('warm: hit') for r in results)
         print('pool %s: %d warm (restored from saved spares), %d cold%s' % (
             args.pool, hits, len(uuids) - hits, ''.join(
                 sorted({' (%s)' % r for r in results if not r.startswith('warm: hit')}))))
     return failed
+
+
+def _job_results(compute, host: str, job_ids: list[str], deadline: float) -> list[str]:
+    """Each job's result once it ended (until ``deadline``; then what is known)."""
+    results = {}
+    while True:
+        for job_id in job_ids:
+            if job_id not in results:
+                job = compute.get_job(host, job_id)
+                if job['state'] in ('done', 'failed'):
+                    results[job_id] = job.get('result') or job.get('reason') or ''
+        if len(results) == len(job_ids) or time.monotonic() > deadline:
+            return [results.get(j, 'job still running') for j in job_ids]
+        time.sleep(0.1)
 
 
 def _since(row: dict, key: str, sent: float) -> float | None:

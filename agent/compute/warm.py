@@ -8,6 +8,7 @@ memory image goes, and its reservation with it.
 """
 import logging
 
+from agent import crashpoints
 from agent import exception
 from agent import spec as specmod
 from agent.compute import core as coremod
@@ -37,11 +38,14 @@ class WarmBoots:
         into ``disks_out`` as soon as it exists (the caller removes it if this raises)."""
         core = self._core
         core.spares.mark_taken(spare, inst.uuid)
+        crashpoints.reached('spare.take.marked', inst.uuid, spare.uuid)
         try:
             if spare.disk is not None:
                 disks_out.append(core.storage.adopt_disk(spare.uuid, inst.uuid))
             core.driver.restore_warm(spec, spare, tuple(disks_out))
+            crashpoints.reached('spare.take.restored', inst.uuid, spare.uuid)
         finally:
+            crashpoints.reached('spare.discard.removing', inst.uuid, spare.uuid)
             self.discard(spare, disk_left=spare.disk is not None and not disks_out)
         LOG.info('[instance: %s] restored from spare %s of pool %s', inst.uuid, spare.uuid,
                  spare.pool)
@@ -50,6 +54,7 @@ class WarmBoots:
         # the guest's ready event is in (it follows the restore at once), so the one call of
         # the warm path is the only one before ready. Failing leaves it running, transient.
         core.wait_until(inst, lambda: inst.readiness == states.READY, READY_WAIT)
+        crashpoints.reached('warm.persist.before', inst.uuid)
         core.attempt(inst.uuid, 'make the restored domain persistent', core.driver.persist,
                      inst.uuid)
         return 'warm: hit, spare %s of pool %s' % (spare.uuid, spare.pool)

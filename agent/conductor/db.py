@@ -23,6 +23,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite
 
+from agent import crashpoints
 from agent.conductor import migrate
 from agent.conductor import schema
 
@@ -156,6 +157,7 @@ class InstanceStore:
         instance rows applied. ``sent_at``: the agent's clock when it sent the report."""
         applied = self._write('report from %s' % host, self._apply, host, states, resources,
                               sent_at)
+        crashpoints.reached('conductor.store.after_commit', *(s.get('uuid') for s in states))
         with self._cond:
             self._cond.notify_all()
         return applied
@@ -194,6 +196,7 @@ class InstanceStore:
             'host': host, 'received_at': now, 'states': len(states), 'applied': applied,
             'generation': None if resources is None else int(resources['generation']),
             'node_applied': node_applied, 'sent_at': sent_at})
+        crashpoints.reached('conductor.store.before_commit', *newest)
         return applied
 
     # -- reads ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ blank. Capacity is the instances filesystem's (statvfs): no command runs for it.
 import logging
 import os
 
+from agent import crashpoints
 from agent import exception
 from agent import images
 from agent import instancedir
@@ -68,6 +69,7 @@ class FileBackend(backend.StorageBackend):
             self._dirs.create(uuid)
             self._run.check('qcow2_create', {'uuid': uuid, 'size': size, 'image': image,
                                              'format': image_format}, instance=uuid)
+            crashpoints.reached('disk.file.created', uuid)
         except exception.StorageError:
             self.delete_disks(uuid)
             raise
@@ -83,6 +85,7 @@ class FileBackend(backend.StorageBackend):
         try:
             self._dirs.create(uuid)
             os.rename(self._disk_path(owner), path)
+            crashpoints.reached('disk.file.adopted', uuid, owner)
         except OSError as exc:
             raise exception.StorageError(reason='moving the disk of %s to %s: %s'
                                          % (owner, path, exc)) from None
@@ -95,4 +98,5 @@ class FileBackend(backend.StorageBackend):
             os.unlink(path)
         except FileNotFoundError:
             pass
+        crashpoints.reached('disk.file.deleted', uuid)
         self._dirs.remove_if_empty(uuid)   # only if nothing else of it is left

@@ -8,6 +8,7 @@ is answered from one ``lvs`` plus one ``vgs`` over the whole VG, shared by concu
 import dataclasses
 import logging
 
+from agent import crashpoints
 from agent import exception
 from agent.storage import backend
 from agent.storage import lvm_report
@@ -97,6 +98,7 @@ class LvmBackend(backend.StorageBackend):
                             instance=uuid, message=lvm_report.lvm_message)
         finally:
             self._sweep.invalidate()
+        crashpoints.reached('disk.lvm.created', uuid)
         disk = backend.Disk(path='/dev/%s/%s' % (self.vg, name), format='raw', kind='block')
         if image:
             try:
@@ -120,6 +122,7 @@ class LvmBackend(backend.StorageBackend):
             self._sweep.invalidate()
         if 'changed' not in res.stdout:
             raise exception.StorageError(reason='no LV of %s in %s to hand over' % (owner, self.vg))
+        crashpoints.reached('disk.lvm.adopted', uuid, owner)
         LOG.info('[instance: %s] took LV %s/%s of spare %s', uuid, self.vg, lv_name(owner), owner)
         return backend.Disk(path='/dev/%s/%s' % (self.vg, lv_name(owner)), format='raw',
                             kind='block')
@@ -134,6 +137,7 @@ class LvmBackend(backend.StorageBackend):
                                          % (res.rc, lvm_report.lvm_message(res.stderr)))
         if res.stdout.strip():
             LOG.info('[instance: %s] removed its LV from %s', uuid, self.vg)
+        crashpoints.reached('disk.lvm.deleted', uuid)
 
     def stats(self) -> dict:
         """Counters: listings made and shared, commands by name."""

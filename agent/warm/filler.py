@@ -14,6 +14,7 @@ import threading
 import time
 import uuid as uuidlib
 
+from agent import crashpoints
 from agent import exception
 from agent import jobs as jobsmod
 from agent import spec as specmod
@@ -174,6 +175,7 @@ class Filler:
         jobs = self._jobs_created()
         self._go_on(jobs)
         core.driver.spawn_spare(spec, disks, pool.name)
+        crashpoints.reached('spare.make.started', uuid)
         deadline = time.monotonic() + self._ready_timeout
         while not ready.wait(self._tick):
             self._go_on(jobs)
@@ -187,6 +189,7 @@ class Filler:
             raise exception.AgentError('its domain stopped')
         image = core.spares.image_path(uuid)
         xml = core.driver.save_spare(uuid, image)
+        crashpoints.reached('spare.save.saved', uuid)
         spare = sparesmod.Spare(
             uuid=uuid, pool=pool.name, vcpus=spec.vcpus, memory_mb=spec.memory_mb,
             disk_gb=spec.disk_gb, disk=dataclasses.asdict(disks[0]) if disks else None,

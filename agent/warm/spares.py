@@ -16,6 +16,8 @@ import os
 import threading
 import time
 
+from agent import crashpoints
+from agent import durable
 from agent import instancedir
 from agent.storage import backend as storage_backend
 
@@ -66,13 +68,7 @@ class SpareStore:
         self._execute('spare.record', self._write_now, uuid, record)
 
     def _write_now(self, uuid: str, record: dict) -> None:
-        path = os.path.join(self._dirs.path(uuid), RECORD)
-        tmp = path + '.tmp'
-        with open(tmp, 'w') as f:
-            json.dump(record, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
+        durable.write_file(os.path.join(self._dirs.path(uuid), RECORD), json.dumps(record))
 
     @staticmethod
     def _read(path: str) -> dict | None:
@@ -85,13 +81,15 @@ class SpareStore:
 
     def begin(self, uuid: str, pool: str) -> None:
         """Record that spare ``uuid`` of ``pool`` is being made (its marked directory)."""
-        self._execute('spare.dir', self._dirs.create, uuid)
+        self._dirs.create(uuid)
         self._write(uuid, {'state': MAKING, 'uuid': uuid, 'pool': pool, 'at': time.time()})
         self.making.add(uuid)
+        crashpoints.reached('spare.make.begun', uuid)
 
     def saved(self, spare: Spare) -> None:
         """The spare is complete: recorded, and available to boots."""
         self._write(spare.uuid, dict(dataclasses.asdict(spare), state=SAVED))
+        crashpoints.reached('spare.save.recorded', spare.uuid)
         self.making.discard(spare.uuid)
         with self._lock:
             self._available.setdefault(spare.pool, []).append(spare)
@@ -116,7 +114,7 @@ class SpareStore:
     def remove(self, uuid: str) -> None:
         """Remove the spare's directory (record, memory image, console log)."""
         self.making.discard(uuid)
-        self._execute('spare.remove', self._dirs.remove, uuid)
+        self._dirs.remove(uuid)
 
     # -- views ------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:

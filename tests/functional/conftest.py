@@ -99,6 +99,7 @@ class Node:
         # The conductor's store: a SQLite file (the embedded default) or a database URL.
         self.conductor_db = conductor_db or os.path.join(workdir, 'conductor.sqlite')
         self.agent_env = dict(agent_env or {})
+        self.conductor_env: dict = {}
         self.vg = vg
         self.host = 'ftest-%s' % uuidlib.uuid4().hex[:8]
         self.bridge = 'cabr' + self.host[-8:]      # the one bridge this node offers guests
@@ -148,19 +149,24 @@ class Node:
 
     # -- processes --------------------------------------------------------------------------
     def start(self, name: str) -> None:
+        self.launch(name)
+        if name == 'agent':
+            self.wait_agent()
+        else:
+            self.wait_conductor()
+
+    def launch(self, name: str) -> subprocess.Popen:
+        """Start the agent or the conductor; not waiting for it to answer."""
         module = {'agent': 'agent.cmd.agent', 'conductor': 'agent.cmd.conductor'}[name]
         log = open(os.path.join(self.workdir, name + '.log'), 'ab')
         env = dict(os.environ, **(self.vg.env if self.vg and name == 'agent' else {}),
-                   **(self.agent_env if name == 'agent' else {}))
+                   **(self.agent_env if name == 'agent' else self.conductor_env))
         files = [self.config, AGENT_CREDS] if name == 'agent' else [
             self.config, self.conductor_config, CONTROL_CREDS]
         self.procs[name] = subprocess.Popen(
             [sys.executable, '-m', module] + [a for f in files for a in ('--config-file', f)],
             stdout=log, stderr=subprocess.STDOUT, env=env)
-        if name == 'agent':
-            self.wait_agent()
-        else:
-            self.wait_conductor()
+        return self.procs[name]
 
     def wait_conductor(self, timeout: float = 60.0) -> None:
         """Until the conductor answers (its queue exists: an agent's first report is not
@@ -365,7 +371,7 @@ class Node:
 
 
 NODE_FIXTURES = ('node', 'lvm_node', 'acct_node', 'fault_node', 'life_node', 'rpc_node',
-                 'ready_node', 'warm_node', 'warm_lvm_node')
+                 'ready_node', 'warm_node', 'warm_lvm_node', 'crash_file_node', 'crash_lvm_node')
 
 
 def stop_libvirtd(pause: float = 0.0) -> None:

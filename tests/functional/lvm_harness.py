@@ -8,6 +8,7 @@ The wrappers sit in front of the real LVM commands for the agent under test:
   extent offset and links /dev/VG/LV to it; before lvremove it takes that away again. This is
   test scaffolding only: the agent runs the real commands and never knows.
 """
+import contextlib
 import os
 import shutil
 import subprocess
@@ -50,6 +51,8 @@ WRAPPER = textwrap.dedent('''\
             done
         fi
     fi
+    # A test can hold every lvs of the agent here (its gate file exists) to gather callers.
+    while [ "$name" = lvs ] && [ -e {gate} ]; do sleep 0.02; done
     "$real" "$@"; rc=$?
     if [ $rc = 0 ] && [ "$name" = lvcreate ] && [ {has_dm} = 0 ]; then
         prev=""; for a in "$@"; do [ "$prev" = --name ] && lvname=$a; prev=$a; done
@@ -69,6 +72,7 @@ class LoopVolumeGroup:
         self.bin = os.path.join(workdir, 'lvm-bin')
         self.log = os.path.join(workdir, 'launches.log')
         self.backing = os.path.join(workdir, 'pv.img')
+        self.gate = os.path.join(workdir, 'lvs.gate')
         os.makedirs(self.system_dir)
         os.makedirs(self.bin)
         with open(os.path.join(self.system_dir, 'lvm.conf'), 'w') as f:
@@ -82,7 +86,8 @@ class LoopVolumeGroup:
         for name in ('lvs', 'vgs', 'lvcreate', 'lvremove', 'lvchange'):
             path = os.path.join(self.bin, name)
             with open(path, 'w') as f:
-                f.write(WRAPPER.format(name=name, vg=self.name, log=self.log, has_dm=int(HAS_DM)))
+                f.write(WRAPPER.format(name=name, vg=self.name, log=self.log, has_dm=int(HAS_DM),
+                                       gate=self.gate))
             os.chmod(path, 0o755)
 
     @property
@@ -105,6 +110,15 @@ class LoopVolumeGroup:
                 name, size, tags = line.strip().split('|')
                 lvs[name] = {'size': int(size), 'tags': set(filter(None, tags.split(',')))}
         return lvs
+
+    @contextlib.contextmanager
+    def lvs_held(self):
+        """While inside: every lvs the agent launches waits (the test releases them)."""
+        open(self.gate, 'w').close()
+        try:
+            yield
+        finally:
+            os.unlink(self.gate)
 
     def launches(self, name: str) -> int:
         with open(self.log) as f:

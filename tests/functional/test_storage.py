@@ -28,9 +28,14 @@ def test_twenty_parallel_boots_get_tagged_lvs_that_vanish_on_delete(lvm_node):
     for u in uuids:
         assert lvs[_lv(u)]['size'] == GiB
         assert lvs[_lv(u)]['tags'] == {'compute-agent', 'ca-instance-' + u}
+    log = lvm_node.log_tail('agent', 100000)
     for a in answers:
         job = lvm_node.wait_job(a['job_id'])
-        assert job['state'] == 'done' and job['libvirt_calls'] == 2, job
+        # Two calls; a start libvirt refused as busy (EAGAIN, seen in storms) is tried again
+        # and says so in the log: counted, never guessed.
+        retries = log.count('[instance: %s] start: ' % a['uuid'])
+        assert job['state'] == 'done', job
+        assert job['libvirt_calls_by_op'] == {'defineXML': 1, 'createWithFlags': 1 + retries}, job
     # The guests really boot from their LVs: 1 GiB = 2097152 sectors.
     for u in uuids[:2]:
         assert 'guest-disk: vda 2097152' in lvm_node.wait_console(u, 'guest-disk:', timeout=240)
@@ -78,6 +83,10 @@ def test_lvm_failure_fails_the_job_with_lvms_message_and_never_touches_other_lvs
         vg.lvm('lvremove', '-q', '-y', '%s/%s' % (vg.name, _lv(spec['uuid'])), check=False)
 
 
+def _sweeps(node) -> dict:
+    return node.compute.get_stats(node.host)['storage']
+
+
 def test_status_sweep_over_50_lvs_runs_exactly_one_lvs(lvm_node):
     vg = lvm_node.vg
     uuids = [str(uuidlib.uuid4()) for _ in range(50)]
@@ -87,9 +96,18 @@ def test_status_sweep_over_50_lvs_runs_exactly_one_lvs(lvm_node):
     try:
         time.sleep(1.0)      # older than [lvm] report_cache_seconds (0.5 s): a sweep is due
         before = vg.launches('lvs'), vg.launches('vgs')
-        with concurrent.futures.ThreadPoolExecutor(50) as pool:
-            answers = list(pool.map(
-                lambda u: lvm_node.compute.get_storage(lvm_node.host, [u])['disks'], uuids))
+        shared = _sweeps(lvm_node)['sweeps_shared']
+        # The first caller's lvs is held until the 49 others joined it: however slowly the
+        # requests arrive, they all share that one run (not a timing question).
+        with concurrent.futures.ThreadPoolExecutor(50) as pool, vg.lvs_held():
+            futures = [pool.submit(lvm_node.compute.get_storage, lvm_node.host, [u])
+                       for u in uuids]
+            deadline = time.monotonic() + 120
+            while _sweeps(lvm_node)['sweeps_shared'] - shared < len(uuids) - 1:
+                assert time.monotonic() < deadline, _sweeps(lvm_node)
+                assert not any(f.done() for f in futures), 'answered while lvs was held'
+                time.sleep(0.05)
+        answers = [f.result()['disks'] for f in futures]
         for u, disks in zip(uuids, answers):
             assert disks == {u: {'name': _lv(u), 'size': 4 * 1024 * 1024}}
         assert (vg.launches('lvs') - before[0], vg.launches('vgs') - before[1]) == (1, 1)

@@ -1,7 +1,8 @@
 """Warm boots on real QEMU: a pool of saved spares fills in the background; instances restored
 from them are ready at once, each learns its own identity (the test guest prints what it reads
 on its identity port: "guest-identity: {...}"), and everything else (delete, restarts,
-kill -9 in the middle of a save or a restore) treats them like any instance.
+crashes in the middle of a save or a restore: tests/functional/test_crash_points.py) treats
+them like any instance.
 
 The libvirt calls are read from the agent's libvirt client log (as in test_rpc_count): the warm
 path sends ONE remote call before the guest is ready, restoreFlags; the job then makes the
@@ -195,58 +196,20 @@ def test_spares_survive_an_agent_restart(warm_node):
     assert resources['reserved']['disk_gb'] == POOL_SIZE
 
 
-def _kill_when(node, check, timeout=120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, 'the moment to kill never came'
-        time.sleep(0.01)
-    node.kill('agent')
-
-
-def _consistent(node, timeout=300.0) -> None:
-    """After a restart: every spare directory is a saved spare with its image and disk, the
-    only spare domain is one being made, the pool refills."""
-    _full(node, timeout)
-    for uuid, record in _records(node).items():
-        assert record['state'] == 'saved', record
-        for name in ('memory.save', 'disk.qcow2'):
-            assert os.path.exists(os.path.join(node.instances, uuid, name))
-    assert not [d for d, m in node.host_domains().items() if m.get('role') == 'spare']
-
-
-def test_kill_9_during_a_save_leaves_nothing_and_the_pool_refills(warm_node):
+def test_compute_ctl_counts_warm_boots_once_their_jobs_ended(warm_node):
+    """The pool summary of ``compute-ctl boot --pool`` reads each job's result after the job
+    ended (a warm job ends after its guest is ready: read earlier, it has no result)."""
     node = warm_node
     _full(node)
-    uuid = node.spec()['uuid']
-    node.wait_job(node.boot({'uuid': uuid, 'pool': 'tiny'})['job_id'])   # one spare used
-    _kill_when(node, lambda: any(
-        os.path.exists(os.path.join(node.instances, u, 'memory.save'))
-        for u in _records(node, 'making')))
-    making = set(_records(node, 'making'))
-    node.start('agent')
-    assert not making & set(_records(node)), 'the interrupted spare is still there'
-    _consistent(node)
-    assert node.compute.get_instance(node.host, uuid)['vm_state'] == 'active'
-    node.delete([uuid])
-
-
-def test_kill_9_during_a_restore_leaves_nothing_and_the_boot_ends(warm_node):
-    node = warm_node
-    _full(node)
-    uuid = node.spec()['uuid']
-    job_id = node.boot({'uuid': uuid, 'pool': 'tiny'})['job_id']
-    _kill_when(node, lambda: bool(_records(node, 'taken')))
-    taken = set(_records(node, 'taken'))
-    node.start('agent')
-    job = node.wait_job(job_id)
-    assert job['state'] == 'done', job
-    node.wait_ready([uuid])
-    assert not taken & set(os.listdir(node.instances)), 'the taken spare is still there'
-    dirs = set(os.listdir(node.instances)) - set(_records(node))
-    assert dirs == {uuid}, dirs
-    _consistent(node)
-    node.delete([uuid])
-    _leaves_nothing(node, [uuid], [])
+    out = conftest.subprocess.run(
+        [conftest.sys.executable, '-m', 'agent.cmd.ctl', '--config-file', node.config,
+         '--config-file', conftest.CONTROL_CREDS, 'boot', '--pool', 'tiny', '--count', '2',
+         '--wait', '--ready'], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    uuids = re.findall(r'^accepted (\S+) job', out.stdout, re.M)
+    node.created.update(uuids)
+    assert 'pool tiny: 2 warm (restored from saved spares), 0 cold\n' in out.stdout, out.stdout
+    node.delete(uuids)
 
 
 @pytest.fixture(scope='module')

@@ -190,6 +190,8 @@ def test_a_stop_interrupted_by_a_restart_runs_again_and_ends(conf, hv):
         b.wait_reported(U1, 'stopped')
         assert hv.domains[U1].run_state == fakelibvirt.VIR_DOMAIN_SHUTOFF
         assert b.manager.reconciled['resume_power'] == 1
+        # Busy at start-up (the audit leaves it alone), yet counted in the usage.
+        assert b.manager.tracker.claim_of(U1) == a.manager.tracker.claim_of(U1) is not None
     finally:
         b.stop()
 
@@ -204,6 +206,7 @@ def test_a_reboot_interrupted_by_a_restart_is_settled_by_the_domains_state(conf,
         assert 'reboot' not in hv.calls[before:] and 'reset' not in hv.calls[before:]
         assert b.manager.get_instance(U1)['vm_state'] == 'active'
         assert b.manager.get_instance(U1)['task'] is None
+        assert b.manager.tracker.claim_of(U1) == a.manager.tracker.claim_of(U1) is not None
     finally:
         b.stop()
 

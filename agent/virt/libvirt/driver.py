@@ -13,6 +13,7 @@ import random
 import time
 from typing import Callable
 
+from agent import crashpoints
 from agent import exception
 from agent import instancedir
 from agent import spec as specmod
@@ -215,6 +216,7 @@ class LibvirtDriver(vlisting.Listing, vwarm.WarmDomains, driver.ComputeDriver):
             dom = self.host.call('defineXML', conn.defineXML, xml, epoch=epoch)
             self._ours.add(spec.uuid)        # before it leaves _defining: events see it ours
             self._foreign.pop(spec.uuid, None)
+            crashpoints.reached('boot.defined', spec.uuid)
         except exception.HypervisorUnavailable:
             raise
         except exception.AgentError:
@@ -225,6 +227,7 @@ class LibvirtDriver(vlisting.Listing, vwarm.WarmDomains, driver.ComputeDriver):
         self._domains[spec.uuid] = (epoch, dom)
         try:
             self._start(spec.uuid, dom, epoch)
+            crashpoints.reached('boot.started', spec.uuid)
         except exception.HypervisorUnavailable:
             raise
         except exception.DomainStateConflict:
@@ -296,7 +299,9 @@ class LibvirtDriver(vlisting.Listing, vwarm.WarmDomains, driver.ComputeDriver):
                 self.host.call('destroy', dom.destroy)
             except (exception.DomainStateConflict, exception.DomainNotFound):
                 pass        # not running, or gone already: the goal is "gone"
+            crashpoints.reached('delete.destroyed', uuid)
             self._undefine(uuid, dom)
+            crashpoints.reached('delete.undefined', uuid)
         self.remove_identity_socket(uuid)
         self._remove_files(uuid)
 
@@ -305,6 +310,7 @@ class LibvirtDriver(vlisting.Listing, vwarm.WarmDomains, driver.ComputeDriver):
         dom = self._ours_or_raise(uuid)
         self.host.call('shutdownFlags', dom.shutdownFlags,
                        self._lv.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+        crashpoints.reached('stop.sent', uuid)
 
     def power_off(self, uuid: str) -> None:
         dom = self._ours_or_raise(uuid)
@@ -312,11 +318,13 @@ class LibvirtDriver(vlisting.Listing, vwarm.WarmDomains, driver.ComputeDriver):
             self.host.call('destroy', dom.destroy)
         except exception.DomainStateConflict:
             pass            # not running: already off
+        crashpoints.reached('stop.sent', uuid)
 
     def power_on(self, uuid: str) -> None:
         dom = self._ours_or_raise(uuid)
         # createWithFlags: one RPC (create() costs two: it looks the domain up again).
         self.host.call('createWithFlags', dom.createWithFlags, 0)
+        crashpoints.reached('start.sent', uuid)
 
     def reboot(self, uuid: str, hard: bool) -> None:
         dom = self._ours_or_raise(uuid)
@@ -324,6 +332,7 @@ class LibvirtDriver(vlisting.Listing, vwarm.WarmDomains, driver.ComputeDriver):
             self.host.call('reset', dom.reset, 0)
         else:
             self.host.call('reboot', dom.reboot, self._lv.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN)
+        crashpoints.reached('reboot.sent', uuid)
 
     def _undefine(self, uuid: str, dom) -> None:
         dom_uuid = self._dom_of.get(uuid, uuid)

@@ -15,6 +15,7 @@ import socket
 import time
 import xml.etree.ElementTree as ET
 
+from agent import durable
 from agent import exception
 from agent import spec as specmod
 from agent.virt.libvirt import config as vconfig
@@ -133,8 +134,8 @@ class WarmDomains:
         self._restored[spec.uuid] = xml
 
     def _write_restored_as(self, uuid: str, dom_uuid: str) -> None:
-        with open(os.path.join(self.instance_dir(uuid), RESTORED_AS), 'w') as f:
-            f.write(dom_uuid + '\n')
+        self._wq.execute('instance.record', durable.write_file,
+                         os.path.join(self.instance_dir(uuid), RESTORED_AS), dom_uuid + '\n')
 
     def restored_as(self, uuid: str) -> str | None:
         """The libvirt uuid a warm instance was restored as, from its marked directory."""

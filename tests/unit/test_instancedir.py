@@ -1,0 +1,61 @@
+"""Marked instance directories are made and removed atomically: a crash leaves a directory
+whole (marked) or under a temporary name that the next start sweeps, never an unmarked one."""
+import os
+import uuid as uuidlib
+
+import pytest
+
+from agent import exception
+from agent import instancedir
+
+U1 = str(uuidlib.uuid4())
+
+
+def test_a_directory_appears_with_its_marker_and_nothing_temporary_is_left(tmp_path):
+    dirs = instancedir.InstanceDirs(str(tmp_path))
+    path = dirs.create(U1)
+    assert os.listdir(tmp_path) == [U1]
+    with open(os.path.join(path, instancedir.MARKER)) as f:
+        assert f.read() == U1 + '\n'
+    assert dirs.create(U1) == path             # kept, not made again
+    assert dirs.owned() == {U1: path}
+
+
+def test_what_an_interrupted_create_or_removal_left_is_swept_only_if_marked(tmp_path):
+    dirs = instancedir.InstanceDirs(str(tmp_path))
+    made = tmp_path / ('.making-%s-0a1b2c3d' % U1)       # a create killed before its rename
+    made.mkdir()
+    (made / instancedir.MARKER).write_text(U1 + '\n')
+    other = str(uuidlib.uuid4())
+    removing = tmp_path / ('.removing-%s-deadbeef' % other)   # a removal killed half-way
+    removing.mkdir()
+    (removing / instancedir.MARKER).write_text(other + '\n')
+    (removing / 'console.log').write_text('x')
+    stranger = tmp_path / ('.making-%s-00000000' % other)  # not marked: not ours
+    stranger.mkdir()
+    (stranger / 'notes').write_text('an operator\'s')
+    assert sorted(dirs.sweep()) == sorted([made.name, removing.name])
+    assert os.listdir(tmp_path) == [stranger.name]
+    assert dirs.owned() == {}
+    dirs.create(U1)                              # the uuid is free to make again
+    assert dirs.owned() == {U1: dirs.path(U1)}
+
+
+def test_a_removal_renames_first_and_leaves_nothing(tmp_path):
+    dirs = instancedir.InstanceDirs(str(tmp_path))
+    path = dirs.create(U1)
+    with open(os.path.join(path, 'console.log'), 'w') as f:
+        f.write('boot')
+    ops = []
+    dirs._execute = lambda op, fn, *args: (ops.append(op), fn(*args))[1]
+    dirs.remove(U1)
+    assert os.listdir(tmp_path) == [] and ops == ['dir.remove']
+
+
+def test_an_unmarked_directory_of_that_name_is_refused_and_kept(tmp_path):
+    dirs = instancedir.InstanceDirs(str(tmp_path))
+    os.makedirs(dirs.path(U1))
+    with pytest.raises(exception.DirectoryNotOurs):
+        dirs.create(U1)
+    dirs.remove(U1)
+    assert os.listdir(tmp_path) == [U1] and os.listdir(dirs.path(U1)) == []
