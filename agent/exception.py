@@ -120,6 +120,13 @@ class InvalidImage(InvalidSpec):
     msg_fmt = '%(field)s: %(reason)s'
 
 
+class UuidInUse(InvalidSpec):
+    """The uuid is the libvirt identity of something this agent made that is not that
+    instance (a spare, or the domain a warm instance runs as)."""
+
+    msg_fmt = 'uuid: %(uuid)s is in use by %(what)s; nothing was changed'
+
+
 class UuidTaken(InvalidSpec):
     """The hypervisor holds a domain with this uuid that this agent did not make."""
 

@@ -172,7 +172,8 @@ class Fleet:
     # conductor
     def start_conductor(self, workers: int) -> None:
         conf = os.path.join(self.workdir, 'conductor.conf')
-        with open(conf, 'w') as f:
+        # The database URL holds the role's password: the file is root's alone.
+        with open(os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 'w') as f:
             f.write('[DEFAULT]\nhost = fleet-conductor\n[conductor]\ndatabase = %s\n'
                     'workers = %d\n' % (self.db_url, workers))
         log = open(os.path.join(self.workdir, 'conductor.log'), 'ab')

@@ -44,21 +44,23 @@ for _ in $(seq 100); do
 done
 pg_isready -q -h 127.0.0.1 -p "$port" || { log "PostgreSQL does not answer on $port"; exit 1; }
 
-psql_su() { su postgres -s /bin/sh -c "psql -p $port -v ON_ERROR_STOP=1 -qtA $*"; }
+# SQL goes to psql on stdin (printf is a shell builtin): the password is never on a command
+# line, where any local user could read it from /proc.
+psql_su() { su postgres -s /bin/sh -c "psql -p $port -v ON_ERROR_STOP=1 -qtA"; }
 
 if [ -s "$URL_FILE" ]; then
     pw=$(sed -n 's|^postgresql+psycopg2://[^:]*:\([^@]*\)@.*|\1|p' "$URL_FILE")
 fi
 [ -n "${pw:-}" ] || pw=$(openssl rand -hex 24)
-if [ "$(psql_su "-c \"SELECT 1 FROM pg_roles WHERE rolname = '$ROLE'\"")" != 1 ]; then
+if [ "$(printf "SELECT 1 FROM pg_roles WHERE rolname = '%s'" "$ROLE" | psql_su)" != 1 ]; then
     log "creating role $ROLE"
-    psql_su "-c \"CREATE ROLE $ROLE LOGIN CREATEDB PASSWORD '$pw'\""
+    printf "CREATE ROLE %s LOGIN CREATEDB PASSWORD '%s'" "$ROLE" "$pw" | psql_su
 else
-    psql_su "-c \"ALTER ROLE $ROLE LOGIN CREATEDB PASSWORD '$pw'\""
+    printf "ALTER ROLE %s LOGIN CREATEDB PASSWORD '%s'" "$ROLE" "$pw" | psql_su
 fi
-if [ "$(psql_su "-c \"SELECT 1 FROM pg_database WHERE datname = '$DB'\"")" != 1 ]; then
+if [ "$(printf "SELECT 1 FROM pg_database WHERE datname = '%s'" "$DB" | psql_su)" != 1 ]; then
     log "creating database $DB"
-    psql_su "-c \"CREATE DATABASE $DB OWNER $ROLE\""
+    printf 'CREATE DATABASE %s OWNER %s' "$DB" "$ROLE" | psql_su
 fi
 mkdir -p "$(dirname "$URL_FILE")"
 umask 077

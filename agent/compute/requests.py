@@ -77,6 +77,8 @@ class Requests:
             # From what the driver already knows (no call): a uuid held by a domain that is
             # not ours is refused before anything is recorded or made.
             core.driver.check_uuid_free(spec.uuid)
+            if spec.uuid in core.spares.reserved_uuids():      # a spare's directory and disk
+                raise exception.UuidInUse(uuid=spec.uuid, what='a spare of this node')
             # In-memory arithmetic only; a refusal leaves nothing recorded.
             core.tracker.claim(spec.uuid, spec.vcpus, spec.memory_mb, spec.disk_gb)
         inst = instancemod.Instance.from_spec(spec, task='spawning')

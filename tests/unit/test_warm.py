@@ -404,3 +404,26 @@ def test_on_lvm_a_warm_instance_takes_its_spares_lv_by_one_retag(conf, hv):
         operations.build('lv_retag', {'vg': a.lvm.vg, 'uuid': U1, 'owner': '../x'},
                          operations.Policy(volume_group=a.lvm.vg))
     assert specmod.is_canonical_uuid(U1)
+
+
+def test_a_boot_with_the_uuid_of_a_spare_or_a_warm_instances_domain_is_refused(conf, hv):
+    """A saved spare's uuid, and the libvirt uuid a warm instance runs as: taken. Refused
+    before any libvirt call, with nothing recorded or changed (a define with the warm
+    instance's domain uuid would replace that domain's definition)."""
+    a = warm_agent(conf, hv)
+    try:
+        taken, saved = fill(a, 2)
+        a.wait_job(a.manager.boot_instance(warm_spec())['job_id'])       # runs as ``taken``
+        assert a.manager.get_instance(U1)['domain'] == 'ca-' + taken.uuid
+        xml, calls = hv.domains[taken.uuid].xml, len(hv.calls)
+        jobs = a.manager.stats()['jobs_total']
+        for uuid in (taken.uuid, saved.uuid):
+            with pytest.raises(exception.UuidInUse) as err:
+                a.manager.boot_instance(boot_spec(uuid))
+            assert str(err.value).startswith('uuid: %s is in use by ' % uuid)
+        assert len(hv.calls) == calls and hv.domains[taken.uuid].xml == xml
+        assert a.manager.stats()['jobs_total'] == jobs
+        assert set(a.manager.instances) == {U1}
+        assert [s.uuid for s in a.manager.core.spares.available()] == [saved.uuid]
+    finally:
+        a.stop()

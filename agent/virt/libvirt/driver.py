@@ -202,6 +202,13 @@ class LibvirtDriver(vlisting.Listing, vwarm.WarmDomains, driver.ComputeDriver):
         name = self._foreign.get(uuid)
         if name is not None:
             raise exception.UuidTaken(uuid=uuid, name=name)
+        # A warm instance runs under its spare's uuid; a spare being made has its own: a
+        # define with that uuid would replace that domain's definition.
+        if uuid in self._inst_of:
+            raise exception.UuidInUse(uuid=uuid, what='the domain of instance %s'
+                                      % self._inst_of[uuid])
+        if uuid in self._spares:
+            raise exception.UuidInUse(uuid=uuid, what='a spare being made')
 
     def spawn(self, spec: specmod.BootSpec, disks: tuple = ()) -> None:
         conn = self.host.conn()            # before anything is made: nothing to undo
