@@ -14,7 +14,9 @@ point it died at). A point in the registry without a case here fails the suite.
 """
 import json
 import os
+import subprocess
 import threading
+import time
 import uuid as uuidlib
 
 import pytest
@@ -126,7 +128,7 @@ class Crash:
         proc = self.node.procs[self.name]
         try:
             proc.wait(timeout)
-        except conftest.subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired:
             pytest.fail('crash point %s never reached' % self.point)
         finally:
             for key in (crashpoints.ENV_POINT, crashpoints.ENV_FOR, crashpoints.ENV_REPORT):
@@ -160,13 +162,13 @@ def _records(node) -> dict:
 def _until(what: str, check, timeout: float = 240.0):
     """Wait for ``check()`` to return a true value (states converge by events and reports),
     at most ``timeout`` s; that value, or the last one in the failure."""
-    deadline = conftest.time.monotonic() + timeout
+    deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
-        assert conftest.time.monotonic() < deadline, '%s: %r' % (what, value)
-        conftest.time.sleep(0.2)
+        assert time.monotonic() < deadline, '%s: %r' % (what, value)
+        time.sleep(0.2)
 
 
 def consistent(node) -> dict:

@@ -12,6 +12,8 @@ import calendar
 import json
 import os
 import re
+import subprocess
+import sys
 import time
 
 import libvirt
@@ -201,8 +203,8 @@ def test_compute_ctl_counts_warm_boots_once_their_jobs_ended(warm_node):
     ended (a warm job ends after its guest is ready: read earlier, it has no result)."""
     node = warm_node
     _full(node)
-    out = conftest.subprocess.run(
-        [conftest.sys.executable, '-m', 'agent.cmd.ctl', '--config-file', node.config,
+    out = subprocess.run(
+        [sys.executable, '-m', 'agent.cmd.ctl', '--config-file', node.config,
          '--config-file', conftest.CONTROL_CREDS, 'boot', '--pool', 'tiny', '--count', '2',
          '--wait', '--ready'], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
