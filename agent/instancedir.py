@@ -14,6 +14,7 @@ ones only) at start-up.
 import logging
 import os
 import shutil
+import stat
 import uuid as uuidlib
 
 from agent import crashpoints
@@ -23,6 +24,7 @@ from agent import exception
 LOG = logging.getLogger(__name__)
 
 MARKER = '.compute-agent-instance'
+MODE = 0o700            # a tenant's console log, disk and memory image: root's (QEMU's) alone
 MAKING = '.making-'
 REMOVING = '.removing-'
 
@@ -48,12 +50,13 @@ class InstanceDirs:
     def _create(self, uuid: str) -> str:
         d = self.path(uuid)
         if self._marked(uuid):
+            _tighten(d)
             return d
         if os.path.lexists(d):
             raise exception.DirectoryNotOurs(path=d)
         os.makedirs(self.base, exist_ok=True)
         tmp = os.path.join(self.base, '%s%s-%s' % (MAKING, uuid, uuidlib.uuid4().hex[:8]))
-        os.mkdir(tmp)
+        os.mkdir(tmp, MODE)
         durable.write_file(os.path.join(tmp, MARKER), uuid + '\n', mode=0o644)
         crashpoints.reached('dir.create.made', uuid)
         if os.path.lexists(d):            # made meanwhile (by a concurrent create of ours?)
@@ -96,6 +99,11 @@ class InstanceDirs:
             LOG.warning('[instance: %s] %s is not marked as the agent\'s: left alone', uuid,
                         self.path(uuid))
 
+    def tighten(self) -> int:
+        """Give every marked directory the mode ``MODE`` (one made by an older agent was
+        world-readable); how many were changed."""
+        return sum(_tighten(path) for path in self.owned().values())
+
     def sweep(self) -> list[str]:
         """Remove what an interrupted create or remove left under a temporary name (only
         directories holding the marker of the uuid their name carries); their names."""
@@ -129,3 +137,12 @@ class InstanceDirs:
                 self.remove(uuid)
         except FileNotFoundError:
             pass
+
+
+def _tighten(path: str) -> bool:
+    """chmod ``path`` to MODE if it allows more; whether it did."""
+    st = os.lstat(path)
+    if stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) & ~MODE:
+        os.chmod(path, MODE)
+        return True
+    return False

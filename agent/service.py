@@ -73,7 +73,7 @@ def power_options_from_conf(conf) -> powermod.PowerOptions:
 def storage_from_conf(conf, runner, dirs: instancedir.InstanceDirs):
     if conf.storage.backend == 'lvm':
         return lvm_storage.LvmBackend(runner, conf.lvm.volume_group,
-                                      conf.lvm.report_cache_seconds)
+                                      conf.lvm.report_cache_seconds, wipe=conf.storage.wipe)
     return file_storage.FileBackend(runner, dirs, conf.storage.file_reserved_mb * 1024 * 1024)
 
 

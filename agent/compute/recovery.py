@@ -55,6 +55,9 @@ class Recovery:
         swept = core.dirs.sweep()
         if swept:
             core.reconciled['interrupted_dirs'] += len(swept)
+        tightened = core.dirs.tighten()
+        if tightened:
+            core.reconciled['dirs_tightened'] += tightened
         core.jobs.restore(core.journal.load())
         with core.auditing() as token:      # begun before the listings it judges
             infos = core.driver.list_instances()

@@ -14,6 +14,12 @@ storage_opts = [
     cfg.IntOpt('command_timeout', default=600, min=1,
                help='Seconds one storage command (lvcreate, lvremove, lvs, qemu-img) may run; '
                     'past that it is killed and its job fails naming the command.'),
+    cfg.StrOpt('wipe', default='zero', choices=['zero', 'none'],
+               help='LVM backend: what happens to an LV\'s blocks before it is removed. '
+                    '"zero" (blkdiscard --zeroout: the device zeroes them, offloaded where it '
+                    'can) keeps one tenant\'s data from the next tenant whose LV gets the same '
+                    'extents; "none" only where the node wipes otherwise (encrypted or thin '
+                    'volumes).'),
     cfg.IntOpt('file_reserved_mb', default=1024, min=0,
                help='File backend: MiB of the instances filesystem that instance disks may '
                     'never take, so the job journal, console logs and the agent itself still '

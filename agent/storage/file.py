@@ -16,6 +16,7 @@ from agent.storage import operations
 LOG = logging.getLogger(__name__)
 
 DISK_NAME = operations.DISK_FILE
+DISK_MODE = 0o600       # qemu-img makes it 0644; QEMU runs as root here
 
 
 class FileBackend(backend.StorageBackend):
@@ -69,6 +70,7 @@ class FileBackend(backend.StorageBackend):
             self._dirs.create(uuid)
             self._run.check('qcow2_create', {'uuid': uuid, 'size': size, 'image': image,
                                              'format': image_format}, instance=uuid)
+            os.chmod(path, DISK_MODE)
             crashpoints.reached('disk.file.created', uuid)
         except exception.StorageError:
             self.delete_disks(uuid)

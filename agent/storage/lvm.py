@@ -7,6 +7,7 @@ is answered from one ``lvs`` plus one ``vgs`` over the whole VG, shared by concu
 """
 import dataclasses
 import logging
+import os
 
 from agent import crashpoints
 from agent import exception
@@ -33,10 +34,14 @@ class LvmBackend(backend.StorageBackend):
     shared listing."""
     kind = 'lvm'
 
-    def __init__(self, runner, volume_group: str, cache_seconds: float = 2.0):
+    def __init__(self, runner, volume_group: str, cache_seconds: float = 2.0,
+                 wipe: str = 'zero', device_exists=os.path.exists):
         super().__init__()
         self._run = runner
         self.vg = volume_group
+        self._wipe = wipe
+        self._device_exists = device_exists
+        self.zeroed = 0
         self._sweep = sweep.SharedSweep(self._fetch, cache_seconds)
 
     # -- the one listing ---------------------------------------------------------------------
@@ -129,7 +134,13 @@ class LvmBackend(backend.StorageBackend):
 
     def delete_disks(self, uuid: str) -> None:
         """Remove the LVs tagged for this instance: selected by tag inside the one lvremove,
-        so an LV the agent did not tag (even one with the same name) is never removed."""
+        so an LV the agent did not tag (even one with the same name) is never removed. With
+        ``wipe`` zero, its blocks are zeroed first (a failure leaves the LV: never given
+        back unwiped)."""
+        if self._wipe == 'zero':
+            disk = self._disks(self.report()).get(uuid)
+            if disk is not None:
+                self._zero(uuid, disk.name)
         res = self._run.run('lv_remove', {'vg': self.vg, 'uuid': uuid}, instance=uuid)
         self._sweep.invalidate()
         if res.rc:
@@ -139,6 +150,17 @@ class LvmBackend(backend.StorageBackend):
             LOG.info('[instance: %s] removed its LV from %s', uuid, self.vg)
         crashpoints.reached('disk.lvm.deleted', uuid)
 
+    def _zero(self, uuid: str, name: str) -> None:
+        if not self._device_exists('/dev/%s/%s' % (self.vg, name)):
+            # Not active (a node whose LVM cannot activate LVs): nothing was written to it
+            # through this node.
+            LOG.warning('[instance: %s] LV %s/%s is not active: removed without zeroing',
+                        uuid, self.vg, name)
+            return
+        self._run.check('lv_zero', {'vg': self.vg, 'lv': name}, instance=uuid)
+        self.zeroed += 1
+
     def stats(self) -> dict:
-        """Counters: listings made and shared, commands by name."""
-        return {'sweeps': self._sweep.runs, 'sweeps_shared': self._sweep.shared}
+        """Counters: listings made and shared, commands by name, LVs zeroed."""
+        return {'sweeps': self._sweep.runs, 'sweeps_shared': self._sweep.shared,
+                'zeroed': self.zeroed}

@@ -18,6 +18,7 @@ INSTANCE_TAG_PREFIX = 'ca-instance-'
 DISK_FILE = 'disk.qcow2'
 MAX_SIZE = 1 << 50                 # 1 PiB: no instance disk is larger
 _VG_RE = re.compile(r'[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}')
+_LV_RE = re.compile(r'ca-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}-root')
 FORMATS = ('raw', 'qcow2')
 
 
@@ -108,6 +109,15 @@ def _lv_retag(args: dict, policy: Policy) -> list[str]:
             '--select', 'lv_tags=%s%s' % (INSTANCE_TAG_PREFIX, owner), vg]
 
 
+def _lv_zero(args: dict, policy: Policy) -> list[str]:
+    # Zeroes an LV of the agent's (named as it names them: a spare's LV handed to an instance
+    # keeps its spare's name) before it is removed: its blocks go to the next tenant.
+    vg, lv = _vg(args, policy), args.get('lv')
+    if not isinstance(lv, str) or not _LV_RE.fullmatch(lv):
+        raise Refused('lv: only an LV named ca-<uuid>-root')
+    return ['blkdiscard', '--zeroout', '/dev/%s/%s' % (vg, lv)]
+
+
 def _image_to_lv(args: dict, policy: Policy) -> list[str]:
     vg, uuid = _vg(args, policy), _uuid(args)
     return ['qemu-img', 'convert', '-n', '-f', _format(args, 'format'), '-O', 'raw',
@@ -125,10 +135,10 @@ def _qcow2_create(args: dict, policy: Policy) -> list[str]:
 
 
 OPERATIONS = {'lvs': _lvs, 'vgs': _vgs, 'lv_create': _lv_create, 'lv_remove': _lv_remove,
-              'lv_retag': _lv_retag,
+              'lv_retag': _lv_retag, 'lv_zero': _lv_zero,
               'image_to_lv': _image_to_lv, 'qcow2_create': _qcow2_create}
 COMMAND = {'lvs': 'lvs', 'vgs': 'vgs', 'lv_create': 'lvcreate', 'lv_remove': 'lvremove',
-           'lv_retag': 'lvchange',
+           'lv_retag': 'lvchange', 'lv_zero': 'blkdiscard',
            'image_to_lv': 'qemu-img', 'qcow2_create': 'qemu-img'}
 
 

@@ -87,6 +87,43 @@ def _sweeps(node) -> dict:
     return node.compute.get_stats(node.host)['storage']
 
 
+def _extents(vg, lv: str) -> str:
+    return vg.lvm('lvs', '--noheadings', '-o', 'seg_pe_ranges', '%s/%s' % (vg.name, lv)
+                  ).stdout.strip()
+
+
+def test_a_new_disk_never_shows_an_earlier_tenants_blocks(lvm_node):
+    """[storage] wipe = zero (the default): an LV is zeroed before it is removed, so the next
+    LV on the same extents reads zeros, not what the last tenant wrote."""
+    vg, marker = lvm_node.vg, b'TENANT-A-SECRET' * 64
+    a = lvm_node.spec(disk_gb=1)
+    lvm_node.boot(a)
+    lvm_node.wait_states([a['uuid']], ['active'])
+    offsets = (0, 4096, GiB // 2, GiB - len(marker))
+    fd = os.open('/dev/%s/%s' % (vg.name, _lv(a['uuid'])), os.O_WRONLY)
+    try:
+        for off in offsets:
+            os.pwrite(fd, marker, off)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    extents = _extents(vg, _lv(a['uuid']))
+    lvm_node.delete([a['uuid']])
+    b = lvm_node.spec(disk_gb=1)
+    lvm_node.boot(b)
+    lvm_node.wait_states([b['uuid']], ['active'])
+    try:
+        assert _extents(vg, _lv(b['uuid'])) == extents      # the same blocks, given again
+        fd = os.open('/dev/%s/%s' % (vg.name, _lv(b['uuid'])), os.O_RDONLY)
+        try:
+            seen = {off: os.pread(fd, len(marker), off) for off in offsets}
+        finally:
+            os.close(fd)
+        assert seen == {off: bytes(len(marker)) for off in offsets}
+    finally:
+        lvm_node.delete([b['uuid']])
+
+
 def test_status_sweep_over_50_lvs_runs_exactly_one_lvs(lvm_node):
     vg = lvm_node.vg
     uuids = [str(uuidlib.uuid4()) for _ in range(50)]
@@ -138,6 +175,9 @@ def test_file_backend_boot_reaches_active_and_the_guest_sees_its_disk(node):
     assert 'guest-disk: vda 2097152' in node.wait_console(spec['uuid'], 'guest-disk:')
     disk = os.path.join(node.instances, spec['uuid'], 'disk.qcow2')
     assert os.path.isfile(disk)
+    # A tenant's disk and console: root's (QEMU's) alone.
+    assert (os.stat(disk).st_mode & 0o777, os.stat(os.path.dirname(disk)).st_mode & 0o777) \
+        == (0o600, 0o700)
     assert node.compute.get_storage(node.host, [spec['uuid']])['disks'][spec['uuid']]['size'] == GiB
     node.delete([spec['uuid']])
     assert not os.path.exists(os.path.dirname(disk))

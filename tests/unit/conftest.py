@@ -141,7 +141,8 @@ class Agent:
             worker_factory=self.lvm.worker)
         if backend == 'lvm':
             self.storage = lvm_storage.LvmBackend(self.commands, vg or self.lvm.vg,
-                                                  cache_seconds=60)
+                                                  cache_seconds=60,
+                                                  device_exists=self.lvm.device_exists)
         else:
             self.storage = file_storage.FileBackend(self.commands, self.dirs)
         self.reports = Reports()

@@ -22,6 +22,7 @@ class FakeLvm:
         self.size = size
         self.lvs: dict[str, dict] = {}
         self.launches: list[str] = []
+        self.zeroed: list[str] = []                    # LVs blkdiscard --zeroout wrote
         self.fail: dict[str, tuple[int, str]] = {}     # command -> (rc, stderr) once
         self.gates: dict[str, threading.Event] = {}        # wait before answering
         self.late_gates: dict[str, threading.Event] = {}   # answer now, return it later
@@ -113,6 +114,18 @@ class FakeLvm:
             del self.lvs[name]
         return {'rc': 0, 'stderr': WARNING, 'stdout': ''.join(
             '  Logical volume "%s" successfully removed.\n' % n for n in gone)}
+
+    def device_exists(self, path: str) -> bool:
+        """/dev/VG/LV of an LV the fake holds (its LVs are all active)."""
+        return path.startswith('/dev/%s/' % self.vg) and path.rsplit('/', 1)[1] in self.lvs
+
+    def _blkdiscard(self, args):
+        assert args[0] == '--zeroout'
+        name = args[-1].rsplit('/', 1)[1]
+        if name not in self.lvs:
+            return {'rc': 1, 'stdout': '', 'stderr': 'blkdiscard: cannot open %s' % args[-1]}
+        self.zeroed.append(name)
+        return {'rc': 0, 'stdout': '', 'stderr': ''}
 
     def _qemu_img(self, args):
         if args[:1] == ['create']:           # qemu-img create ... PATH SIZE: a qcow2 header

@@ -59,3 +59,20 @@ def test_an_unmarked_directory_of_that_name_is_refused_and_kept(tmp_path):
         dirs.create(U1)
     dirs.remove(U1)
     assert os.listdir(tmp_path) == [U1] and os.listdir(dirs.path(U1)) == []
+
+
+def test_directories_are_roots_alone_and_an_older_agents_are_tightened(tmp_path):
+    dirs = instancedir.InstanceDirs(str(tmp_path))
+    assert os.stat(dirs.create(U1)).st_mode & 0o777 == 0o700
+    older = str(uuidlib.uuid4())                  # as an agent before this one made it
+    os.makedirs(dirs.path(older), 0o755)
+    with open(os.path.join(dirs.path(older), instancedir.MARKER), 'w') as f:
+        f.write(older + '\n')
+    os.chmod(dirs.path(older), 0o755)
+    os.makedirs(str(tmp_path / 'not-ours'), 0o755)
+    assert dirs.tighten() == 1
+    assert os.stat(dirs.path(older)).st_mode & 0o777 == 0o700
+    assert os.stat(str(tmp_path / 'not-ours')).st_mode & 0o777 == 0o755     # not ours: kept
+    os.chmod(dirs.path(older), 0o755)
+    dirs.create(older)                              # kept, and tightened
+    assert os.stat(dirs.path(older)).st_mode & 0o777 == 0o700

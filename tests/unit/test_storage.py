@@ -34,11 +34,25 @@ def test_boot_with_disk_creates_a_tagged_lv_and_attaches_it(agent, hv):
         U1: {'name': 'ca-%s-root' % U1, 'size': 2 * GiB}}
 
 
-def test_delete_removes_the_lv(agent):
+def test_delete_zeroes_the_lv_then_removes_it(agent):
     boot(agent, disk_gb=1)
     agent.wait_state(U1, 'active')
+    before = len(agent.lvm.launches)
     assert agent.wait_job(agent.manager.delete_instance(U1)['job_id'])['state'] == 'done'
-    assert agent.lvm.lvs == {}
+    assert agent.lvm.lvs == {} and agent.lvm.zeroed == ['ca-%s-root' % U1]
+    assert [c for c in agent.lvm.launches[before:] if c != 'lvs' and c != 'vgs'] == [
+        'blkdiscard', 'lvremove']
+
+
+def test_an_lv_that_could_not_be_zeroed_is_kept_and_the_delete_fails(agent):
+    boot(agent, disk_gb=1)
+    agent.wait_state(U1, 'active')
+    agent.lvm.fail['blkdiscard'] = (1, 'blkdiscard: BLKZEROOUT ioctl failed: I/O error')
+    job = agent.wait_job(agent.manager.delete_instance(U1)['job_id'])
+    assert job['state'] == 'failed' and 'I/O error' in job['reason'], job
+    assert list(agent.lvm.lvs) == ['ca-%s-root' % U1]       # never given back unwiped
+    assert agent.wait_job(agent.manager.delete_instance(U1)['job_id'])['state'] == 'done'
+    assert agent.lvm.lvs == {} and agent.lvm.zeroed == ['ca-%s-root' % U1]
 
 
 def test_a_disk_that_does_not_fit_is_refused_at_once_and_nothing_is_made(agent, hv):

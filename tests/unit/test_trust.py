@@ -243,6 +243,9 @@ POLICY = operations.Policy(volume_group='vg0', image_dir='/var/lib/ca/images',
     ('qcow2_create', {'uuid': U1, 'size': 1, 'image': '/var/lib/ca/images/a', 'format': None},
      'format'),
     ('lvs', 'vg0', 'object'),
+    ('lv_zero', {'vg': 'vg0', 'lv': 'root'}, 'lv'),                 # not an LV the agent names
+    ('lv_zero', {'vg': 'vg0', 'lv': '../../sda'}, 'lv'),
+    ('lv_zero', {'vg': 'rootvg', 'lv': 'ca-%s-root' % U1}, 'vg'),
 ])
 def test_the_command_worker_runs_only_named_operations_it_checks_itself(op, args, why):
     answer = cmdworker.run_one(None, {'op': op, 'args': args}, POLICY, {}, 1.0)
@@ -260,6 +263,8 @@ def test_the_command_worker_builds_explicit_commands():
         str(1 << 30)]
     assert build('lv_remove', {'vg': 'vg0', 'uuid': U1}, POLICY)[-3:] == [
         '--select', 'lv_tags=ca-instance-%s' % U1, 'vg0']
+    assert build('lv_zero', {'vg': 'vg0', 'lv': 'ca-%s-root' % U1}, POLICY) == [
+        'blkdiscard', '--zeroout', '/dev/vg0/ca-%s-root' % U1]
 
 
 def test_a_storage_command_that_times_out_fails_the_boot_naming_it(conf, hv):
