@@ -13,6 +13,7 @@ A point the operation never reaches fails its case (the process must die, and sa
 point it died at). A point in the registry without a case here fails the suite.
 """
 import json
+import operator
 import os
 import subprocess
 import threading
@@ -159,15 +160,12 @@ def _records(node) -> dict:
     return out
 
 
-def _until(what: str, check, timeout: float = 240.0):
-    """Wait for ``check()`` to return a true value (states converge by events and reports),
-    at most ``timeout`` s; that value, or the last one in the failure."""
+def _until(what: str, check, timeout: float = 240.0, detail=lambda: None) -> None:
+    """Wait until ``check()`` holds (states converge by events and reports), at most
+    ``timeout`` s; the failure shows ``detail()``."""
     deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, '%s: %r' % (what, value)
+    while not check():
+        assert time.monotonic() < deadline, '%s: %r' % (what, detail())
         time.sleep(0.2)
 
 
@@ -179,16 +177,17 @@ def consistent(node) -> dict:
            .get('tiny') == 1 and all(r['state'] == 'saved' for r in _records(node).values()))
     jobs = node.compute.get_stats(host)['manager']['jobs_by_state']
     assert not {s: n for s, n in jobs.items() if s not in ('done', 'failed') and n}, jobs
+
+    def views():
+        # Both read afresh each time: a guest may still become ready meanwhile.
+        mine = {i['uuid']: (i['vm_state'], i['power_state'], i['readiness'])
+                for i in node.compute.list_instances(host)}
+        theirs = {r['uuid']: (r['vm_state'], r['power_state'], r['readiness'])
+                  for r in node.conductor.list_instances(host) if r['vm_state'] != 'deleted'}
+        return mine, theirs
+    _until('the conductor agrees', lambda: operator.eq(*views()), 60, views)
     insts = {i['uuid']: i for i in node.compute.list_instances(host)}
     assert all(i['task'] is None for i in insts.values()), insts
-
-    def same_view():
-        rows = {r['uuid']: r for r in node.conductor.list_instances(host)
-                if r['vm_state'] != 'deleted'}
-        mine = {u: (i['vm_state'], i['power_state'], i['readiness']) for u, i in insts.items()}
-        theirs = {u: (r['vm_state'], r['power_state'], r['readiness']) for u, r in rows.items()}
-        return mine == theirs or None
-    _until('the conductor agrees', same_view, 60)
     domains = node.host_domains()
     assert {m.get('uuid') for m in domains.values() if m.get('role') != 'spare'} == set(insts)
     assert not [d for d, m in domains.items() if m.get('role') == 'spare'], domains
@@ -281,6 +280,8 @@ def _power(node, point, uuid, call, power_state):
                is None)
     _until(power_state, lambda: node.compute.get_instance(node.host, uuid)['power_state']
            == power_state)
+    if power_state == 'running':
+        node.wait_ready([uuid])
     return consistent(node)
 
 
@@ -294,7 +295,6 @@ def start(node, point):
     uuid = _booted(node)
     _finished(node, node.compute.stop_instance(node.host, uuid))
     _power(node, point, uuid, lambda api: api.start_instance(node.host, uuid), 'running')
-    node.wait_ready([uuid])
     node.delete([uuid])
 
 
@@ -302,7 +302,6 @@ def reboot(node, point):
     uuid = _booted(node)
     _power(node, point, uuid, lambda api: api.reboot_instance(node.host, uuid, hard=True),
            'running')
-    node.wait_ready([uuid])
     node.delete([uuid])
 
 
