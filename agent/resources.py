@@ -195,18 +195,6 @@ class ResourceTracker:
         self._send(report)
         return want
 
-    def hold(self, uuid: str, vcpus: int, memory_mb: int, disk_gb: int = 0) -> None:
-        """Count an instance that exists whatever the room (one a restart found busy, which
-        the start-up audit leaves alone): it holds what it holds."""
-        have = Amounts(int(vcpus), int(memory_mb), int(disk_gb))
-        with self._lock:
-            held = self._claims.get(uuid, Amounts())
-            self._claims[uuid] = have
-            self._usage = self._usage - held + have
-            self._touch_locked(uuid)
-            report = self._changed_locked()
-        self._send(report)
-
     def reserve(self, uuid: str, disk_gb: int) -> Amounts:
         """Hold ``disk_gb`` for ``uuid``, something that is not an instance (a saved spare):
         reserved capacity, counted in usage, never given to instances; ``release`` ends it.

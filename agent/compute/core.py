@@ -27,6 +27,7 @@ from agent.warm import spares as sparesmod
 LOG = logging.getLogger(__name__)
 
 SEQ_KEY = 'seq_reserved'
+POWER_TASKS = frozenset(states.TASKS.values())
 
 
 class Core:
@@ -110,9 +111,12 @@ class Core:
                                      'pool': inst.spec.pool})
 
     def busy(self) -> set[str]:
-        """The instances a job works on now, and spares being made (audits leave them
-        alone)."""
-        return ({i.uuid for i in list(self.instances.values()) if i.task or i.delete_job}
+        """The instances a boot or delete works on now, and spares being made: what they
+        hold is half-made, so audits leave them alone. A stop, start or reboot changes
+        neither domain nor disk: audits judge its instance like any other (a restart that
+        resumes one counts it from the listing)."""
+        return ({i.uuid for i in list(self.instances.values())
+                 if (i.task and i.task not in POWER_TASKS) or i.delete_job}
                 | set(self.spares.making))
 
     def auditing(self):

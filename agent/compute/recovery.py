@@ -210,9 +210,6 @@ class Recovery:
         LOG.warning('[instance: %s] %s job %s was interrupted by a restart; running it again',
                     step.uuid, step.job.kind, step.job.id)
         inst = self._instance_from(step, vm_state=states.ACTIVE)
-        # Busy from here on, so the start-up audit leaves it alone: counted now.
-        self._core.tracker.hold(inst.uuid, inst.sizes.get('vcpus', 0),
-                                inst.sizes.get('memory_mb', 0), inst.sizes.get('disk_gb', 0))
         self._events.apply_listing(inst, step.domain, 'start-up')
         inst.power_job, inst.task = step.job.id, states.TASKS[step.job.kind]
         self._core.jobs.requeue(step.job)

@@ -6,6 +6,7 @@ FAILS the run: a skipped functional test would hide a break. ``COMPUTE_AGENT_VIR
 """
 import configparser
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -368,6 +369,20 @@ class Node:
                    for q in ours]
         for proc in deletes:
             proc.wait()
+
+
+def spare_records(node: Node, state: str | None = None) -> dict:
+    """Spare records on the node's disk: directory uuid -> record (of one state)."""
+    out = {}
+    for name in os.listdir(node.instances):
+        try:
+            with open(os.path.join(node.instances, name, 'spare.json')) as f:
+                record = json.load(f)
+        except (FileNotFoundError, NotADirectoryError, ValueError):
+            continue
+        if state is None or record.get('state') == state:
+            out[name] = record
+    return out
 
 
 NODE_FIXTURES = ('node', 'lvm_node', 'acct_node', 'fault_node', 'life_node', 'rpc_node',

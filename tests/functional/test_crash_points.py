@@ -12,7 +12,6 @@ instance, driven into the operation, and dies there by SIGKILL. It is started ag
 A point the operation never reaches fails its case (the process must die, and say which
 point it died at). A point in the registry without a case here fails the suite.
 """
-import json
 import operator
 import os
 import subprocess
@@ -149,17 +148,6 @@ class Crash:
 
 
 # -- what must hold after every case -----------------------------------------------------------
-def _records(node) -> dict:
-    out = {}
-    for name in os.listdir(node.instances):
-        try:
-            with open(os.path.join(node.instances, name, 'spare.json')) as f:
-                out[name] = json.load(f)
-        except (FileNotFoundError, NotADirectoryError, ValueError):
-            continue
-    return out
-
-
 def _until(what: str, check, timeout: float = 240.0, detail=lambda: None) -> None:
     """Wait until ``check()`` holds (states converge by events and reports), at most
     ``timeout`` s; the failure shows ``detail()``."""
@@ -174,7 +162,7 @@ def consistent(node) -> dict:
     host = node.host
     # The pool holds its one saved spare and nothing is being made.
     _until('pool refilled', lambda: node.compute.get_stats(host)['manager']['warm']['spares']
-           .get('tiny') == 1 and all(r['state'] == 'saved' for r in _records(node).values()))
+           .get('tiny') == 1 and all(r['state'] == 'saved' for r in conftest.spare_records(node).values()))
     jobs = node.compute.get_stats(host)['manager']['jobs_by_state']
     assert not {s: n for s, n in jobs.items() if s not in ('done', 'failed') and n}, jobs
 
@@ -191,7 +179,7 @@ def consistent(node) -> dict:
     domains = node.host_domains()
     assert {m.get('uuid') for m in domains.values() if m.get('role') != 'spare'} == set(insts)
     assert not [d for d, m in domains.items() if m.get('role') == 'spare'], domains
-    spares = _records(node)
+    spares = conftest.spare_records(node)
     assert len(spares) == 1, spares
     entries = set(os.listdir(node.instances))
     assert entries == set(insts) | set(spares), entries

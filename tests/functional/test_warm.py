@@ -56,23 +56,9 @@ def _spares(node) -> dict:
 def _full(node, timeout: float = 300.0) -> None:
     """Until the pool holds POOL_SIZE saved spares and no spare is being made."""
     deadline = time.monotonic() + timeout
-    while _spares(node).get('tiny') != POOL_SIZE or _records(node, 'making'):
+    while _spares(node).get('tiny') != POOL_SIZE or conftest.spare_records(node, 'making'):
         assert time.monotonic() < deadline, 'pool not full: %s' % _spares(node)
         time.sleep(0.5)
-
-
-def _records(node, state: str | None = None) -> dict:
-    """Spare records on disk: directory uuid -> record (of one state)."""
-    out = {}
-    for name in os.listdir(node.instances):
-        try:
-            with open(os.path.join(node.instances, name, 'spare.json')) as f:
-                record = json.load(f)
-        except (FileNotFoundError, ValueError):
-            continue
-        if state is None or record.get('state') == state:
-            out[name] = record
-    return out
 
 
 def _calls(node, since: int) -> tuple[list[tuple[float, str]], int]:
@@ -99,7 +85,7 @@ def _leaves_nothing(node, uuids, spare_domains) -> None:
 def test_five_warm_boots_at_once_are_ready_each_with_its_own_identity(warm_node):
     node = warm_node
     _full(node)
-    spares = set(_records(node, 'saved'))
+    spares = set(conftest.spare_records(node, 'saved'))
     _, mark = _calls(node, 0)
     specs = [{'uuid': node.spec()['uuid'], 'pool': 'tiny', 'name': 'warm-%d' % i}
              for i in range(POOL_SIZE)]
@@ -188,10 +174,10 @@ def test_a_spec_a_spare_cannot_be_is_refused(warm_node):
 def test_spares_survive_an_agent_restart(warm_node):
     node = warm_node
     _full(node)
-    before = set(_records(node, 'saved'))
+    before = set(conftest.spare_records(node, 'saved'))
     node.stop('agent')
     node.start('agent')
-    assert set(_records(node)) == before and _spares(node) == {'tiny': POOL_SIZE}
+    assert set(conftest.spare_records(node)) == before and _spares(node) == {'tiny': POOL_SIZE}
     stats = node.compute.get_stats(node.host)['manager']
     assert stats['reconciled'].get('spares_kept') == POOL_SIZE and stats['warm']['made'] == 0
     resources = node.compute.get_resources(node.host)
@@ -236,7 +222,7 @@ def test_on_lvm_a_warm_instance_takes_its_spares_lv(warm_lvm_node):
     while _spares(node).get('tiny') != 1:
         assert time.monotonic() < deadline, 'pool not full'
         time.sleep(0.5)
-    spare = next(iter(_records(node, 'saved')))
+    spare = next(iter(conftest.spare_records(node, 'saved')))
     lv = 'ca-%s-root' % spare
     assert 'ca-instance-' + spare in node.vg.lvs()[lv]['tags']
     uuid = node.spec()['uuid']
