@@ -146,3 +146,8 @@ class InvalidReport(AgentError):
     """The conductor refused a report; nothing of it was applied."""
 
     msg_fmt = 'Report refused: %(reason)s'
+
+
+class TooManyWaits(AgentError):
+    """The conductor already serves its maximum of waits (``[conductor] max_waits``)."""
+    msg_fmt = '%(count)d waits already in progress (max_waits); try again later'

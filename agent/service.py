@@ -20,11 +20,13 @@ from agent import metrics as metricsmod
 from agent import reporter as reportermod
 from agent import resources
 from agent import rpc
+from agent import signing
 from agent import spec as specmod
 from agent import trace as tracemod
 from agent import workqueue
 from agent.conductor import api as conductor_api
 from agent.conductor import db as conductor_db
+from agent.conductor import keys as conductor_keys
 from agent.conductor import manager as conductor_manager
 from agent.rpc import drain as rpc_drain
 from agent.rpc import server as rpc_server
@@ -36,7 +38,7 @@ from agent.virt.libvirt import driver as libvirt_driver
 from agent.warm import pools as poolsmod
 
 LOG = logging.getLogger(__name__)
-PRUNE_INTERVAL = 300.0     # seconds between prunings of old report records (conductor)
+PRUNE_INTERVAL = 300.0     # seconds between prunings of old records and rows (conductor)
 
 
 def _bridge_exists(name: str) -> bool:
@@ -135,9 +137,20 @@ class AgentService:
         self._stop = threading.Event()
 
     def _reporter(self, conf) -> reportermod.StateReporter:
-        """The coalescing reporter, sending to the conductor over this service's transport."""
-        conductor = conductor_api.ConductorAPI(self.transport, conf.conductor.topic,
-                                               timeout=conf.conductor.report_timeout)
+        """The coalescing reporter, sending signed reports to the conductor (over the fleet's
+        virtual host when ``[conductor] transport_url`` names it)."""
+        key = None
+        if conf.conductor.report_key:
+            try:
+                key = signing.parse_key(conf.conductor.report_key)
+            except ValueError as exc:
+                raise exception.ConfigError(reason='[conductor] report_key: %s' % exc)
+        else:
+            LOG.warning('no [conductor] report_key: the conductor refuses unsigned reports')
+        self.report_transport = (rpc.get_transport(conf, conf.conductor.transport_url)
+                                 if conf.conductor.transport_url else self.transport)
+        conductor = conductor_api.ReportAPI(self.report_transport, conf.conductor.topic, key,
+                                            timeout=conf.conductor.report_timeout)
         return reportermod.StateReporter(
             lambda states, usage: conductor.report(conf.host, states, usage),
             window=conf.conductor.report_window, retry_max=conf.conductor.report_retry_max,
@@ -213,6 +226,8 @@ class AgentService:
         self.driver.host.close()
         self.commands.shutdown()
         self.transport.cleanup()
+        if self.report_transport is not self.transport:
+            self.report_transport.cleanup()
 
 
 class ConductorService:
@@ -227,44 +242,63 @@ class ConductorService:
             conf.conductor.wait_poll_interval if conf.conductor.workers > 1 else None)
         self.transport = rpc.get_transport(conf)
         self.name = conf.host if worker is None else '%s-w%d' % (conf.host, worker)
-        target = oslo_messaging.Target(topic=conf.conductor.topic, server=self.name)
-        self.server = oslo_messaging.get_rpc_server(
-            self.transport, target,
-            [conductor_manager.ConductorEndpoint(self.store, conf.conductor.debug_report_delay,
-                                                 conf.conductor.max_future_seconds)],
-            executor='threading')
+        c = conf.conductor
+        # Two servers, two topics: nodes may publish reports only; a flood of waits on the
+        # control topic cannot take the threads that reports need.
+        self.servers = [
+            oslo_messaging.get_rpc_server(
+                self.transport, oslo_messaging.Target(topic=c.topic, server=self.name),
+                [conductor_manager.ReportEndpoint(
+                    self.store, conductor_keys.NodeKeys(c.node_keys_dir),
+                    c.debug_report_delay, c.max_future_seconds, c.max_instances_per_node)],
+                executor='threading'),
+            oslo_messaging.get_rpc_server(
+                self.transport, oslo_messaging.Target(
+                    topic=conductor_manager.control_topic(c.topic), server=self.name),
+                [conductor_manager.ControlEndpoint(self.store, c.max_waits)],
+                executor='threading')]
         self._stop = threading.Event()
         self.worker = worker
 
-    def _prune(self, retention: float) -> None:
-        try:
-            gone = self.store.prune_reports(time.time() - retention)
-        except Exception:
-            LOG.exception('pruning report records failed; trying again later')
-            return
-        if gone:
-            LOG.info('pruned %d report records older than %.0f s', gone, retention)
+    def _prune(self) -> None:
+        c = self.conf.conductor
+        for what, prune, retention in (
+                ('report records', self.store.prune_reports, c.reports_retention),
+                ('rows of deleted instances', self.store.prune_deleted, c.deleted_retention)):
+            if retention <= 0:
+                continue
+            try:
+                gone = prune(time.time() - retention)
+            except Exception:
+                LOG.exception('pruning %s failed; trying again later', what)
+                continue
+            if gone:
+                LOG.info('pruned %d %s older than %.0f s', gone, what, retention)
 
     def start(self) -> None:
         """Start the RPC server (the store is open and migrated)."""
-        self.server.start()
-        LOG.info('compute-conductor %s serving topic %s, %s database at revision %s',
-                 self.name, self.conf.conductor.topic, self.store.dialect, self.store.revision)
+        for server in self.servers:
+            server.start()
+        LOG.info('compute-conductor %s serving topics %s and %s, %s database at revision %s',
+                 self.name, self.conf.conductor.topic,
+                 conductor_manager.control_topic(self.conf.conductor.topic),
+                 self.store.dialect, self.store.revision)
 
     def wait(self) -> None:
         """Block until told to stop, then stop. The first worker prunes old report
         records now and then."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *a: self._stop.set())
-        retention = self.conf.conductor.reports_retention
-        prunes = retention > 0 and self.worker in (None, 0)
+        prunes = self.worker in (None, 0)
         next_prune = time.monotonic()
         while not self._stop.wait(1.0):
             if prunes and time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + PRUNE_INTERVAL
-                self._prune(retention)
-        self.server.stop()
-        rpc_drain.leave_unacked(self.server)        # later deliveries go back to the queue
-        self.server.wait()
+                self._prune()
+        for server in self.servers:
+            server.stop()
+            rpc_drain.leave_unacked(server)         # later deliveries go back to the queue
+        for server in self.servers:
+            server.wait()
         self.transport.cleanup()
         self.store.close()

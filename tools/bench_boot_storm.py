@@ -60,7 +60,6 @@ from agent.virt.libvirt import config as vconfig  # noqa: E402
 URI = 'qemu:///system'
 CMDLINE = 'console=ttyS0 quiet no_timer_check'
 # Broker credentials (TLS) made by tools/setup-node.sh: the agent's role and the control plane's.
-AGENT_CREDS = '/etc/compute-agent/messaging-agent.conf'
 CONTROL_CREDS = '/etc/compute-agent/messaging-control.conf'
 
 
@@ -277,10 +276,15 @@ class Services:
                     '[resources]\ncpu_allocation_ratio = 64\n'
                     % (self.host, image_dir, os.path.join(workdir, 'instances'), virt_type,
                        self.topic, os.path.join(workdir, 'conductor.sqlite')))
+        # The benchmark node's own broker user and report key (tools/setup-node.sh --node).
+        subprocess.run([os.path.join(TOP, 'tools', 'setup-node.sh'), '--node', self.host],
+                       check=True, stdout=subprocess.DEVNULL)
+        self.agent_creds = '/etc/compute-agent/messaging-agent-%s.conf' % self.host
         agent_conf.CONF(['--config-file', self.config, '--config-file', CONTROL_CREDS],
                         project='compute-agent-bench', default_config_files=[])
         self.transport = rpc.get_transport(agent_conf.CONF)
-        self.compute = compute_api.ComputeAPI(self.transport, timeout=120)
+        self.nodes = rpc.NodeTransports(agent_conf.CONF)
+        self.compute = compute_api.ComputeAPI(self.nodes, timeout=120)
         self.conductor = conductor_api.ConductorAPI(self.transport, self.topic, timeout=120)
         self.procs: dict = {}
         self.start('conductor', 'agent.cmd.conductor', [CONTROL_CREDS])
@@ -308,7 +312,7 @@ class Services:
             if trace:
                 f.write('[trace]\npath = %s\n' % os.path.join(self.workdir, run + '-trace.json'))
             f.write(overrides)
-        proc = self.start('agent', 'agent.cmd.agent', [AGENT_CREDS, extra])
+        proc = self.start('agent', 'agent.cmd.agent', [self.agent_creds, extra])
         deadline = time.monotonic() + 60
         while True:
             if proc.poll() is not None:
@@ -338,6 +342,7 @@ class Services:
     def close(self) -> None:
         self.stop('agent')
         self.stop('conductor')
+        self.nodes.cleanup()
         self.transport.cleanup()
 
 

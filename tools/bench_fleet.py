@@ -50,7 +50,34 @@ from agent import rpc  # noqa: E402
 from agent.conductor import api as conductor_api  # noqa: E402
 from agent.rpc import api as compute_api  # noqa: E402
 
-AGENT_CREDS = '/etc/compute-agent/messaging-agent.conf'
+KEYS_DIR = '/etc/compute-agent/node-keys'
+
+
+def node_credentials(host: str) -> str:
+    """Node ``host``'s broker user and report key (tools/setup-node.sh --node, about 3 s;
+    kept across runs): its credentials file."""
+    path = '/etc/compute-agent/messaging-agent-%s.conf' % host
+    if not os.path.exists(path):
+        subprocess.run([os.path.join(TOP, 'tools', 'setup-node.sh'), '--node', host],
+                       check=True, stdout=subprocess.DEVNULL)
+    return path
+
+
+def report_key(host: str) -> bytes:
+    """A report key for a simulated sender with no broker user (it sends with the control
+    plane's): made once, as tools/setup-node.sh makes one."""
+    from agent import signing
+    path = os.path.join(KEYS_DIR, host + '.key')
+    if not os.path.exists(path):
+        os.makedirs(KEYS_DIR, mode=0o700, exist_ok=True)
+        with open(os.open(path + '.new', os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+                  'w') as f:
+            f.write(os.urandom(signing.KEY_BYTES).hex() + '\n')
+        os.replace(path + '.new', path)
+    with open(path) as f:
+        return signing.parse_key(f.read())
+
+
 CONTROL_CREDS = '/etc/compute-agent/messaging-control.conf'
 DB_URL_FILE = '/etc/compute-agent/conductor-db.url'
 DB_NAME = 'compute_fleet_bench'
@@ -131,7 +158,8 @@ class Fleet:
         agent_conf.CONF(['--config-file', self.common, '--config-file', CONTROL_CREDS],
                         project='compute-agent-fleet', default_config_files=[])
         self.transport = rpc.get_transport(agent_conf.CONF)
-        self.compute = compute_api.ComputeAPI(self.transport, timeout=300)
+        self.nodes = rpc.NodeTransports(agent_conf.CONF)
+        self.compute = compute_api.ComputeAPI(self.nodes, timeout=300)
         self.conductor_api = conductor_api.ConductorAPI(self.transport, self.topic, timeout=300)
         self.probe = conductor_api.ConductorAPI(self.transport, self.topic, timeout=2)
 
@@ -222,7 +250,7 @@ class Fleet:
             log = open(os.path.join(d, 'agent.log'), 'ab')
             self.agents[host] = subprocess.Popen(
                 [self.python, '-m', 'agent.cmd.agent', '--config-file', self.common,
-                 '--config-file', conf, '--config-file', AGENT_CREDS],
+                 '--config-file', conf, '--config-file', node_credentials(host)],
                 stdout=log, stderr=subprocess.STDOUT)
         waiting = set(self.hosts)
         deadline = time.monotonic() + 120 + 3 * len(self.hosts)
@@ -269,6 +297,7 @@ class Fleet:
         self.close_store()
         self.stop_agents()
         self.stop_conductor()
+        self.nodes.cleanup()
         self.transport.cleanup()
 
 
@@ -404,6 +433,9 @@ def saturate(fleet: Fleet, seconds: float, threads: int) -> dict:
 
     def client(i):
         host = 'saturate-%03d' % i
+        # Signed as that node, sent with the control plane's broker user (no node behind it).
+        reports = conductor_api.ReportAPI(fleet.transport, fleet.topic, report_key(host),
+                                          timeout=300)
         uuids = [str(uuidlib.uuid4()) for _ in range(5)]
         n = 0
         while time.monotonic() < stop:
@@ -416,7 +448,7 @@ def saturate(fleet: Fleet, seconds: float, threads: int) -> dict:
                 'capacity': {'vcpus': 64, 'memory_mb': 65536, 'disk_gb': 100},
                 'usage': {'vcpus': 5, 'memory_mb': 320, 'disk_gb': 0}}
             t = time.monotonic()
-            fleet.conductor_api.report(host, states, usage)
+            reports.report(host, states, usage)
             latency.append(time.monotonic() - t)
             n += 1
         done.append(n)

@@ -17,6 +17,8 @@
 # "ca.probe=P1,P2,..." makes it try TCP connections to the host side of user-mode networking
 # (10.0.2.2, QEMU's alias of the host's 127.0.0.1) on those ports and print
 # "guest-probe: 10.0.2.2:P open|closed" for each (the tests of guest isolation).
+# "ca.flood=M" makes it write M MiB of text to its serial console, then "guest-flood: done" (the test of the
+# console log's size cap).
 # Idempotent: does nothing when both files exist at this script's GUEST_VERSION (--force rebuilds).
 set -euo pipefail
 
@@ -24,7 +26,7 @@ IMAGE_DIR=${1:-/var/lib/compute-agent/images}
 FORCE=${2:-}
 [ "$IMAGE_DIR" = --force ] && { IMAGE_DIR=/var/lib/compute-agent/images; FORCE=--force; }
 MARKER=COMPUTE-AGENT-GUEST-READY
-GUEST_VERSION=7      # bump when /init changes: older builds are then rebuilt
+GUEST_VERSION=8      # bump when /init changes: older builds are then rebuilt
 
 if [ -s "$IMAGE_DIR/test-vmlinuz" ] && [ -s "$IMAGE_DIR/test-initrd.img" ] && [ "$FORCE" != --force ] &&
    [ "$(cat "$IMAGE_DIR/test-guest.version" 2>/dev/null)" = "$GUEST_VERSION" ]; then
@@ -121,6 +123,11 @@ if [ -n "\$probe" ]; then
         echo "guest-probe: 10.0.2.2:\$p \$r" >/dev/ttyS0
     done
     echo "guest-probe: done" >/dev/ttyS0
+fi
+flood=\$(sed -n 's/.*ca\.flood=\([0-9]*\).*/\1/p' /proc/cmdline)
+if [ -n "\$flood" ]; then
+    yes 'guest-flood: a guest that writes its console as fast as it can' | head -c \$((flood * 1048576)) >/dev/ttyS0
+    echo "guest-flood: done" >/dev/ttyS0
 fi
 if grep -q 'ca.poweroff=once' /proc/cmdline; then
     if [ "\$(head -c 13 /dev/vda 2>/dev/null)" != CA-POWEREDOFF ] && [ -b /dev/vda ]; then

@@ -61,9 +61,11 @@ user_nics = 1
 CONF
 # Emptying [warm] pools makes the agent remove every saved spare at its start-up.
 printf '[warm]\npools =\n' >"$run/no-pools.conf"
-# Broker credentials and TLS (tools/setup-node.sh, root only): the agent's role may only report
-# to the conductor; the control plane's (conductor, compute-ctl) may command nodes.
-agent_creds=/etc/compute-agent/messaging-agent.conf
+# Broker credentials and TLS (tools/setup-node.sh, root only): the demo node's own broker user
+# and report key (it may only serve its own queues and report); the control plane's
+# (conductor, compute-ctl) may command nodes.
+"$top/tools/setup-node.sh" --node "demo-$(hostname -s)" >/dev/null
+agent_creds=/etc/compute-agent/messaging-agent-demo-$(hostname -s).conf
 control_creds=/etc/compute-agent/messaging-control.conf
 ctl() { "$venv/bin/compute-ctl" --config-file "$run/compute-agent.conf" --config-file "$control_creds" "$@"; }
 

@@ -7,6 +7,10 @@
 #   tools/setup-node.sh            install + start (+ the loop-backed VG when the node has none)
 #   tools/setup-node.sh --stop     stop the daemons this script starts
 #   tools/setup-node.sh --remove-vg   remove the loop-backed VG it made (and its backing file)
+#   tools/setup-node.sh --node NAME   node NAME's broker user, virtual host and report key:
+#                                     /etc/compute-agent/messaging-agent-NAME.conf (a new
+#                                     password and key on every run); RabbitMQ must run
+#   tools/setup-node.sh --remove-node NAME   delete them
 set -euo pipefail
 
 VG=${COMPUTE_AGENT_VG:-compute-agent-vg}
@@ -18,10 +22,11 @@ TLS_DIR=$ETC/tls                              # ca.pem (public), ca.key (root on
 RABBIT_TLS=/etc/rabbitmq/tls                  # the broker's certificate and key (user rabbitmq)
 AMQPS_PORT=5671
 RABBIT_NOFILE=65536
-# Broker users, one per node role. The agent may publish only to the conductor's topics and to
-# reply queues (it cannot command nodes); the control plane (conductor, compute-ctl) may do all.
-AGENT_USER=compute-agent
+# Broker users: one per node (node-NAME, in its own virtual host node-NAME; it may publish
+# only reports in the fleet's), and the control plane's (conductor, compute-ctl), which may
+# do all. Each node's report key: $KEYS_DIR/NAME.key (the conductor's copy).
 CONTROL_USER=compute-control
+KEYS_DIR=$ETC/node-keys
 
 PKGS=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
       libvirt-dev pkg-config gcc python3-venv python3-dev rabbitmq-server lvm2
@@ -91,6 +96,18 @@ CONF
             for _ in $(seq 100); do pid_alive /run/libvirtd.pid || break; sleep 0.1; done
         fi
     fi
+    # Serial console logs go through virtlogd (libvirt's default): roll over at 1 MiB, keep 2
+    # old ones, so a guest that floods its console holds at most 3 MiB of the instances disk.
+    conf=/etc/libvirt/virtlogd.conf
+    if ! grep -q '^# compute-agent setup-node: console logs$' "$conf" 2>/dev/null; then
+        cat >>"$conf" <<'CONF'
+# compute-agent setup-node: console logs
+max_size = 1048576
+max_backups = 2
+CONF
+        # SIGUSR1: virtlogd re-executes itself (reading this), keeping the logs it holds open.
+        pkill -USR1 -x virtlogd 2>/dev/null || true
+    fi
     mkdir -p /var/log/libvirt/qemu /run/libvirt
 }
 
@@ -142,11 +159,23 @@ make_certificates() {
 
 configure_rabbitmq() {
     # TLS only, on loopback: no plain AMQP listener (an operator may add one, see README).
+    # The Erlang distribution (how rabbitmqctl gets in) on loopback too, under a node name
+    # that resolves there on any host (rabbit@localhost; epmd: start_rabbitmq).
+    local env=/etc/rabbitmq/rabbitmq-env.conf envwant='# Written by compute-agent tools/setup-node.sh
+NODENAME=rabbit@localhost'
+    if [ "$(cat "$env" 2>/dev/null)" != "$envwant" ]; then
+        if rabbitmqctl -q ping >/dev/null 2>&1; then
+            log "restarting rabbitmq-server as rabbit@localhost (users and queues are set up again)"
+            rabbitmqctl -q stop >/dev/null 2>&1 || true
+        fi
+        printf '%s\n' "$envwant" >"$env"
+    fi
     local conf=/etc/rabbitmq/rabbitmq.conf want
     want=$(cat <<CONF
 # Written by compute-agent tools/setup-node.sh
 listeners.tcp = none
 listeners.ssl.1 = 127.0.0.1:$AMQPS_PORT
+distribution.listener.interface = 127.0.0.1
 ssl_options.cacertfile = $RABBIT_TLS/ca.pem
 ssl_options.certfile = $RABBIT_TLS/server.pem
 ssl_options.keyfile = $RABBIT_TLS/server.key
@@ -185,6 +214,12 @@ start_rabbitmq() {
     local limits=/etc/security/limits.d/compute-agent-rabbitmq.conf
     printf 'rabbitmq soft nofile %s\nrabbitmq hard nofile %s\n' "$RABBIT_NOFILE" "$RABBIT_NOFILE" >"$limits"
     if ! rabbitmqctl -q ping >/dev/null 2>&1; then
+        # epmd (the Erlang port mapper) on loopback only: started here before the broker,
+        # which would otherwise start one on every address.
+        if ! ss -ltn 2>/dev/null | awk '{print $4}' | grep -qx '127.0.0.1:4369'; then
+            epmd -kill >/dev/null 2>&1 || true
+            epmd -daemon -address 127.0.0.1
+        fi
         log "starting rabbitmq-server"
         HOME=/var/lib/rabbitmq rabbitmq-server -detached
     fi
@@ -198,53 +233,132 @@ start_rabbitmq() {
     echo "setup-node: rabbitmq did not come up" >&2; exit 1
 }
 
-# write_credentials ROLE USER: the user's password (new and random unless the file's still
-# logs in) and an oslo.config file with transport_url and TLS settings, readable by root only.
-write_credentials() {
-    local role=$1 user=$2 file=$ETC/messaging-$1.conf pass=""
-    if [ -f "$file" ]; then
-        pass=$(sed -n 's|^transport_url = rabbit://[^:]*:\([^@]*\)@.*|\1|p' "$file")
+rabbit_user_exists() { rabbitmqctl -q list_users | awk '{print $1}' | grep -qxF "$1"; }
+rabbit_vhost_exists() { rabbitmqctl -q list_vhosts | grep -qxF "$1"; }
+
+# set_password USER FILE ROTATE: USER's password: the one in FILE while it still logs in
+# (unless ROTATE=1), else a new random one; printed. Passwords go to rabbitmqctl on its
+# stdin (printf is a builtin), never on a command line other local users could read.
+set_password() {
+    local user=$1 file=$2 rotate=$3 pass=""
+    if [ "$rotate" = 0 ] && [ -f "$file" ]; then
+        pass=$(sed -n 's|^transport_url = rabbit://[^:]*:\([^@]*\)@.*|\1|p' "$file" | head -1)
+        if [ -n "$pass" ] && ! printf '%s' "$pass" | rabbitmqctl -q authenticate_user "$user" >/dev/null 2>&1; then
+            pass=""
+        fi
     fi
-    # Passwords go to rabbitmqctl on its stdin (printf is a builtin), never on a command line
-    # that other local users could read in the process list.
-    if [ -z "$pass" ] || ! printf '%s' "$pass" | rabbitmqctl -q authenticate_user "$user" >/dev/null 2>&1; then
+    if [ -z "$pass" ]; then
         pass=$(openssl rand -hex 24)
-        if rabbitmqctl -q list_users | awk '{print $1}' | grep -qx "$user"; then
+        if rabbit_user_exists "$user"; then
             printf '%s' "$pass" | rabbitmqctl -q change_password "$user" >/dev/null
         else
             printf '%s' "$pass" | rabbitmqctl -q add_user "$user" >/dev/null
         fi
-        log "broker user $user: new password in $file"
+        log "broker user $user: new password in $file" >&2
     fi
-    (umask 077; cat >"$file.new" <<CONF
-# Written by compute-agent tools/setup-node.sh: the $role's broker credentials. Root only.
-[DEFAULT]
-transport_url = rabbit://$user:$pass@localhost:$AMQPS_PORT/
+    printf '%s' "$pass"
+}
+
+# The TLS and naming settings every role's file shares. control_exchange amq.topic: a
+# broker's own exchange, which no client can delete (a node may declare it, so with any
+# other exchange a node could delete the fleet's report exchange and its bindings);
+# amq.topic is durable, so everything declared on it is.
+common_settings() {
+    cat <<CONF
+control_exchange = amq.topic
 
 [oslo_messaging_rabbit]
 ssl = true
 ssl_ca_file = $TLS_DIR/ca.pem
+amqp_durable_queues = true
 CONF
-)
-    chmod 0600 "$file.new"
-    mv "$file.new" "$file"
+}
+
+write_file_0600() {   # write_file_0600 FILE: stdin to FILE, root only, atomically
+    (umask 077; cat >"$1.new")
+    chmod 0600 "$1.new"
+    mv "$1.new" "$1"
+}
+
+write_control_credentials() {
+    local file=$ETC/messaging-control.conf pass
+    pass=$(set_password "$CONTROL_USER" "$file" 0)
+    rabbitmqctl -q set_permissions -p / "$CONTROL_USER" '.*' '.*' '.*' >/dev/null
+    { printf '# Written by compute-agent tools/setup-node.sh: the control plane'"'"'s broker credentials\n'
+      printf '# (conductor, compute-ctl). Root only.\n[DEFAULT]\n'
+      printf 'transport_url = rabbit://%s:%s@localhost:%s/\n' "$CONTROL_USER" "$pass" "$AMQPS_PORT"
+      common_settings; } | write_file_0600 "$file"
+}
+
+valid_node_name() { [[ "$1" =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$ ]]; }
+
+# node_credentials NAME ROTATE: node NAME's broker user node-NAME, its virtual host
+# node-NAME and its report key; writes $ETC/messaging-agent-NAME.conf (root only) and the
+# conductor's copy of the key, $KEYS_DIR/NAME.key. ROTATE=1: a new password and key.
+node_credentials() {
+    local name=$1 rotate=$2 user=node-$1 vhost=node-$1
+    local file=$ETC/messaging-agent-$name.conf keyfile=$KEYS_DIR/$name.key pass key=""
+    valid_node_name "$name" || { echo "setup-node: bad node name '$name'" >&2; exit 2; }
+    mkdir -p "$KEYS_DIR"; chmod 0700 "$KEYS_DIR"
+    rabbit_vhost_exists "$vhost" || rabbitmqctl -q add_vhost "$vhost" >/dev/null
+    pass=$(set_password "$user" "$file" "$rotate")
+    local n=${name//./\\.}       # the name inside a regular expression
+    # Its own virtual host holds its queues only: the topic queues compute and
+    # compute.NAME, its fanout queue (named after it: use_queue_manager), and it answers
+    # the control plane's calls there through the default exchange.
+    rabbitmqctl -q set_permissions -p "$vhost" "$user" \
+        "^(amq\\.topic|compute|compute\\.$n|compute_fanout|compute_fanout_$n:.*)\$" \
+        "^(amq\\.default|compute|compute\\.$n|compute_fanout_$n:.*)\$" \
+        "^(amq\\.topic|compute|compute\\.$n|compute_fanout|compute_fanout_$n:.*)\$" >/dev/null
+    rabbitmqctl -q set_permissions -p "$vhost" "$CONTROL_USER" '.*' '.*' '.*' >/dev/null
+    # The fleet's virtual host: publish reports (routing keys conductor or conductor-SUFFIX
+    # only, never the control topic) and get their answers in reply queues named after it.
+    # No default exchange there: it could put messages in any queue.
+    rabbitmqctl -q set_permissions -p / "$user" "^(amq\\.topic|reply_$n:.*)\$" \
+        '^amq\.topic$' "^reply_$n:.*\$" >/dev/null
+    rabbitmqctl -q set_topic_permissions -p / "$user" amq.topic \
+        '^conductor(-[A-Za-z0-9-]+)?$' '^$' >/dev/null
+    if [ "$rotate" = 0 ] && [ -f "$keyfile" ]; then key=$(cat "$keyfile"); fi
+    if [ -z "$key" ]; then
+        key=$(openssl rand -hex 32)
+        printf '%s\n' "$key" | write_file_0600 "$keyfile"
+        log "node $name: new report key ($keyfile)"
+    fi
+    { printf '# Written by compute-agent tools/setup-node.sh: node %s'"'"'s broker credentials and\n' "$name"
+      printf '# report key. Root only.\n[DEFAULT]\n'
+      printf 'transport_url = rabbit://%s:%s@localhost:%s/%s\n' "$user" "$pass" "$AMQPS_PORT" "$vhost"
+      common_settings
+      printf 'use_queue_manager = true\nhostname = %s\n\n' "$name"
+      printf '[oslo_concurrency]\nlock_path = /var/lib/compute-agent/locks\n\n'
+      printf '[conductor]\ntransport_url = rabbit://%s:%s@localhost:%s/\nreport_key = %s\n' \
+          "$user" "$pass" "$AMQPS_PORT" "$key"; } | write_file_0600 "$file"
+    mkdir -p /var/lib/compute-agent/locks
+}
+
+remove_node() {
+    local name=$1
+    valid_node_name "$name" || { echo "setup-node: bad node name '$name'" >&2; exit 2; }
+    rabbit_user_exists "node-$name" && rabbitmqctl -q delete_user "node-$name" >/dev/null
+    rabbit_vhost_exists "node-$name" && rabbitmqctl -q delete_vhost "node-$name" >/dev/null
+    rm -f "$ETC/messaging-agent-$name.conf" "$KEYS_DIR/$name.key" \
+        /dev/shm/"${name}"_*_qmanager /var/lib/compute-agent/locks/*"oslo_read_shm_${name}_"*
+    log "removed node $name (broker user, virtual host, report key)"
 }
 
 configure_broker_users() {
     mkdir -p "$ETC"
-    write_credentials agent "$AGENT_USER"
-    write_credentials control "$CONTROL_USER"
-    # The agent: its own queues (compute, compute.<host>, compute_fanout_<id>), reply queues,
-    # and the topic exchange, where it may publish only with the conductor's routing keys.
-    # configure: declare its exchanges and queues; write: publish and bind its own queues
-    # (not the fanout exchange: it cannot reach every agent) and send RPC replies (which
-    # oslo.messaging sends through the default exchange); read: consume and bind from.
-    local queues='compute|compute\..*|compute_fanout_.*|reply_.*'
-    rabbitmqctl -q set_permissions -p / "$AGENT_USER" "^(openstack|compute_fanout|$queues)\$" \
-        "^(openstack|amq\.default|$queues)\$" "^(openstack|compute_fanout|$queues)\$" >/dev/null
-    rabbitmqctl -q set_topic_permissions -p / "$AGENT_USER" openstack '^conductor.*$' '.*' >/dev/null
-    rabbitmqctl -q set_permissions -p / "$CONTROL_USER" '.*' '.*' '.*' >/dev/null
-    if rabbitmqctl -q list_users | awk '{print $1}' | grep -qx guest; then
+    write_control_credentials
+    # This host's own node; messaging-agent.conf stays the name the agent is started with.
+    local name
+    name=$(hostname)
+    node_credentials "$name" 0
+    ln -sfn "messaging-agent-$name.conf" "$ETC/messaging-agent.conf"
+    # The role every node once shared (its queues were any node's): gone.
+    if rabbit_user_exists compute-agent; then
+        rabbitmqctl -q delete_user compute-agent >/dev/null
+        log "removed the shared broker user compute-agent"
+    fi
+    if rabbit_user_exists guest; then
         rabbitmqctl -q delete_user guest >/dev/null
         log "removed the broker's guest user"
     fi
@@ -312,8 +426,12 @@ need_root
 case "${1:-}" in
     --stop) stop_all ;;
     --remove-vg) remove_vg ;;
+    --node) [ -n "${2:-}" ] || { echo "usage: $0 --node NAME" >&2; exit 2; }
+        mkdir -p "$ETC"; node_credentials "$2" 1 ;;
+    --remove-node) [ -n "${2:-}" ] || { echo "usage: $0 --remove-node NAME" >&2; exit 2; }
+        remove_node "$2" ;;
     "") install_packages; configure_libvirt; start_libvirt
         make_certificates; configure_rabbitmq; start_rabbitmq; configure_broker_users; ensure_vg
         log "node ready" ;;
-    *) echo "usage: $0 [--stop | --remove-vg]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--stop | --remove-vg | --node NAME | --remove-node NAME]" >&2; exit 2 ;;
 esac

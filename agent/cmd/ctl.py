@@ -331,7 +331,8 @@ def main(argv=None) -> int:
     conf.CONF(conf_args, project='compute-agent', default_config_files=[] if conf_args else None)
     args.host = args.host or conf.CONF.host
     transport = rpc.get_transport(conf.CONF)
-    compute = compute_api.ComputeAPI(transport, timeout=args.rpc_timeout)
+    nodes = rpc.node_transports(conf.CONF)
+    compute = compute_api.ComputeAPI(nodes, timeout=args.rpc_timeout)
     conductor = conductor_api.ConductorAPI(transport, conf.CONF.conductor.topic,
                                            timeout=args.rpc_timeout)
     try:
@@ -366,6 +367,7 @@ def main(argv=None) -> int:
                                                  conf.CONF.conductor.topic), file=sys.stderr)
         return 1
     finally:
+        nodes.cleanup()
         transport.cleanup()
 
 

@@ -4,7 +4,8 @@ node, on SQLAlchemy (SQLite embedded by default; PostgreSQL for a fleet).
 An instance row is applied only if its ``seq`` is newer than the stored one, and a node's usage
 only if its ``generation`` is higher, so reports that arrive late or twice never roll back.
 An instance belongs to the node that first reported it: another node's state for it is not
-applied (unless the instance was deleted). These rules are conditions inside the database's
+applied (unless the instance was deleted) until the control plane forgets or moves the row;
+a node holds at most ``max_rows`` live rows. These rules are conditions inside the database's
 own upserts (``INSERT ... ON CONFLICT DO UPDATE ... WHERE``), never read-then-write in
 Python, so several conductor workers may apply reports for the same rows at once: each row's
 newest state wins whatever the order. A report is one transaction (rolled back whole if any
@@ -17,6 +18,7 @@ import logging
 import os
 import threading
 import time
+import typing
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -109,6 +111,14 @@ def _upserts(insert) -> tuple:
     return instances, nodes
 
 
+class Applied(typing.NamedTuple):
+    """What a report changed: rows applied; uuids other nodes hold; new uuids over the
+    node's row cap."""
+    applied: int
+    foreign: list
+    over_cap: list
+
+
 class InstanceStore:
     """Thread-safe; every change this process makes wakes ``wait_for`` callers; with
     ``wait_poll`` (several workers) they also look again that often for what other workers
@@ -124,6 +134,7 @@ class InstanceStore:
         self._upsert_instances, self._upsert_node = _upserts(_INSERT[self.dialect])
         self._wait_poll = wait_poll
         self._cond = threading.Condition()
+        self._generation = 0               # changes this process made (wakes waits)
         self.retried = 0
 
     def _retrying(self, what: str, fn, *args):
@@ -152,18 +163,29 @@ class InstanceStore:
 
     def apply_report(self, host: str, states: list[dict], resources: dict | None = None,
                      sent_at: float | None = None) -> int:
+        """``apply``: how many instance rows applied."""
+        return self.apply(host, states, resources, sent_at).applied
+
+    def apply(self, host: str, states: list[dict], resources: dict | None = None,
+              sent_at: float | None = None, max_rows: int | None = None) -> 'Applied':
         """Store the newer of each state, and the node's usage if its generation is higher;
-        one transaction per report, rolled back whole if any part fails. Returns the
-        instance rows applied. ``sent_at``: the agent's clock when it sent the report."""
-        applied = self._write('report from %s' % host, self._apply, host, states, resources,
-                              sent_at)
+        one transaction per report, rolled back whole if any part fails. A row another node
+        holds (not deleted) stays that node's; with ``max_rows``, new rows beyond that many
+        live rows of ``host`` are not stored. ``sent_at``: the agent's clock when it sent
+        the report."""
+        result = self._write('report from %s' % host, self._apply, host, states, resources,
+                             sent_at, max_rows)
         crashpoints.reached('conductor.store.after_commit', *(s.get('uuid') for s in states))
+        self._changed()
+        return result
+
+    def _changed(self) -> None:
         with self._cond:
+            self._generation += 1
             self._cond.notify_all()
-        return applied
 
     def _apply(self, conn, host: str, states: list[dict], resources: dict | None,
-               sent_at: float | None) -> int:
+               sent_at: float | None, max_rows: int | None) -> 'Applied':
         now = time.time()
         newest: dict[str, dict] = {}           # one row per uuid: its newest state
         for state in states:
@@ -171,17 +193,31 @@ class InstanceStore:
             old = newest.get(row['uuid'])
             if old is None or row['seq'] > old['seq']:
                 newest[row['uuid']] = row
-        applied = 0
+        applied, foreign, over_cap = 0, [], []
         if newest:
+            t = schema.instances
+            held = {r.uuid: (r.host, r.vm_state) for r in conn.execute(
+                sa.select(t.c.uuid, t.c.host, t.c.vm_state).where(t.c.uuid.in_(list(newest))))}
+            foreign = [u for u, (h, vm) in held.items() if h != host and vm != 'deleted']
+            # rows that would become live rows of this node (none yet, or deleted)
+            new = sorted(u for u in newest if u not in foreign
+                         and newest[u]['vm_state'] != 'deleted'
+                         and (u not in held or held[u][0] != host or held[u][1] == 'deleted'))
+            if max_rows is not None and new:
+                live = conn.execute(sa.select(sa.func.count()).select_from(t).where(
+                    t.c.host == host, t.c.vm_state != 'deleted')).scalar_one()
+                room = max(0, max_rows - live)
+                over_cap = new[room:]
             rows = []
-            for uuid in sorted(newest):
+            for uuid in sorted(set(newest) - set(foreign) - set(over_cap)):
                 row = newest[uuid]
                 row.update(host=host, received_at=now)
                 for seen, at in SEEN:
                     row[seen] = None if row[at] is None else now
                 rows.append(row)
             # Rows the condition skipped return nothing: the rest were applied.
-            applied = len(conn.execute(self._upsert_instances, rows).all())
+            if rows:
+                applied = len(conn.execute(self._upsert_instances, rows).all())
         node_applied = None
         if resources is not None:
             node_applied = conn.execute(self._upsert_node, {
@@ -197,7 +233,35 @@ class InstanceStore:
             'generation': None if resources is None else int(resources['generation']),
             'node_applied': node_applied, 'sent_at': sent_at})
         crashpoints.reached('conductor.store.before_commit', *newest)
-        return applied
+        return Applied(applied, foreign, over_cap)
+
+    # -- the control plane's corrections ---------------------------------------------------
+    def forget(self, uuid: str) -> bool:
+        """Delete an instance's row; whether there was one."""
+        t = schema.instances
+        gone = self._write('forgetting %s' % uuid, lambda conn: conn.execute(
+            t.delete().where(t.c.uuid == uuid)).rowcount)
+        self._changed()
+        return bool(gone)
+
+    def move(self, uuid: str, host: str) -> bool:
+        """Give an instance's row to ``host`` (its later reports apply); whether there was
+        one."""
+        t = schema.instances
+        moved = self._write('moving %s' % uuid, lambda conn: conn.execute(
+            t.update().where(t.c.uuid == uuid).values(host=host)).rowcount)
+        self._changed()
+        return bool(moved)
+
+    def prune_deleted(self, before: float) -> int:
+        """Delete the rows of instances deleted (as last reported) before ``before``
+        (epoch seconds); how many."""
+        t = schema.instances
+
+        def delete(conn):
+            return conn.execute(t.delete().where(t.c.vm_state == 'deleted',
+                                                 t.c.received_at < before)).rowcount
+        return self._write('pruning deleted instances', delete)
 
     # -- reads ---------------------------------------------------------------------------
     def _rows(self, where=None) -> list[dict]:
@@ -274,18 +338,23 @@ class InstanceStore:
         ready), or until ``timeout``. Returns {uuid: row or None}."""
         deadline = time.monotonic() + timeout
         t = schema.instances
-        # Read and wait under the condition: a change applied in between is not missed.
-        with self._cond:
-            while True:
-                found = {r['uuid']: r for r in self._rows(t.c.uuid.in_(list(uuids)))}
-                rows = {u: found.get(u) for u in uuids}
-                if all(r is not None and r['vm_state'] in states
-                       and (not ready or r['readiness'] == 'ready') for r in rows.values()):
-                    return rows
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return rows
-                self._cond.wait(left if self._wait_poll is None else min(left, self._wait_poll))
+        while True:
+            # Read outside the condition (reports need it only to count a change), then
+            # wait unless a change came in meanwhile: none is missed.
+            with self._cond:
+                seen = self._generation
+            found = {r['uuid']: r for r in self._rows(t.c.uuid.in_(list(uuids)))}
+            rows = {u: found.get(u) for u in uuids}
+            if all(r is not None and r['vm_state'] in states
+                   and (not ready or r['readiness'] == 'ready') for r in rows.values()):
+                return rows
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return rows
+            with self._cond:
+                if self._generation == seen:
+                    self._cond.wait(left if self._wait_poll is None
+                                    else min(left, self._wait_poll))
 
     def close(self) -> None:
         """Close the database's connections."""

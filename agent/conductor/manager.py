@@ -1,4 +1,6 @@
-"""The reference conductor's RPC endpoint (topic ``[conductor] topic``).
+"""The reference conductor's RPC endpoints: reports from nodes, and the control plane's
+queries, on separate topics (``[conductor] topic`` and ``<topic>_control``): a node's broker
+user may publish to the first only, so nodes cannot read, wait on or change rows.
 
 Version history:
   1.0 - report_instance_states, get_instance, list_instances, wait_instances, report_count
@@ -7,44 +9,65 @@ Version history:
   1.2 - instance rows carry readiness, ready_at and when the conductor first saw the current
         active_at / ready_at; wait_instances(ready=True) waits for ready guests
   1.3 - report carries sent_at (the agent's clock when it sent it), kept with the report
+  2.0 - report carries sig (the node's key signs it) and is the report topic's one method;
+        the queries are on the control topic, with forget_instance and move_instance;
+        report_instance_states (unsigned) is gone
 """
 import logging
+import threading
 import time
 
 import oslo_messaging
 
 from agent import exception
+from agent import signing
 from agent.conductor import validate
 
 LOG = logging.getLogger(__name__)
 
-MAX_WAIT = 3600.0
+MAX_WAIT = 600.0
 _EXPECTED = oslo_messaging.expected_exceptions(exception.AgentError)
 
 
-class ConductorEndpoint:
-    """Stores nodes' reports; answers queries. Bad input gets InvalidReport and changes
-    nothing."""
+def control_topic(topic: str) -> str:
+    """The control plane's topic next to report topic ``topic`` (nodes cannot publish to it:
+    their broker permission names the report topics only)."""
+    return topic + '_control'
 
-    target = oslo_messaging.Target(version='1.3')
 
-    def __init__(self, store, report_delay: float = 0.0, max_future_s: float = 86400.0,
-                 clock_ns=time.time_ns):
+class ReportEndpoint:
+    """Stores nodes' reports, each signed by its node's key. Bad input gets InvalidReport and
+    changes nothing."""
+
+    target = oslo_messaging.Target(version='2.0')
+
+    def __init__(self, store, keys, report_delay: float = 0.0, max_future_s: float = 300.0,
+                 max_rows: int = 2000, clock_ns=time.time_ns):
         self._store = store
+        self._keys = keys
         self._delay = report_delay
         self._max_future_s = max_future_s
+        self._max_rows = max_rows
         self._clock_ns = clock_ns
         self.refused = 0
 
-    @_EXPECTED
-    def report_instance_states(self, ctxt, host, states):
-        """Apply a batch of instance states (the 1.0 call; ``report`` without usage)."""
-        return self.report(ctxt, host, states, None)
+    def _refuse(self, exc: exception.InvalidReport):
+        self.refused += 1
+        LOG.warning('%s', exc)
+        raise exc
 
     @_EXPECTED
-    def report(self, ctxt, host, states, resources=None, sent_at=None):
+    def report(self, ctxt, host, states, resources=None, sent_at=None, sig=None):
         """Apply one node's report (validated whole: InvalidReport changes nothing); how many
         of its states applied."""
+        try:
+            node = validate.host(host)
+        except exception.InvalidReport as exc:
+            self._refuse(exc)
+        key = self._keys.get(node)
+        if key is None or not signing.valid(key, sig, host, states, resources, sent_at):
+            self._refuse(exception.InvalidReport(
+                reason='%s: not signed with that node\'s key' % node))
         try:
             now_ns = self._clock_ns()
             host, states, resources = validate.report(host, states, resources, now_ns,
@@ -52,20 +75,34 @@ class ConductorEndpoint:
             sent_at = validate.number(sent_at, 'sent_at', 0,
                                       now_ns / 1e9 + self._max_future_s)
         except exception.InvalidReport as exc:
-            self.refused += 1
-            LOG.warning('%s', exc)
-            raise
+            self._refuse(exc)
         if self._delay:
             time.sleep(self._delay)     # testing aid: a slow conductor
-        applied = self._store.apply_report(host, states, resources, sent_at)
-        LOG.debug('report from %s: %d states, %d applied', host, len(states), applied)
-        for s in states:
-            LOG.info('[instance: %s] %s: %s/%s', s.get('uuid'), host, s.get('vm_state'),
-                     s.get('power_state'))
-        if resources is not None:
-            LOG.info('%s usage generation %s: %s of %s', host, resources.get('generation'),
-                     resources.get('usage'), resources.get('capacity'))
-        return applied
+        result = self._store.apply(host, states, resources, sent_at, self._max_rows)
+        # One line per report: the rows are in the database.
+        LOG.info('report from %s: %d states, %d applied%s%s%s', host, len(states),
+                 result.applied,
+                 ', %d owned by other nodes (not applied)' % len(result.foreign)
+                 if result.foreign else '',
+                 ', %d new refused: the node holds %d rows (max_instances_per_node)'
+                 % (len(result.over_cap), self._max_rows) if result.over_cap else '',
+                 '' if resources is None else ', usage generation %s' % resources['generation'])
+        if result.foreign:
+            LOG.warning('node %s reported instances other nodes hold: %s', host,
+                        ', '.join(sorted(result.foreign)[:10]))
+        return result.applied
+
+
+class ControlEndpoint:
+    """The control plane's queries and corrections; waits are bounded in number and time and
+    hold no lock that reports need."""
+
+    target = oslo_messaging.Target(version='2.0')
+
+    def __init__(self, store, max_waits: int = 32):
+        self._store = store
+        self._waits = threading.BoundedSemaphore(max_waits)
+        self._max_waits = max_waits
 
     @_EXPECTED
     def get_node(self, ctxt, host):
@@ -88,6 +125,17 @@ class ConductorEndpoint:
         return self._store.list_instances(None if host is None else validate.host(host))
 
     @_EXPECTED
+    def forget_instance(self, ctxt, uuid):
+        """Delete an instance's row (whichever node holds it); whether there was one."""
+        return self._store.forget(validate.uuid(uuid, 'uuid'))
+
+    @_EXPECTED
+    def move_instance(self, ctxt, uuid, host):
+        """Give an instance's row to node ``host`` (a migration, or a squatted uuid); whether
+        there was one."""
+        return self._store.move(validate.uuid(uuid, 'uuid'), validate.host(host))
+
+    @_EXPECTED
     def wait_instances(self, ctxt, uuids, states, timeout, ready=False):
         """Wait until each uuid is in one of ``states`` (with ``ready``: and its guest ready;
         woken by reports, no polling) or the timeout passed; the rows."""
@@ -100,7 +148,12 @@ class ConductorEndpoint:
         timeout = validate.number(timeout, 'timeout', 0, MAX_WAIT, optional=False)
         if not isinstance(ready, bool):
             raise exception.InvalidReport(reason='ready: true or false')
-        return self._store.wait_for(uuids, list(states), float(timeout), ready)
+        if not self._waits.acquire(blocking=False):
+            raise exception.TooManyWaits(count=self._max_waits)
+        try:
+            return self._store.wait_for(uuids, list(states), float(timeout), ready)
+        finally:
+            self._waits.release()
 
     @_EXPECTED
     def report_count(self, ctxt, host=None):

@@ -41,11 +41,33 @@ opts = [
     cfg.FloatOpt('debug_report_delay', default=0.0, min=0.0, max=60.0,
                  help='(conductor) Testing aid: seconds the conductor sleeps before storing each '
                       'report, to show the agent is not slowed by a slow conductor. Keep 0.'),
-    cfg.FloatOpt('max_future_seconds', default=86400.0, min=60.0,
+    cfg.FloatOpt('max_future_seconds', default=300.0, min=10.0, max=3600.0,
                  help='(conductor) A report whose seq or generation lies further ahead of the '
                       'conductor\'s clock than this (agents number their reports from their '
                       'clock in ns, kept growing across restarts) is refused: a number from the '
-                      'far future would make every later report look older.'),
+                      'future would make every later report of that node look older. Bounds '
+                      'how far a node\'s clock may run ahead.'),
+    cfg.StrOpt('transport_url', secret=True,
+               help='(agent) Where reports go: the fleet\'s virtual host, with this node\'s own '
+                    'broker user (tools/setup-node.sh --node writes it). Unset: the agent\'s '
+                    '[DEFAULT] transport_url.'),
+    cfg.StrOpt('report_key', secret=True,
+               help='(agent) This node\'s report key in hex: the conductor applies only reports '
+                    'signed with it. Written by tools/setup-node.sh --node, with the '
+                    'conductor\'s copy in node_keys_dir.'),
+    cfg.StrOpt('node_keys_dir', default='/etc/compute-agent/node-keys',
+               help='(conductor) One file NAME.key (hex, root only) per node: the key node '
+                    'NAME signs its reports with. Read again when it changes; a node without '
+                    'one has every report refused.'),
+    cfg.IntOpt('max_instances_per_node', default=2000, min=1,
+               help='(conductor) Live (not deleted) instance rows one node may hold; new ones '
+                    'beyond are not stored, and said in the log.'),
+    cfg.FloatOpt('deleted_retention', default=86400.0, min=0.0,
+                 help='(conductor) Seconds the row of a deleted instance is kept (a late '
+                      'query still sees it deleted); 0 keeps them.'),
+    cfg.IntOpt('max_waits', default=32, min=1, max=1024,
+               help='(conductor) wait_instances calls served at once per worker; one more is '
+                    'refused (TooManyWaits). Reports have their own topic and threads.'),
     cfg.FloatOpt('report_retry_max', default=10.0, min=0.1,
                  help='(agent) Longest back-off between retries while the conductor is unreachable.'),
 ]

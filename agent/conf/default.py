@@ -16,6 +16,11 @@ opts = [
         'instances_path', default='/var/lib/compute-agent/instances',
         help='Directory where per-instance files (serial console log) are kept, one sub-directory '
              'per instance uuid.'),
+    cfg.BoolOpt(
+        'node_vhosts', default=True,
+        help='(control clients: compute-ctl, tools) Each node\'s queues are in its own broker '
+             'virtual host, node-NAME (tools/setup-node.sh --node NAME), reached with the '
+             'transport_url\'s credentials and host. False: every node in transport_url\'s.'),
     cfg.IntOpt('max_vcpus_per_instance', default=64, min=1, max=4096,
                help='Largest vcpus value a boot spec may ask for.'),
     cfg.IntOpt('max_memory_mb_per_instance', default=1024 * 1024, min=16,

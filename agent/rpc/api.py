@@ -1,21 +1,39 @@
 """Client side of the agent's RPC API (see ``agent.rpc.server`` for the version history)."""
+import threading
+
 import oslo_messaging
 
 TOPIC = 'compute'
 
 
 class ComputeAPI:
-    """Talks to the agent of node ``host``. Errors arrive as ``agent.exception`` classes."""
+    """Talks to the agent of node ``host``. Errors arrive as ``agent.exception`` classes.
+
+    ``transport``: an ``agent.rpc.NodeTransports`` (each node in its own virtual host, as
+    tools/setup-node.sh makes them) or one transport every node shares (tests' fakes)."""
 
     VERSION = '1.8'
 
     def __init__(self, transport, timeout: float | None = None):
-        target = oslo_messaging.Target(topic=TOPIC, version=self.VERSION)
-        self._client = oslo_messaging.get_rpc_client(transport, target, timeout=timeout)
+        self._transport = transport
+        self._timeout = timeout
+        self._clients: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def _client_for(self, host: str):
+        with self._lock:
+            client = self._clients.get(host)
+            if client is None:
+                transport = (self._transport.for_node(host)
+                             if hasattr(self._transport, 'for_node') else self._transport)
+                target = oslo_messaging.Target(topic=TOPIC, version=self.VERSION)
+                client = oslo_messaging.get_rpc_client(transport, target, timeout=self._timeout)
+                self._clients[host] = client
+            return client
 
     def _cctxt(self, host: str, timeout: float | None = None):
-        return self._client.prepare(server=host, version=self.VERSION,
-                                    **({'timeout': timeout} if timeout else {}))
+        return self._client_for(host).prepare(server=host, version=self.VERSION,
+                                              **({'timeout': timeout} if timeout else {}))
 
     def boot_instance(self, host: str, spec: dict) -> dict:
         """Ask node ``host`` to boot ``spec``; {job_id, uuid[, existing]}."""

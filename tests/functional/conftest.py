@@ -4,7 +4,6 @@ Prerequisites (tools/setup-node.sh, tools/build-test-guest.sh) are checked and a
 FAILS the run: a skipped functional test would hide a break. ``COMPUTE_AGENT_VIRT_TYPE``
 (default qemu: TCG) switches every test to kvm where KVM works.
 """
-import configparser
 import contextlib
 import json
 import os
@@ -31,10 +30,10 @@ IMAGES = os.environ.get('COMPUTE_AGENT_IMAGE_DIR', '/var/lib/compute-agent/image
 VIRT_TYPE = os.environ.get('COMPUTE_AGENT_VIRT_TYPE', 'qemu')
 URI = 'qemu:///system'
 MARKER = 'COMPUTE-AGENT-GUEST-READY'
-GUEST_VERSION = 7       # the test guest's /init these tests rely on (agent + identity ports)
-# Broker credentials written by tools/setup-node.sh (TLS to 127.0.0.1:5671, root only): the
-# agent's role may only report to conductors; the control plane's (conductor, these tests'
-# clients) may command nodes.
+GUEST_VERSION = 8       # the test guest's /init these tests rely on (ports, probe, flood)
+# Broker credentials written by tools/setup-node.sh (TLS to 127.0.0.1:5671, root only): each
+# node's own (``node_credentials``: its queues in its own virtual host; it may only report to
+# conductors); the control plane's (conductor, these tests' clients) may command nodes.
 AGENT_CREDS = '/etc/compute-agent/messaging-agent.conf'
 CONTROL_CREDS = '/etc/compute-agent/messaging-control.conf'
 AMQPS_PORT = 5671
@@ -72,14 +71,19 @@ def _check_node():
                     % '; '.join(problems), pytrace=False)
 
 
-def transport_as(creds: str):
-    """An RPC transport with the broker credentials of another role (TLS settings are the
-    same for every role), e.g. what a node's own credentials may do."""
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.read(creds)
-    return oslo_messaging.get_rpc_transport(agent_conf.CONF,
-                                            url=parser['DEFAULT']['transport_url'],
-                                            allowed_remote_exmods=rpc.EXMODS)
+SETUP_NODE = os.path.join(os.path.dirname(__file__), '..', '..', 'tools', 'setup-node.sh')
+
+
+def node_credentials(host: str) -> str:
+    """Node ``host``'s broker user, virtual host and report key (tools/setup-node.sh --node):
+    its credentials file. ``remove_node_credentials`` deletes them."""
+    subprocess.run(['bash', SETUP_NODE, '--node', host], check=True, capture_output=True)
+    return '/etc/compute-agent/messaging-agent-%s.conf' % host
+
+
+def remove_node_credentials(host: str) -> None:
+    subprocess.run(['bash', SETUP_NODE, '--remove-node', host], check=True,
+                   capture_output=True)
 
 
 def _free_port() -> int:
@@ -103,6 +107,7 @@ class Node:
         self.conductor_env: dict = {}
         self.vg = vg
         self.host = 'ftest-%s' % uuidlib.uuid4().hex[:8]
+        self.agent_creds = node_credentials(self.host)
         self.bridge = 'cabr' + self.host[-8:]      # the one bridge this node offers guests
         self.topic = 'conductor-' + self.host
         self.image_dir = os.path.join(workdir, 'images')
@@ -144,9 +149,16 @@ class Node:
         self.created: set[str] = set()
         agent_conf.CONF(['--config-file', self.config, '--config-file', CONTROL_CREDS],
                         project='compute-agent-ftest', default_config_files=[])
-        self.transport = rpc.get_transport(agent_conf.CONF)
-        self.compute = compute_api.ComputeAPI(self.transport, timeout=30)
+        self.transport = rpc.get_transport(agent_conf.CONF)      # the fleet's virtual host
+        self.nodes = rpc.NodeTransports(agent_conf.CONF)          # each node's own
+        self.compute = compute_api.ComputeAPI(self.nodes, timeout=30)
         self.conductor = conductor_api.ConductorAPI(self.transport, self.topic, timeout=30)
+
+    def report_key(self) -> bytes:
+        """This node's report key (the conductor's copy)."""
+        from agent import signing
+        with open('/etc/compute-agent/node-keys/%s.key' % self.host) as f:
+            return signing.parse_key(f.read())
 
     # -- processes --------------------------------------------------------------------------
     def start(self, name: str) -> None:
@@ -162,7 +174,7 @@ class Node:
         log = open(os.path.join(self.workdir, name + '.log'), 'ab')
         env = dict(os.environ, **(self.vg.env if self.vg and name == 'agent' else {}),
                    **(self.agent_env if name == 'agent' else self.conductor_env))
-        files = [self.config, AGENT_CREDS] if name == 'agent' else [
+        files = [self.config, self.agent_creds] if name == 'agent' else [
             self.config, self.conductor_config, CONTROL_CREDS]
         self.procs[name] = subprocess.Popen(
             [sys.executable, '-m', module] + [a for f in files for a in ('--config-file', f)],
@@ -352,18 +364,20 @@ class Node:
         this node in its metadata)."""
         self._remove_domains(self.domains() | set(self.host_domains()))
         self.transport.cleanup()
+        self.nodes.cleanup()
         self._delete_queues()
+        remove_node_credentials(self.host)        # its virtual host and queues with it
 
     def _delete_queues(self) -> None:
-        """This node's RabbitMQ queues (its agent's ``compute.HOST`` and its conductor's topic
-        and server queues), which outlive their consumers; reply and fanout queues expire on
-        their own (oslo.messaging's 30-minute TTL). The deletes run side by side: each
-        rabbitmqctl costs about a second."""
+        """This node's conductor's queues in the fleet's virtual host (report and control
+        topics, their server queues), which outlive their consumers; reply and fanout queues
+        expire on their own (oslo.messaging's 30-minute TTL). The deletes run side by side:
+        each rabbitmqctl costs about a second."""
         listed = subprocess.run(['rabbitmqctl', '-q', 'list_queues', 'name'],
                                 capture_output=True, text=True)
         ours = [q for q in listed.stdout.split()
-                if q == 'compute.' + self.host or q == self.topic
-                or q.startswith(self.topic + '.')]
+                if q == self.topic or q.startswith(self.topic + '.')
+                or q.startswith(self.topic + '_control')]
         deletes = [subprocess.Popen(['rabbitmqctl', '-q', 'delete_queue', q],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                    for q in ours]

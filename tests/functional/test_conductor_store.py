@@ -109,7 +109,7 @@ def pg_node(tmp_path, pg_url):
 def _worker_pids(node) -> set[str]:
     """Pids of the conductor workers that applied reports (their log lines)."""
     with open(os.path.join(node.workdir, 'conductor.log'), errors='replace') as f:
-        return set(re.findall(r'^\S+ \S+ (\d+) DEBUG agent.conductor.manager .*report from',
+        return set(re.findall(r'^\S+ \S+ (\d+) INFO agent.conductor.manager .*report from',
                               f.read(), re.M))
 
 
@@ -171,11 +171,12 @@ def test_a_conductor_restart_answers_every_report_in_flight(tmp_path, workers):
     from agent.conductor import api as conductor_api
     conftest._check_node()
     node = conftest.Node(str(tmp_path), extra_config='[conductor]\nworkers = %d\n' % workers)
-    client = conductor_api.ConductorAPI(node.transport, node.topic, timeout=8)
+    # Signed as the node (its broker user is its agent's: these go with the control plane's).
+    client = conductor_api.ReportAPI(node.transport, node.topic, node.report_key(), timeout=8)
 
     def report(i):
-        client.report('sender-%d' % i, [{'uuid': _uuid(1000 + i), 'seq': time.time_ns(),
-                                         'vm_state': 'active', 'accepted_at': 1.0}], None)
+        client.report(node.host, [{'uuid': _uuid(1000 + i), 'seq': time.time_ns(),
+                                   'vm_state': 'active', 'accepted_at': 1.0}], None)
     try:
         node.start('conductor')
         answered, timeouts = conftest.calls_through_restart(node, 'conductor', report, 12)

@@ -110,7 +110,7 @@ class Crash:
         self.answer = None
         self._thread = None
         # Short: a request the process died in is never answered.
-        self.api = compute_api.ComputeAPI(node.transport, timeout=10)
+        self.api = compute_api.ComputeAPI(node.nodes, timeout=10)
 
     def send(self, call) -> None:
         """``call(api)`` in the background; its answer (or None) kept in ``answer``."""

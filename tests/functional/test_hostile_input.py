@@ -104,7 +104,7 @@ def _footprint(node):
 def test_a_thousand_hostile_payloads_get_clear_errors_and_create_nothing(node):
     before = _footprint(node)
     invalid_before = node.compute.get_stats(node.host)['invalid_requests']
-    client = node.compute._client.prepare(server=node.host, version='1.3')
+    client = node.compute._client_for(node.host).prepare(server=node.host, version='1.3')
     seen = []
 
     @settings(max_examples=EXAMPLES, deadline=None, database=None,
@@ -137,7 +137,6 @@ def test_hostile_valid_requests_touch_nothing_they_do_not_own(node):
     conn.defineXML("<domain type='%s'><name>tenant-tool-%s</name><uuid>%s</uuid>"
                    "<memory unit='MiB'>64</memory><os><type>hvm</type></os></domain>"
                    % (conftest.VIRT_TYPE, foreign[:8], foreign))
-    transport = conftest.transport_as(conftest.AGENT_CREDS)
     try:
         time.sleep(0.5)                          # the agent hears of it by its event
         for _ in range(3):
@@ -158,7 +157,9 @@ def test_hostile_valid_requests_touch_nothing_they_do_not_own(node):
         node.boot(spec)                          # the same uuid again: a new instance
         row = node.wait_states([spec['uuid']], ['active'])[spec['uuid']]
 
-        rogue = conductor_api.ConductorAPI(transport, node.topic, timeout=10)
+        # Signed with the node's own key: what the node itself could send.
+        rogue = conductor_api.ReportAPI(node.transport, node.topic, node.report_key(),
+                                        timeout=10)
         for state in (dict(row, seq=2 ** 63 - 1, vm_state='deleted'),
                       dict(row, seq=10 ** 30)):
             try:
@@ -166,10 +167,14 @@ def test_hostile_valid_requests_touch_nothing_they_do_not_own(node):
                 raise AssertionError('a report from the far future was accepted')
             except exception.InvalidReport:
                 pass
-        assert rogue.report('other-node', [dict(row, host='other-node', seq=row['seq'] + 1,
-                                                vm_state='error')], None) == 0
         try:
-            rogue.report('other-node', [], {'generation': 2 ** 62, 'capacity': {}, 'usage': {}})
+            rogue.report('other-node', [dict(row, host='other-node', seq=row['seq'] + 1,
+                                             vm_state='error')], None)
+            raise AssertionError('a report in another node\'s name was accepted')
+        except exception.InvalidReport:
+            pass
+        try:
+            rogue.report(node.host, [], {'generation': 2 ** 62, 'capacity': {}, 'usage': {}})
             raise AssertionError('a usage generation from the far future was accepted')
         except exception.InvalidReport:
             pass
@@ -179,6 +184,5 @@ def test_hostile_valid_requests_touch_nothing_they_do_not_own(node):
         assert (held['host'], held['vm_state']) == (node.host, 'active')
         node.delete([spec['uuid']])
     finally:
-        transport.cleanup()
         conn.lookupByUUIDString(foreign).undefine()
         conn.close()

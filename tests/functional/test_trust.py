@@ -14,12 +14,10 @@ import time
 import uuid as uuidlib
 
 import libvirt
-import oslo_messaging
 import pytest
 
 from agent import exception
 from agent.conductor import api as conductor_api
-from agent.rpc import api as compute_api
 from agent.virt.libvirt import config as vconfig
 from tests.functional import conftest
 
@@ -108,6 +106,28 @@ def test_the_broker_knows_its_clients():
 CA_FILE = '/etc/compute-agent/tls/ca.pem'
 
 
+def test_files_holding_secrets_are_roots_alone():
+    etc = '/etc/compute-agent'
+    secrets = [os.path.join(etc, n) for n in os.listdir(etc)
+               if n.startswith('messaging-') or n == 'conductor-db.url']
+    keys = os.path.join(etc, 'node-keys')
+    secrets += [os.path.join(keys, n) for n in os.listdir(keys)]
+    assert len(secrets) >= 4, secrets
+    for path in secrets + [keys, os.path.join(etc, 'tls', 'ca.key')]:
+        st = os.stat(path)
+        assert st.st_uid == 0 and st.st_mode & 0o077 == 0, '%s: %o' % (path, st.st_mode)
+
+
+def test_the_erlang_ports_listen_on_loopback_only():
+    """epmd (4369) and the Erlang distribution (25672) let whoever has the cookie run code in
+    the broker: reachable from this host only."""
+    out = subprocess.run(['ss', '-ltnH'], capture_output=True, text=True, check=True).stdout
+    listening = [line.split()[3] for line in out.splitlines()
+                 if line.split()[3].rsplit(':', 1)[1] in ('4369', '25672')]
+    assert {a.rsplit(':', 1)[1] for a in listening} == {'4369', '25672'}, listening
+    assert all(a.startswith(('127.0.0.1:', '[::1]:')) for a in listening), listening
+
+
 def _tls_handshake(cafile: str, hostname: str = 'localhost') -> None:
     ctx = ssl.create_default_context(cafile=cafile)
     with socket.create_connection(('127.0.0.1', conftest.AMQPS_PORT), timeout=5) as sock:
@@ -130,24 +150,28 @@ def test_the_broker_proves_itself_with_the_nodes_ca(tmp_path):
         _tls_handshake(CA_FILE, 'broker.example.org')
 
 
-def test_a_nodes_credentials_cannot_send_rpc_commands_to_nodes(node):
-    """The agent role may publish on the RPC exchange only with the conductor's routing keys.
-    (Raw AMQP through the default exchange, which oslo.messaging needs for replies, is a path
-    these permissions cannot close: see the README's threat model.)"""
-    transport = conftest.transport_as(conftest.AGENT_CREDS)
-    try:
-        as_node = compute_api.ComputeAPI(transport, timeout=10)
-        spec = node.spec()
-        with pytest.raises(oslo_messaging.MessageDeliveryFailure, match='ACCESS_REFUSED'):
-            as_node.boot_instance(node.host, spec)
-        with pytest.raises(oslo_messaging.MessageDeliveryFailure, match='ACCESS_REFUSED'):
-            as_node.delete_instance(node.host, spec['uuid'])
-        # What the role is for still works: reporting to the conductor.
-        as_conductor_client = conductor_api.ConductorAPI(transport, node.topic, timeout=10)
-        assert as_conductor_client.report_count(node.host) >= 0
-    finally:
-        transport.cleanup()
-    assert node.compute.list_instances(node.host) == []
+# A node's credentials reach only its own queues and the report topic: test_rogue_node.py.
+
+
+CONSOLE_MAX = 1024 * 1024      # virtlogd's max_size and max_backups (tools/setup-node.sh)
+CONSOLE_BACKUPS = 2
+
+
+def test_a_flooding_guest_leaves_its_console_log_under_the_cap(node):
+    spec = node.spec(cmdline='console=ttyS0 quiet no_timer_check ca.flood=4')
+    node.boot(spec)
+    node.wait_console(spec['uuid'], 'guest-flood: done', timeout=600)
+    directory = os.path.join(node.instances, spec['uuid'])
+    sizes = {n: os.path.getsize(os.path.join(directory, n)) for n in os.listdir(directory)
+             if n.startswith('console.log')}
+    # 4 MiB written: rolled over, the newest file and the kept ones within the cap.
+    assert len(sizes) == 1 + CONSOLE_BACKUPS, sizes
+    assert all(size <= CONSOLE_MAX for size in sizes.values()), sizes
+    assert sum(sizes.values()) <= (1 + CONSOLE_BACKUPS) * CONSOLE_MAX
+    assert 'guest-flood: done' in node.compute.get_console_output(
+        node.host, spec['uuid'], 4096)['output']
+    node.delete([spec['uuid']])
+    assert not os.path.exists(directory)
 
 
 # -- hole 2: delete destroyed domains the agent does not own --------------------------------------
@@ -193,24 +217,22 @@ def test_a_stale_delete_cannot_destroy_a_newer_instance(node):
 
 # -- hole 4: one bad report wedged the conductor; any node overwrote any other's records -----------
 def test_bad_and_foreign_reports_change_nothing_and_the_conductor_goes_on(node):
-    transport = conftest.transport_as(conftest.AGENT_CREDS)     # what any node can send
-    try:
-        rogue = conductor_api.ConductorAPI(transport, node.topic, timeout=10)
-        spec = node.spec()
-        node.boot(spec)
-        row = node.wait_states([spec['uuid']], ['active'])[spec['uuid']]
-        for bad in ([{'uuid': spec['uuid'], 'seq': 1}],                       # no vm_state
-                    [dict(row, seq=2 ** 62, vm_state='deleted')]):            # far future
-            with pytest.raises(exception.InvalidReport):
-                rogue.report(node.host, bad, None)
-        # Another node's newer state for this node's instance: not applied.
-        assert rogue.report('evil-node', [dict(row, host='evil-node', seq=row['seq'] + 1,
-                                               vm_state='deleted')], None) == 0
-        assert node.conductor.get_instance(spec['uuid'])['host'] == node.host
-        # The conductor is not wedged: the node's own next reports apply.
-        node.delete([spec['uuid']])
-    finally:
-        transport.cleanup()
+    # Signed with the node's own key: what the node itself could send.
+    own = conductor_api.ReportAPI(node.transport, node.topic, node.report_key(), timeout=10)
+    spec = node.spec()
+    node.boot(spec)
+    row = node.wait_states([spec['uuid']], ['active'])[spec['uuid']]
+    for bad in ([{'uuid': spec['uuid'], 'seq': 1}],                           # no vm_state
+                [dict(row, seq=2 ** 62, vm_state='deleted')]):                # far future
+        with pytest.raises(exception.InvalidReport):
+            own.report(node.host, bad, None)
+    # In another node's name (that node's key unknown): refused whole.
+    with pytest.raises(exception.InvalidReport, match='not signed'):
+        own.report('evil-node', [dict(row, host='evil-node', seq=row['seq'] + 1,
+                                      vm_state='deleted')], None)
+    assert node.conductor.get_instance(spec['uuid'])['host'] == node.host
+    # The conductor is not wedged: the node's own next reports apply.
+    node.delete([spec['uuid']])
 
 
 # -- hole 7: bounded work -----------------------------------------------------------------------
