@@ -3,7 +3,6 @@ import eventlet
 
 eventlet.monkey_patch()
 
-import os  # noqa: E402
 import sys  # noqa: E402
 
 from oslo_log import log as logging  # noqa: E402
@@ -11,19 +10,12 @@ from oslo_log import log as logging  # noqa: E402
 from agent import conf  # noqa: E402
 from agent import crashpoints  # noqa: E402
 from agent import exception  # noqa: E402
-
-
-def _lead_own_process_group() -> None:
-    """oslo.messaging's queue manager (reply queues named after the node) reads its process
-    group leader's /proc entry whenever it names a queue: an agent started by a tool that has
-    since exited would fail there. A service leads its own group."""
-    if os.getpgrp() != os.getpid():
-        os.setpgrp()
+from agent import rpc  # noqa: E402
 
 
 def main(argv=None) -> int:
     from agent import service
-    _lead_own_process_group()
+    rpc.lead_own_process_group()
     logging.register_options(conf.CONF)
     conf.CONF(argv if argv is not None else sys.argv[1:], project='compute-agent')
     logging.setup(conf.CONF, 'compute-agent')

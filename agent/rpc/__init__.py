@@ -1,4 +1,5 @@
 """RPC plumbing shared by the agent, the conductor and the CLI."""
+import os
 import threading
 
 import oslo_messaging
@@ -9,6 +10,15 @@ NODE_VHOST_PREFIX = 'node-'    # node NAME's own virtual host (tools/setup-node.
 
 def get_transport(conf, url: str | None = None):
     return oslo_messaging.get_rpc_transport(conf, url=url, allowed_remote_exmods=EXMODS)
+
+
+def lead_own_process_group() -> None:
+    """oslo.messaging's queue manager (``use_queue_manager``: reply queues named after the
+    node) reads its process group leader's /proc entry whenever it names a queue: a process
+    started by a tool that has since exited fails there. A node's process leads its own
+    group."""
+    if os.getpgrp() != os.getpid():
+        os.setpgrp()
 
 
 def node_vhost(host: str) -> str:

@@ -91,6 +91,7 @@ def _serve_as(transport, host: str):
 
 
 def main(creds: str, a_host: str, a_topic: str, a_uuid: str, cap: int) -> dict:
+    rpc.lead_own_process_group()          # as the agent does (use_queue_manager)
     agent_conf.CONF(['--config-file', creds], project='compute-agent-rogue',
                     default_config_files=[])
     own = rpc.get_transport(agent_conf.CONF)             # registers the driver's options
