@@ -48,3 +48,30 @@ def test_the_compute_client_talks_to_each_node_over_that_nodes_transport():
     assert first.transport is routes.transports['n1']
     for t in routes.transports.values():
         t.cleanup()
+
+
+def test_a_process_whose_group_leader_exited_leads_its_own_group():
+    """oslo.messaging's queue manager reads /proc/<process group>/stat whenever it names a
+    reply queue: a process started by a tool that has exited must lead its own group."""
+    import json
+    import os
+    r, w = os.pipe()
+    go_r, go_w = os.pipe()
+    leader = os.fork()
+    if leader == 0:                                  # a tool: leads a group, starts a child
+        os.setpgrp()
+        if os.fork() == 0:
+            os.read(go_r, 1)                         # until the leader exited and was reaped
+            before = os.path.exists('/proc/%d/stat' % os.getpgrp())
+            rpc.lead_own_process_group()
+            after = os.path.exists('/proc/%d/stat' % os.getpgrp())
+            os.write(w, json.dumps([before, after, os.getpgrp() == os.getpid()]).encode())
+            os._exit(0)
+        os._exit(0)
+    os.close(w)
+    os.waitpid(leader, 0)
+    os.write(go_w, b'g')
+    with os.fdopen(r) as f:
+        assert json.loads(f.read()) == [False, True, True]
+    os.close(go_r)
+    os.close(go_w)
