@@ -24,7 +24,8 @@ from agent import exception
 LOG = logging.getLogger(__name__)
 
 MARKER = '.compute-agent-instance'
-MODE = 0o700            # a tenant's console log, disk and memory image: root's (QEMU's) alone
+MODE = 0o700            # a tenant's console log, disk and memory image: root's alone
+GROUP_MODE = 0o710      # with QEMU's group: QEMU may enter (to open its disk), not list
 MAKING = '.making-'
 REMOVING = '.removing-'
 
@@ -32,11 +33,14 @@ REMOVING = '.removing-'
 class InstanceDirs:
     """The marked per-instance directories under ``base``."""
 
-    def __init__(self, base: str, execute=None):
+    def __init__(self, base: str, execute=None, gid: int | None = None):
         """``execute(op, fn, *args)``: where the blocking work runs (fsyncs, removals: the
-        agent's work queue); by default in the caller."""
+        agent's work queue); by default in the caller. ``gid``: QEMU's group, which may enter
+        the directories (mode ``GROUP_MODE``); without it they are root's alone (``MODE``)."""
         self.base = base
         self._execute = execute or (lambda op, fn, *args: fn(*args))
+        self.gid = gid
+        self.mode = MODE if gid is None else GROUP_MODE
 
     def path(self, uuid: str) -> str:
         """The directory of instance ``uuid`` (whether or not it exists)."""
@@ -50,13 +54,16 @@ class InstanceDirs:
     def _create(self, uuid: str) -> str:
         d = self.path(uuid)
         if self._marked(uuid):
-            _tighten(d)
+            self._tighten(d)
             return d
         if os.path.lexists(d):
             raise exception.DirectoryNotOurs(path=d)
         os.makedirs(self.base, exist_ok=True)
         tmp = os.path.join(self.base, '%s%s-%s' % (MAKING, uuid, uuidlib.uuid4().hex[:8]))
         os.mkdir(tmp, MODE)
+        if self.gid is not None:
+            os.chown(tmp, -1, self.gid)
+            os.chmod(tmp, self.mode)
         durable.write_file(os.path.join(tmp, MARKER), uuid + '\n', mode=0o644)
         crashpoints.reached('dir.create.made', uuid)
         if os.path.lexists(d):            # made meanwhile (by a concurrent create of ours?)
@@ -100,9 +107,23 @@ class InstanceDirs:
                         self.path(uuid))
 
     def tighten(self) -> int:
-        """Give every marked directory the mode ``MODE`` (one made by an older agent was
-        world-readable); how many were changed."""
-        return sum(_tighten(path) for path in self.owned().values())
+        """Give every marked directory this node's mode and group (one made by an older agent
+        was world-readable, or root's alone); how many were changed."""
+        return sum(self._tighten(path) for path in self.owned().values())
+
+    def _tighten(self, path: str) -> bool:
+        """Set ``path``'s group and mode to this node's if they differ; whether it did."""
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            return False
+        changed = False
+        if self.gid is not None and st.st_gid != self.gid:
+            os.chown(path, -1, self.gid)
+            changed = True
+        if stat.S_IMODE(st.st_mode) != self.mode:
+            os.chmod(path, self.mode)
+            changed = True
+        return changed
 
     def sweep(self) -> list[str]:
         """Remove what an interrupted create or remove left under a temporary name (only
@@ -137,12 +158,3 @@ class InstanceDirs:
                 self.remove(uuid)
         except FileNotFoundError:
             pass
-
-
-def _tighten(path: str) -> bool:
-    """chmod ``path`` to MODE if it allows more; whether it did."""
-    st = os.lstat(path)
-    if stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) & ~MODE:
-        os.chmod(path, MODE)
-        return True
-    return False

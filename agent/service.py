@@ -3,6 +3,7 @@
 No business logic here. This module, ``agent.workqueue`` and the entry points are the only
 places that know about eventlet.
 """
+import grp
 import logging
 import os
 import signal
@@ -72,6 +73,18 @@ def power_options_from_conf(conf) -> powermod.PowerOptions:
                                  reboot_timeout=p.reboot_timeout)
 
 
+def qemu_gid(name: str) -> int | None:
+    """The gid of QEMU's group ``name`` (None for an empty name)."""
+    if not name:
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise exception.ConfigError(reason='[libvirt] qemu_group: no group %r on this node '
+                                           '(tools/setup-node.sh makes libvirt-qemu)'
+                                    % name) from None
+
+
 def storage_from_conf(conf, runner, dirs: instancedir.InstanceDirs):
     if conf.storage.backend == 'lvm':
         return lvm_storage.LvmBackend(runner, conf.lvm.volume_group,
@@ -101,7 +114,8 @@ class AgentService:
         self.transport = rpc.get_transport(conf)
         self.reporter = self._reporter(conf)
         self.dirs = instancedir.InstanceDirs(conf.instances_path,     # their one owner
-                                             self.runtime.workqueue.execute)
+                                             self.runtime.workqueue.execute,
+                                             qemu_gid(conf.libvirt.qemu_group))
         self.driver = libvirt_driver.LibvirtDriver(conf.libvirt, conf.host, self.dirs,
                                                    self.runtime, libvirt_mod)
         self.commands = commands.CommandRunner(

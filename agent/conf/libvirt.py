@@ -24,6 +24,12 @@ opts = [
                help='Unanswered keepalive probes before the connection is considered dead.'),
     cfg.FloatOpt('reconnect_interval', default=1.0, min=0.05,
                  help='Seconds between attempts to reconnect to libvirtd after it went away.'),
+    cfg.StrOpt('qemu_group', default='libvirt-qemu',
+               help='The group QEMU runs as (qemu.conf "group"; Debian\'s is libvirt-qemu). '
+                    'Instance directories are root\'s with this group, mode 0710, so QEMU can '
+                    'open the disk that libvirt chowns to it, while no other user can enter. '
+                    'Empty: the directories are root\'s alone (0700), for QEMU running as '
+                    'root.'),
     cfg.StrOpt('identity_socket_dir', default='/run/compute-agent/identity',
                help='Where the host sides of the identity ports of warm-pool instances live '
                     '(one unix socket per instance, <uuid>.sock; a unix socket path is at '

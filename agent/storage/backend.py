@@ -17,6 +17,7 @@ class Disk:
     path: str
     format: str          # raw | qcow2
     kind: str            # block | file
+    backing: tuple[str, str] | None = None   # (image, its format) under a qcow2 overlay
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ from agent.storage import operations
 LOG = logging.getLogger(__name__)
 
 DISK_NAME = operations.DISK_FILE
-DISK_MODE = 0o600       # qemu-img makes it 0644; QEMU runs as root here
+DISK_MODE = 0o600       # qemu-img makes it 0644; libvirt chowns it to QEMU while it runs
 
 
 class FileBackend(backend.StorageBackend):
@@ -79,7 +79,8 @@ class FileBackend(backend.StorageBackend):
             self.delete_disks(uuid)
             raise exception.StorageError(reason='%s: %s' % (path, exc)) from None
         LOG.info('[instance: %s] created %s (%d bytes)', uuid, path, size)
-        return backend.Disk(path=path, format='qcow2', kind='file')
+        return backend.Disk(path=path, format='qcow2', kind='file',
+                            backing=(image, image_format) if image else None)
 
     def adopt_disk(self, owner: str, uuid: str) -> backend.Disk:
         """A rename into the instance's marked directory (same filesystem: atomic)."""
@@ -92,7 +93,8 @@ class FileBackend(backend.StorageBackend):
             raise exception.StorageError(reason='moving the disk of %s to %s: %s'
                                          % (owner, path, exc)) from None
         LOG.info('[instance: %s] took the disk of spare %s', uuid, owner)
-        return backend.Disk(path=path, format='qcow2', kind='file')
+        return backend.Disk(path=path, format='qcow2', kind='file',
+                            backing=images.backing_of(path))
 
     def delete_disks(self, uuid: str) -> None:
         path = self._disk_path(uuid)

@@ -94,6 +94,19 @@ def _free_port() -> int:
     return port
 
 
+def qemu_may_enter(path: str) -> None:
+    """Let QEMU (uid libvirt-qemu) traverse ``path`` and every directory above it: pytest
+    makes its temporary directories 0700. Search only (o+x): no listing."""
+    path = os.path.abspath(path)
+    while True:
+        mode = os.stat(path).st_mode
+        if not mode & 0o001:
+            os.chmod(path, (mode & 0o7777) | 0o001)
+        if path == '/':
+            return
+        path = os.path.dirname(path)
+
+
 class Node:
     """The running agent + conductor, their RPC clients, and direct libvirt access."""
 
@@ -101,6 +114,7 @@ class Node:
                  extra_config: str = '', agent_env: dict | None = None,
                  conductor_db: str | None = None):
         self.workdir = workdir
+        qemu_may_enter(workdir)
         # The conductor's store: a SQLite file (the embedded default) or a database URL.
         self.conductor_db = conductor_db or os.path.join(workdir, 'conductor.sqlite')
         self.agent_env = dict(agent_env or {})

@@ -4,8 +4,10 @@ agent touches only what it made, the conductor survives bad reports, storage wor
 Each test reproduces one of the holes found on the earlier code (issue 11) and shows it closed.
 """
 import concurrent.futures
+import grp
 import json
 import os
+import pwd
 import socket
 import ssl
 import subprocess
@@ -292,3 +294,66 @@ def test_only_root_reaches_libvirtds_read_write_socket():
     # Whoever opens it commands every domain of the node: its file mode keeps it root's.
     st = os.stat('/run/libvirt/libvirt-sock')
     assert st.st_uid == 0 and st.st_mode & 0o077 == 0, oct(st.st_mode)
+
+
+# -- QEMU as root, unconfined ---------------------------------------------------------------------
+def _qemu_of(uuid: str) -> int:
+    """The pid of the QEMU process running domain ``uuid`` (its command line names it)."""
+    for pid in os.listdir('/proc'):
+        if not pid.isdigit():
+            continue
+        try:
+            with open('/proc/%s/cmdline' % pid, 'rb') as f:
+                argv = f.read().split(b'\0')
+        except OSError:
+            continue
+        if b'-uuid' in argv and argv[argv.index(b'-uuid') + 1] == uuid.encode():
+            return int(pid)
+    raise AssertionError('no QEMU process for %s' % uuid)
+
+
+def _ids(pid: int) -> tuple[set[int], set[int], set[int]]:
+    """(uids, gids, supplementary groups) of process ``pid``."""
+    fields = {}
+    with open('/proc/%d/status' % pid) as f:
+        for line in f:
+            key, _, value = line.partition(':')
+            if key in ('Uid', 'Gid', 'Groups'):
+                fields[key] = {int(v) for v in value.split()}
+    return fields['Uid'], fields['Gid'], fields['Groups']
+
+
+def test_qemu_runs_as_libvirt_qemu_with_kvm_and_only_its_own_files(node):
+    qemu_uid, qemu_gid = pwd.getpwnam('libvirt-qemu').pw_uid, grp.getgrnam('libvirt-qemu').gr_gid
+    kvm_gid = grp.getgrnam('kvm').gr_gid
+    st = os.stat('/dev/kvm')
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, kvm_gid, 0o660)  # as udev makes it
+    spec = node.spec(disk_gb=1, image='test-disk.raw')
+    node.boot(spec)
+    node.wait_states([spec['uuid']], ['active'])
+    uids, gids, groups = _ids(_qemu_of(spec['uuid']))
+    assert uids == {qemu_uid} and gids == {qemu_gid}, (uids, gids)   # real, effective, saved, fs
+    assert kvm_gid in groups and 0 not in groups
+    # The instance directory: root's, QEMU's group may enter (not list), nobody else.
+    directory = os.path.join(node.instances, spec['uuid'])
+    st = os.stat(directory)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, qemu_gid, 0o710)
+    # Its disk: QEMU's while the domain runs (libvirt's dynamic ownership), nobody else's.
+    disk = os.stat(os.path.join(directory, 'disk.qcow2'))
+    assert (disk.st_uid, disk.st_mode & 0o077) == (qemu_uid, 0)
+    # The shared image under the overlay stays root's: QEMU may read it, never write it.
+    image = os.path.join(node.image_dir, 'test-disk.raw')
+    assert (os.stat(image).st_uid, os.stat(image).st_mode & 0o022) == (0, 0)
+    # The same image as a transient disk, while it is another's backing file: shared,
+    # read-only, still root's.
+    transient = node.spec(image='test-disk.raw')
+    node.boot(transient)
+    node.wait_states([transient['uuid']], ['active'])
+    assert os.stat(image).st_uid == 0
+    # The kernel is QEMU's while a domain runs (libvirt chowns it, with no way to opt out);
+    # libvirt gives it back to root when the last domain using it is gone.
+    kernel = os.path.join(node.image_dir, 'test-vmlinuz')
+    assert os.stat(kernel).st_uid == qemu_uid
+    node.delete([spec['uuid'], transient['uuid']])
+    assert not os.path.exists(directory)
+    assert os.stat(image).st_uid == 0 and os.stat(kernel).st_uid == 0

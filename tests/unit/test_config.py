@@ -39,7 +39,24 @@ def test_kvm_has_no_tcg_features_and_disk_boot_has_boot_dev():
     disk = root.find('devices/disk')
     assert disk.find('source').get('file') == '/img/d.qcow2'
     assert disk.find('driver').get('type') == 'qcow2'
-    assert disk.find('transient') is not None
+    assert disk.find('transient').get('shareBacking') == 'yes'
+    # The shared image is read by QEMU, never chowned to it (dynamic ownership left out).
+    assert disk.find('source/seclabel').attrib == {'model': 'dac', 'relabel': 'no'}
+
+
+def test_an_overlays_image_is_named_and_kept_roots():
+    root = ET.fromstring(guest(disks=(vconfig.DiskConfig(
+        '/inst/u/disk.qcow2', 'qcow2', backing=('/img/base.raw', 'raw')),)).to_xml())
+    disk = root.find('devices/disk')
+    assert disk.find('source').get('file') == '/inst/u/disk.qcow2'
+    assert disk.find('source/seclabel') is None        # the instance's own: QEMU's while it runs
+    store = disk.find('backingStore')
+    assert store.find('format').get('type') == 'raw'
+    assert store.find('source').get('file') == '/img/base.raw'
+    assert store.find('source/seclabel').attrib == {'model': 'dac', 'relabel': 'no'}
+    assert list(store.find('backingStore')) == []       # the chain ends there
+    plain = ET.fromstring(guest(disks=(vconfig.DiskConfig('/dev/vg/lv'),)).to_xml())
+    assert plain.find('devices/disk/backingStore') is None
 
 
 def test_nics():

@@ -76,3 +76,21 @@ def test_directories_are_roots_alone_and_an_older_agents_are_tightened(tmp_path)
     os.chmod(dirs.path(older), 0o755)
     dirs.create(older)                              # kept, and tightened
     assert os.stat(dirs.path(older)).st_mode & 0o777 == 0o700
+
+
+def test_with_qemus_group_qemu_may_enter_and_an_older_root_only_directory_is_opened_to_it(
+        tmp_path):
+    # As root any gid will do; otherwise a group of ours (chown to it is allowed).
+    gid = 4242 if os.geteuid() == 0 else os.getegid()
+    dirs = instancedir.InstanceDirs(str(tmp_path), gid=gid)
+    st = os.stat(dirs.create(U1))
+    assert (st.st_mode & 0o777, st.st_gid) == (0o710, gid)
+    older = str(uuidlib.uuid4())                  # made when QEMU ran as root: 0700, root's group
+    os.makedirs(dirs.path(older), 0o700)
+    with open(os.path.join(dirs.path(older), instancedir.MARKER), 'w') as f:
+        f.write(older + '\n')
+    os.chmod(dirs.path(older), 0o755)
+    assert dirs.tighten() == 1
+    st = os.stat(dirs.path(older))
+    assert (st.st_mode & 0o777, st.st_gid) == (0o710, gid)
+    assert dirs.tighten() == 0

@@ -60,7 +60,7 @@ def test_domain_xml_is_what_was_asked(agent, hv):
     assert "type=\"qemu\"" in xml or "type='qemu'" in xml
     assert '<name>ca-%s</name>' % U1 in xml
     assert 'br0' in xml and '52:54:00:00:00:01' in xml
-    assert '<transient />' in xml and 'type="qcow2"' in xml
+    assert '<transient shareBacking="yes" />' in xml and 'type="qcow2"' in xml
 
 
 def test_a_start_libvirt_calls_busy_is_tried_again_and_other_failures_are_not(agent, hv):

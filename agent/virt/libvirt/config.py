@@ -30,6 +30,7 @@ class DiskConfig:
     target: str = 'vda'
     source_type: str = 'file'    # file | block
     transient: bool = False      # writes go to a throw-away overlay; the source is never written
+    backing: tuple[str, str] | None = None   # (image, format) under a qcow2 overlay
 
 
 USER_NIC_FIRST_SLOT = 0x10      # user NICs take slots 0x10.. (agent.spec.MAX_USER_NICS of them)
@@ -153,11 +154,24 @@ class GuestConfig:
     def _disk(devices: ET.Element, disk: DiskConfig) -> None:
         el = ET.SubElement(devices, 'disk', type=disk.source_type, device='disk')
         ET.SubElement(el, 'driver', name='qemu', type=disk.format)
-        ET.SubElement(el, 'source', **({'dev': disk.path} if disk.source_type == 'block'
-                                       else {'file': disk.path}))
+        source = ET.SubElement(el, 'source', **({'dev': disk.path}
+                                                if disk.source_type == 'block'
+                                                else {'file': disk.path}))
+        if disk.transient:
+            _keep_owner(source)       # the shared image: QEMU reads it under its overlay
+        if disk.backing:
+            # Named, so libvirt leaves the shared image root's: dynamic ownership would chown
+            # it to QEMU and, for a backing file, never give it back.
+            store = ET.SubElement(el, 'backingStore', type='file')
+            ET.SubElement(store, 'format', type=disk.backing[1])
+            _keep_owner(ET.SubElement(store, 'source', file=disk.backing[0]))
+            ET.SubElement(store, 'backingStore')
         ET.SubElement(el, 'target', dev=disk.target, bus='virtio')
         if disk.transient:
-            ET.SubElement(el, 'transient')
+            # shareBacking: libvirt puts the overlay on before QEMU opens the image, so QEMU
+            # opens it read-only, and any number of domains share it (without it QEMU opened
+            # the image for writing, and a second domain on it failed on the write lock).
+            ET.SubElement(el, 'transient', shareBacking='yes')
 
     @staticmethod
     def _nic(devices: ET.Element, nic: NicConfig) -> None:
@@ -166,6 +180,11 @@ class GuestConfig:
         if nic.type == 'bridge':
             ET.SubElement(el, 'source', bridge=nic.bridge)
         ET.SubElement(el, 'model', type=nic.model)
+
+
+def _keep_owner(source: ET.Element) -> None:
+    """libvirt's dynamic ownership leaves this file as it is (root's, read by QEMU)."""
+    ET.SubElement(source, 'seclabel', model='dac', relabel='no')
 
 
 ET.register_namespace('ca', METADATA_NS)

@@ -167,6 +167,7 @@ class LibvirtDriver(vlisting.Listing, vwarm.WarmDomains, driver.ComputeDriver):
         facts = self.host.facts()
         if disks:
             disks = tuple(vconfig.DiskConfig(path=d.path, format=d.format, source_type=d.kind,
+                                             backing=d.backing,
                                              target='vd' + chr(ord('a') + i))
                           for i, d in enumerate(disks))
         elif spec.image:
