@@ -95,16 +95,35 @@ def _free_port() -> int:
 
 
 def qemu_may_enter(path: str) -> None:
-    """Let QEMU (uid libvirt-qemu) traverse ``path`` and every directory above it: pytest
-    makes its temporary directories 0700. Search only (o+x): no listing."""
-    path = os.path.abspath(path)
+    """Let QEMU (uid libvirt-qemu) traverse the test work directory ``path``: pytest makes its
+    temporary directories 0700. Search only (o+x), up to the session's base directory; the
+    directories above it must let QEMU through already (tox gives the functional tests
+    /var/tmp/compute-agent-functional)."""
+    path = os.path.realpath(path)
+    top = os.path.realpath(str(_basetemp))
+    assert path == top or path.startswith(top + os.sep), (path, top)
     while True:
         mode = os.stat(path).st_mode
         if not mode & 0o001:
             os.chmod(path, (mode & 0o7777) | 0o001)
-        if path == '/':
-            return
+        if path == top:
+            break
         path = os.path.dirname(path)
+    while path != '/':
+        path = os.path.dirname(path)
+        assert os.stat(path).st_mode & 0o001, (
+            '%s: QEMU cannot traverse it to the tests\' images; run the functional tests with '
+            '--basetemp under a directory it can (tox does: /var/tmp)' % path)
+
+
+_basetemp = None
+
+
+@pytest.fixture(scope='session', autouse=True)
+def _session_basetemp(tmp_path_factory):
+    """The session's base directory (autouse: set before any node is made)."""
+    global _basetemp
+    _basetemp = tmp_path_factory.getbasetemp()
 
 
 class Node:
