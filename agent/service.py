@@ -35,6 +35,7 @@ from agent.storage import commands
 from agent.storage import file as file_storage
 from agent.storage import lvm as lvm_storage
 from agent.storage import operations
+from agent.storage import seeds as seedsmod
 from agent.virt.libvirt import driver as libvirt_driver
 from agent.warm import pools as poolsmod
 
@@ -126,6 +127,8 @@ class AgentService:
             env={'LVM_SYSTEM_DIR': conf.lvm.lvm_system_dir} if conf.lvm.lvm_system_dir else {},
             timeout=conf.storage.command_timeout)
         self.storage = storage_from_conf(conf, self.commands, self.dirs)
+        self.seeds = seedsmod.SeedDisks(self.commands, self.dirs,
+                                        self.runtime.workqueue.execute)
         self.journal = journalmod.JobJournal(conf.jobs.journal,
                                              self.runtime.workqueue.execute_urgent,
                                              sleep=self.runtime.sleep)
@@ -136,7 +139,7 @@ class AgentService:
             max_boot_attempts=conf.jobs.max_boot_attempts,
             reconnect_interval=conf.libvirt.reconnect_interval, tracer=self.tracer,
             metrics=self.metrics, power=power_options_from_conf(conf),
-            ready_within=conf.readiness.expect_within,
+            ready_within=conf.readiness.expect_within, seeds=self.seeds,
             pools=poolsmod.pools_from_conf(conf, limits_from_conf(conf)),
             warm={'quiet_seconds': conf.warm.quiet_seconds,
                   'ready_timeout': conf.warm.ready_timeout,

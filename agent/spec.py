@@ -3,9 +3,11 @@
 A spec that passes ``validate_boot_spec`` is safe to put into domain XML and paths: names are
 restricted to a small character set and every file it names resolves inside the image directory.
 """
+import base64
 import dataclasses
 import os
 import re
+import struct
 import uuid as uuidlib
 
 from agent import exception
@@ -18,6 +20,23 @@ MAC_RE = re.compile(r'[0-9a-f]{2}(:[0-9a-f]{2}){5}')
 # Patterns are used with fullmatch (``$`` would accept a trailing newline).
 # Kernel command lines are free text for the guest; keep them printable and bounded.
 CMDLINE_RE = re.compile(r'[\x20-\x7e]{0,1024}')
+
+# What a cloud image's guest gets in its NoCloud seed (agent.nocloud): bounded, and checked
+# here so that nothing malformed reaches the seed.
+MAX_USER_DATA = 64 * 1024           # bytes, UTF-8
+MAX_SSH_KEYS = 16
+MAX_SSH_KEY_LEN = 8192
+MAX_META = 16
+MAX_META_VALUE = 256
+HOSTNAME_LABEL_RE = re.compile(r'[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?')
+META_KEY_RE = re.compile(r'[A-Za-z0-9_.-]{1,64}')
+# An OpenSSH public key line: type, base64 blob, optional comment; no options (a
+# "command=..." prefix would be honoured by sshd), no second line.
+SSH_KEY_TYPES = ('ssh-ed25519', 'ssh-rsa', 'ecdsa-sha2-nistp256', 'ecdsa-sha2-nistp384',
+                 'ecdsa-sha2-nistp521', 'sk-ssh-ed25519@openssh.com',
+                 'sk-ecdsa-sha2-nistp256@openssh.com')
+SSH_KEY_RE = re.compile(r'(\S+) ([A-Za-z0-9+/]+={0,3})( [\x20-\x7e]{1,255})?')
+SEED_FIELDS = ('user_data', 'ssh_keys', 'hostname', 'meta')
 
 NIC_TYPES = ('user', 'bridge')
 MAX_USER_NICS = 8       # the libvirt driver pins them to PCI slots of their own
@@ -62,6 +81,16 @@ class BootSpec:
     disk_gb: int = 0            # >0: a root disk of this size from the storage backend
     files: tuple[CheckedFile, ...] = ()
     pool: str | None = None     # a warm pool: restored from one of its spares if it has one
+    # The guest's own data, delivered as a NoCloud seed disk (agent.nocloud):
+    user_data: str | None = None
+    ssh_keys: tuple[str, ...] = ()
+    hostname: str | None = None
+    meta: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def seeded(self) -> bool:
+        """Whether the guest gets a seed disk (the spec gave any of its fields)."""
+        return bool(self.user_data or self.ssh_keys or self.hostname or self.meta)
 
     @property
     def image_format(self) -> str:
@@ -82,7 +111,9 @@ class BootSpec:
         """The inverse of ``to_dict`` (a spec validated before, e.g. read from the journal)."""
         return cls(**dict(d, nics=tuple(Nic(**n) for n in d.get('nics') or ()),
                           files=tuple(CheckedFile(**dict(f, identity=tuple(f['identity'])))
-                                      for f in d.get('files') or ())))
+                                      for f in d.get('files') or ()),
+                          ssh_keys=tuple(d.get('ssh_keys') or ()),
+                          meta=tuple(tuple(kv) for kv in d.get('meta') or ())))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,8 +237,82 @@ def _nics(spec: dict, limits: Limits) -> tuple[Nic, ...]:
     return tuple(nics)
 
 
+def _user_data(spec: dict) -> str | None:
+    value = spec.get('user_data')
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _invalid('user_data', 'must be a string')
+    if '\0' in value:
+        raise _invalid('user_data', 'must not contain NUL bytes')
+    size = len(value.encode('utf-8', 'surrogatepass'))
+    if size > MAX_USER_DATA:
+        raise _invalid('user_data', 'at most %d bytes, got %d' % (MAX_USER_DATA, size))
+    try:
+        value.encode('utf-8')
+    except UnicodeEncodeError:
+        raise _invalid('user_data', 'must be valid UTF-8') from None
+    return value or None
+
+
+def _ssh_key(field: str, value) -> str:
+    if not isinstance(value, str) or len(value) > MAX_SSH_KEY_LEN:
+        raise _invalid(field, 'must be a string of at most %d characters' % MAX_SSH_KEY_LEN)
+    m = SSH_KEY_RE.fullmatch(value)
+    if m is None or m.group(1) not in SSH_KEY_TYPES:
+        raise _invalid(field, 'must be one OpenSSH public key line: TYPE BASE64 [COMMENT], '
+                              'TYPE one of %s, no options' % ', '.join(SSH_KEY_TYPES))
+    try:
+        blob = base64.b64decode(m.group(2), validate=True)
+    except ValueError:
+        raise _invalid(field, 'the key is not valid base64') from None
+    # The blob starts with its own type, length-prefixed: a key whose parts disagree is not one.
+    kind = m.group(1).encode()
+    if blob[:4] != struct.pack('>I', len(kind)) or blob[4:4 + len(kind)] != kind:
+        raise _invalid(field, 'the key data is not a %s key' % m.group(1))
+    return value
+
+
+def _ssh_keys(spec: dict) -> tuple[str, ...]:
+    value = spec.get('ssh_keys', [])
+    if not isinstance(value, list):
+        raise _invalid('ssh_keys', 'must be a list')
+    if len(value) > MAX_SSH_KEYS:
+        raise _invalid('ssh_keys', 'at most %d keys, got %d' % (MAX_SSH_KEYS, len(value)))
+    return tuple(_ssh_key('ssh_keys[%d]' % i, key) for i, key in enumerate(value))
+
+
+def _hostname(spec: dict) -> str | None:
+    value = spec.get('hostname')
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= 253 or \
+            not all(HOSTNAME_LABEL_RE.fullmatch(label) for label in value.split('.')):
+        raise _invalid('hostname', 'must be a host name (RFC 1123): dot-separated labels of '
+                                   '1-63 letters, digits and inner "-", at most 253 in all')
+    return value
+
+
+def _meta(spec: dict) -> tuple[tuple[str, str], ...]:
+    value = spec.get('meta', {})
+    if not isinstance(value, dict):
+        raise _invalid('meta', 'must be an object of strings')
+    if len(value) > MAX_META:
+        raise _invalid('meta', 'at most %d keys, got %d' % (MAX_META, len(value)))
+    out = []
+    for key in sorted(value, key=str):
+        if not isinstance(key, str) or not META_KEY_RE.fullmatch(key):
+            raise _invalid('meta', 'key %r: 1-64 letters, digits, ".", "_", "-"' % str(key)[:64])
+        item = value[key]
+        if not isinstance(item, str) or len(item) > MAX_META_VALUE or not item.isprintable():
+            raise _invalid('meta.%s' % key, 'must be printable text of at most %d characters'
+                           % MAX_META_VALUE)
+        out.append((key, item))
+    return tuple(out)
+
+
 BOOT_FIELDS = frozenset({'uuid', 'name', 'vcpus', 'memory_mb', 'image', 'kernel', 'initrd',
-                         'cmdline', 'nics', 'disk_gb', 'pool'})
+                         'cmdline', 'nics', 'disk_gb', 'pool', *SEED_FIELDS})
 
 
 def validate_boot_spec(spec, limits: Limits) -> BootSpec:
@@ -237,7 +342,15 @@ def validate_boot_spec(spec, limits: Limits) -> BootSpec:
         raise exception.InvalidSpec(
             reason='disk_gb: %d GiB is smaller than image %s (%.1f GiB)'
             % (disk_gb, os.path.basename(image), image_size / 1024 ** 3))
+    pool = _str(spec, 'pool', NAME_RE, 'a warm pool\'s name')
+    seed = dict(user_data=_user_data(spec), ssh_keys=_ssh_keys(spec), hostname=_hostname(spec),
+                meta=_meta(spec))
+    if pool is not None and any(seed.values()):
+        # A restored spare has booted already: it would never read a seed. Its identity
+        # comes another way (not yet built).
+        raise _invalid(next(k for k in SEED_FIELDS if seed[k]),
+                       'not with a warm pool: a restored guest reads no seed')
     return BootSpec(uuid=uuid, name=name or 'instance-%s' % uuid[:8], vcpus=vcpus,
                     memory_mb=memory_mb, image=image, kernel=kernel, initrd=initrd,
                     cmdline=cmdline, nics=_nics(spec, limits), disk_gb=disk_gb, files=files,
-                    pool=_str(spec, 'pool', NAME_RE, 'a warm pool\'s name'))
+                    pool=pool, **seed)

@@ -26,7 +26,7 @@ IMAGE_DIR=${1:-/var/lib/compute-agent/images}
 FORCE=${2:-}
 [ "$IMAGE_DIR" = --force ] && { IMAGE_DIR=/var/lib/compute-agent/images; FORCE=--force; }
 MARKER=COMPUTE-AGENT-GUEST-READY
-GUEST_VERSION=8      # bump when /init changes: older builds are then rebuilt
+GUEST_VERSION=9      # bump when /init changes: older builds are then rebuilt
 
 if [ -s "$IMAGE_DIR/test-vmlinuz" ] && [ -s "$IMAGE_DIR/test-initrd.img" ] && [ "$FORCE" != --force ] &&
    [ "$(cat "$IMAGE_DIR/test-guest.version" 2>/dev/null)" = "$GUEST_VERSION" ]; then
@@ -50,7 +50,8 @@ cp /bin/busybox initrd/bin/busybox
 for m in drivers/virtio/virtio.ko drivers/virtio/virtio_ring.ko drivers/virtio/virtio_pci_modern_dev.ko \
          drivers/virtio/virtio_pci_legacy_dev.ko drivers/virtio/virtio_pci.ko drivers/block/virtio_blk.ko \
          net/core/failover.ko drivers/net/net_failover.ko drivers/net/virtio_net.ko \
-         drivers/input/evdev.ko drivers/acpi/button.ko drivers/char/virtio_console.ko; do
+         drivers/input/evdev.ko drivers/acpi/button.ko drivers/char/virtio_console.ko \
+         drivers/cdrom/cdrom.ko fs/isofs/isofs.ko; do
     for f in "$mods/$m" "$mods/$m.xz"; do
         if [ -f "$f" ]; then
             case "$f" in *.xz) xz -dc "$f" >"initrd/lib/modules/$(basename "$m")" ;; *) cp "$f" initrd/lib/modules/ ;; esac
@@ -62,7 +63,7 @@ cat >initrd/init <<INIT
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev 2>/dev/null
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk failover net_failover virtio_net evdev button virtio_console; do
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk failover net_failover virtio_net evdev button virtio_console cdrom isofs; do
     [ -f /lib/modules/\$m.ko ] && { insmod /lib/modules/\$m.ko || echo "guest-insmod-failed: \$m" >/dev/ttyS0; }
 done
 # The ACPI power button (libvirt's shutdown/reboot --mode acpi): any event on its input device powers off.
@@ -115,6 +116,16 @@ done
 for n in /sys/class/net/*; do
     [ "\$(basename \$n)" = lo ] || echo "guest-nic: \$(basename \$n) \$(cat \$n/address)" >/dev/ttyS0
 done
+# A NoCloud seed (a disk labelled cidata): print its files line by line, as cloud-init would
+# read them ("guest-seed FILE: LINE"), then "guest-seed: done".
+seed=\$(findfs LABEL=cidata 2>/dev/null)
+if [ -n "\$seed" ] && mkdir -p /seed && mount -t iso9660 -o ro "\$seed" /seed; then
+    echo "guest-seed: \$(basename \$seed) cidata" >/dev/ttyS0
+    for f in meta-data user-data network-config; do
+        [ -f /seed/\$f ] && sed "s/^/guest-seed \$f: /" /seed/\$f >/dev/ttyS0
+    done
+    echo "guest-seed: done" >/dev/ttyS0
+fi
 probe=\$(sed -n 's/.*ca\.probe=\([0-9,]*\).*/\1/p' /proc/cmdline)
 if [ -n "\$probe" ]; then
     ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2

@@ -30,7 +30,7 @@ KEYS_DIR=$ETC/node-keys
 
 PKGS=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
       libvirt-dev pkg-config gcc python3-venv python3-dev rabbitmq-server lvm2
-      busybox-static cpio xz-utils iproute2 procps openssl)
+      busybox-static cpio xz-utils iproute2 procps openssl genisoimage)
 
 log() { printf '[setup-node] %s\n' "$*"; }
 

@@ -43,6 +43,13 @@ def _add_boot(sub) -> None:
     b.add_argument('--disk-gb', type=int, default=0, help='root disk from the storage backend')
     b.add_argument('--nic', action='append', default=[],
                    help='"user" or "bridge:NAME" (repeatable)')
+    b.add_argument('--user-data', metavar='FILE', help='the guest\'s user data (cloud-init), '
+                   'read from FILE (- for stdin)')
+    b.add_argument('--ssh-key', metavar='FILE', action='append', default=[],
+                   help='a file of OpenSSH public keys, one per line (repeatable)')
+    b.add_argument('--hostname', help='the guest\'s host name (with --count: NAME-INDEX)')
+    b.add_argument('--meta', metavar='KEY=VALUE', action='append', default=[],
+                   help='metadata for the guest (repeatable)')
     b.add_argument('--count', type=int, default=1)
     b.add_argument('--wait', action='store_true', help='wait until every instance is active')
     b.add_argument('--ready', action='store_true',
@@ -124,6 +131,14 @@ def _spec(args, uuid: str, index: int) -> dict:
         nics.append({'type': kind, 'bridge': bridge} if bridge else {'type': kind})
     if nics:
         spec['nics'] = nics
+    if args.user_data_text is not None:
+        spec['user_data'] = args.user_data_text
+    if args.ssh_keys:
+        spec['ssh_keys'] = args.ssh_keys
+    if args.hostname:
+        spec['hostname'] = args.hostname if args.count == 1 else '%s-%d' % (args.hostname, index)
+    if args.meta:
+        spec['meta'] = dict(item.partition('=')[::2] for item in args.meta)
     return spec
 
 
@@ -141,6 +156,15 @@ def cmd_boot(args, compute, conductor) -> int:
         print('--uuid needs --count 1', file=sys.stderr)
         return 2
     uuids = [args.uuid or str(uuidlib.uuid4()) for _ in range(args.count)]
+    args.user_data_text = None             # read once for every instance
+    if args.user_data:
+        with (sys.stdin if args.user_data == '-' else open(args.user_data)) as f:
+            args.user_data_text = f.read()
+    args.ssh_keys = []
+    for path in args.ssh_key:
+        with open(path) as f:
+            args.ssh_keys += [line.strip() for line in f
+                              if line.strip() and not line.startswith('#')]
     sent = {}
 
     def boot(i, uuid):

@@ -38,9 +38,10 @@ class Core:
                  runtime, reporter, host: str, journal: journalmod.JobJournal,
                  dirs: instancedir.InstanceDirs, allocation: resources.Allocation,
                  job_retention: float, tracer: tracemod.NullTracer | None,
-                 metrics: metricsmod.NullMetrics | None):
+                 metrics: metricsmod.NullMetrics | None, seeds=None):
         self.driver = driver
         self.storage = storage
+        self.seeds = seeds          # NoCloud seed disks (agent.storage.seeds)
         self.runtime = runtime
         self.reporter = reporter
         self.host = host

@@ -90,6 +90,10 @@ class Tasks:
         if spec.disk_gb:
             disks.append(core.storage.create_root_disk(
                 spec.uuid, spec.disk_gb * storage_backend.GiB, spec.image, spec.image_format))
+        if spec.seeded:
+            if core.seeds is None:
+                raise exception.StorageError(reason='this agent makes no seed disks')
+            disks.append(core.seeds.create(spec))
         core.driver.spawn(spec, tuple(disks))
         core.send_identity(inst)   # a pool's instance booted cold: the same devices too
 
@@ -122,7 +126,10 @@ class Tasks:
         if (isinstance(exc, exception.HypervisorUnavailable)
                 and self._settled_running(job, inst, reason)):
             return
-        if disks:   # a disk that failed half-way was removed by the backend
+        if any(d.readonly for d in disks):      # the seed first: the directory goes last
+            core.attempt(inst.uuid, 'remove the seed of a failed boot',
+                         core.seeds.delete, inst.uuid)
+        if any(not d.readonly for d in disks):  # one that failed half-way: removed already
             core.attempt(inst.uuid, 'remove the disk of a failed boot',
                          core.storage.delete_disks, inst.uuid)
         core.tracker.release(inst.uuid)

@@ -16,6 +16,8 @@ Version history:
         pool, or booted cold when it has none: the job's result says which); instances
         gain ``readiness``, ``ready_at`` and ``domain`` (the hypervisor's name); get_stats
         gains manager.warm (spares by pool)
+  1.9 - boot_instance spec fields ``user_data``, ``ssh_keys``, ``hostname``, ``meta``: the
+        guest's NoCloud seed
 
 Methods validate, hand work to the manager and answer at once: none waits for libvirt.
 """
@@ -39,7 +41,7 @@ _MISSING = object()     # an argument the caller did not give (None is a value)
 class ComputeEndpoint:
     """The agent's RPC methods: each checks its arguments (``schema``) and hands the work to
     the manager, answering at once."""
-    target = oslo_messaging.Target(version='1.8')
+    target = oslo_messaging.Target(version='1.9')
 
     def __init__(self, manager, stats_fn, write_trace_fn=None):
         self._manager = manager

@@ -12,12 +12,13 @@ OWNER_TAG = operations.OWNER_TAG
 
 @dataclasses.dataclass(frozen=True)
 class Disk:
-    """A root disk ready for the hypervisor."""
+    """A disk ready for the hypervisor: a root disk, or a read-only seed."""
 
     path: str
     format: str          # raw | qcow2
     kind: str            # block | file
     backing: tuple[str, str] | None = None   # (image, its format) under a qcow2 overlay
+    readonly: bool = False   # the guest reads it only (a seed); its file stays the agent's
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,9 @@ from agent.storage import lvm_report
 OWNER_TAG = 'compute-agent'
 INSTANCE_TAG_PREFIX = 'ca-instance-'
 DISK_FILE = 'disk.qcow2'
+SEED_FILE = 'seed.iso'              # the NoCloud seed (agent.storage.seeds)
+SEED_STAGING = 'seed.d'             # its files, written by the agent, read by genisoimage
+SEED_LABEL = 'cidata'
 MAX_SIZE = 1 << 50                 # 1 PiB: no instance disk is larger
 _VG_RE = re.compile(r'[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}')
 _LV_RE = re.compile(r'ca-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}-root')
@@ -134,12 +137,24 @@ def _qcow2_create(args: dict, policy: Policy) -> list[str]:
     return argv + [os.path.join(policy.instances_path, uuid, DISK_FILE), str(size)]
 
 
+def _seed_create(args: dict, policy: Policy) -> list[str]:
+    # An ISO 9660 image (Rock Ridge and Joliet names) of the instance's own staging directory,
+    # labelled as cloud-init's NoCloud datasource looks for it.
+    if policy.instances_path is None:
+        raise Refused('seed_create: no instances directory configured')
+    directory = os.path.join(policy.instances_path, _uuid(args))
+    return ['genisoimage', '-quiet', '-input-charset', 'utf-8', '-volid', SEED_LABEL,
+            '-joliet', '-rock', '-output', os.path.join(directory, SEED_FILE),
+            os.path.join(directory, SEED_STAGING)]
+
+
 OPERATIONS = {'lvs': _lvs, 'vgs': _vgs, 'lv_create': _lv_create, 'lv_remove': _lv_remove,
               'lv_retag': _lv_retag, 'lv_zero': _lv_zero,
-              'image_to_lv': _image_to_lv, 'qcow2_create': _qcow2_create}
+              'image_to_lv': _image_to_lv, 'qcow2_create': _qcow2_create,
+              'seed_create': _seed_create}
 COMMAND = {'lvs': 'lvs', 'vgs': 'vgs', 'lv_create': 'lvcreate', 'lv_remove': 'lvremove',
            'lv_retag': 'lvchange', 'lv_zero': 'blkdiscard',
-           'image_to_lv': 'qemu-img', 'qcow2_create': 'qemu-img'}
+           'image_to_lv': 'qemu-img', 'qcow2_create': 'qemu-img', 'seed_create': 'genisoimage'}
 
 
 def build(op: str, args, policy: Policy) -> list[str]:

@@ -110,6 +110,10 @@ BAD_SPECS = [
     ({'image': 'nosuchimage'}, 'image'),
     ({'nics': [{'type': 'bridge', 'bridge': 'nosuchbr0'}]}, 'bridge'),
     ({'colour': 'blue'}, 'unknown fields'),
+    ({'user_data': 'x' * (64 * 1024 + 1)}, 'user_data'),
+    ({'ssh_keys': ['command="id" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5']}, 'ssh_keys[0]'),
+    ({'hostname': 'under_score'}, 'hostname'),
+    ({'meta': {'k': 'line\nbreak'}}, 'meta.k'),
 ]
 
 

@@ -32,6 +32,7 @@ from agent.storage import commands
 from agent.storage import file as file_storage
 from agent.storage import lvm as lvm_storage
 from agent.storage import operations
+from agent.storage import seeds as seedsmod
 from agent.virt.libvirt import driver as libvirt_driver
 from tests.unit import fakelibvirt
 from tests.unit import fakelvm
@@ -145,6 +146,7 @@ class Agent:
                                                   device_exists=self.lvm.device_exists)
         else:
             self.storage = file_storage.FileBackend(self.commands, self.dirs)
+        self.seeds = seedsmod.SeedDisks(self.commands, self.dirs)
         self.reports = Reports()
         self.reporter = reportermod.StateReporter(self.reports.send, window=0.005, tracer=tracer)
         self.runtime.spawn(self.reporter.run)
@@ -160,7 +162,8 @@ class Agent:
             self.journal, self.dirs, allocation=allocation or resources.Allocation(),
             job_retention=conf.jobs.retention, max_boot_attempts=conf.jobs.max_boot_attempts,
             reconnect_interval=0.05, tracer=tracer, metrics=metrics,
-            power=power or TEST_POWER, ready_within=ready_within, pools=pools, warm=warm)
+            power=power or TEST_POWER, ready_within=ready_within, pools=pools, warm=warm,
+            seeds=self.seeds)
         self.manager.init_host()
 
     def wait_job(self, job_id):

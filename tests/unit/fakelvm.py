@@ -6,6 +6,7 @@ in LVM's JSON report format, fails the way LVM does (messages from captured real
 and records every command launch in ``launches`` (independent of the agent's own counter).
 """
 import json
+import os
 import threading
 
 from agent.storage import cmdworker
@@ -131,6 +132,18 @@ class FakeLvm:
         if args[:1] == ['create']:           # qemu-img create ... PATH SIZE: a qcow2 header
             with open(args[-2], 'wb') as f:
                 f.write(qcow2.header(size=int(args[-1])))
+        return {'rc': 0, 'stdout': '', 'stderr': ''}
+
+    def _genisoimage(self, args):
+        """The ISO's stand-in: JSON of its label and the files of the directory it was
+        given (last argument), so a test can read back what the guest would see."""
+        source = args[-1]
+        files = {}
+        for name in sorted(os.listdir(source)):
+            with open(os.path.join(source, name), 'rb') as f:
+                files[name] = f.read().decode()
+        with open(args[args.index('-output') + 1], 'w') as f:
+            json.dump({'label': args[args.index('-volid') + 1], 'files': files}, f)
         return {'rc': 0, 'stdout': '', 'stderr': ''}
 
 

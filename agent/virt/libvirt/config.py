@@ -31,6 +31,7 @@ class DiskConfig:
     source_type: str = 'file'    # file | block
     transient: bool = False      # writes go to a throw-away overlay; the source is never written
     backing: tuple[str, str] | None = None   # (image, format) under a qcow2 overlay
+    readonly: bool = False       # the guest only reads it (a seed): QEMU reads it by its group
 
 
 USER_NIC_FIRST_SLOT = 0x10      # user NICs take slots 0x10.. (agent.spec.MAX_USER_NICS of them)
@@ -157,8 +158,8 @@ class GuestConfig:
         source = ET.SubElement(el, 'source', **({'dev': disk.path}
                                                 if disk.source_type == 'block'
                                                 else {'file': disk.path}))
-        if disk.transient:
-            _keep_owner(source)       # the shared image: QEMU reads it under its overlay
+        if disk.transient or disk.readonly:
+            _keep_owner(source)       # a shared image, a seed: QEMU reads them, root's
         if disk.backing:
             # Named, so libvirt leaves the shared image root's: dynamic ownership would chown
             # it to QEMU and, for a backing file, never give it back.
@@ -167,6 +168,8 @@ class GuestConfig:
             _keep_owner(ET.SubElement(store, 'source', file=disk.backing[0]))
             ET.SubElement(store, 'backingStore')
         ET.SubElement(el, 'target', dev=disk.target, bus='virtio')
+        if disk.readonly:
+            ET.SubElement(el, 'readonly')
         if disk.transient:
             # shareBacking: libvirt puts the overlay on before QEMU opens the image, so QEMU
             # opens it read-only, and any number of domains share it (without it QEMU opened

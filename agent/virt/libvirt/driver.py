@@ -7,6 +7,7 @@ createWithFlags, reboot or reset) on the domain object kept since its boot or th
 listing. Host facts come from the cache in ``Host``; instance state comes from lifecycle
 events, never from polling.
 """
+import dataclasses
 import logging
 import os
 import random
@@ -165,16 +166,17 @@ class LibvirtDriver(vlisting.Listing, vwarm.WarmDomains, driver.ComputeDriver):
     # -- boot / delete ----------------------------------------------------------------------
     def _guest_config(self, spec: specmod.BootSpec, disks: tuple) -> vconfig.GuestConfig:
         facts = self.host.facts()
-        if disks:
-            disks = tuple(vconfig.DiskConfig(path=d.path, format=d.format, source_type=d.kind,
-                                             backing=d.backing,
-                                             target='vd' + chr(ord('a') + i))
-                          for i, d in enumerate(disks))
-        elif spec.image:
+        configs = [vconfig.DiskConfig(path=d.path, format=d.format, source_type=d.kind,
+                                      backing=d.backing) for d in disks if not d.readonly]
+        if not configs and spec.image:
             # No root disk from storage: attach the image with a throw-away overlay, so the
             # guest can write and the shared image is never modified.
-            disks = (vconfig.DiskConfig(path=spec.image, format=spec.image_format,
-                                        transient=True),)
+            configs = [vconfig.DiskConfig(path=spec.image, format=spec.image_format,
+                                          transient=True)]
+        configs += [vconfig.DiskConfig(path=d.path, format=d.format, source_type=d.kind,
+                                       readonly=True) for d in disks if d.readonly]   # seed
+        disks = tuple(dataclasses.replace(c, target='vd' + chr(ord('a') + i))
+                      for i, c in enumerate(configs))
         if spec.pool:
             os.makedirs(self._options.identity_socket_dir, mode=0o700, exist_ok=True)
         nics = tuple(vconfig.NicConfig(type=n.type, bridge=n.bridge, mac=n.mac or random_mac())
