@@ -1,5 +1,6 @@
 """The storage backend contract."""
 import abc
+import contextlib
 import dataclasses
 
 from agent import exception
@@ -87,3 +88,17 @@ class StorageBackend(abc.ABC):
     def inventory(self, fresh: bool = False) -> Inventory:
         """The agent's disks and the space instance disks may take, from one listing
         (``fresh``: a listing that starts now, not a cached one)."""
+
+
+@contextlib.contextmanager
+def all_or_nothing(remove, what: str):
+    """Run the body, which makes something; if it fails, ``remove()`` what it made and raise
+    StorageError (an OSError's text after ``what``)."""
+    try:
+        yield
+    except exception.StorageError:
+        remove()
+        raise
+    except OSError as exc:
+        remove()
+        raise exception.StorageError(reason='%s: %s' % (what, exc)) from None

@@ -66,18 +66,12 @@ class FileBackend(backend.StorageBackend):
     def create_root_disk(self, uuid: str, size: int, image: str | None,
                          image_format: str = 'raw') -> backend.Disk:
         path = self._disk_path(uuid)
-        try:
+        with backend.all_or_nothing(lambda: self.delete_disks(uuid), path):
             self._dirs.create(uuid)
             self._run.check('qcow2_create', {'uuid': uuid, 'size': size, 'image': image,
                                              'format': image_format}, instance=uuid)
             os.chmod(path, DISK_MODE)
             crashpoints.reached('disk.file.created', uuid)
-        except exception.StorageError:
-            self.delete_disks(uuid)
-            raise
-        except OSError as exc:
-            self.delete_disks(uuid)
-            raise exception.StorageError(reason='%s: %s' % (path, exc)) from None
         LOG.info('[instance: %s] created %s (%d bytes)', uuid, path, size)
         return backend.Disk(path=path, format='qcow2', kind='file',
                             backing=(image, image_format) if image else None)

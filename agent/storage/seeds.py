@@ -10,7 +10,6 @@ import logging
 import os
 import shutil
 
-from agent import exception
 from agent import instancedir
 from agent import nocloud
 from agent import spec as specmod
@@ -33,17 +32,11 @@ class SeedDisks:
     def create(self, spec: specmod.BootSpec) -> backend.Disk:
         """Build instance ``spec.uuid``'s seed; on any failure nothing of it is left."""
         uuid = spec.uuid
-        try:
+        with backend.all_or_nothing(lambda: self.delete(uuid), 'seed of %s' % uuid):
             self._dirs.create(uuid)
             self._execute('seed.stage', self._stage, uuid, nocloud.seed_files(spec))
             self._run.check('seed_create', {'uuid': uuid}, instance=uuid)
             self._execute('seed.finish', self._finish, uuid)
-        except exception.StorageError:
-            self.delete(uuid)
-            raise
-        except OSError as exc:
-            self.delete(uuid)
-            raise exception.StorageError(reason='seed of %s: %s' % (uuid, exc)) from None
         LOG.info('[instance: %s] seed %s made', uuid, self.path(uuid))
         return backend.Disk(path=self.path(uuid), format='raw', kind='file', readonly=True)
 
