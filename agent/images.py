@@ -142,27 +142,3 @@ def virtual_size(path: str) -> int:
     if header[:4] == QCOW2_MAGIC and len(header) >= 32:
         return struct.unpack('>Q', header[24:32])[0]
     return os.path.getsize(path)
-
-
-def backing_of(path: str) -> tuple[str, str] | None:
-    """(backing file, its format) named by the qcow2 at ``path`` (an overlay the agent made),
-    or None for a raw file or a qcow2 without a backing file."""
-    with open(path, 'rb') as f:
-        data = f.read(_HEADER_READ)
-    if data[:4] != QCOW2_MAGIC:
-        return None
-    header = parse_qcow2_header(data)
-    off, size = header['backing_file_offset'], header['backing_file_size']
-    if not off:
-        return None
-    name = data[off:off + size].decode()
-    fmt = 'raw'
-    pos = 72 if header['version'] == 2 else struct.unpack('>I', data[100:104])[0]
-    while pos + 8 <= len(data):
-        kind, length = struct.unpack('>II', data[pos:pos + 8])
-        if kind == 0:
-            break
-        if kind == _EXT_BACKING_FORMAT:
-            fmt = data[pos + 8:pos + 8 + length].decode()
-        pos += 8 + (length + 7) // 8 * 8
-    return name, fmt

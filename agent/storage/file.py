@@ -87,8 +87,8 @@ class FileBackend(backend.StorageBackend):
             raise exception.StorageError(reason='moving the disk of %s to %s: %s'
                                          % (owner, path, exc)) from None
         LOG.info('[instance: %s] took the disk of spare %s', uuid, owner)
-        return backend.Disk(path=path, format='qcow2', kind='file',
-                            backing=images.backing_of(path))
+        # No backing named here: a restore takes the spare's saved XML, which has it.
+        return backend.Disk(path=path, format='qcow2', kind='file')
 
     def delete_disks(self, uuid: str) -> None:
         path = self._disk_path(uuid)

@@ -4,7 +4,6 @@ import os
 import pytest
 
 from agent import exception
-from agent import images
 from agent import spec as specmod
 from tests.unit import qcow2
 
@@ -194,20 +193,3 @@ def test_a_symlink_inside_the_image_dir_is_not_followed(limits, image_dir):
     os.symlink('disk.raw', image_dir / 'alias.raw')
     with pytest.raises(exception.InvalidSpec):
         specmod.validate_boot_spec({'uuid': U, 'image': 'alias.raw'}, limits)
-
-
-@pytest.mark.parametrize('version', [2, 3])
-def test_an_overlays_backing_file_and_format_are_read_from_its_header(tmp_path, version):
-    path = str(tmp_path / 'disk.qcow2')
-    with open(path, 'wb') as f:
-        f.write(qcow2.header(version=version, backing=b'/img/base.qcow2', backing_format=b'qcow2'))
-    assert images.backing_of(path) == ('/img/base.qcow2', 'qcow2')
-    with open(path, 'wb') as f:
-        f.write(qcow2.header(version=version, backing=b'/img/base.raw'))   # no format: raw
-    assert images.backing_of(path) == ('/img/base.raw', 'raw')
-    with open(path, 'wb') as f:
-        f.write(qcow2.header(version=version))
-    assert images.backing_of(path) is None
-    with open(path, 'wb') as f:
-        f.write(b'\0' * 4096)                                          # raw
-    assert images.backing_of(path) is None
