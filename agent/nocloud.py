@@ -1,6 +1,7 @@
 """The files of a NoCloud seed: what a cloud image's cloud-init reads at its first boot (pure).
 
-cloud-init's NoCloud datasource looks for a filesystem labelled ``cidata`` holding
+cloud-init's NoCloud datasource looks for a filesystem labelled ``cidata`` (the ISO the command
+worker makes, ``agent.storage.operations.SEED_LABEL``) holding
 ``meta-data``, ``user-data`` and ``network-config``. meta-data and network-config are written
 as JSON, which YAML reads as it is (no YAML library, and no YAML quoting to get wrong): every
 value came through ``agent.spec``'s checks. user-data is the user's, byte for byte.
@@ -9,7 +10,6 @@ import json
 
 from agent import spec as specmod
 
-LABEL = 'cidata'
 META_DATA = 'meta-data'
 USER_DATA = 'user-data'
 NETWORK_CONFIG = 'network-config'
