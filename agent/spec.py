@@ -11,6 +11,7 @@ import struct
 import uuid as uuidlib
 
 from agent import exception
+from agent import imageref
 from agent import images
 
 NAME_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9._-]{0,62}')
@@ -81,6 +82,9 @@ class BootSpec:
     disk_gb: int = 0            # >0: a root disk of this size from the storage backend
     files: tuple[CheckedFile, ...] = ()
     pool: str | None = None     # a warm pool: restored from one of its spares if it has one
+    # An image from an image store (agent.imageref): downloaded into the node's cache by the
+    # boot job, which then fills in ``image`` and its checked file.
+    image_ref: imageref.ImageRef | None = None
     # The guest's own data, delivered as a NoCloud seed disk (agent.nocloud):
     user_data: str | None = None
     ssh_keys: tuple[str, ...] = ()
@@ -113,6 +117,8 @@ class BootSpec:
                           files=tuple(CheckedFile(**dict(f, identity=tuple(f['identity'])))
                                       for f in d.get('files') or ()),
                           ssh_keys=tuple(d.get('ssh_keys') or ()),
+                          image_ref=(imageref.ImageRef(**d['image_ref'])
+                                     if d.get('image_ref') else None),
                           meta=tuple(tuple(kv) for kv in d.get('meta') or ())))
 
 
@@ -129,6 +135,8 @@ class Limits:
     bridge_exists: object = None   # callable(name) -> bool; None skips the check
     allow_user_nics: bool = False  # [network] allow_user_nics
     bridges: frozenset = frozenset()   # [network] bridges: the only ones a spec may name
+    image_sources: tuple = ()      # [images] sources: URL prefixes image_ref may name
+    max_image_bytes: int = 20 * 1024 ** 3    # [images] max_image_gb
 
 
 def _invalid(field: str, why: str) -> exception.InvalidSpec:
@@ -311,8 +319,22 @@ def _meta(spec: dict) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+def _image_ref(spec: dict, limits: Limits) -> imageref.ImageRef | None:
+    value = spec.get('image_ref')
+    if value is None:
+        return None
+    if spec.get('image') is not None:
+        raise _invalid('image_ref', 'not with image: one or the other')
+    if spec.get('pool') is not None:
+        raise _invalid('image_ref', 'not with a warm pool: its spares are of its own image')
+    try:
+        return imageref.parse(value, limits.image_sources, limits.max_image_bytes)
+    except imageref.Refused as exc:
+        raise _invalid('image_ref', str(exc)) from None
+
+
 BOOT_FIELDS = frozenset({'uuid', 'name', 'vcpus', 'memory_mb', 'image', 'kernel', 'initrd',
-                         'cmdline', 'nics', 'disk_gb', 'pool', *SEED_FIELDS})
+                         'cmdline', 'nics', 'disk_gb', 'pool', 'image_ref', *SEED_FIELDS})
 
 
 def validate_boot_spec(spec, limits: Limits) -> BootSpec:
@@ -332,7 +354,8 @@ def validate_boot_spec(spec, limits: Limits) -> BootSpec:
                               for field in ('image', 'kernel', 'initrd')) if f is not None)
     image, kernel, initrd = (next((f.path for f in files if f.field == field), None)
                              for field in ('image', 'kernel', 'initrd'))
-    if image is None and kernel is None:
+    image_ref = _image_ref(spec, limits)
+    if image is None and image_ref is None and kernel is None:
         raise exception.InvalidSpec(reason='image or kernel: one of them is required')
     if kernel is None and (initrd is not None or cmdline is not None):
         raise exception.InvalidSpec(reason='initrd and cmdline: only valid with a kernel')
@@ -353,4 +376,4 @@ def validate_boot_spec(spec, limits: Limits) -> BootSpec:
     return BootSpec(uuid=uuid, name=name or 'instance-%s' % uuid[:8], vcpus=vcpus,
                     memory_mb=memory_mb, image=image, kernel=kernel, initrd=initrd,
                     cmdline=cmdline, nics=_nics(spec, limits), disk_gb=disk_gb, files=files,
-                    pool=pool, **seed)
+                    pool=pool, image_ref=image_ref, **seed)

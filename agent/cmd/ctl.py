@@ -36,7 +36,12 @@ def _add_boot(sub) -> None:
     b.add_argument('--pool', help='a warm pool of the node: restored from one of its saved '
                                   'spares (booted cold when it has none); the flavor is '
                                   'the pool\'s')
-    b.add_argument('--image')
+    b.add_argument('--image', help='an image in the node\'s image directory')
+    b.add_argument('--image-url', help='an image from an image store (one of the node\'s '
+                                       '[images] sources), downloaded once per node; with '
+                                       '--image-sha256 and --image-size')
+    b.add_argument('--image-sha256')
+    b.add_argument('--image-size', type=int, help='bytes')
     b.add_argument('--kernel')
     b.add_argument('--initrd')
     b.add_argument('--cmdline')
@@ -125,6 +130,9 @@ def _spec(args, uuid: str, index: int) -> dict:
     for field in ('image', 'kernel', 'initrd', 'cmdline'):
         if getattr(args, field):
             spec[field] = getattr(args, field)
+    if args.image_url or args.image_sha256 or args.image_size:
+        spec['image_ref'] = {'url': args.image_url, 'sha256': args.image_sha256,
+                             'size': args.image_size}
     nics = []
     for nic in args.nic:
         kind, _, bridge = nic.partition(':')

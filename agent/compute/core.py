@@ -38,10 +38,11 @@ class Core:
                  runtime, reporter, host: str, journal: journalmod.JobJournal,
                  dirs: instancedir.InstanceDirs, allocation: resources.Allocation,
                  job_retention: float, tracer: tracemod.NullTracer | None,
-                 metrics: metricsmod.NullMetrics | None, seeds=None):
+                 metrics: metricsmod.NullMetrics | None, seeds=None, images=None):
         self.driver = driver
         self.storage = storage
         self.seeds = seeds          # NoCloud seed disks (agent.storage.seeds)
+        self.images = images        # the image cache (agent.storage.imagecache)
         self.runtime = runtime
         self.reporter = reporter
         self.host = host

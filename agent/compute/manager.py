@@ -32,14 +32,14 @@ class ComputeManager:
                  metrics: metricsmod.NullMetrics | None = None,
                  power: powermod.PowerOptions = powermod.PowerOptions(),
                  ready_within: float = 300.0, pools: dict | None = None,
-                 warm: dict | None = None, seeds=None):
+                 warm: dict | None = None, seeds=None, images=None):
         """``pools``: name -> agent.warm.pools.Pool; ``warm``: the Filler's options
         (``[warm]``). With no pools no spare is made and a boot naming a pool is refused.
         ``seeds``: agent.storage.seeds.SeedDisks (without it a spec asking for a seed fails
-        its boot)."""
+        its boot); ``images``: agent.storage.imagecache.ImageCache (likewise for image_ref)."""
         self.core = core = coremod.Core(driver, storage, runtime, reporter, host, journal,
                                         dirs, allocation, job_retention, tracer,
-                                        metrics, seeds)
+                                        metrics, seeds, images)
         # The parts call each other through these late-bound callables (recovery is made
         # last: it resumes jobs and audits).
         self.events = eventsmod.Events(core, lambda: self.recovery.hypervisor_lost(),

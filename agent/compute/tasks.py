@@ -87,9 +87,15 @@ class Tasks:
 
     def _cold(self, inst: instancemod.Instance, spec: specmod.BootSpec, disks: list) -> None:
         core = self._core
+        if spec.image_ref is not None:
+            if core.images is None:
+                raise exception.StorageError(reason='this agent has no image cache')
+            spec = core.images.resolve(spec)    # downloaded (once per node), pinned, checked
         if spec.disk_gb:
             disks.append(core.storage.create_root_disk(
                 spec.uuid, spec.disk_gb * storage_backend.GiB, spec.image, spec.image_format))
+            if spec.image_ref is not None and disks[-1].backing is None:
+                core.images.unpin(spec.uuid)    # a copy (LVM): the disk needs no cached image
         if spec.seeded:
             if core.seeds is None:
                 raise exception.StorageError(reason='this agent makes no seed disks')
@@ -132,6 +138,9 @@ class Tasks:
         if any(not d.readonly for d in disks):  # one that failed half-way: removed already
             core.attempt(inst.uuid, 'remove the disk of a failed boot',
                          core.storage.delete_disks, inst.uuid)
+        if inst.spec is not None and inst.spec.image_ref is not None and core.images is not None:
+            core.attempt(inst.uuid, 'unpin the image of a failed boot', core.images.unpin,
+                         inst.uuid)
         core.tracker.release(inst.uuid)
         core.jobs.finish(job, reason)
         core.change(inst, vm_state=states.ERROR if inst.delete_job is None else states.DELETING,

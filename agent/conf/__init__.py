@@ -3,6 +3,7 @@ from oslo_config import cfg
 
 from agent.conf import conductor
 from agent.conf import default
+from agent.conf import images
 from agent.conf import jobs
 from agent.conf import libvirt
 from agent.conf import metrics
@@ -18,5 +19,5 @@ from agent.conf import workqueue
 CONF = cfg.CONF
 
 for _mod in (default, libvirt, workqueue, conductor, storage, resources, jobs, metrics,
-             trace, network, power, readiness, warm):
+             trace, network, power, readiness, warm, images):
     _mod.register_opts(CONF)

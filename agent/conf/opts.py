@@ -1,6 +1,7 @@
 """Entry point for oslo-config-generator: every option group of the agent and conductor."""
 from agent.conf import conductor
 from agent.conf import default
+from agent.conf import images
 from agent.conf import jobs
 from agent.conf import libvirt
 from agent.conf import metrics
@@ -17,6 +18,6 @@ from agent.conf import workqueue
 def list_opts():
     result = []
     for mod in (default, libvirt, workqueue, conductor, storage, resources, jobs, metrics,
-                trace, network, power, readiness, warm):
+                trace, network, power, readiness, warm, images):
         result.extend(mod.list_opts().items())
     return result

@@ -12,7 +12,7 @@ class ComputeAPI:
     ``transport``: an ``agent.rpc.NodeTransports`` (each node in its own virtual host, as
     tools/setup-node.sh makes them) or one transport every node shares (tests' fakes)."""
 
-    VERSION = '1.9'
+    VERSION = '1.10'
 
     def __init__(self, transport, timeout: float | None = None):
         self._transport = transport

@@ -18,6 +18,8 @@ Version history:
         gains manager.warm (spares by pool)
   1.9 - boot_instance spec fields ``user_data``, ``ssh_keys``, ``hostname``, ``meta``: the
         guest's NoCloud seed
+  1.10 - boot_instance spec field ``image_ref`` (an image from an image store: url, sha256,
+        size; downloaded once per node into its cache); get_stats gains ``images``
 
 Methods validate, hand work to the manager and answer at once: none waits for libvirt.
 """
@@ -41,7 +43,7 @@ _MISSING = object()     # an argument the caller did not give (None is a value)
 class ComputeEndpoint:
     """The agent's RPC methods: each checks its arguments (``schema``) and hands the work to
     the manager, answering at once."""
-    target = oslo_messaging.Target(version='1.9')
+    target = oslo_messaging.Target(version='1.10')
 
     def __init__(self, manager, stats_fn, write_trace_fn=None):
         self._manager = manager

@@ -10,6 +10,8 @@ started with (never an argv from the request), and kills a command that runs lon
 
   request:  {"op": "lv_create", "args": {"vg": "vg0", "uuid": "...", "size": 1073741824}}
   answer:   {"rc": 0, "stdout": "...", "stderr": "...", "run_s": 0.007}
+            before it, a long operation (image_fetch) may write progress lines:
+            {"progress": 104857600, "total": 2147483648}
             rc 124: timed out (killed); 125: refused by the policy; 126: could not run;
             127: command not found
 It exits quietly when the agent is gone (stdin closed, or its answer cannot be written).
@@ -28,17 +30,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--volume-group')
     p.add_argument('--image-dir')
     p.add_argument('--instances-path')
+    p.add_argument('--cache-dir')
+    p.add_argument('--image-source', action='append', default=[])
     p.add_argument('--timeout', type=float, default=600.0)
     return p
 
 
 def policy_from_args(args: argparse.Namespace) -> operations.Policy:
     return operations.Policy(volume_group=args.volume_group, image_dir=args.image_dir,
-                             instances_path=args.instances_path)
+                             instances_path=args.instances_path, cache_dir=args.cache_dir,
+                             image_sources=tuple(args.image_source))
 
 
-def run_one(sh, req, policy: operations.Policy, env: dict, timeout: float) -> dict:
-    """Run one request; the answer (never an exception)."""
+def run_one(sh, req, policy: operations.Policy, env: dict, timeout: float,
+            emit=lambda done, total: None) -> dict:
+    """Run one request; the answer (never an exception). ``emit(done, total)``: progress
+    of a long one."""
+    if req.get('op') == operations.FETCH:
+        from agent.storage import fetch
+        return fetch.run(req.get('args') if isinstance(req.get('args'), dict) else {},
+                         policy, emit)
     try:
         argv = operations.build(req.get('op'), req.get('args'), policy)
     except (operations.Refused, AttributeError) as exc:
@@ -65,13 +76,17 @@ def main(argv=None) -> int:
     policy = policy_from_args(args)
     env = dict(os.environ, LVM_SUPPRESS_FD_WARNINGS='1', LC_ALL='C')
     out = sys.stdout
+
+    def emit(done: int, total: int) -> None:
+        out.write(json.dumps({'progress': done, 'total': total}) + '\n')
+        out.flush()
     try:
         for line in sys.stdin:
             start = time.monotonic()
             try:
                 req = json.loads(line)
                 answer = run_one(sh, req if isinstance(req, dict) else {}, policy, env,
-                                 args.timeout)
+                                 args.timeout, emit)
             except ValueError:
                 answer = {'rc': 125, 'stdout': '', 'stderr': 'refused: not a JSON request'}
             answer['run_s'] = time.monotonic() - start

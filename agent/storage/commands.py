@@ -48,12 +48,18 @@ class _Worker:
         self._w = io.FileIO(self._wfd, 'wb', closefd=True)
         self._r = io.BufferedReader(io.FileIO(self._rfd, 'rb', closefd=True))
 
-    def call(self, request: dict) -> dict:
+    def call(self, request: dict, progress=None) -> dict:
+        """The answer to ``request``; progress lines before it go to ``progress(line)``."""
         self._w.write((json.dumps(request) + '\n').encode())
-        line = self._r.readline()
-        if not line:
-            raise EOFError('command worker %d exited' % self.pid)
-        return json.loads(line)
+        while True:
+            line = self._r.readline()
+            if not line:
+                raise EOFError('command worker %d exited' % self.pid)
+            answer = json.loads(line)
+            if 'progress' not in answer:
+                return answer
+            if progress is not None:
+                progress(answer)
 
     def close(self) -> None:
         for f in (self._w, self._r):
@@ -87,35 +93,38 @@ class CommandRunner:
         self._spawn_args = ['--timeout', str(timeout)] + [
             flag for key, value in (('--volume-group', policy.volume_group),
                                     ('--image-dir', policy.image_dir),
-                                    ('--instances-path', policy.instances_path))
-            if value is not None for flag in (key, value)]
+                                    ('--instances-path', policy.instances_path),
+                                    ('--cache-dir', policy.cache_dir))
+            if value is not None for flag in (key, value)] + [
+            flag for source in policy.image_sources for flag in ('--image-source', source)]
         self._workers: list[_Worker] = []
         self.launches = collections.Counter()   # command name -> processes started
 
-    def run(self, op: str, args: dict, instance: str | None = None) -> CommandResult:
+    def run(self, op: str, args: dict, instance: str | None = None,
+            progress=None) -> CommandResult:
         """Run operation ``op``; return its exit code and output (a non-zero exit is not an
-        error)."""
+        error). ``progress(line)``: called on the worker thread with each progress line."""
         name = operations.COMMAND.get(op, op)
         self.launches[name] += 1
-        result = self._wq.execute('cmd.' + name, self._run_in_thread, op, dict(args))
+        result = self._wq.execute('cmd.' + name, self._run_in_thread, op, dict(args), progress)
         if result.rc:
             LOG.debug('[instance: %s] %s %s exited %d: %s', instance, op, args, result.rc,
                       result.stderr.strip())
         return result
 
     def check(self, op: str, args: dict, instance: str | None = None,
-              message=None) -> CommandResult:
+              message=None, progress=None) -> CommandResult:
         """Run ``op``; raise StorageError with the command's own message on a non-zero exit.
 
         message(stderr) extracts the reason (default: the stripped stderr)."""
-        result = self.run(op, args, instance)
+        result = self.run(op, args, instance, progress)
         if result.rc:
             reason = (message or (lambda e: e.strip() or 'no message'))(result.stderr)
             raise exception.StorageError(reason='%s failed (exit %d): %s'
                                          % (result.argv[0], result.rc, reason))
         return result
 
-    def _run_in_thread(self, op: str, args: dict) -> CommandResult:
+    def _run_in_thread(self, op: str, args: dict, progress=None) -> CommandResult:
         # Runs on a native work-queue thread: plain blocking I/O on this thread's own worker.
         worker = getattr(self._local, 'worker', None)
         if worker is None:
@@ -125,7 +134,7 @@ class CommandRunner:
         start = time.monotonic()
         name = (operations.COMMAND.get(op, op),)
         try:
-            answer = worker.call({'op': op, 'args': args})
+            answer = worker.call({'op': op, 'args': args}, progress)
         except (OSError, EOFError, ValueError) as exc:
             self._local.worker = None
             worker.close()

@@ -23,6 +23,8 @@ MAX_SIZE = 1 << 50                 # 1 PiB: no instance disk is larger
 _VG_RE = re.compile(r'[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}')
 _LV_RE = re.compile(r'ca-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}-root')
 FORMATS = ('raw', 'qcow2')
+_SHA256_RE = re.compile(r'[0-9a-f]{64}')
+FETCH = 'image_fetch'       # plain Python in the worker (agent.storage.fetch), no command
 
 
 class Refused(ValueError):
@@ -36,6 +38,8 @@ class Policy:
     volume_group: str | None = None     # the only VG LVM operations may name
     image_dir: str | None = None        # images are read from here only
     instances_path: str | None = None   # file disks are created here only
+    cache_dir: str | None = None        # downloaded images live here (by their sha256)
+    image_sources: tuple = ()           # URL prefixes images are downloaded from
 
 
 def lv_name(uuid: str) -> str:
@@ -73,11 +77,16 @@ def _format(args: dict, key: str) -> str:
 
 def _image(args: dict, policy: Policy) -> str:
     path = args.get('image')
-    base = policy.image_dir
-    if base is None or not isinstance(path, str) or not os.path.isabs(path) \
-            or os.path.normpath(path) != path or os.path.dirname(path) != os.path.normpath(base):
-        raise Refused('image: only a file directly in the image directory %r' % base)
-    return path
+    if not isinstance(path, str) or not os.path.isabs(path) or os.path.normpath(path) != path:
+        raise Refused('image: an absolute, normal path')
+    where = os.path.dirname(path)
+    if policy.image_dir is not None and where == os.path.normpath(policy.image_dir):
+        return path
+    if policy.cache_dir is not None and where == os.path.normpath(policy.cache_dir) \
+            and _SHA256_RE.fullmatch(os.path.basename(path)):
+        return path
+    raise Refused('image: only a file directly in the image directory %r or a cached image'
+                  % policy.image_dir)
 
 
 def _lvs(args: dict, policy: Policy) -> list[str]:
@@ -154,7 +163,8 @@ OPERATIONS = {'lvs': _lvs, 'vgs': _vgs, 'lv_create': _lv_create, 'lv_remove': _l
               'seed_create': _seed_create}
 COMMAND = {'lvs': 'lvs', 'vgs': 'vgs', 'lv_create': 'lvcreate', 'lv_remove': 'lvremove',
            'lv_retag': 'lvchange', 'lv_zero': 'blkdiscard',
-           'image_to_lv': 'qemu-img', 'qcow2_create': 'qemu-img', 'seed_create': 'genisoimage'}
+           'image_to_lv': 'qemu-img', 'qcow2_create': 'qemu-img', 'seed_create': 'genisoimage',
+           FETCH: 'fetch'}
 
 
 def build(op: str, args, policy: Policy) -> list[str]:

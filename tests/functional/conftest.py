@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid as uuidlib
@@ -86,6 +87,24 @@ def remove_node_credentials(host: str) -> None:
                    capture_output=True)
 
 
+def side_by_side(*calls) -> None:
+    """Run ``calls`` in threads of their own; raise the first one's error after all ended."""
+    errors = []
+
+    def run(call):
+        try:
+            call()
+        except BaseException as exc:
+            errors.append(exc)
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
 def _free_port() -> int:
     s = socket.socket()
     s.bind(('127.0.0.1', 0))
@@ -145,6 +164,7 @@ class Node:
         self.topic = 'conductor-' + self.host
         self.image_dir = os.path.join(workdir, 'images')
         self.instances = os.path.join(workdir, 'instances')
+        self.image_cache = os.path.join(workdir, 'image-cache')
         os.makedirs(self.image_dir)
         for name in ('test-vmlinuz', 'test-initrd.img'):
             shutil.copy(os.path.join(IMAGES, name), self.image_dir)
@@ -168,10 +188,11 @@ class Node:
                     '[libvirt]\nvirt_type = %s\nconnection_uri = %s\n'
                     '[conductor]\ntopic = %s\n[jobs]\njournal = %s\n'
                     '[trace]\npath = %s\n[metrics]\nport = %d\n'
-                    '[network]\nallow_user_nics = true\nbridges = %s\n%s'
+                    '[network]\nallow_user_nics = true\nbridges = %s\n'
+                    '[images]\ncache_dir = %s\n%s'
                     % (self.host, self.image_dir, self.instances, VIRT_TYPE, URI, self.topic,
                        os.path.join(workdir, 'jobs.sqlite'), self.trace_path, self.metrics_port,
-                       self.bridge, storage))
+                       self.bridge, self.image_cache, storage))
             f.write(extra_config)
         # The database (its URL may hold a password) only in the conductor's own file.
         self.conductor_config = os.path.join(workdir, 'conductor.conf')
@@ -396,9 +417,9 @@ class Node:
         """Safety net for failed tests: remove any domain this run created (or that names
         this node in its metadata)."""
         self._remove_domains(self.domains() | set(self.host_domains()))
-        self.transport.cleanup()
-        self.nodes.cleanup()
-        self._delete_queues()
+        # Side by side: closing an idle transport waits for its listeners' polls (seconds),
+        # each rabbitmqctl takes about one.
+        side_by_side(self.transport.cleanup, self.nodes.cleanup, self._delete_queues)
         remove_node_credentials(self.host)        # its virtual host and queues with it
 
     def _delete_queues(self) -> None:

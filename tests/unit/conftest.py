@@ -30,6 +30,7 @@ from agent import workqueue
 from agent.conf import storage as conf_storage
 from agent.storage import commands
 from agent.storage import file as file_storage
+from agent.storage import imagecache
 from agent.storage import lvm as lvm_storage
 from agent.storage import operations
 from agent.storage import seeds as seedsmod
@@ -128,7 +129,7 @@ class Agent:
 
     def __init__(self, conf, hv, lvm=None, backend='lvm', vg=None, allocation=None,
                  tracer=None, metrics=None, power=None, ready_within=300.0, pools=None,
-                 warm=None):
+                 warm=None, image_sources=(), cache_max: int = 1 << 30):
         self.hv = hv
         self.lvm = lvm or fakelvm.FakeLvm()
         self.dirs = instancedir.InstanceDirs(conf.instances_path)
@@ -138,7 +139,10 @@ class Agent:
             self.runtime.workqueue,
             operations.Policy(volume_group=vg or self.lvm.vg,
                               image_dir=os.path.realpath(conf.image_dir),
-                              instances_path=conf.instances_path),
+                              instances_path=conf.instances_path,
+                              cache_dir=os.path.join(os.path.dirname(conf.instances_path),
+                                                     'image-cache'),
+                              image_sources=tuple(image_sources)),
             worker_factory=self.lvm.worker)
         if backend == 'lvm':
             self.storage = lvm_storage.LvmBackend(self.commands, vg or self.lvm.vg,
@@ -147,13 +151,19 @@ class Agent:
         else:
             self.storage = file_storage.FileBackend(self.commands, self.dirs)
         self.seeds = seedsmod.SeedDisks(self.commands, self.dirs)
+        self.images = imagecache.ImageCache(
+            self.commands, self.dirs, os.path.join(os.path.dirname(conf.instances_path),
+                                                   'image-cache'), cache_max,
+            bridge=self.runtime.bridge, stall_timeout=2)
+        self.images.init()
         self.reports = Reports()
         self.reporter = reportermod.StateReporter(self.reports.send, window=0.005, tracer=tracer)
         self.runtime.spawn(self.reporter.run)
         self.driver = libvirt_driver.LibvirtDriver(conf.libvirt, conf.host, self.dirs,
                                                    self.runtime, fakelibvirt)
         limits = specmod.Limits(image_dir=conf.image_dir, bridge_exists=lambda n: n == 'br0',
-                                allow_user_nics=True, bridges=frozenset({'br0', 'br1'}))
+                                allow_user_nics=True, bridges=frozenset({'br0', 'br1'}),
+                                image_sources=tuple(image_sources))
         self.journal = journalmod.JobJournal(conf.jobs.journal,
                                              self.runtime.workqueue.execute_urgent)
         self.runtime.spawn(self.journal.run)
@@ -163,7 +173,7 @@ class Agent:
             job_retention=conf.jobs.retention, max_boot_attempts=conf.jobs.max_boot_attempts,
             reconnect_interval=0.05, tracer=tracer, metrics=metrics,
             power=power or TEST_POWER, ready_within=ready_within, pools=pools, warm=warm,
-            seeds=self.seeds)
+            seeds=self.seeds, images=self.images)
         self.manager.init_host()
 
     def wait_job(self, job_id):
