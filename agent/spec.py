@@ -366,13 +366,9 @@ def validate_boot_spec(spec, limits: Limits) -> BootSpec:
             reason='disk_gb: %d GiB is smaller than image %s (%.1f GiB)'
             % (disk_gb, os.path.basename(image), image_size / 1024 ** 3))
     pool = _str(spec, 'pool', NAME_RE, 'a warm pool\'s name')
+    # With a pool: agent.warm.pools.apply refused them already unless its guests read seeds.
     seed = dict(user_data=_user_data(spec), ssh_keys=_ssh_keys(spec), hostname=_hostname(spec),
                 meta=_meta(spec))
-    if pool is not None and any(seed.values()):
-        # A restored spare has booted already: it would never read a seed. Its identity
-        # comes another way (not yet built).
-        raise _invalid(next(k for k in SEED_FIELDS if seed[k]),
-                       'not with a warm pool: a restored guest reads no seed')
     return BootSpec(uuid=uuid, name=name or 'instance-%s' % uuid[:8], vcpus=vcpus,
                     memory_mb=memory_mb, image=image, kernel=kernel, initrd=initrd,
                     cmdline=cmdline, nics=_nics(spec, limits), disk_gb=disk_gb, files=files,

@@ -113,8 +113,8 @@ class Events:
         if inst.delete_job is not None or inst.vm_state in (states.DELETING, states.DELETED):
             return
         if ready:
-            if inst.readiness == states.READY:
-                return
+            if inst.readiness == states.READY or inst.identity_pending:
+                return          # a restored guest is ready once it is itself (compute.warm)
             if inst.readies == 0 and cause not in ('start-up', 'resync'):
                 LOG.info('[instance: %s] ready %.2f s after the boot request', inst.uuid,
                          when - inst.accepted_at)

@@ -46,6 +46,7 @@ class Instance:
     readies: int = 0                  # times its guest became ready since it was made
     domain: str | None = None         # the hypervisor's name (a warm one's is its spare's)
     readiness_event_at: float | None = None   # the last agent-channel event's time
+    identity_pending: bool = False     # a restored guest still becoming the instance
     ready_token: int = dataclasses.field(default=0, repr=False)   # the armed "late" timer
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
     # Notified on every change (``Core.change``) and reboot event: what a job waits on.

@@ -32,7 +32,8 @@ class Tasks:
         self._recovering = recovering
         self._interval = reconnect_interval
         self._settle_attempts = settle_attempts
-        self._warm = warmmod.WarmBoots(core)
+        self._warm = warmmod.WarmBoots(
+            core, lambda inst, when, cause: events.apply_ready(inst, True, when, cause))
 
     # -- boot -----------------------------------------------------------------------------
     def run_boot(self, job: jobsmod.Job, inst: instancemod.Instance,
@@ -96,7 +97,8 @@ class Tasks:
                 spec.uuid, spec.disk_gb * storage_backend.GiB, spec.image, spec.image_format))
             if spec.image_ref is not None and disks[-1].backing is None:
                 core.images.unpin(spec.uuid)    # a copy (LVM): the disk needs no cached image
-        if spec.seeded:
+        pool = core.pools.get(spec.pool) if spec.pool else None
+        if spec.seeded or (pool is not None and pool.seeded):   # a cloud-init pool's: always
             if core.seeds is None:
                 raise exception.StorageError(reason='this agent makes no seed disks')
             disks.append(core.seeds.create(spec))

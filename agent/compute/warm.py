@@ -7,6 +7,7 @@ saved, already booted and ready. Whatever happens after the take, the spare is u
 memory image goes, and its reservation with it.
 """
 import logging
+import time
 
 from agent import crashpoints
 from agent import exception
@@ -14,19 +15,30 @@ from agent import spec as specmod
 from agent.compute import core as coremod
 from agent.compute import instance as instancemod
 from agent.compute import states
+from agent.warm import guest as guestmod
 from agent.warm import spares as sparesmod
 
 LOG = logging.getLogger(__name__)
 
 MISS_EMPTY = 'warm: miss, pool empty'
 READY_WAIT = 10.0          # seconds the job waits for a restored guest's ready event
+SEED_DEVICE = '/dev/vdb'   # a seeded pool's spares: the root disk, then the seed
+# Run by qemu-ga as root in a restored cloud-init guest, its seed device as $1: drop what the
+# guest cached of the spare's seed (the same size: agent.storage.seeds pads it), then let
+# cloud-init take the instance's seed as a new instance: host name, SSH keys (and new host
+# keys), user data, instance id. Nothing of ours runs in the guest.
+APPLY_SEED = ('set -e; blockdev --flushbufs "$1"; cloud-init clean; '
+              'cloud-init init --local; cloud-init init; '
+              'cloud-init modules --mode=config; cloud-init modules --mode=final')
 
 
 class WarmBoots:
     """Restores spares as instances (``Tasks`` runs it inside a boot job)."""
 
-    def __init__(self, core: coremod.Core):
+    def __init__(self, core: coremod.Core, ready=None):
+        """``ready(inst, when, cause)``: the guest of ``inst`` is ready (Events.apply_ready)."""
         self._core = core
+        self._ready = ready
 
     def take(self, spec: specmod.BootSpec) -> sparesmod.Spare | None:
         """A spare for ``spec`` (which names a pool), or None when the pool has none."""
@@ -37,27 +49,71 @@ class WarmBoots:
         """Make ``inst`` from ``spare``; return the job's result. The instance's disk is put
         into ``disks_out`` as soon as it exists (the caller removes it if this raises)."""
         core = self._core
+        pool = core.pools.get(spare.pool)
+        seeded = pool is not None and pool.seeded
         core.spares.mark_taken(spare, inst.uuid)
         crashpoints.reached('spare.take.marked', inst.uuid, spare.uuid)
+        inst.identity_pending = seeded       # not ready before it is itself
         try:
             if spare.disk is not None:
                 disks_out.append(core.storage.adopt_disk(spare.uuid, inst.uuid))
+            if seeded:                       # the instance's own, in place of the spare's
+                disks_out.append(core.seeds.create(spec))
             core.driver.restore_warm(spec, spare, tuple(disks_out))
             crashpoints.reached('spare.take.restored', inst.uuid, spare.uuid)
+        except BaseException:
+            inst.identity_pending = False    # a cold boot follows: ready by its event
+            raise
         finally:
             crashpoints.reached('spare.discard.removing', inst.uuid, spare.uuid)
-            self.discard(spare, disk_left=spare.disk is not None and not disks_out)
+            self.discard(spare, disk_left=spare.disk is not None
+                         and not any(not d.readonly for d in disks_out))
         LOG.info('[instance: %s] restored from spare %s of pool %s', inst.uuid, spare.uuid,
                  spare.pool)
+        result = 'warm: hit, spare %s of pool %s' % (spare.uuid, spare.pool)
+        if seeded:
+            # Seconds of cloud-init follow: the define first (its domain handle serves the
+            # guest-agent calls, no lookup).
+            self._persist(inst)
+            self._become_itself(inst, pool.identity_timeout)
+            return result
         core.send_identity(inst)
         # Off the way to ready: the domain is made persistent (stop and start keep it) once
         # the guest's ready event is in (it follows the restore at once), so the one call of
         # the warm path is the only one before ready. Failing leaves it running, transient.
         core.wait_until(inst, lambda: inst.readiness == states.READY, READY_WAIT)
+        self._persist(inst)
+        return result
+
+    def _persist(self, inst: instancemod.Instance) -> None:
         crashpoints.reached('warm.persist.before', inst.uuid)
-        core.attempt(inst.uuid, 'make the restored domain persistent', core.driver.persist,
-                     inst.uuid)
-        return 'warm: hit, spare %s of pool %s' % (spare.uuid, spare.pool)
+        self._core.attempt(inst.uuid, 'make the restored domain persistent',
+                           self._core.driver.persist, inst.uuid)
+
+    def _become_itself(self, inst: instancemod.Instance, timeout: float) -> None:
+        """A restored cloud-init guest: its clock set, then cloud-init run on the instance's
+        seed, through the guest agent; ready once that exited 0. Otherwise the restored
+        guest is removed (AgentError: the job boots cold)."""
+        core = self._core
+        start = time.monotonic()
+        try:
+            core.driver.set_guest_time(inst.uuid)
+            status = guestmod.run(core.driver, inst.uuid,
+                                  ['/bin/sh', '-c', APPLY_SEED, 'sh', SEED_DEVICE], timeout,
+                                  core.runtime.sleep)
+            if status['exitcode'] != 0:
+                raise exception.AgentError('cloud-init in the guest failed (exit %s): %s'
+                                           % (status['exitcode'], status['err'][-400:].strip()))
+        except exception.AgentError:
+            inst.identity_pending = False
+            core.attempt(inst.uuid, 'remove the restored guest that did not become the '
+                         'instance', core.driver.destroy, inst.uuid)
+            raise
+        inst.identity_pending = False
+        LOG.info('[instance: %s] clock set and seed applied in %.1f s (%d guest-agent calls)',
+                 inst.uuid, time.monotonic() - start, status['polls'] + 2)
+        if self._ready is not None:     # the guest agent answered: its channel is open
+            self._ready(inst, time.time(), 'identity applied')
 
     def discard(self, spare: sparesmod.Spare, disk_left: bool) -> None:
         """What is left of a used spare: its disk if it was not handed over (``disk_left``),

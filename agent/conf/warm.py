@@ -48,6 +48,18 @@ pool_opts = [
     cfg.IntOpt('disk_gb', default=1, min=1,
                help='Root disk of each spare, GiB (a spare always has its own disk: the '
                     'instance that takes the spare takes it).'),
+    cfg.StrOpt('identity', default='port', choices=[
+        ('port', 'the guest reads its identity from the agent\'s identity port (the test '
+                 'guest); a spec naming the pool takes no seed fields'),
+        ('cloud-init', 'a cloud image with qemu-guest-agent and cloud-init: each spare boots '
+                       'with a seed of its own; a restore swaps in the instance\'s seed, sets '
+                       'the guest\'s clock and runs cloud-init on it through the guest agent '
+                       'before the instance is ready')],
+               help='How a restored guest becomes the instance.'),
+    cfg.IntOpt('identity_timeout', default=300, min=5, max=3600,
+               help='identity = cloud-init: seconds the guest may take to apply the '
+                    'instance\'s seed; past that the restored guest is removed and the '
+                    'instance booted cold.'),
     cfg.IntOpt('user_nics', default=0, min=0, max=8,
                help='Isolated user-mode NICs of the flavor (needs [network] '
                     'allow_user_nics); each spare has its own MACs, which the instance '

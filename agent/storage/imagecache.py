@@ -45,6 +45,7 @@ class _Flight:
     def __init__(self):
         self.done = threading.Event()
         self.error: Exception | None = None
+        self.waiting = 0            # boots waiting for it
 
 
 class ImageCache:
@@ -123,7 +124,11 @@ class ImageCache:
                 return self._lead(flight, ref, uuid)
             LOG.info('[instance: %s] image %s is being downloaded: waiting for it', uuid,
                      ref.sha256[:12])
-            flight.done.wait()
+            flight.waiting += 1
+            try:
+                flight.done.wait()
+            finally:
+                flight.waiting -= 1
             if flight.error is not None:
                 raise flight.error
             waited = True
@@ -141,7 +146,9 @@ class ImageCache:
                     with self._lock:
                         self._reserved -= ref.size
             with self._lock:
-                self._use(ref, uuid)
+                if not self._use(ref, uuid):
+                    raise exception.StorageError(reason='image %s vanished from the cache '
+                                                        'right after its download' % ref.sha256)
                 del self._flights[ref.sha256]
         except Exception as exc:
             self.counts['failed'] += 1
@@ -273,4 +280,5 @@ class ImageCache:
 
     def stats(self) -> dict:
         with self._lock:
-            return dict(self.counts, downloading=len(self._flights))
+            return dict(self.counts, downloading=len(self._flights),
+                        waiting=sum(f.waiting for f in self._flights.values()))

@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 
+from agent import exception
 from agent import instancedir
 from agent import nocloud
 from agent import spec as specmod
@@ -17,6 +18,7 @@ from agent.storage import backend
 from agent.storage import operations
 
 LOG = logging.getLogger(__name__)
+SEED_SIZE = 1024 * 1024     # bytes; at most 64 KiB of user data and a few small files
 
 
 class SeedDisks:
@@ -59,6 +61,12 @@ class SeedDisks:
     def _finish(self, uuid: str) -> None:
         shutil.rmtree(self._staging(uuid), ignore_errors=True)
         path = self.path(uuid)
+        # Every seed the same size: a restored guest reads the instance's seed through the
+        # device it saw the spare's on (agent.compute.warm), whose size it knows already.
+        if os.path.getsize(path) > SEED_SIZE:
+            raise exception.StorageError(reason='the seed of %s is larger than %d bytes'
+                                         % (uuid, SEED_SIZE))
+        os.truncate(path, SEED_SIZE)
         if self._dirs.gid is not None:
             os.chown(path, 0, self._dirs.gid)
             os.chmod(path, 0o640)

@@ -214,3 +214,15 @@ class ComputeDriver(abc.ABC):
     def send_identity(self, uuid: str, identity: dict) -> None:
         """Write ``identity`` as one JSON line to the guest's identity port."""
         raise NotImplementedError
+
+    def set_guest_time(self, uuid: str) -> None:
+        """Set the guest's clock to the host's, through its guest agent."""
+        raise NotImplementedError
+
+    def guest_exec(self, uuid: str, argv: list[str]) -> int:
+        """Start ``argv`` in the guest through its guest agent; its pid."""
+        raise NotImplementedError
+
+    def guest_exec_status(self, uuid: str, pid: int) -> dict | None:
+        """None while ``pid`` runs in the guest, then {exitcode, out, err}."""
+        raise NotImplementedError

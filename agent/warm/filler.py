@@ -19,6 +19,7 @@ from agent import exception
 from agent import jobs as jobsmod
 from agent import spec as specmod
 from agent.storage import backend as storage_backend
+from agent.warm import guest as guestmod
 from agent.warm import pools as poolsmod
 from agent.warm import spares as sparesmod
 
@@ -171,6 +172,8 @@ class Filler:
         if spec.disk_gb:
             disks = (core.storage.create_root_disk(uuid, spec.disk_gb * storage_backend.GiB,
                                                    spec.image, spec.image_format),)
+        if pool.seeded:     # its own identity: cloud-init in the spare runs as a first boot
+            disks += (core.seeds.create(dataclasses.replace(spec, hostname='spare-' + uuid[:8])),)
         ready = self._ready[uuid] = threading.Event()
         jobs = self._jobs_created()
         self._go_on(jobs)
@@ -181,6 +184,15 @@ class Filler:
             self._go_on(jobs)
             if time.monotonic() > deadline:
                 raise exception.AgentError('its guest did not become ready')
+        if pool.seeded:
+            # Saved only once cloud-init's first boot is over: a restore runs it again on the
+            # instance's seed, and two runs at once would fight over the guest.
+            status = guestmod.run(core.driver, uuid, ['/usr/bin/cloud-init', 'status', '--wait'],
+                                  max(1.0, deadline - time.monotonic()), core.runtime.sleep,
+                                  lambda: self._go_on(jobs))
+            if status['exitcode'] != 0:
+                raise exception.AgentError('cloud-init in the spare ended with %s: %s'
+                                           % (status['exitcode'], status['out'][-300:].strip()))
         settled = time.monotonic() + self._settle
         while time.monotonic() < settled and uuid not in self._stopped:
             core.runtime.sleep(min(self._tick, max(0.0, settled - time.monotonic())))

@@ -24,6 +24,13 @@ class Pool:
     size: int
     flavor: tuple[tuple[str, object], ...]     # (field, value) of FLAVOR_FIELDS, None omitted
     user_nics: int = 0
+    identity: str = 'port'          # port | cloud-init (see [warm_pool:NAME] identity)
+    identity_timeout: float = 300.0
+
+    @property
+    def seeded(self) -> bool:
+        """Whether its guests read a NoCloud seed (spares one of their own)."""
+        return self.identity == 'cloud-init'
 
     def raw_spec(self, uuid: str, name: str | None = None) -> dict:
         """The flavor as a raw boot spec for ``uuid`` (validated like any other)."""
@@ -36,7 +43,8 @@ class Pool:
 
     def fingerprint(self) -> list:
         """The flavor as plain data: a spare made for another one is not this pool's."""
-        return [[f, v] for f, v in self.flavor] + [['user_nics', self.user_nics]]
+        return [[f, v] for f, v in self.flavor] + [['user_nics', self.user_nics]] + (
+            [['identity', self.identity]] if self.seeded else [])
 
     @property
     def disk_gb(self) -> int:
@@ -49,7 +57,8 @@ def pool_from_options(name: str, options) -> Pool:
         raise exception.ConfigError(reason='[warm] pools: %r is not a valid pool name' % name)
     flavor = tuple((f, getattr(options, f)) for f in FLAVOR_FIELDS
                    if getattr(options, f) is not None)
-    return Pool(name=name, size=options.size, flavor=flavor, user_nics=options.user_nics)
+    return Pool(name=name, size=options.size, flavor=flavor, user_nics=options.user_nics,
+                identity=options.identity, identity_timeout=options.identity_timeout)
 
 
 def pools_from_conf(conf, limits: specmod.Limits) -> dict[str, Pool]:
@@ -96,6 +105,12 @@ def apply(raw, pools: dict[str, Pool]):
             raise exception.InvalidSpec(reason='%s: pool %s has none; a warm instance is its '
                                                'spare\'s flavor' % (field, name))
     whole['nics'] = _nics(raw.get('nics'), pool)
+    if not pool.seeded:
+        given = [f for f in specmod.SEED_FIELDS if raw.get(f)]
+        if given:
+            raise exception.InvalidSpec(
+                reason='%s: pool %s\'s guests read no seed (its identity is %s): boot without '
+                       'the pool' % (given[0], name, pool.identity))
     return whole
 
 

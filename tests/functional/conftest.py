@@ -454,13 +454,15 @@ def spare_records(node: Node, state: str | None = None) -> dict:
 
 
 NODE_FIXTURES = ('node', 'lvm_node', 'acct_node', 'fault_node', 'life_node', 'rpc_node',
-                 'ready_node', 'warm_node', 'warm_lvm_node', 'crash_file_node', 'crash_lvm_node')
+                 'ready_node', 'warm_node', 'warm_lvm_node', 'crash_file_node', 'crash_lvm_node',
+                 'real_node', 'store_node')
 
 
 def stop_libvirtd(pause: float = 0.0) -> None:
     """SIGTERM to libvirtd (it drops every client at once), wait for it to exit, then
     ``pause`` seconds. (SIGKILL in the middle of a domain start left libvirt 9.0 here with
     that domain stuck in a "start" job that no restart frees: beyond any client's reach.)"""
+    settle_teardowns()                 # no node is being torn down through it
     with open('/run/libvirtd.pid') as f:
         pid = int(f.read().strip())
     os.kill(pid, signal.SIGTERM)
@@ -542,9 +544,8 @@ def pg_admin_url() -> str:
     return url
 
 
-@contextlib.contextmanager
-def _pg_database():
-    """A fresh PostgreSQL database (dropped afterwards, connections and all): its URL."""
+def _pg_create():
+    """A fresh PostgreSQL database: (its URL, a callable that drops it, connections and all)."""
     import sqlalchemy as sa
     admin = pg_admin_url()
     name = 'ftest_%s' % uuidlib.uuid4().hex[:12]
@@ -552,12 +553,22 @@ def _pg_database():
     engine = sa.create_engine(admin, isolation_level='AUTOCOMMIT', poolclass=sa.pool.NullPool)
     with engine.connect() as conn:
         conn.exec_driver_sql('CREATE DATABASE %s' % name)
-    try:
-        yield admin.rsplit('/', 1)[0] + '/' + name
-    finally:
+
+    def drop():
         with engine.connect() as conn:
             conn.exec_driver_sql('DROP DATABASE IF EXISTS %s WITH (FORCE)' % name)
         engine.dispose()
+    return admin.rsplit('/', 1)[0] + '/' + name, drop
+
+
+@contextlib.contextmanager
+def _pg_database():
+    """A fresh PostgreSQL database (dropped afterwards): its URL."""
+    url, drop = _pg_create()
+    try:
+        yield url
+    finally:
+        drop()
 
 
 @pytest.fixture
@@ -567,15 +578,69 @@ def pg_url():
         yield url
 
 
-def _run_node(n: Node):
+_teardowns: list[threading.Thread] = []
+_teardown_errors: list[BaseException] = []
+
+
+def _run_node(n: Node, after=None, background: bool = True):
+    """Start the node's conductor and agent, yield the node; then stop both, clean up,
+    destroy its VG and call ``after()``. In the background (``background``): a node's stop is
+    mostly waiting (an idle RPC listener notices its stop only when its poll returns, up to
+    5 s), which the next tests need not sit through; ``settle_teardowns`` waits for them
+    (before a test stops a shared service, and at the session's end)."""
     try:
         n.start('conductor')
         n.start('agent')
         yield n
     finally:
-        n.stop('agent')
-        n.stop('conductor')
-        n.cleanup()
+        def down():
+            try:
+                n.stop('agent')
+                n.stop('conductor')
+                n.cleanup()
+            except BaseException as exc:
+                _teardown_errors.append(exc)
+            finally:
+                try:
+                    if n.vg is not None:
+                        n.vg.destroy()
+                    if after is not None:
+                        after()
+                except BaseException as exc:
+                    _teardown_errors.append(exc)
+        if background:
+            thread = threading.Thread(target=down, name='teardown-' + n.host)
+            thread.start()
+            _teardowns.append(thread)
+        else:
+            down()
+            settle_teardowns()
+
+
+def settle_teardowns() -> None:
+    """Wait for the nodes being torn down; raise the first error one of them met."""
+    while _teardowns:
+        _teardowns.pop().join()
+    if _teardown_errors:
+        raise _teardown_errors.pop(0)
+
+
+@pytest.fixture(scope='session', autouse=True)
+def _settled_at_the_end():
+    """Torn down last (autouse, session): every node's teardown has ended."""
+    yield
+    settle_teardowns()
+
+
+def run_node_on_vg(workdir: str, vg, **kw):
+    """A node on its own VG (destroyed once the node is torn down, or now if the node
+    cannot even be made)."""
+    try:
+        n = Node(workdir, vg, **kw)
+    except BaseException:
+        vg.destroy()
+        raise
+    yield from _run_node(n)
 
 
 @pytest.fixture(scope='session')
@@ -584,8 +649,13 @@ def node(tmp_path_factory):
     store). The other nodes' conductors use SQLite (the embedded default), so the conductor
     tests run against both."""
     _check_node()
-    with _pg_database() as url:
-        yield from _run_node(Node(str(tmp_path_factory.mktemp('node')), conductor_db=url))
+    url, drop = _pg_create()
+    try:
+        n = Node(str(tmp_path_factory.mktemp('node')), conductor_db=url)
+    except BaseException:
+        drop()
+        raise
+    yield from _run_node(n, after=drop)      # dropped once its conductor has stopped
 
 
 @pytest.fixture(scope='session')
@@ -593,10 +663,7 @@ def lvm_node(tmp_path_factory):
     """An agent with the LVM backend on a private loop-backed VG behind counting wrappers."""
     _check_node()
     workdir = str(tmp_path_factory.mktemp('lvmnode'))
-    vg = lvm_harness.LoopVolumeGroup(workdir)
-    try:
-        # No periodic audit here: tests of this node count lvs launches exactly. The
-        # periodic audit has its own node in test_resources.py.
-        yield from _run_node(Node(workdir, vg, extra_config='[resources]\naudit_interval = 0\n'))
-    finally:
-        vg.destroy()
+    # No periodic audit here: tests of this node count lvs launches exactly. The periodic
+    # audit has its own node in test_resources.py.
+    yield from run_node_on_vg(workdir, lvm_harness.LoopVolumeGroup(workdir),
+                              extra_config='[resources]\naudit_interval = 0\n')

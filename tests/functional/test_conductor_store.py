@@ -103,7 +103,7 @@ def pg_node(tmp_path, pg_url):
     node = conftest.Node(str(tmp_path), conductor_db=pg_url, extra_config=(
         '[resources]\naudit_interval = 0\n[conductor]\nworkers = 2\n'))
     node.pg_url = pg_url
-    yield from conftest._run_node(node)
+    yield from conftest._run_node(node, background=False)    # before its database goes
 
 
 def _worker_pids(node) -> set[str]:
@@ -126,6 +126,7 @@ def _agree(node, uuids) -> None:
 
 
 def _restart_postgresql() -> None:
+    conftest.settle_teardowns()            # no node is being torn down through it
     cluster = subprocess.run(['pg_lsclusters', '-h'], check=True, capture_output=True,
                              text=True).stdout.split()
     subprocess.run(['pg_ctlcluster', cluster[0], cluster[1], 'restart', '-m', 'fast'],

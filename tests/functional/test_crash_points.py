@@ -82,11 +82,8 @@ def crash_lvm_node(tmp_path_factory):
     """On a private loop-backed VG (each LV exposed through a loop device at /dev/VG/LV)."""
     conftest._check_node()
     workdir = str(tmp_path_factory.mktemp('crashlvm'))
-    vg = conftest.lvm_harness.LoopVolumeGroup(workdir)
-    try:
-        yield from conftest._run_node(conftest.Node(workdir, vg, extra_config=WARM))
-    finally:
-        vg.destroy()
+    yield from conftest.run_node_on_vg(workdir, conftest.lvm_harness.LoopVolumeGroup(workdir),
+                                       extra_config=WARM)
 
 
 class Crash:

@@ -18,12 +18,9 @@ from tests.functional import lvm_harness
 def fault_node(tmp_path_factory):
     conftest._check_node()
     workdir = str(tmp_path_factory.mktemp('faultnode'))
-    vg = lvm_harness.LoopVolumeGroup(workdir)
     extra = '[conductor]\nreport_timeout = 2\nreport_retry_max = 1\n'
-    try:
-        yield from conftest._run_node(conftest.Node(workdir, vg, extra_config=extra))
-    finally:
-        vg.destroy()
+    yield from conftest.run_node_on_vg(workdir, lvm_harness.LoopVolumeGroup(workdir),
+                                       extra_config=extra)
 
 
 def _lv(uuid):
@@ -142,6 +139,7 @@ def _libvirtd_killed(node, uuids, job_ids):
 
 def _rabbitmq(action):
     if action == 'stop':
+        conftest.settle_teardowns()        # no node is being torn down through it
         subprocess.run(['rabbitmqctl', '-q', 'stop'], check=True, capture_output=True)
         return
     subprocess.run(['rabbitmq-server', '-detached'], check=True, capture_output=True,

@@ -3,94 +3,24 @@ serves them; the agent downloads each once into its cache through the command wo
 copy-on-write overlays on it, and refuses (leaving nothing) what is not the declared image."""
 import grp
 import hashlib
-import http.server
 import os
 import subprocess
-import threading
+import time
 
 import pytest
 
 from agent import exception
+from tests import image_store
 from tests.functional import conftest
 
 MiB = 1024 * 1024
 
 
-class Store(http.server.ThreadingHTTPServer):
-    """``/HOW/NAME``: how ``img`` serves ``images[NAME]`` as it is; ``slow`` in 64 KiB pieces,
-    stopping half-way until ``resume`` is set; ``truncated`` half of it; ``long`` more than
-    it (no length); anything else 404. ``gate`` holds every answer until set."""
-
-    daemon_threads = True
-
-    def __init__(self):
-        super().__init__(('127.0.0.1', 0), Handler)
-        self.images: dict[str, bytes] = {}
-        self.requests: list[str] = []
-        self.asked = threading.Condition()
-        self.gate = threading.Event()
-        self.gate.set()
-        self.halfway = threading.Event()
-        self.resume = threading.Event()
-
-    @property
-    def base(self) -> str:
-        return 'http://127.0.0.1:%d/' % self.server_address[1]
-
-    def add(self, name: str, data: bytes, how: str = 'img') -> dict:
-        self.images[name] = data
-        return {'url': '%s%s/%s' % (self.base, how, name),
-                'sha256': hashlib.sha256(data).hexdigest(), 'size': len(data)}
-
-    def wait_asked(self, count: int = 1) -> None:
-        with self.asked:
-            assert self.asked.wait_for(lambda: len(self.requests) >= count, 60)
-
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        store = self.server
-        with store.asked:
-            store.requests.append(self.path)
-            store.asked.notify_all()
-        store.gate.wait(120)
-        _, how, name = self.path.split('/', 2)
-        data = store.images.get(name)
-        if data is None or how not in ('img', 'slow', 'truncated', 'long'):
-            self.send_error(404)
-            return
-        self.send_response(200)
-        if how != 'long':
-            self.send_header('Content-Length', str(len(data)))
-        self.end_headers()
-        if how == 'img':
-            self.wfile.write(data)
-        elif how == 'slow':
-            for off in range(0, len(data), 64 * 1024):
-                if off == len(data) // 2:
-                    store.halfway.set()
-                    store.resume.wait(120)
-                self.wfile.write(data[off:off + 64 * 1024])
-                self.wfile.flush()
-        elif how == 'truncated':
-            self.wfile.write(data[:len(data) // 2])
-        elif how == 'long':
-            self.wfile.write(data + b'\0' * 4096)
-        self.close_connection = True
-
-
 @pytest.fixture(scope='module')
 def store():
-    s = Store()
-    threading.Thread(target=s.serve_forever, args=(0.05,), daemon=True).start()
+    s = image_store.Store().start()
     yield s
-    s.gate.set()
-    s.resume.set()
-    s.shutdown()
-    s.server_close()
+    s.stop()
 
 
 @pytest.fixture(scope='module')
@@ -129,7 +59,12 @@ def test_many_boots_of_a_new_image_share_one_download(store_node, store):
     try:
         for spec in specs:
             store_node.boot(spec)      # each answered at once: the download is the job's
-        store.wait_asked()
+        # one download under way, the five other boots waiting for it (not for a download
+        # of their own): then the store answers
+        deadline = time.monotonic() + 120
+        while store_node.compute.get_stats(store_node.host)['images']['waiting'] < 5:
+            assert time.monotonic() < deadline, store_node.log_tail('agent')
+            time.sleep(0.1)
     finally:
         store.gate.set()
     uuids = [s['uuid'] for s in specs]

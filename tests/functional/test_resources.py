@@ -28,16 +28,13 @@ ZERO = {'vcpus': 0, 'memory_mb': 0, 'disk_gb': 0}
 def acct_node(tmp_path_factory):
     conftest._check_node()
     workdir = str(tmp_path_factory.mktemp('acctnode'))
-    vg = lvm_harness.LoopVolumeGroup(workdir)
     ratio = math.ceil(2 * N / (os.cpu_count() or 1))   # room for the N one-vCPU guests
     extra = ('[DEFAULT]\nmax_vcpus_per_instance = 4096\n'
              '[resources]\ncpu_allocation_ratio = %d\naudit_interval = %s\n'
              '[conductor]\nreport_window = %s\ndebug_report_delay = %s\n'
              % (ratio, AUDIT, WINDOW, DELAY))
-    try:
-        yield from conftest._run_node(conftest.Node(workdir, vg, extra_config=extra))
-    finally:
-        vg.destroy()
+    yield from conftest.run_node_on_vg(workdir, lvm_harness.LoopVolumeGroup(workdir),
+                                       extra_config=extra)
 
 
 def _settled(node):

@@ -206,14 +206,10 @@ def warm_lvm_node(tmp_path_factory):
     the harness exposes each LV through a loop device at its /dev/VG/LV path)."""
     conftest._check_node()
     workdir = str(tmp_path_factory.mktemp('warmlvmnode'))
-    vg = conftest.lvm_harness.LoopVolumeGroup(workdir)
-    try:
-        yield from conftest._run_node(conftest.Node(
-            workdir, vg, extra_config='[resources]\naudit_interval = 0\n'
-                                      '[warm]\npools = tiny\nquiet_seconds = 1\n'
-                                      '[warm_pool:tiny]\nsize = 1\n' + FLAVOR))
-    finally:
-        vg.destroy()
+    yield from conftest.run_node_on_vg(
+        workdir, conftest.lvm_harness.LoopVolumeGroup(workdir),
+        extra_config='[resources]\naudit_interval = 0\n[warm]\npools = tiny\nquiet_seconds = 1\n'
+                     '[warm_pool:tiny]\nsize = 1\n' + FLAVOR)
 
 
 def test_on_lvm_a_warm_instance_takes_its_spares_lv(warm_lvm_node):

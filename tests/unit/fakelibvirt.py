@@ -6,6 +6,7 @@ connection's callbacks, delivered by ``virEventRunDefaultImpl`` on the caller's 
 with real libvirt. Every API call is recorded in ``Hypervisor.calls`` (independent of the
 agent's own counters); ``fail_next`` injects libvirt errors; ``restart`` drops connections.
 """
+import base64
 import builtins
 import json
 import os
@@ -133,6 +134,11 @@ class Hypervisor:
         # uuids of guests that ignore the ACPI power button (still booting, or no acpid)
         self.acpi_ignored: set[str] = set()
         self.auto_ready = False    # every started guest opens its agent channel at once
+        # The guest agents (qemu-ga): what they were asked, and how guest-exec ends
+        self.guest_times: dict[str, dict] = {}      # uuid -> the last setTime's time
+        self.guest_execs: dict[str, list] = {}      # uuid -> [guest-exec arguments]
+        self.exec_polls = 2                         # guest-exec-status answers until exited
+        self.exec_exitcode = 0
 
     def record(self, name: str) -> None:
         with self.lock:
@@ -518,3 +524,31 @@ class Domain:
         del self._conn.hv.domains[self.uuid]
         self._conn.hv.emit(dom, VIR_DOMAIN_EVENT_UNDEFINED, 0)
         return 0
+
+    def setTime(self, time=None, flags=0):
+        dom = self._running('setTime')
+        dom._conn.hv.guest_times[dom.uuid] = dict(time or {})
+        return 0
+
+
+def qemuAgentCommand(domain, cmd, timeout, flags):
+    """libvirt_qemu's pass-through to the guest agent: guest-exec and guest-exec-status."""
+    dom = domain._running('qemuAgentCommand')
+    hv = dom._conn.hv
+    request = json.loads(cmd)
+    if dom.agent != 'connected':
+        raise libvirtError('Guest agent is not responding: QEMU guest agent is not connected',
+                           VIR_ERR_OPERATION_INVALID)
+    if request['execute'] == 'guest-exec':
+        runs = hv.guest_execs.setdefault(dom.uuid, [])
+        runs.append(request['arguments'])
+        dom.exec_polls = hv.exec_polls
+        return json.dumps({'return': {'pid': 1000 + len(runs)}})
+    if request['execute'] == 'guest-exec-status':
+        dom.exec_polls -= 1
+        if dom.exec_polls > 0:
+            return json.dumps({'return': {'exited': False}})
+        err = base64.b64encode(b'cloud-init: boom' if hv.exec_exitcode else b'').decode()
+        return json.dumps({'return': {'exited': True, 'exitcode': hv.exec_exitcode,
+                                      'out-data': '', 'err-data': err}})
+    raise libvirtError('unsupported guest agent command', VIR_ERR_OPERATION_INVALID)

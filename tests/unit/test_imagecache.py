@@ -3,7 +3,6 @@ however many boots ask, least recently used images evicted, nothing left by a fa
 download code is the worker's own (agent.storage.fetch), against a real HTTP server on
 loopback in this process."""
 import hashlib
-import http.server
 import json
 import os
 import threading
@@ -16,6 +15,7 @@ from agent import spec as specmod
 from agent.storage import fetch
 from agent.storage import imagecache
 from agent.storage import operations
+from tests import image_store
 from tests.unit import qcow2
 from tests.unit.conftest import Agent, boot_spec, wait_until
 
@@ -27,75 +27,11 @@ def uuid(i: int) -> str:
     return '%08d-2222-3333-4444-555555555555' % i
 
 
-class Store(http.server.ThreadingHTTPServer):
-    """An image store: ``/img/NAME`` serves the bytes of ``images[NAME]``; other first path
-    segments serve them wrongly (see ``Handler``). ``gate``: hold every answer until set."""
-
-    daemon_threads = True
-
-    def __init__(self):
-        super().__init__(('127.0.0.1', 0), Handler)
-        self.images: dict[str, bytes] = {}
-        self.requests: list[str] = []
-        self.gate = threading.Event()
-        self.gate.set()
-        self.release = threading.Event()      # ends a stalled answer
-        self.lock = threading.Lock()
-
-    @property
-    def base(self) -> str:
-        return 'http://127.0.0.1:%d/' % self.server_address[1]
-
-    def add(self, name: str, data: bytes) -> dict:
-        self.images[name] = data
-        return {'url': self.base + 'img/' + name, 'sha256': hashlib.sha256(data).hexdigest(),
-                'size': len(data)}
-
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        store = self.server
-        with store.lock:
-            store.requests.append(self.path)
-        store.gate.wait(10)
-        _, how, name = self.path.split('/', 2)
-        data = store.images.get(name)
-        if how == 'redirect':
-            self.send_response(302)
-            self.send_header('Location', store.base + 'img/' + name)
-            self.end_headers()
-            return
-        if data is None or how not in ('img', 'truncated', 'long', 'stall'):
-            self.send_error(404)
-            return
-        self.send_response(200)
-        if how != 'long':
-            self.send_header('Content-Length', str(len(data)))
-        self.end_headers()
-        if how == 'img':
-            self.wfile.write(data)
-        elif how == 'truncated':           # announces all, sends half, closes
-            self.wfile.write(data[:len(data) // 2])
-        elif how == 'long':                # no length; more than declared (see ``long``)
-            self.wfile.write(data + b'more')
-        elif how == 'stall':               # headers, then nothing until released
-            self.wfile.flush()
-            store.release.wait(10)
-        self.close_connection = True
-
-
 @pytest.fixture
 def store():
-    s = Store()
-    threading.Thread(target=s.serve_forever, args=(0.05,), daemon=True).start()
+    s = image_store.Store().start()
     yield s
-    s.release.set()
-    s.gate.set()
-    s.shutdown()
-    s.server_close()
+    s.stop()
 
 
 @pytest.fixture
@@ -262,9 +198,9 @@ def pins(node) -> dict:
     return out
 
 
-def test_many_boots_of_a_new_image_share_one_download(node, store, conf):
-    ref = store.add('a.raw', os.urandom(MiB))
-    store.gate.clear()                    # the store answers once all boots asked
+def _boots_at_once(node, conf, store, ref: dict, n: int) -> tuple[dict, list]:
+    """``n`` boots of ``ref`` at once; the store answers once the first one asked and all the
+    others wait for its download. (results by index, errors)."""
     results, errors = {}, []
 
     def boot(i):
@@ -272,13 +208,21 @@ def test_many_boots_of_a_new_image_share_one_download(node, store, conf):
             results[i] = node.images.resolve(_spec(conf, store, ref, uuid(i)))
         except Exception as exc:
             errors.append(exc)
-    threads = [threading.Thread(target=boot, args=(i,)) for i in range(8)]
+    store.gate.clear()
+    threads = [threading.Thread(target=boot, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
-    wait_until(lambda: store.requests, what='the download to start')
+    wait_until(lambda: node.images.stats()['waiting'] == n - 1 and store.requests,
+               what='one download and %d boots waiting for it' % (n - 1))
     store.gate.set()
     for t in threads:
         t.join(10)
+    return results, errors
+
+
+def test_many_boots_of_a_new_image_share_one_download(node, store, conf):
+    ref = store.add('a.raw', os.urandom(MiB))
+    results, errors = _boots_at_once(node, conf, store, ref, 8)
     assert not errors and len(results) == 8
     assert store.requests == ['/img/a.raw']           # one download for all eight
     path = os.path.join(node.images.cache_dir, ref['sha256'])
@@ -286,28 +230,16 @@ def test_many_boots_of_a_new_image_share_one_download(node, store, conf):
     assert all(r.image_format == 'raw' and r.files[-1].path == path for r in results.values())
     assert pins(node) == {uuid(i): ref['sha256'] for i in range(8)}
     counts = node.images.stats()
-    assert counts['downloads'] == 1 and counts['hits'] + counts['shared'] == 7
+    assert counts['downloads'] == 1 and counts['shared'] == 7 and counts['hits'] == 0
 
 
 def test_a_failed_download_fails_every_boot_waiting_for_it_and_pins_nothing(node, store, conf):
     ref = dict(store.add('a.raw', os.urandom(MiB)), sha256='00' * 32)
-    errors = []
-
-    def boot(i):
-        try:
-            node.images.resolve(_spec(conf, store, ref, uuid(i)))
-        except exception.InvalidImage as exc:
-            errors.append(str(exc))
-    store.gate.clear()
-    threads = [threading.Thread(target=boot, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    wait_until(lambda: store.requests, what='the download to start')
-    store.gate.set()
-    for t in threads:
-        t.join(10)
-    assert len(errors) == 4 and all('sha256 mismatch' in e for e in errors), errors
-    assert len(store.requests) <= 4 and os.listdir(node.images.cache_dir) == []
+    results, errors = _boots_at_once(node, conf, store, ref, 4)
+    assert not results and len(errors) == 4
+    assert all(isinstance(e, exception.InvalidImage) and 'sha256 mismatch' in str(e)
+               for e in errors), errors
+    assert store.requests == ['/img/a.raw'] and os.listdir(node.images.cache_dir) == []
     assert pins(node) == {} and node.dirs.owned() == {}
     assert node.images.stats()['downloading'] == 0
 

@@ -12,6 +12,8 @@ from agent import exception
 from agent import nocloud
 from agent import spec as specmod
 from agent.storage import operations
+from agent.storage import seeds
+from agent.warm import pools as poolsmod
 from tests.unit.conftest import boot_spec
 
 U1 = '11111111-2222-3333-4444-555555555555'
@@ -75,9 +77,16 @@ def test_a_bad_seed_field_is_refused_naming_it(conf, fields, named):
     assert str(err.value).startswith('Invalid request: %s:' % named), err.value
 
 
-def test_a_warm_pools_spec_takes_no_seed(conf):
-    with pytest.raises(exception.InvalidSpec, match='hostname: not with a warm pool'):
-        validate(conf, pool='small', hostname='web-1')
+def test_only_a_cloud_init_pools_spec_takes_seed_fields():
+    flavor = (('kernel', 'vmlinuz'), ('memory_mb', 128))
+    port = poolsmod.Pool(name='small', size=1, flavor=flavor)
+    cloud = poolsmod.Pool(name='debian', size=1, flavor=flavor, identity='cloud-init')
+    with pytest.raises(exception.InvalidSpec, match='hostname: pool small.s guests read no seed'):
+        poolsmod.apply({'uuid': U1, 'pool': 'small', 'hostname': 'web-1'}, {'small': port})
+    whole = poolsmod.apply({'uuid': U1, 'pool': 'debian', 'hostname': 'web-1',
+                            'ssh_keys': [KEY]}, {'debian': cloud})
+    assert whole['hostname'] == 'web-1' and whole['kernel'] == 'vmlinuz'
+    assert cloud.fingerprint() != port.fingerprint()     # a spare of one is not the other's
 
 
 def test_the_seed_files_are_what_cloud_init_reads(conf):
@@ -117,8 +126,10 @@ def test_a_seeded_boot_gives_the_guest_its_seed_read_only(agent, hv):
     assert job['libvirt_calls'] == 2                     # the seed costs no libvirt call
     directory = agent.dirs.path(U1)
     assert sorted(os.listdir(directory)) == ['.compute-agent-instance', 'seed.iso']
-    with open(os.path.join(directory, 'seed.iso')) as f:
-        iso = json.load(f)                               # the fake genisoimage's stand-in
+    with open(os.path.join(directory, 'seed.iso'), 'rb') as f:
+        data = f.read()
+    assert len(data) == seeds.SEED_SIZE                  # every seed padded to one size
+    iso = json.loads(data.rstrip(b'\0'))                # the fake genisoimage's stand-in
     assert iso['label'] == 'cidata'
     assert json.loads(iso['files']['meta-data'])['local-hostname'] == 'web-1.example'
     assert iso['files']['user-data'] == SEEDED['user_data']

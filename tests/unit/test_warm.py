@@ -10,6 +10,8 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from agent import exception
+from agent.compute import warm as warmmod
+from agent.storage import seeds as seedsmod
 from agent.virt.libvirt import config as vconfig
 from agent.warm import pools as poolsmod
 from tests.unit import fakelibvirt
@@ -425,5 +427,73 @@ def test_a_boot_with_the_uuid_of_a_spare_or_a_warm_instances_domain_is_refused(c
         assert a.manager.stats()['jobs_total'] == jobs
         assert set(a.manager.instances) == {U1}
         assert [s.uuid for s in a.manager.core.spares.available()] == [saved.uuid]
+    finally:
+        a.stop()
+
+
+# -- a cloud-init pool: the instance's seed, the guest's clock, cloud-init via the guest agent
+CLOUD = poolsmod.Pool(name='debian', size=1, flavor=TINY.flavor, identity='cloud-init',
+                      identity_timeout=5.0)
+
+
+def _seed_of(xml: str, dev: str = 'vdb') -> str:
+    for disk in ET.fromstring(xml).findall('devices/disk'):
+        if disk.find('target').get('dev') == dev:
+            return disk.find('source').get('file')
+    raise AssertionError('no %s' % dev)
+
+
+def _seed_meta(path: str) -> dict:
+    with open(path, 'rb') as f:
+        return json.loads(json.loads(f.read().rstrip(b'\0'))['files']['meta-data'])
+
+
+def test_a_cloud_init_pools_restore_runs_cloud_init_on_the_instances_seed(conf, hv):
+    hv.auto_ready = True
+    a = Agent(conf, hv, backend='file', pools={'debian': CLOUD}, warm=WARM)
+    try:
+        assert a.manager.filler.make(CLOUD) is not None
+        spare = a.manager.core.spares.available()[0]
+        spare_seed = _seed_of(spare.xml)
+        assert _seed_meta(spare_seed)['instance-id'] == spare.uuid   # its own first boot
+        job = a.wait_job(a.manager.boot_instance(
+            {'uuid': U1, 'pool': 'debian', 'hostname': 'web-1'})['job_id'])
+        assert job['state'] == 'done' and job['result'].startswith('warm: hit'), job
+        # one restore, the clock, cloud-init started and watched, then the define
+        assert job['libvirt_calls_by_op'] == {'restoreFlags': 1, 'setTime': 1, 'guest-exec': 1,
+                                              'guest-exec-status': 2, 'defineXML': 1}
+        dom = hv.domains[spare.uuid]
+        seed = _seed_of(dom.xml)
+        assert seed == os.path.join(conf.instances_path, U1, 'seed.iso')
+        assert _seed_meta(seed) == {'instance-id': U1, 'local-hostname': 'web-1'}
+        assert os.path.getsize(seed) == seedsmod.SEED_SIZE     # the spare's seed's: the device's
+        assert abs(hv.guest_times[spare.uuid]['seconds'] - time.time()) < 60
+        # in the spare: saved once its cloud-init's first boot was over; then the instance's
+        assert hv.guest_execs[spare.uuid] == [
+            {'path': '/usr/bin/cloud-init', 'arg': ['status', '--wait'], 'capture-output': True},
+            {'path': '/bin/sh', 'arg': ['-c', warmmod.APPLY_SEED, 'sh', '/dev/vdb'],
+             'capture-output': True}]
+        inst = a.manager.instances[U1]
+        assert inst.readiness == 'ready' and not inst.identity_pending
+    finally:
+        a.stop()
+
+
+def test_a_cloud_init_run_that_fails_removes_the_restored_guest_and_boots_cold(conf, hv):
+    hv.auto_ready = True
+    a = Agent(conf, hv, backend='file', pools={'debian': CLOUD}, warm=WARM)
+    try:
+        assert a.manager.filler.make(CLOUD) is not None
+        spare = a.manager.core.spares.available()[0]
+        hv.exec_exitcode = 1
+        job = a.wait_job(a.manager.boot_instance(
+            {'uuid': U1, 'pool': 'debian', 'hostname': 'web-1'})['job_id'])
+        assert job['state'] == 'done', job
+        assert job['result'].startswith('cold (warm: restore failed: cloud-init in the guest '
+                                        'failed (exit 1): cloud-init: boom'), job['result']
+        assert spare.uuid not in hv.domains                    # the restored guest is gone
+        assert U1 in hv.domains                                # booted cold, with its seed
+        assert _seed_meta(_seed_of(hv.domains[U1].xml))['local-hostname'] == 'web-1'
+        wait_until(lambda: a.manager.instances[U1].readiness == 'ready', what='ready')
     finally:
         a.stop()
