@@ -62,7 +62,8 @@ def agent(dom, command: str, arguments: dict | None = None):
 
 def run_in_guest(dom, argv: list[str], timeout: float = 900.0) -> tuple[int, str, float]:
     """(exit code, output, monotonic time it was seen exited), by guest-exec."""
-    pid = agent(dom, 'guest-exec', {'path': argv[0], 'arg': argv[1:], 'capture-output': True})
+    pid = agent(dom, 'guest-exec', {'path': argv[0], 'arg': argv[1:],
+                                    'capture-output': True})['pid']
     deadline = time.monotonic() + timeout
     while True:
         status = agent(dom, 'guest-exec-status', {'pid': pid})
@@ -100,6 +101,15 @@ class RealFloor(bs.Floor):
                 pass
 
 
+def _start_agent(svc, run: str, overrides: str, progress) -> None:
+    """A fresh agent; what an interrupted run left on the benchmark's node is deleted."""
+    svc.start_agent(run, overrides)
+    left = [i['uuid'] for i in svc.compute.list_instances(svc.host)]
+    if left:
+        progress.done('deleting %d instances an interrupted run left' % len(left))
+        _delete(svc, left)
+
+
 def _boot_all(svc, specs: list[dict], progress, what: str, ready_timeout: float) -> dict:
     t0, t0_wall, jobs = {}, {}, {}
 
@@ -121,7 +131,7 @@ def _delete(svc, uuids) -> None:
 
 
 def cold(svc, n: int, progress, ready_timeout: float) -> dict:
-    svc.start_agent('cold', BASE)
+    _start_agent(svc, 'cold', BASE, progress)
     key = ssh_key()
     specs = [dict(FLAVOR, uuid=str(uuidlib.uuid4()), hostname='cold-%d' % i, ssh_keys=[key])
              for i in range(n)]
@@ -145,7 +155,7 @@ def cold(svc, n: int, progress, ready_timeout: float) -> dict:
 
 
 def warm(svc, n: int, progress, ready_timeout: float) -> dict:
-    svc.start_agent('warm', BASE + POOL % n)
+    _start_agent(svc, 'warm', BASE + POOL % n, progress)
     deadline = time.monotonic() + 300 * n + 300
     while True:
         have = svc.compute.get_stats(svc.host)['manager']['warm']['spares'].get('real', 0)
