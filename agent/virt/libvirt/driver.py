@@ -8,7 +8,6 @@ listing. Host facts come from the cache in ``Host``; instance state comes from l
 events, never from polling.
 """
 import dataclasses
-import importlib
 import logging
 import os
 import random
@@ -48,9 +47,6 @@ class LibvirtDriver(vlisting.Listing, vwarm.WarmDomains, driver.ComputeDriver):
         if libvirt_mod is None:
             import libvirt as libvirt_mod
         self._lv = libvirt_mod
-        # The guest agent's pass-through lives in libvirt_qemu (the fake has it in itself).
-        self._qemu_agent_command = getattr(libvirt_mod, 'qemuAgentCommand', None) \
-            or importlib.import_module('libvirt_qemu').qemuAgentCommand
         self._options = options
         self._node = node
         self._virt_type = options.virt_type

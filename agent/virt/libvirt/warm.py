@@ -9,6 +9,7 @@ that stop and start keep it, as they keep a cold instance's.
 """
 import base64
 import dataclasses
+import importlib
 import json
 import logging
 import os
@@ -209,8 +210,10 @@ class WarmDomains:
         else:
             dom = self._ours_or_raise(uuid)
         request = json.dumps({'execute': command, 'arguments': arguments})
-        reply = self.host.call(command, self._qemu_agent_command, dom, request,
-                               AGENT_TIMEOUT, 0)
+        # The guest agent's pass-through lives in libvirt_qemu (the fake has it in itself).
+        send = getattr(self._lv, 'qemuAgentCommand', None) \
+            or importlib.import_module('libvirt_qemu').qemuAgentCommand
+        reply = self.host.call(command, send, dom, request, AGENT_TIMEOUT, 0)
         try:
             return json.loads(reply)['return']
         except (ValueError, KeyError, TypeError):
