@@ -55,7 +55,7 @@ POINTS = {
     'stop.sent': 'the stop sent to libvirt, the stop job not yet done',
     'start.sent': 'the start sent to libvirt, the start job not yet done',
     'reboot.sent': 'the reboot sent to libvirt, the reboot job not yet done',
-    # warm boots: spares made, saved, taken, discarded (agent.warm, agent.compute.warm)
+    # warm boots: spares made, saved, taken, discarded (agent.warm)
     'spare.make.begun': "a spare's directory and 'making' record written, no domain yet",
     'spare.make.started': "a spare's domain running, not saved",
     'spare.save.saved': "a spare's memory image written (its domain gone), record not 'saved'",

@@ -175,20 +175,31 @@ class ResourceTracker:
         self._send(report)
 
     # -- claims ---------------------------------------------------------------------------------
-    def claim(self, uuid: str, vcpus, memory_mb, disk_gb=0) -> Amounts:
-        """Hold the resources of instance ``uuid``; raise (changing nothing) if they cannot be."""
+    def claim(self, uuid: str, vcpus, memory_mb, disk_gb=0,
+              instead_of: str | None = None) -> Amounts:
+        """Hold the resources of instance ``uuid``; raise (changing nothing) if they cannot be.
+        ``instead_of``: a reservation (a saved spare's disk) that ends as this claim begins,
+        in one step: what it held counts as free for this claim."""
         want = Amounts(_size('vcpus', vcpus, 1), _size('memory_mb', memory_mb, 1),
                        _size('disk_gb', disk_gb, 0))
         with self._lock:
+            moved = self._claims.get(instead_of, Amounts()) if instead_of else Amounts()
             try:
                 if uuid in self._claims:
                     raise exception.ClaimExists(uuid=uuid)
-                self._check_fits_locked(want)
+                self._usage = self._usage - moved
+                try:
+                    self._check_fits_locked(want)
+                finally:
+                    self._usage = self._usage + moved
             except exception.AgentError:
                 self.counts['refusals'] += 1
                 raise
+            if instead_of:
+                self._claims.pop(instead_of, None)
+                self._touch_locked(instead_of)
             self._claims[uuid] = want
-            self._usage = self._usage + want
+            self._usage = self._usage - moved + want
             self.counts['claims'] += 1
             self._touch_locked(uuid)
             report = self._changed_locked()

@@ -166,7 +166,8 @@ class AgentService:
                   'ready_timeout': conf.warm.ready_timeout,
                   'retry_interval': conf.warm.retry_interval,
                   'settle_seconds': conf.warm.settle_seconds,
-                  'max_disk_gb': conf.warm.max_disk_gb})
+                  'max_disk_gb': conf.warm.max_disk_gb,
+                  'max_spare_age': conf.warm.max_spare_age})
         target = oslo_messaging.Target(topic='compute', server=conf.host)
         self.server = oslo_messaging.get_rpc_server(
             self.transport, target,
@@ -223,9 +224,9 @@ class AgentService:
         LOG.info('image cache %s: %s', self.images.cache_dir, self.images.init())
         self.manager.init_host()
         self.runtime.spawn(self.reporter.run)
-        self.runtime.spawn(self.manager.run_filler)
+        self.runtime.spawn(self.manager.warm.run)
         if self.conf.resources.audit_interval > 0:
-            self.runtime.spawn(self.manager.run_audits, self.conf.resources.audit_interval)
+            self.runtime.spawn(self.manager.audits.run, self.conf.resources.audit_interval)
         if self.conf.metrics.port:
             self.metrics_port = self.metrics.serve(self.conf.metrics.listen_address,
                                                    self.conf.metrics.port)
@@ -248,7 +249,7 @@ class AgentService:
         self.server.stop()
         rpc_drain.leave_unacked(self.server)        # requests delivered now wait for the restart
         self.server.wait()
-        self.manager.stop_filler()
+        self.manager.warm.stop()
         self.reporter.flush(timeout=5.0)
         self.reporter.stop()
         try:

@@ -37,12 +37,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_boot_storm as bs  # noqa: E402
 from agent.virt.libvirt import config as vconfig  # noqa: E402
 
-CMDLINE = 'root=/dev/vda console=ttyS0 quiet'
+CMDLINE = 'root=/dev/vda console=ttyS0 quiet no_timer_check'
 FLAVOR = {'vcpus': 1, 'memory_mb': 1024, 'image': 'debian-real.raw', 'disk_gb': 2,
           'kernel': 'debian-real-vmlinuz', 'initrd': 'debian-real-initrd.img',
           'cmdline': CMDLINE}
 POOL = ('[warm]\npools = real\nquiet_seconds = 0.5\nready_timeout = 900\n'
-        '[warm_pool:real]\nsize = %d\nidentity = cloud-init\n' +
+        '[warm_pool:real]\nsize = %d\nidentity = cloud-init\nidentity_timeout = 1800\n' +
         ''.join('%s = %s\n' % kv for kv in FLAVOR.items()))
 BASE = '[resources]\ncpu_allocation_ratio = 64\n'
 

@@ -25,7 +25,7 @@ image = debian-real.raw
 disk_gb = 2
 kernel = debian-real-vmlinuz
 initrd = debian-real-initrd.img
-cmdline = root=/dev/vda console=ttyS0 quiet'
+cmdline = root=/dev/vda console=ttyS0 quiet no_timer_check'
 cat >"$run/compute-agent.conf" <<CONF
 [DEFAULT]
 host = $host
@@ -96,7 +96,7 @@ echo "1 spare saved in $((SECONDS - t0)) s"
 echo
 echo "== cold: compute-ctl boot --image debian-real.raw ... --hostname real-cold --ssh-key --user-data =="
 ctl boot --vcpus 1 --memory-mb 1024 --image debian-real.raw --disk-gb 2 --kernel debian-real-vmlinuz \
-    --initrd debian-real-initrd.img --cmdline "root=/dev/vda console=ttyS0 quiet" \
+    --initrd debian-real-initrd.img --cmdline "root=/dev/vda console=ttyS0 quiet no_timer_check" \
     --hostname real-cold --ssh-key "$run/id_demo.pub" --user-data "$run/user-data" \
     --wait --ready --timeout 900 | grep -v '^accepted'
 cold=$(ctl list | awk 'NR>1{print $1}')

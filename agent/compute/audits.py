@@ -4,8 +4,11 @@ import logging
 from typing import Callable
 
 from agent import exception
+from agent import jobs as jobsmod
 from agent import resources
 from agent.compute import core as coremod
+from agent.compute import instance as instancemod
+from agent.compute import states
 from agent.storage import backend as storage_backend
 from agent.virt import driver as vdriver
 
@@ -13,14 +16,22 @@ LOG = logging.getLogger(__name__)
 
 
 class Audits:
-    """Corrects the resource tracker from listings. ``clean_listing(infos)`` returns the
-    listing less domains it removed (failed boots' remnants)."""
+    """Corrects the resource tracker from listings, and removes what failed boots left in
+    them. ``making()``: uuids of spares being made (agent.warm), half-made like a booting
+    instance."""
 
-    def __init__(self, core: coremod.Core,
-                 clean_listing: Callable[[list[vdriver.InstanceInfo]],
-                                         list[vdriver.InstanceInfo]]):
+    def __init__(self, core: coremod.Core, making: Callable[[], set[str]] = set):
         self._core = core
-        self._clean_listing = clean_listing
+        self._making = making
+
+    def busy(self) -> set[str]:
+        """What audits leave alone: instances a boot or delete works on, spares being
+        made."""
+        return self._core.busy() | self._making()
+
+    def auditing(self):
+        """Begin an audit before reading the listings it will judge (``audit``)."""
+        return self._core.tracker.auditing(busy=self.busy())
 
     def audit(self, infos: list[vdriver.InstanceInfo] | None = None,
               inventory: storage_backend.Inventory | None = None,
@@ -36,7 +47,7 @@ class Audits:
         if token is None:
             if infos is not None or inventory is not None:
                 raise ValueError('an audit of listings handed in needs its token')
-            with core.auditing() as token:
+            with self.auditing() as token:
                 return self.audit(token=token)
         if infos is None:
             infos = core.driver.list_instances()
@@ -53,16 +64,42 @@ class Audits:
         for uuid, disk in inventory.disks.items():
             held = observed.get(uuid, resources.Amounts())
             observed[uuid] = dataclasses.replace(held, disk_gb=-(-disk.size // storage_backend.GiB))
-        return core.tracker.apply_audit(token, observed, core.busy(),
+        return core.tracker.apply_audit(token, observed, self.busy(),
                                         disk_gb=inventory.instance_bytes // storage_backend.GiB)
 
     def periodic_audit(self) -> list[str]:
         """One pass of the periodic audit. Its listing also finds the domains failed boots
         could not remove, and removes them."""
         core = self._core
-        with core.tracer.bind_track('audit'), core.auditing() as token:
-            infos = self._clean_listing(core.driver.list_instances())
+        with core.tracer.bind_track('audit'), self.auditing() as token:
+            infos = self.without_failed_boot_remnants(core.driver.list_instances())
             return self.audit(infos, token=token)
+
+    def without_failed_boot_remnants(self, infos: list[vdriver.InstanceInfo]
+                                     ) -> list[vdriver.InstanceInfo]:
+        """The listing less the domains of failed boots, which are removed."""
+        kept = []
+        for info in infos:
+            inst = self._core.instances.get(info.uuid) if info.ours else None
+            if inst is None or not self._remove_failed_boot_remnant(inst):
+                kept.append(info)
+        return kept
+
+    def _remove_failed_boot_remnant(self, inst: instancemod.Instance) -> bool:
+        """A domain listed for an instance whose boot failed: the boot's undefine was lost
+        with the connection (or its define's answer was). Remove it; the job stays failed."""
+        core = self._core
+        if inst.task is not None or inst.vm_state != states.ERROR or inst.boot_job is None:
+            return False
+        try:
+            job = core.jobs.get(inst.boot_job)
+        except exception.JobNotFound:
+            return False
+        if job.state != jobsmod.FAILED:
+            return False
+        LOG.warning('[instance: %s] removing the domain its failed boot left', inst.uuid)
+        return core.attempt(inst.uuid, 'remove domain of a failed boot', core.driver.destroy,
+                            inst.uuid, job=job)
 
     def run(self, interval: float) -> None:
         """The periodic audit loop; run it in its own (green)thread."""

@@ -22,7 +22,7 @@ from agent.compute import instance as instancemod
 from agent.compute import states
 from agent.storage import backend as storage_backend
 from agent.virt import driver as vdriver
-from agent.warm import spares as sparesmod
+from agent.warm import node as warmnode
 
 LOG = logging.getLogger(__name__)
 
@@ -61,11 +61,9 @@ class Core:
         self.instances: dict[str, instancemod.Instance] = {}
         self.lock = threading.Lock()        # guards ``instances`` (arithmetic only under it)
         self.reconciled = collections.Counter()    # start-up actions and removed orphans
-        # Warm boots (``agent.warm``): the saved spares, the pools, and who hears of spares'
-        # events (the filler). No pools: nothing of it is ever used.
-        self.spares = sparesmod.SpareStore(dirs, runtime.workqueue.execute)
-        self.pools: dict = {}
-        self.on_spare_event = lambda event: None
+        # The hypervisor is lost, or back but not yet resynchronised (Recovery sets it): jobs
+        # that must settle with libvirt wait.
+        self.recovering = False
 
     def change(self, inst: instancemod.Instance, **changes) -> None:
         """Change ``inst`` and report it. A ``vm_state`` change must be a transition of
@@ -95,6 +93,17 @@ class Core:
                 inst.changed.wait(remaining)
         return True
 
+    def wait_ready(self, inst: instancemod.Instance, timeout: float) -> bool:
+        """Wait until the guest of ``inst`` is ready, at most ``timeout`` s; whether it is."""
+        return self.wait_until(inst, lambda: inst.readiness == states.READY, timeout)
+
+    def activity(self) -> warmnode.Activity:
+        """Jobs accepted so far and whether a boot, delete or power job runs (the warm
+        filler makes spares only while the node is quiet)."""
+        return warmnode.Activity(
+            accepted=self.jobs.counts[jobsmod.QUEUED],
+            running=any(i.task or i.delete_job for i in list(self.instances.values())))
+
     def report(self, inst: instancemod.Instance) -> None:
         """Queue ``inst``'s current state for the conductor, with a new ``seq``."""
         inst.seq = self.sequence.next()
@@ -113,17 +122,12 @@ class Core:
                                      'pool': inst.spec.pool})
 
     def busy(self) -> set[str]:
-        """The instances a boot or delete works on now, and spares being made: what they
-        hold is half-made, so audits leave them alone. A stop, start or reboot changes
-        neither domain nor disk: audits judge its instance like any other (a restart that
-        resumes one counts it from the listing)."""
-        return ({i.uuid for i in list(self.instances.values())
-                 if (i.task and i.task not in POWER_TASKS) or i.delete_job}
-                | set(self.spares.making))
-
-    def auditing(self):
-        """Begin an audit before reading the listings it will judge (``Audits.audit``)."""
-        return self.tracker.auditing(busy=self.busy())
+        """The instances a boot or delete works on now: what they hold is half-made, so
+        audits leave them alone. A stop, start or reboot changes neither domain nor disk:
+        audits judge its instance like any other (a restart that resumes one counts it from
+        the listing)."""
+        return {i.uuid for i in list(self.instances.values())
+                if (i.task and i.task not in POWER_TASKS) or i.delete_job}
 
     @staticmethod
     def attempt(uuid: str, what: str, fn, *args, job: jobsmod.Job | None = None) -> bool:

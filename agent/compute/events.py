@@ -8,7 +8,6 @@ readiness; a domain that stops has none.
 """
 import logging
 import time
-from typing import Callable
 
 from agent.compute import core as coremod
 from agent.compute import instance as instancemod
@@ -19,30 +18,17 @@ LOG = logging.getLogger(__name__)
 
 
 class Events:
-    """Applies driver events to the instances; tells recovery when the hypervisor was lost
-    and when it is back."""
+    """Applies an instance's driver events to it (the connection's own events go to
+    ``Recovery``, a spare's to the warm part: ``ComputeManager.handle_event``)."""
 
-    def __init__(self, core: coremod.Core, on_hypervisor_lost: Callable[[], None],
-                 on_hypervisor_back: Callable[[], None], ready_within: float = 300.0):
+    def __init__(self, core: coremod.Core, ready_within: float = 300.0):
         self._core = core
         self._ready_within = ready_within
-        self._on_lost = on_hypervisor_lost
-        self._on_back = on_hypervisor_back
         self.handled = 0
 
     def handle(self, event) -> None:
         """Apply one driver event. Runs in the event bridge's (green)thread."""
         self.handled += 1
-        if isinstance(event, vdriver.HypervisorLost):
-            LOG.warning('hypervisor connection lost; the driver reconnects')
-            self._on_lost()
-            return
-        if isinstance(event, vdriver.HypervisorReconnected):
-            self._on_back()
-            return
-        if isinstance(event, vdriver.SpareEvent):
-            self._core.on_spare_event(event)      # spares are not instances
-            return
         inst = self._core.instances.get(event.uuid)
         if inst is None:
             return
@@ -106,6 +92,10 @@ class Events:
                                        or inst.readiness_event_at < info.listed_at):
             self.apply_ready(inst, info.ready, time.time(), cause)
 
+    def became_itself(self, inst: instancemod.Instance, when: float, cause: str) -> None:
+        """A restored guest took on its instance's identity (agent.warm): ready now."""
+        self.apply_ready(inst, True, when, cause)
+
     def apply_ready(self, inst: instancemod.Instance, ready: bool, when: float,
                     cause: str) -> None:
         """The guest of ``inst`` opened (``ready``) or closed its agent channel; from an event,
@@ -114,7 +104,7 @@ class Events:
             return
         if ready:
             if inst.readiness == states.READY or inst.identity_pending:
-                return          # a restored guest is ready once it is itself (compute.warm)
+                return          # a restored guest is ready once it is itself (agent.warm)
             if inst.readies == 0 and cause not in ('start-up', 'resync'):
                 LOG.info('[instance: %s] ready %.2f s after the boot request', inst.uuid,
                          when - inst.accepted_at)

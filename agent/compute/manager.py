@@ -1,6 +1,7 @@
-"""The compute manager: the one object the service and the RPC endpoint talk to. It wires
-the parts of the core (requests, tasks, events, recovery, audits) around one shared
-``Core`` and holds no logic of its own."""
+"""The compute manager: wires the parts of the core (requests, tasks, power, events,
+recovery, audits, and the warm part) around one shared ``Core``; the service and the RPC
+endpoint call those parts directly. It routes the driver's events and makes the reports that
+span parts."""
 from agent import instancedir
 from agent import journal as journalmod
 from agent import metrics as metricsmod
@@ -16,7 +17,8 @@ from agent.compute import requests as requestsmod
 from agent.compute import tasks as tasksmod
 from agent.storage import backend as storage_backend
 from agent.virt import driver as vdriver
-from agent.warm import filler as fillermod
+from agent.warm import node as warmnode
+from agent.warm import part as warmpart
 
 
 class ComputeManager:
@@ -40,23 +42,24 @@ class ComputeManager:
         self.core = core = coremod.Core(driver, storage, runtime, reporter, host, journal,
                                         dirs, allocation, job_retention, tracer,
                                         metrics, seeds, images)
-        # The parts call each other through these late-bound callables (recovery is made
-        # last: it resumes jobs and audits).
-        self.events = eventsmod.Events(core, lambda: self.recovery.hypervisor_lost(),
-                                       lambda: self.recovery.hypervisor_back(),
-                                       ready_within=ready_within)
-        self.tasks = tasksmod.Tasks(core, self.events, lambda: self.recovery.recovering,
-                                    reconnect_interval)
+        self.events = eventsmod.Events(core, ready_within=ready_within)
+        # Warm boots: one part (agent.warm), given what it uses of the node.
+        self.warm = warmpart.WarmPart(
+            warmnode.Node(driver=driver, storage=storage, seeds=seeds, dirs=dirs,
+                          runtime=runtime, claim=core.tracker.claim,
+                          reserve=core.tracker.reserve, release=core.tracker.release,
+                          attempt=core.attempt, activity=core.activity,
+                          wait_ready=core.wait_ready, ready=self.events.became_itself,
+                          send_identity=core.send_identity),
+            limits, pools, warm)
+        self.tasks = tasksmod.Tasks(core, self.events, self.warm, reconnect_interval)
         self.power = powermod.Power(core, self.events, power)
-        self.audits = auditsmod.Audits(
-            core, lambda infos: self.recovery.without_failed_boot_remnants(infos))
+        self.audits = auditsmod.Audits(core, self.warm.making)
         self.recovery = recoverymod.Recovery(core, self.events, self.tasks, self.power,
-                                             self.audits, max_boot_attempts)
-        self.requests = requestsmod.Requests(core, self.tasks, self.power, limits)
-        core.pools = dict(pools or {})
-        self.filler = fillermod.Filler(core, limits, **(warm or {}))
+                                             self.audits, self.warm, max_boot_attempts)
+        self.requests = requestsmod.Requests(core, self.tasks, self.power, self.warm, limits)
         self.facts: dict = {}
-        driver.set_event_listener(self.events.handle)
+        driver.set_event_listener(self.handle_event)
 
     # -- what the service, the endpoint and the tests read --------------------------------
     @property
@@ -92,75 +95,25 @@ class ComputeManager:
     @property
     def recovering(self) -> bool:
         """Whether the hypervisor is lost, or back but not yet resynchronised."""
-        return self.recovery.recovering
+        return self.core.recovering
 
-    # -- start-up, requests, audits ---------------------------------------------------------
+    # -- start-up and events ----------------------------------------------------------------
     def init_host(self) -> None:
         """Connect and reconcile (``Recovery.start_up``); keep the host facts."""
         with self.core.tracer.bind_track('start-up'):
             self.facts = self.recovery.start_up()
 
-    def boot_instance(self, raw_spec) -> dict:
-        """See ``Requests.boot_instance``."""
-        return self.requests.boot_instance(raw_spec)
-
-    def delete_instance(self, uuid) -> dict:
-        """See ``Requests.delete_instance``."""
-        return self.requests.delete_instance(uuid)
-
-    def stop_instance(self, uuid, timeout: int | None = None) -> dict:
-        """See ``Requests.stop_instance``."""
-        return self.requests.stop_instance(uuid, timeout)
-
-    def start_instance(self, uuid) -> dict:
-        """See ``Requests.start_instance``."""
-        return self.requests.start_instance(uuid)
-
-    def reboot_instance(self, uuid, hard: bool = False) -> dict:
-        """See ``Requests.reboot_instance``."""
-        return self.requests.reboot_instance(uuid, hard)
-
-    def get_job(self, job_id) -> dict:
-        """See ``Requests.get_job``."""
-        return self.requests.get_job(job_id)
-
-    def get_instance(self, uuid) -> dict:
-        """See ``Requests.get_instance``."""
-        return self.requests.get_instance(uuid)
-
-    def list_instances(self) -> list[dict]:
-        """See ``Requests.list_instances``."""
-        return self.requests.list_instances()
-
-    def console_output(self, uuid, max_bytes: int | None = None) -> dict:
-        """See ``Requests.console_output``."""
-        return self.requests.console_output(uuid, max_bytes)
-
     def handle_event(self, event) -> None:
-        """See ``Events.handle``."""
-        self.events.handle(event)
-
-    def audit(self, infos=None, inventory=None, token=None) -> list[str]:
-        """See ``Audits.audit``."""
-        return self.audits.audit(infos, inventory, token)
-
-    def periodic_audit(self) -> list[str]:
-        """See ``Audits.periodic_audit``."""
-        return self.audits.periodic_audit()
-
-    def run_audits(self, interval: float) -> None:
-        """The periodic audit loop (``Audits.run``); run it in its own (green)thread."""
-        self.audits.run(interval)
-
-    def run_filler(self) -> None:
-        """Keep the warm pools full (``Filler.run``); run it in its own (green)thread."""
-        if self.core.pools:
-            self.filler.run()
-
-    def stop_filler(self) -> None:
-        """No spare is made from now on; one being booted is removed first (``Filler.stop``)."""
-        if self.core.pools:
-            self.filler.stop()
+        """A driver event (the event bridge's (green)thread): the connection's go to
+        recovery, a spare's to the warm part, an instance's to ``Events.handle``."""
+        if isinstance(event, vdriver.HypervisorLost):
+            self.recovery.hypervisor_lost()
+        elif isinstance(event, vdriver.HypervisorReconnected):
+            self.recovery.hypervisor_back()
+        elif isinstance(event, vdriver.SpareEvent):
+            self.warm.on_event(event)
+        else:
+            self.events.handle(event)
 
     def storage_report(self, uuids: list[str] | None = None) -> dict:
         """Capacity and the agent's disks, from one shared listing of the backend (``uuids``
@@ -184,4 +137,4 @@ class ComputeManager:
                 'journal': core.journal.stats(), 'reconciled': dict(core.reconciled),
                 'resources': core.tracker.stats(),
                 'jobs_total': dict(core.jobs.counts), 'events_handled': self.events.handled,
-                'warm': self.filler.stats()}
+                'warm': self.warm.stats()}

@@ -19,6 +19,7 @@ from agent.compute import states
 from agent.compute import tasks as tasksmod
 from agent.storage import backend as storage_backend
 from agent.virt import driver as vdriver
+from agent.warm import part as warmpart
 
 LOG = logging.getLogger(__name__)
 
@@ -27,14 +28,15 @@ class Recovery:
     """Start-up reconciliation, orphan removal, and the resync after the driver reconnected."""
 
     def __init__(self, core: coremod.Core, events: eventsmod.Events, tasks: tasksmod.Tasks,
-                 power: powermod.Power, audits: auditsmod.Audits, max_boot_attempts: int):
+                 power: powermod.Power, audits: auditsmod.Audits, warm: warmpart.WarmPart,
+                 max_boot_attempts: int):
         self._core = core
+        self._warm = warm
         self._events = events
         self._tasks = tasks
         self._power = power
         self._audits = audits
         self._max_boot_attempts = max_boot_attempts
-        self.recovering = False        # lost, or back but not yet resynchronised
         self._resync_running = False
         self._resync_again = False
         self._handlers = {
@@ -59,12 +61,13 @@ class Recovery:
         if tightened:
             core.reconciled['dirs_tightened'] += tightened
         core.jobs.restore(core.journal.load())
-        with core.auditing() as token:      # begun before the listings it judges
+        with self._audits.auditing() as token:      # begun before the listings it judges
             infos = core.driver.list_instances()
             inventory = core.storage.inventory(fresh=True)
             core.tracker.set_inventory(cpus=facts['cpus'], memory_mb=facts['memory_mb'],
                                        disk_gb=inventory.instance_bytes // storage_backend.GiB)
-            changed = self._spares_at_start_up(infos, inventory)
+            changed, counts = self._warm.recover(infos, inventory)     # spares first
+            core.reconciled.update({k: n for k, n in counts.items() if n})
             changed = self._reconcile(infos, inventory) or changed
             if changed:          # what the listings showed is no longer what exists
                 self._audits.audit(self.resync(), token=token)
@@ -77,7 +80,7 @@ class Recovery:
         core = self._core
         domains = {i.uuid: i for i in infos if i.ours}
         running = {u for u, i in domains.items() if i.power_state == vdriver.RUNNING}
-        spares = core.spares.reserved_uuids()      # neither instances nor orphans
+        spares = self._warm.held()      # neither instances nor orphans
         plan = reconcile.plan(core.jobs.all(), domains,
                               {u: d for u, d in inventory.disks.items() if u not in spares},
                               {u: d for u, d in core.dirs.owned().items() if u not in spares},
@@ -87,43 +90,6 @@ class Recovery:
             core.reconciled[step.action] += 1
             changed |= self._handlers[step.action](step) or False
         return self.remove_orphans(plan.orphan_disks, plan.orphan_dirs) or changed
-
-    def _spares_at_start_up(self, infos: list[vdriver.InstanceInfo], inventory) -> bool:
-        """Keep the saved spares whose image and disk are there (their disks reserved), as
-        many as their pool (still configured, same flavor) wants; remove everything else of
-        spares: domains of spares being made when the agent stopped, interrupted makes,
-        spares a boot had taken, spares no pool wants. True if libvirt changed."""
-        core = self._core
-        changed = False
-        for info in infos:
-            if info.spare is not None:
-                LOG.warning('[spare: %s] removing the domain of a spare whose making was '
-                            'interrupted', info.uuid)
-                changed |= core.attempt(info.uuid, 'remove an unfinished spare',
-                                        core.driver.remove_spare, info.uuid)
-        kept, broken = core.spares.load(set(inventory.disks), self._wanted_spare)
-        for uuid in broken:
-            LOG.warning('[spare: %s] removing an incomplete or used spare', uuid)
-            if uuid in inventory.disks:
-                core.attempt(uuid, 'remove the disk of an incomplete spare',
-                             core.storage.delete_disks, uuid)
-            core.spares.remove(uuid)
-            core.reconciled['spares_removed'] += 1
-        for spare in kept:
-            try:
-                core.tracker.reserve(spare.uuid, spare.disk_gb)
-            except exception.AgentError as exc:
-                LOG.warning('[spare: %s] no room for it any more (%s): kept, not counted',
-                            spare.uuid, exc)
-        if kept:
-            core.reconciled['spares_kept'] += len(kept)
-        return changed
-
-    def _wanted_spare(self, spare, rank: int) -> bool:
-        """A saved spare is kept if its pool is still configured with the same flavor and
-        wants at least ``rank`` + 1 spares (the oldest are kept first)."""
-        pool = self._core.pools.get(spare.pool)
-        return pool is not None and spare.flavor == pool.fingerprint() and rank < pool.size
 
     def _instance_from(self, step: reconcile.Step, **state) -> instancemod.Instance:
         """The instance of a step: its boot's spec from the journal, or (no record) what the
@@ -266,7 +232,7 @@ class Recovery:
                 and inst.seq == seq else None
 
         seen = set()
-        kept = self.without_failed_boot_remnants(infos)
+        kept = self._audits.without_failed_boot_remnants(infos)
         for info in kept:
             if not info.ours:
                 continue
@@ -290,32 +256,6 @@ class Recovery:
                             fault='the hypervisor no longer holds this instance')
         return kept
 
-    def without_failed_boot_remnants(self, infos: list[vdriver.InstanceInfo]
-                                     ) -> list[vdriver.InstanceInfo]:
-        """The listing less the domains of failed boots, which are removed."""
-        kept = []
-        for info in infos:
-            inst = self._core.instances.get(info.uuid) if info.ours else None
-            if inst is None or not self._remove_failed_boot_remnant(inst):
-                kept.append(info)
-        return kept
-
-    def _remove_failed_boot_remnant(self, inst: instancemod.Instance) -> bool:
-        """A domain listed for an instance whose boot failed: the boot's undefine was lost
-        with the connection (or its define's answer was). Remove it; the job stays failed."""
-        core = self._core
-        if inst.task is not None or inst.vm_state != states.ERROR or inst.boot_job is None:
-            return False
-        try:
-            job = core.jobs.get(inst.boot_job)
-        except exception.JobNotFound:
-            return False
-        if job.state != jobsmod.FAILED:
-            return False
-        LOG.warning('[instance: %s] removing the domain its failed boot left', inst.uuid)
-        return core.attempt(inst.uuid, 'remove domain of a failed boot', core.driver.destroy,
-                            inst.uuid, job=job)
-
     def remove_orphans(self, disks, dirs) -> bool:
         """Remove the disks and marked directories of these uuids, which no instance or job
         holds. True if a disk was removed."""
@@ -335,12 +275,13 @@ class Recovery:
     def hypervisor_lost(self) -> None:
         """The driver lost the hypervisor (and reconnects by itself): jobs that must settle
         with libvirt wait until it is back and resynchronised."""
-        self.recovering = True
+        LOG.warning('hypervisor connection lost; the driver reconnects')
+        self._core.recovering = True
 
     def hypervisor_back(self) -> None:
         """The driver reconnected: resynchronise (one run at a time; a reconnect during a
         run makes it run once more)."""
-        self.recovering = True
+        self._core.recovering = True
         self._resync_again = True
         if self._resync_running:
             return
@@ -357,15 +298,15 @@ class Recovery:
                     self._after_reconnect()
         finally:
             self._resync_running = False
-            self.recovering = not core.driver.is_connected()
+            self._core.recovering = not core.driver.is_connected()
 
     def _after_reconnect(self) -> None:
         core = self._core
-        with core.auditing() as token:
+        with self._audits.auditing() as token:
             infos = self.resync()
             try:
                 inventory = core.storage.inventory(fresh=True)
-                spares = core.spares.reserved_uuids()
+                spares = self._warm.held()
                 removed = self.remove_orphans(
                     [u for u in inventory.disks if u not in core.instances and u not in spares],
                     [u for u in core.dirs.owned()

@@ -11,7 +11,7 @@ from agent.compute import instance as instancemod
 from agent.compute import power as powermod
 from agent.compute import states
 from agent.compute import tasks as tasksmod
-from agent.warm import pools as poolsmod
+from agent.warm import part as warmpart
 
 LOG = logging.getLogger(__name__)
 
@@ -23,10 +23,11 @@ class Requests:
     queries."""
 
     def __init__(self, core: coremod.Core, tasks: tasksmod.Tasks, power: powermod.Power,
-                 limits: specmod.Limits):
+                 warm: warmpart.WarmPart, limits: specmod.Limits):
         self._core = core
         self._tasks = tasks
         self._power = power
+        self._warm = warm
         self.limits = limits
 
     # -- boot -------------------------------------------------------------------------------
@@ -36,8 +37,7 @@ class Requests:
         core = self._core
         request = core.tracer.request('boot_instance')
         with request.phase('validate'):
-            spec = specmod.validate_boot_spec(poolsmod.apply(raw_spec, core.pools),
-                                              self.limits)
+            spec = specmod.validate_boot_spec(self._warm.apply(raw_spec), self.limits)
             if not core.journal.room_again():
                 raise exception.InsufficientResources(
                     resource='disk', reason='this node is out of disk space (its job journal '
@@ -77,10 +77,12 @@ class Requests:
             # From what the driver already knows (no call): a uuid held by a domain that is
             # not ours is refused before anything is recorded or made.
             core.driver.check_uuid_free(spec.uuid)
-            if spec.uuid in core.spares.reserved_uuids():      # a spare's directory and disk
+            if spec.uuid in self._warm.held():      # a spare's directory and disk
                 raise exception.UuidInUse(uuid=spec.uuid, what='a spare of this node')
-            # In-memory arithmetic only; a refusal leaves nothing recorded.
-            core.tracker.claim(spec.uuid, spec.vcpus, spec.memory_mb, spec.disk_gb)
+            # In-memory arithmetic only; a refusal leaves nothing recorded. A boot naming a
+            # pool is handed its spare now: the spare's disk reservation becomes its claim.
+            self._warm.hold(spec, lambda spare: core.tracker.claim(
+                spec.uuid, spec.vcpus, spec.memory_mb, spec.disk_gb, instead_of=spare))
         inst = instancemod.Instance.from_spec(spec, task='spawning')
         # Held from here until the boot job ends: a delete that arrives meanwhile (even
         # while the job is being journaled) waits for the boot, never runs before it.
@@ -118,6 +120,7 @@ class Requests:
             with core.lock:
                 core.instances.pop(spec.uuid, None)
             core.tracker.release(spec.uuid)
+            self._warm.unhold(spec.uuid)      # its spare back to the pool
             inst.lock.release()
 
         self._wait_recorded(job, ticket, undo, lambda: self._tasks.boot_when_recorded(

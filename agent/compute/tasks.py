@@ -3,7 +3,6 @@ instance's lock); a delete waits for a boot still in progress, then acts only on
 it was accepted for."""
 import logging
 import time
-from typing import Callable
 
 from agent import context
 from agent import exception
@@ -13,27 +12,23 @@ from agent.compute import core as coremod
 from agent.compute import events as eventsmod
 from agent.compute import instance as instancemod
 from agent.compute import states
-from agent.compute import warm as warmmod
 from agent.storage import backend as storage_backend
 from agent.virt import driver as vdriver
+from agent.warm import part as warmpart
 
 LOG = logging.getLogger(__name__)
 
 
 class Tasks:
-    """Runs boot and delete jobs. ``recovering()`` tells whether the hypervisor is lost or
-    the resync after its return still runs."""
+    """Runs boot and delete jobs."""
 
-    def __init__(self, core: coremod.Core, events: eventsmod.Events,
-                 recovering: Callable[[], bool], reconnect_interval: float,
-                 settle_attempts: int = 5):
+    def __init__(self, core: coremod.Core, events: eventsmod.Events, warm: warmpart.WarmPart,
+                 reconnect_interval: float, settle_attempts: int = 5):
         self._core = core
         self._events = events
-        self._recovering = recovering
+        self._warm = warm
         self._interval = reconnect_interval
         self._settle_attempts = settle_attempts
-        self._warm = warmmod.WarmBoots(
-            core, lambda inst, when, cause: events.apply_ready(inst, True, when, cause))
 
     # -- boot -----------------------------------------------------------------------------
     def run_boot(self, job: jobsmod.Job, inst: instancemod.Instance,
@@ -68,15 +63,8 @@ class Tasks:
         result = None
         try:
             spec.recheck_files()      # the files checked at the request are the ones used
-            spare = self._warm.take(spec) if spec.pool else None
-            if spare is not None:
-                result = self._restore_or_fall_back(inst, spec, spare, disks)
-            else:
-                result = warmmod.MISS_EMPTY if spec.pool else None
-                if spec.pool:
-                    LOG.info('[instance: %s] %s (%s): booting cold', inst.uuid, result,
-                             spec.pool)
-            if result is None or not result.startswith('warm: hit'):
+            warm, result = self._warm.boot(inst, spec, disks)
+            if not warm:
                 self._cold(inst, spec, disks)
         except Exception as exc:
             self._boot_failed(job, inst, exc, tuple(disks))
@@ -97,30 +85,12 @@ class Tasks:
                 spec.uuid, spec.disk_gb * storage_backend.GiB, spec.image, spec.image_format))
             if spec.image_ref is not None and disks[-1].backing is None:
                 core.images.unpin(spec.uuid)    # a copy (LVM): the disk needs no cached image
-        pool = core.pools.get(spec.pool) if spec.pool else None
-        if spec.seeded or (pool is not None and pool.seeded):   # a cloud-init pool's: always
+        if spec.seeded or self._warm.seeded(spec.pool):   # a cloud-init pool's: always
             if core.seeds is None:
                 raise exception.StorageError(reason='this agent makes no seed disks')
             disks.append(core.seeds.create(spec))
         core.driver.spawn(spec, tuple(disks))
         core.send_identity(inst)   # a pool's instance booted cold: the same devices too
-
-    def _restore_or_fall_back(self, inst: instancemod.Instance, spec: specmod.BootSpec,
-                              spare, disks: list) -> str:
-        """The warm path; a restore libvirt refused (a broken image) falls back to a cold
-        boot, saying why. A lost connection is not a refusal: it is settled like a cold
-        boot's."""
-        try:
-            return self._warm.restore(inst, spec, spare, disks)
-        except exception.HypervisorUnavailable:
-            raise
-        except exception.AgentError as exc:
-            LOG.warning('[instance: %s] restoring spare %s failed (%s): booting cold',
-                        inst.uuid, spare.uuid, exc)
-            if disks:       # the spare's, moved: the cold boot makes a fresh one
-                self._core.storage.delete_disks(inst.uuid)
-                disks.clear()
-            return self._warm.failed_reason(exc)
 
     def _boot_failed(self, job: jobsmod.Job, inst: instancemod.Instance, exc: Exception,
                      disks: tuple) -> None:
@@ -144,6 +114,7 @@ class Tasks:
             core.attempt(inst.uuid, 'unpin the image of a failed boot', core.images.unpin,
                          inst.uuid)
         core.tracker.release(inst.uuid)
+        self._warm.unhold(inst.uuid)    # a spare it did not get to use: back to its pool
         core.jobs.finish(job, reason)
         core.change(inst, vm_state=states.ERROR if inst.delete_job is None else states.DELETING,
                     task=None, fault=reason)
@@ -159,7 +130,7 @@ class Tasks:
         core = self._core
         failures = 0
         while True:
-            while not core.driver.is_connected() or self._recovering():
+            while not core.driver.is_connected() or core.recovering:
                 core.driver.ensure_reconnecting()   # in case nothing announced the loss
                 core.runtime.sleep(self._interval)
             try:

@@ -34,6 +34,12 @@ opts = [
                       'compete less for the CPUs).'),
     cfg.FloatOpt('retry_interval', default=30.0, min=1.0, max=3600.0,
                  help='Seconds to wait before trying again after making a spare failed.'),
+    cfg.IntOpt('max_spare_age', default=86400, min=60, max=30 * 86400,
+               help='Seconds a saved spare may be handed out after it was saved; older ones '
+                    'are retired (removed, then made anew while the node is quiet). A spare '
+                    'is retired too when its pool\'s flavor changed or a file it booted from '
+                    '(kernel, initrd, image: device, inode, size, mtime) is no longer the '
+                    'one there; checked at start-up and at every take.'),
 ]
 
 pool_opts = [

@@ -21,7 +21,7 @@ Version history:
   1.10 - boot_instance spec field ``image_ref`` (an image from an image store: url, sha256,
         size; downloaded once per node into its cache); get_stats gains ``images``
 
-Methods validate, hand work to the manager and answer at once: none waits for libvirt.
+Methods validate, hand work to the compute core and answer at once: none waits for libvirt.
 """
 import functools
 
@@ -42,11 +42,14 @@ _MISSING = object()     # an argument the caller did not give (None is a value)
 
 class ComputeEndpoint:
     """The agent's RPC methods: each checks its arguments (``schema``) and hands the work to
-    the manager, answering at once."""
+    the part of the compute core that does it (requests, audits), answering at once."""
     target = oslo_messaging.Target(version='1.10')
 
     def __init__(self, manager, stats_fn, write_trace_fn=None):
-        self._manager = manager
+        """``manager``: agent.compute.manager.ComputeManager, whose parts serve the calls."""
+        self._requests = manager.requests
+        self._audits = manager.audits
+        self._manager = manager         # its reports of storage and resources
         self._stats = stats_fn
         self._write_trace = write_trace_fn or (lambda: {'enabled': False})
         self.invalid_requests = 0
@@ -66,7 +69,7 @@ class ComputeEndpoint:
         """Accept a boot of ``spec`` (``agent.spec``); {job_id, uuid[, existing]} at once."""
         spec = self._args('boot_instance', unexpected, spec=spec)['spec']
         try:
-            return self._manager.boot_instance(spec)
+            return self._requests.boot_instance(spec)
         except exception.InvalidSpec:
             self.invalid_requests += 1
             raise
@@ -74,7 +77,7 @@ class ComputeEndpoint:
     @_expected
     def delete_instance(self, ctxt, uuid=_MISSING, **unexpected):
         """Accept a delete of ``uuid``; {job_id, uuid[, existing]} at once."""
-        return self._manager.delete_instance(
+        return self._requests.delete_instance(
             self._args('delete_instance', unexpected, uuid=uuid)['uuid'])
 
     @_expected
@@ -82,12 +85,12 @@ class ComputeEndpoint:
         """Accept a stop of ``uuid`` (``timeout`` seconds for the guest to power off after
         the ACPI power button, then at once); {job_id, uuid[, existing]} at once."""
         args = self._args('stop_instance', unexpected, uuid=uuid, timeout=timeout)
-        return self._manager.stop_instance(args['uuid'], args.get('timeout'))
+        return self._requests.stop_instance(args['uuid'], args.get('timeout'))
 
     @_expected
     def start_instance(self, ctxt, uuid=_MISSING, **unexpected):
         """Accept a start of the stopped instance ``uuid``; {job_id, uuid[, existing]}."""
-        return self._manager.start_instance(
+        return self._requests.start_instance(
             self._args('start_instance', unexpected, uuid=uuid)['uuid'])
 
     @_expected
@@ -95,24 +98,24 @@ class ComputeEndpoint:
         """Accept a reboot of ``uuid`` (soft by ACPI, or ``hard``: a reset);
         {job_id, uuid[, existing]} at once."""
         args = self._args('reboot_instance', unexpected, uuid=uuid, hard=hard)
-        return self._manager.reboot_instance(args['uuid'], args.get('hard', False))
+        return self._requests.reboot_instance(args['uuid'], args.get('hard', False))
 
     @_expected
     def get_job(self, ctxt, job_id=_MISSING, **unexpected):
         """A job, also from before a restart."""
-        return self._manager.get_job(self._args('get_job', unexpected, job_id=job_id)['job_id'])
+        return self._requests.get_job(self._args('get_job', unexpected, job_id=job_id)['job_id'])
 
     @_expected
     def get_instance(self, ctxt, uuid=_MISSING, **unexpected):
         """An instance the node holds."""
-        return self._manager.get_instance(
+        return self._requests.get_instance(
             self._args('get_instance', unexpected, uuid=uuid)['uuid'])
 
     @_expected
     def list_instances(self, ctxt, **unexpected):
         """Every instance the node holds."""
         self._args('list_instances', unexpected)
-        return self._manager.list_instances()
+        return self._requests.list_instances()
 
     @_expected
     def get_storage(self, ctxt, uuids=_MISSING, **unexpected):
@@ -130,7 +133,7 @@ class ComputeEndpoint:
     def audit_resources(self, ctxt, **unexpected):
         """Run a resource audit now; returns the uuids whose usage it corrected."""
         self._args('audit_resources', unexpected)
-        return self._manager.audit()
+        return self._audits.audit()
 
     @_expected
     def get_stats(self, ctxt, **unexpected):
@@ -149,7 +152,7 @@ class ComputeEndpoint:
     def get_console_output(self, ctxt, uuid=_MISSING, max_bytes=_MISSING, **unexpected):
         """The tail of an instance's serial console log: {uuid, output, size, truncated}."""
         args = self._args('get_console_output', unexpected, uuid=uuid, max_bytes=max_bytes)
-        return self._manager.console_output(args['uuid'], args.get('max_bytes'))
+        return self._requests.console_output(args['uuid'], args.get('max_bytes'))
 
     @_expected
     def ping(self, ctxt, **unexpected):

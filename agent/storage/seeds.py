@@ -62,7 +62,7 @@ class SeedDisks:
         shutil.rmtree(self._staging(uuid), ignore_errors=True)
         path = self.path(uuid)
         # Every seed the same size: a restored guest reads the instance's seed through the
-        # device it saw the spare's on (agent.compute.warm), whose size it knows already.
+        # device it saw the spare's on (agent.warm.restore), whose size it knows already.
         if os.path.getsize(path) > SEED_SIZE:
             raise exception.StorageError(reason='the seed of %s is larger than %d bytes'
                                          % (uuid, SEED_SIZE))

@@ -16,10 +16,10 @@ import uuid as uuidlib
 
 from agent import crashpoints
 from agent import exception
-from agent import jobs as jobsmod
 from agent import spec as specmod
 from agent.storage import backend as storage_backend
 from agent.warm import guest as guestmod
+from agent.warm import node as nodemod
 from agent.warm import pools as poolsmod
 from agent.warm import spares as sparesmod
 
@@ -32,12 +32,18 @@ class GaveWay(Exception):
 
 
 class Filler:
-    """Makes spares for ``core.pools`` (``agent.compute.core.Core``)."""
+    """Makes spares for ``pools`` (name -> Pool) into ``spares``."""
 
-    def __init__(self, core, limits: specmod.Limits, quiet_seconds: float = 2.0,
+    def __init__(self, node: nodemod.Node, spares: sparesmod.SpareStore, pools: dict,
+                 limits: specmod.Limits, retire=lambda: None, quiet_seconds: float = 2.0,
                  ready_timeout: float = 300.0, retry_interval: float = 30.0,
                  max_disk_gb: int = 0, settle_seconds: float = 2.0, tick: float = 0.5):
-        self._core = core
+        """``retire()``: remove the spares too old to be handed out (called while quiet,
+        before a pool's lack is counted)."""
+        self._node = node
+        self._retire = retire
+        self._spares = spares
+        self._pools = pools
         self._limits = limits
         self._quiet = quiet_seconds
         self._ready_timeout = ready_timeout
@@ -55,7 +61,6 @@ class Filler:
         self.made = 0
         self.failures = 0
         self.gave_way = 0
-        core.on_spare_event = self.on_event
 
     # -- events (the event bridge's greenthread) --------------------------------------------
     def on_event(self, event) -> None:
@@ -74,7 +79,7 @@ class Filler:
         """Until ``stop``: when the node is quiet, make the spare the emptiest pool lacks
         most."""
         while not self._stopping:
-            self._core.runtime.sleep(self._tick)
+            self._node.runtime.sleep(self._tick)
             self._busy = True
             try:
                 pool = self.next_pool()
@@ -92,7 +97,7 @@ class Filler:
         self._stopping = True
         deadline = time.monotonic() + timeout
         while self._busy and time.monotonic() < deadline:
-            self._core.runtime.sleep(0.05)
+            self._node.runtime.sleep(0.05)
         if self._busy:
             LOG.warning('a spare was still being made when the agent stopped; the next '
                         'start-up removes it')
@@ -100,28 +105,28 @@ class Filler:
 
     def _jobs_created(self) -> int:
         """Jobs accepted so far (a counter: a job that came and went is seen too)."""
-        return self._core.jobs.counts[jobsmod.QUEUED]
+        return self._node.activity().accepted
 
     def quiet(self) -> bool:
         """No boot, delete or power job ran within ``quiet_seconds``."""
         now = time.monotonic()
-        created = self._jobs_created()
-        if created != self._seen_jobs or any(
-                i.task or i.delete_job for i in list(self._core.instances.values())):
-            self._seen_jobs = created
+        activity = self._node.activity()
+        if activity.accepted != self._seen_jobs or activity.running:
+            self._seen_jobs = activity.accepted
             self._last_busy = now
-        return now - self._last_busy >= self._quiet and self._core.driver.is_connected()
+        return now - self._last_busy >= self._quiet and self._node.driver.is_connected()
 
     def next_pool(self) -> poolsmod.Pool | None:
         """The pool to make a spare for now, or None (full, quiet time not reached, capped,
         or a recent failure)."""
         if self._stopping or not self.quiet():
             return None
-        counts = self._core.spares.counts()
-        held = sum(s.disk_gb for s in self._core.spares.available())
+        self._retire()
+        counts = self._spares.counts()
+        held = sum(s.disk_gb for s in self._spares.available())
         now = time.monotonic()
         short = []
-        for pool in self._core.pools.values():
+        for pool in self._pools.values():
             lack = pool.size - counts.get(pool.name, 0)
             if lack <= 0 or now - self._failed_at.get(pool.name, -1e9) < self._retry:
                 continue
@@ -132,17 +137,16 @@ class Filler:
 
     def make(self, pool: poolsmod.Pool) -> sparesmod.Spare | None:
         """Make one spare of ``pool``; None (and nothing left) if it could not be made."""
-        core = self._core
         uuid = str(uuidlib.uuid4())
         try:
             spec = specmod.validate_boot_spec(pool.raw_spec(uuid, 'spare-' + pool.name),
                                               self._limits)
-            core.tracker.claim(uuid, spec.vcpus, spec.memory_mb, spec.disk_gb)
+            self._node.claim(uuid, spec.vcpus, spec.memory_mb, spec.disk_gb)
         except exception.AgentError as exc:
             LOG.info('[spare: %s] pool %s: not now (%s)', uuid, pool.name, exc)
             self._failed_at[pool.name] = time.monotonic()
             return None
-        core.spares.begin(uuid, pool.name)
+        self._spares.begin(uuid, pool.name)
         started = time.monotonic()
         try:
             spare = self._make(uuid, pool, spec)
@@ -163,21 +167,21 @@ class Filler:
             self._stopped.discard(uuid)
         self.made += 1
         LOG.info('[spare: %s] pool %s: spare saved in %.1f s (%d of %d)', uuid, pool.name,
-                 time.monotonic() - started, core.spares.counts().get(pool.name, 0), pool.size)
+                 time.monotonic() - started, self._spares.counts().get(pool.name, 0), pool.size)
         return spare
 
     def _make(self, uuid: str, pool: poolsmod.Pool, spec: specmod.BootSpec) -> sparesmod.Spare:
-        core = self._core
+        node = self._node
         disks = ()
         if spec.disk_gb:
-            disks = (core.storage.create_root_disk(uuid, spec.disk_gb * storage_backend.GiB,
+            disks = (node.storage.create_root_disk(uuid, spec.disk_gb * storage_backend.GiB,
                                                    spec.image, spec.image_format),)
         if pool.seeded:     # its own identity: cloud-init in the spare runs as a first boot
-            disks += (core.seeds.create(dataclasses.replace(spec, hostname='spare-' + uuid[:8])),)
+            disks += (node.seeds.create(dataclasses.replace(spec, hostname='spare-' + uuid[:8])),)
         ready = self._ready[uuid] = threading.Event()
         jobs = self._jobs_created()
         self._go_on(jobs)
-        core.driver.spawn_spare(spec, disks, pool.name)
+        node.driver.spawn_spare(spec, disks, pool.name)
         crashpoints.reached('spare.make.started', uuid)
         deadline = time.monotonic() + self._ready_timeout
         while not ready.wait(self._tick):
@@ -187,27 +191,28 @@ class Filler:
         if pool.seeded:
             # Saved only once cloud-init's first boot is over: a restore runs it again on the
             # instance's seed, and two runs at once would fight over the guest.
-            status = guestmod.run(core.driver, uuid, ['/usr/bin/cloud-init', 'status', '--wait'],
-                                  max(1.0, deadline - time.monotonic()), core.runtime.sleep,
+            status = guestmod.run(node.driver, uuid, ['/usr/bin/cloud-init', 'status', '--wait'],
+                                  max(1.0, deadline - time.monotonic()), node.runtime.sleep,
                                   lambda: self._go_on(jobs))
             if status['exitcode'] != 0:
                 raise exception.AgentError('cloud-init in the spare ended with %s: %s'
                                            % (status['exitcode'], status['out'][-300:].strip()))
         settled = time.monotonic() + self._settle
         while time.monotonic() < settled and uuid not in self._stopped:
-            core.runtime.sleep(min(self._tick, max(0.0, settled - time.monotonic())))
+            node.runtime.sleep(min(self._tick, max(0.0, settled - time.monotonic())))
             self._go_on(jobs)
         if uuid in self._stopped:
             raise exception.AgentError('its domain stopped')
-        image = core.spares.image_path(uuid)
-        xml = core.driver.save_spare(uuid, image)
+        image = self._spares.image_path(uuid)
+        xml = node.driver.save_spare(uuid, image)
         crashpoints.reached('spare.save.saved', uuid)
         spare = sparesmod.Spare(
             uuid=uuid, pool=pool.name, vcpus=spec.vcpus, memory_mb=spec.memory_mb,
             disk_gb=spec.disk_gb, disk=dataclasses.asdict(disks[0]) if disks else None,
-            image=image, xml=xml, saved_at=time.time(), flavor=pool.fingerprint())
-        core.tracker.reserve(uuid, spec.disk_gb)      # its vCPUs and memory are free again
-        core.spares.saved(spare)
+            image=image, xml=xml, saved_at=time.time(), flavor=pool.fingerprint(),
+            files=sparesmod.file_records(spec.files))
+        node.reserve(uuid, spec.disk_gb)      # its vCPUs and memory are free again
+        self._spares.saved(spare)
         return spare
 
     def _go_on(self, jobs: int) -> None:
@@ -219,14 +224,14 @@ class Filler:
             raise GaveWay('a job started')
 
     def _remove(self, uuid: str, spec: specmod.BootSpec) -> None:
-        core = self._core
-        core.attempt(uuid, 'stop a failed spare', core.driver.remove_spare, uuid)
+        node = self._node
+        node.attempt(uuid, 'stop a failed spare', node.driver.remove_spare, uuid)
         if spec.disk_gb:
-            core.attempt(uuid, 'remove a failed spare\'s disk', core.storage.delete_disks, uuid)
-        core.spares.remove(uuid)
-        core.tracker.release(uuid)
+            node.attempt(uuid, 'remove a failed spare\'s disk', node.storage.delete_disks, uuid)
+        self._spares.remove(uuid)
+        node.release(uuid)
 
     def stats(self) -> dict:
         """Spares by pool, made and failed."""
-        return {'spares': self._core.spares.counts(), 'made': self.made,
+        return {'spares': self._spares.counts(), 'made': self.made,
                 'failures': self.failures, 'gave_way': self.gave_way}

@@ -43,10 +43,30 @@ class Spare:
     xml: str
     saved_at: float
     flavor: list = dataclasses.field(default_factory=list)   # the pool's when it was made
+    # [field, path, [device, inode, size, mtime]] of its kernel, initrd and image when made
+    files: list = dataclasses.field(default_factory=list)
 
     def disk_object(self) -> storage_backend.Disk | None:
         """The disk as the backend describes it."""
         return storage_backend.Disk(**self.disk) if self.disk else None
+
+    def stale(self, flavor: list, files: tuple, now: float, max_age: float) -> str | None:
+        """Why the spare may no longer be handed out, or None: its pool's flavor is not the
+        one it was made with (``flavor``: ``Pool.fingerprint()``), a file it booted from is
+        not the one there now (``files``: the CheckedFiles of a spec of the pool, just
+        checked), or it is older than ``max_age`` seconds."""
+        if self.flavor != flavor:
+            return "its pool's flavor changed"
+        if now - self.saved_at > max_age:
+            return 'saved %.0f s ago, more than [warm] max_spare_age' % (now - self.saved_at)
+        if sorted(self.files) != sorted(file_records(files)):
+            return 'its kernel, initrd or image is not the file it booted from'
+        return None
+
+
+def file_records(files: tuple) -> list:
+    """CheckedFiles (agent.spec) as a spare records them."""
+    return [[f.field, f.path, list(f.identity)] for f in files]
 
 
 class SpareStore:
@@ -104,6 +124,15 @@ class SpareStore:
         """A spare taken and not used (nothing of it changed): available again."""
         with self._lock:
             self._available.setdefault(spare.pool, []).insert(0, spare)
+
+    def take_expired(self, before: float) -> list[Spare]:
+        """The available spares saved before ``before``, handed out (to be retired)."""
+        with self._lock:
+            out = [s for spares in self._available.values() for s in spares
+                   if s.saved_at < before]
+            for spare in out:
+                self._available[spare.pool].remove(spare)
+        return out
 
     def mark_taken(self, spare: Spare, instance: str) -> None:
         """Durably: the spare is an instance's from now on (a restart removes what is left

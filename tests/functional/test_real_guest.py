@@ -29,7 +29,7 @@ def _copy_real_files(image_dir: str) -> None:
                         image_dir], check=True)
 
 
-CMDLINE = 'root=/dev/vda console=ttyS0 quiet'
+CMDLINE = 'root=/dev/vda console=ttyS0 quiet no_timer_check'
 POOL = ('[warm]\npools = debian\nquiet_seconds = 0.5\nready_timeout = 900\n'
         '[warm_pool:debian]\nsize = 1\nvcpus = 2\nmemory_mb = 1024\nimage = debian-real.raw\n'
         'disk_gb = 2\nkernel = debian-real-vmlinuz\ninitrd = debian-real-initrd.img\n'

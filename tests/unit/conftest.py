@@ -177,9 +177,9 @@ class Agent:
         self.manager.init_host()
 
     def wait_job(self, job_id):
-        wait_until(lambda: self.manager.get_job(job_id)['state'] in ('done', 'failed'),
+        wait_until(lambda: self.manager.requests.get_job(job_id)['state'] in ('done', 'failed'),
                    what='job %s' % job_id)
-        return self.manager.get_job(job_id)
+        return self.manager.requests.get_job(job_id)
 
     def wait_state(self, uuid, vm_state):
         wait_until(lambda: self.manager.instances.get(uuid) is not None

@@ -14,7 +14,7 @@ U2 = '22222222-2222-3333-4444-555555555555'
 
 
 def test_libvirt_errors_arrive_as_the_agents_own_classes(agent):
-    agent.wait_job(agent.manager.boot_instance(boot_spec(U1))['job_id'])
+    agent.wait_job(agent.manager.requests.boot_instance(boot_spec(U1))['job_id'])
     host = agent.driver.host
     conn = host.conn()
     with pytest.raises(exception.DomainNotFound, match='Domain not found'):

@@ -278,7 +278,7 @@ def test_partial_downloads_a_crash_left_are_removed_at_start(node):
 
 # -- boots ----------------------------------------------------------------------------------
 def _boot(agent, **fields):
-    return agent.wait_job(agent.manager.boot_instance(boot_spec(**fields))['job_id'])
+    return agent.wait_job(agent.manager.requests.boot_instance(boot_spec(**fields))['job_id'])
 
 
 def test_an_lvm_boot_copies_the_cached_image_and_does_not_pin_it(node, store):
@@ -301,7 +301,7 @@ def test_a_file_boot_is_an_overlay_on_the_cached_image_pinned_until_deleted(conf
         import xml.etree.ElementTree as ET
         backing = ET.fromstring(hv.domains[U1].xml).find('devices/disk/backingStore/source')
         assert backing.get('file') == os.path.join(a.images.cache_dir, ref['sha256'])
-        assert a.wait_job(a.manager.delete_instance(U1)['job_id'])['state'] == 'done'
+        assert a.wait_job(a.manager.requests.delete_instance(U1)['job_id'])['state'] == 'done'
         assert pins(a) == {} and os.listdir(a.images.cache_dir) == [ref['sha256']]
     finally:
         a.stop()

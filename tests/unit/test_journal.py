@@ -107,16 +107,16 @@ def test_a_commit_that_fails_fails_the_waiters_and_is_retried(tmp_path):
 def test_finished_jobs_are_pruned_after_the_retention(conf, hv):
     a = Agent(conf, hv)
     try:
-        answer = a.manager.boot_instance(boot_spec())
+        answer = a.manager.requests.boot_instance(boot_spec())
         a.wait_job(answer['job_id'])
-        gone = a.manager.delete_instance(U1)['job_id']
+        gone = a.manager.requests.delete_instance(U1)['job_id']
         a.wait_job(gone)
         import time
         assert a.manager.jobs.prune(time.time() + 7200) == 2
         a.journal.flush()
         assert a.journal.load() == []
         with pytest.raises(exception.JobNotFound):
-            a.manager.get_job(answer['job_id'])
+            a.manager.requests.get_job(answer['job_id'])
     finally:
         a.stop()
 
@@ -201,7 +201,7 @@ def _interrupted(conf, hv, gate_op, **spec):
     a = Agent(conf, hv)
     gate = (hv.gates if gate_op in ('defineXML', 'createWithFlags') else a.lvm.gates)[gate_op] = \
         threading.Event()
-    answer = a.manager.boot_instance(boot_spec(**spec))
+    answer = a.manager.requests.boot_instance(boot_spec(**spec))
     calls = hv.calls if gate_op in ('defineXML', 'createWithFlags') else a.lvm.launches
     wait_until(lambda: gate_op in calls, what='the boot to reach %s' % gate_op)
     a.journal.flush()
@@ -234,8 +234,8 @@ def test_a_boot_interrupted_after_the_domain_started_is_done(conf, hv):
                what='the domain to run')
     b = Agent(conf, hv, lvm=a.lvm)
     try:
-        assert b.manager.get_job(job_id)['state'] == 'done'
-        assert b.manager.get_instance(U1)['vm_state'] == 'active'
+        assert b.manager.requests.get_job(job_id)['state'] == 'done'
+        assert b.manager.requests.get_instance(U1)['vm_state'] == 'active'
         assert b.manager.reconciled == {'finish_boot': 1}
         b.wait_reported(U1, 'active')
     finally:
@@ -248,9 +248,9 @@ def test_a_boot_interrupted_too_often_fails_with_the_reason_and_leaves_nothing(c
     hv.gates.clear()
     b = Agent(conf, hv, lvm=a.lvm)
     try:
-        job = b.manager.get_job(job_id)
+        job = b.manager.requests.get_job(job_id)
         assert job['state'] == 'failed' and 'interrupted by agent restarts' in job['reason']
-        assert b.manager.get_instance(U1)['vm_state'] == 'error'
+        assert b.manager.requests.get_instance(U1)['vm_state'] == 'error'
         assert U1 not in hv.domains and a.lvm.lvs == {}
         assert not os.path.exists(os.path.join(conf.instances_path, U1))
         b.wait_reported(U1, 'error')
@@ -279,13 +279,13 @@ def test_orphans_are_removed_by_their_tags_and_markers_and_nothing_else(conf, hv
 
 def test_a_domain_without_a_record_is_adopted_and_reported_not_killed(conf, hv):
     a = Agent(conf, hv)
-    a.wait_job(a.manager.boot_instance(boot_spec(vcpus=2))['job_id'])
+    a.wait_job(a.manager.requests.boot_instance(boot_spec(vcpus=2))['job_id'])
     a.stop()
     os.unlink(conf.jobs.journal)          # the journal is lost
     b = Agent(conf, hv, lvm=a.lvm)
     try:
         assert hv.domains[U1].run_state == fakelibvirt.VIR_DOMAIN_RUNNING
-        assert b.manager.get_instance(U1)['vm_state'] == 'active'
+        assert b.manager.requests.get_instance(U1)['vm_state'] == 'active'
         assert b.manager.tracker.claim_of(U1).vcpus == 2     # sizes from the domain metadata
         b.wait_reported(U1, 'active')
     finally:
@@ -295,22 +295,22 @@ def test_a_domain_without_a_record_is_adopted_and_reported_not_killed(conf, hv):
 def test_jobs_and_failed_boots_survive_a_restart(conf, hv):
     a = Agent(conf, hv)
     hv.fail_next['createWithFlags'] = fakelibvirt.libvirtError('no more memory')
-    job_id = a.manager.boot_instance(boot_spec())['job_id']
+    job_id = a.manager.requests.boot_instance(boot_spec())['job_id']
     assert a.wait_job(job_id)['state'] == 'failed'
     a.stop()
     b = Agent(conf, hv, lvm=a.lvm)
     try:
-        assert b.manager.get_job(job_id)['reason'] == a.manager.get_job(job_id)['reason']
-        assert b.manager.get_instance(U1)['vm_state'] == 'error'
-        again = b.manager.boot_instance(boot_spec())
+        assert b.manager.requests.get_job(job_id)['reason'] == a.manager.requests.get_job(job_id)['reason']
+        assert b.manager.requests.get_instance(U1)['vm_state'] == 'error'
+        again = b.manager.requests.boot_instance(boot_spec())
         assert again == {'job_id': job_id, 'uuid': U1, 'existing': True}
-        assert b.wait_job(b.manager.delete_instance(U1)['job_id'])['state'] == 'done'
+        assert b.wait_job(b.manager.requests.delete_instance(U1)['job_id'])['state'] == 'done'
     finally:
         b.stop()
 
 
 def test_after_a_libvirtd_reconnect_orphans_are_removed_and_instances_kept(agent, hv):
-    agent.wait_job(agent.manager.boot_instance(boot_spec(disk_gb=1))['job_id'])
+    agent.wait_job(agent.manager.requests.boot_instance(boot_spec(disk_gb=1))['job_id'])
     orphan = str(uuidlib.uuid4())
     tags = {'compute-agent', 'ca-instance-' + orphan}
     agent.lvm.lvs['ca-%s-root' % orphan] = {'size': GiB, 'tags': tags}
@@ -319,7 +319,7 @@ def test_after_a_libvirtd_reconnect_orphans_are_removed_and_instances_kept(agent
     wait_until(lambda: agent.manager.reconciled['orphan_dirs'] == 1, what='the orphans to go')
     assert list(agent.lvm.lvs) == ['ca-%s-root' % U1]
     assert sorted(instancedir.InstanceDirs(agent.manager.instances_path).owned()) == [U1]
-    assert agent.manager.get_instance(U1)['vm_state'] == 'active'
+    assert agent.manager.requests.get_instance(U1)['vm_state'] == 'active'
 
 
 def test_a_directory_named_like_an_instance_but_not_marked_is_never_touched(conf, hv):
@@ -334,10 +334,10 @@ def test_a_directory_named_like_an_instance_but_not_marked_is_never_touched(conf
     a = Agent(conf, hv)
     try:
         assert os.path.exists(os.path.join(stranger, 'notes.txt'))
-        job = a.wait_job(a.manager.boot_instance(boot_spec(U1))['job_id'])
+        job = a.wait_job(a.manager.requests.boot_instance(boot_spec(U1))['job_id'])
         assert job['state'] == 'failed' and 'is not marked as this agent' in job['reason']
         assert hv.domains == {}
-        a.wait_job(a.manager.delete_instance(U1)['job_id'])
+        a.wait_job(a.manager.requests.delete_instance(U1)['job_id'])
         dirs.remove(U1)
         assert os.listdir(stranger) == ['notes.txt']
     finally:

@@ -14,7 +14,7 @@ U1 = '11111111-2222-3333-4444-555555555555'
 
 
 def boot(agent, uuid=U1, **extra):
-    answer = agent.manager.boot_instance(boot_spec(uuid, **extra))
+    answer = agent.manager.requests.boot_instance(boot_spec(uuid, **extra))
     return answer, agent.wait_job(answer['job_id'])
 
 
@@ -35,10 +35,10 @@ def test_boot_makes_two_libvirt_calls_and_turns_active_from_the_event(agent, hv)
 
 def test_boot_answers_before_libvirt_is_done(agent, hv):
     gate = hv.gates['createWithFlags'] = threading.Event()
-    answer = agent.manager.boot_instance(boot_spec())
-    job = agent.manager.get_job(answer['job_id'])
+    answer = agent.manager.requests.boot_instance(boot_spec())
+    job = agent.manager.requests.get_job(answer['job_id'])
     assert job['state'] in ('queued', 'running')      # answered while create is blocked
-    assert agent.manager.get_instance(U1)['vm_state'] == 'building'
+    assert agent.manager.requests.get_instance(U1)['vm_state'] == 'building'
     gate.set()
     assert agent.wait_job(answer['job_id'])['state'] == 'done'
 
@@ -49,7 +49,7 @@ def test_guest_poweroff_arrives_by_event_without_any_libvirt_call(agent, hv):
     idle_calls = len(hv.calls)
     hv.guest_poweroff(U1)
     agent.wait_reported(U1, 'stopped')
-    assert agent.manager.get_instance(U1)['power_state'] == 'shutdown'
+    assert agent.manager.requests.get_instance(U1)['power_state'] == 'shutdown'
     assert len(hv.calls) == idle_calls
 
 
@@ -100,7 +100,7 @@ def test_start_failure_fails_the_job_with_libvirts_reason_and_leaves_nothing(age
     later = '22222222-2222-3333-4444-555555555555'
     boot(agent, later)
     agent.wait_state(later, 'active')
-    assert 'could not load kernel' in agent.manager.get_instance(U1)['fault']
+    assert 'could not load kernel' in agent.manager.requests.get_instance(U1)['fault']
     assert 'could not load kernel' in agent.reports.latest(U1)['fault']
 
 
@@ -110,7 +110,7 @@ def test_a_domain_undefined_behind_the_agents_back_is_an_error(agent, hv):
     hv.domains[U1].run_state = fakelibvirt.VIR_DOMAIN_SHUTOFF
     fakelibvirt.Domain(hv.connections[0], U1, 'ca-' + U1, '').undefine()
     agent.wait_reported(U1, 'error')
-    assert 'outside the agent' in agent.manager.get_instance(U1)['fault']
+    assert 'outside the agent' in agent.manager.requests.get_instance(U1)['fault']
 
 
 def test_define_failure_leaves_nothing(agent, hv, conf):
@@ -124,19 +124,19 @@ def test_define_failure_leaves_nothing(agent, hv, conf):
 def test_invalid_spec_is_refused_at_once_and_creates_nothing(agent, hv):
     before = len(hv.calls)
     with pytest.raises(exception.InvalidSpec, match='memory_mb'):
-        agent.manager.boot_instance(boot_spec(memory_mb=-5))
+        agent.manager.requests.boot_instance(boot_spec(memory_mb=-5))
     with pytest.raises(exception.InvalidSpec, match='kernel'):
-        agent.manager.boot_instance(boot_spec(kernel='../../etc/passwd'))
+        agent.manager.requests.boot_instance(boot_spec(kernel='../../etc/passwd'))
     with pytest.raises(exception.InvalidSpec, match='bridge'):
-        agent.manager.boot_instance(boot_spec(nics=[{'type': 'bridge', 'bridge': 'nosuchbr'}]))
+        agent.manager.requests.boot_instance(boot_spec(nics=[{'type': 'bridge', 'bridge': 'nosuchbr'}]))
     assert len(hv.calls) == before
-    assert agent.manager.list_instances() == []
+    assert agent.manager.requests.list_instances() == []
     assert agent.manager.jobs.by_state() == {}
 
 
 def test_booting_an_existing_uuid_returns_the_same_job_and_one_domain(agent, hv):
     answer, _ = boot(agent)
-    again = agent.manager.boot_instance(boot_spec())
+    again = agent.manager.requests.boot_instance(boot_spec())
     assert again['job_id'] == answer['job_id'] and again['existing'] is True
     assert hv.calls.count('defineXML') == 1
     assert list(hv.domains) == [U1]
@@ -145,21 +145,21 @@ def test_booting_an_existing_uuid_returns_the_same_job_and_one_domain(agent, hv)
 def test_delete_removes_domain_and_files_and_reports_deleted(agent, hv, conf):
     boot(agent)
     agent.wait_state(U1, 'active')
-    job = agent.wait_job(agent.manager.delete_instance(U1)['job_id'])
+    job = agent.wait_job(agent.manager.requests.delete_instance(U1)['job_id'])
     assert job['state'] == 'done'
     assert hv.domains == {}
     assert job['libvirt_calls_by_op'] == {'destroy': 1, 'undefine': 1}
     assert not os.path.exists(os.path.join(conf.instances_path, U1))
     agent.wait_reported(U1, 'deleted')
     with pytest.raises(exception.InstanceNotFound):
-        agent.manager.get_instance(U1)
+        agent.manager.requests.get_instance(U1)
 
 
 def test_delete_of_a_missing_instance_is_a_noop_that_records_nothing(agent, hv):
     before = len(hv.calls)
     jobs, puts = len(agent.manager.jobs.all()), agent.journal.puts
     for i in range(500):           # a flood of deletes of unknown uuids: no growing state
-        answer = agent.manager.delete_instance('%08x-2222-3333-4444-555555555555' % i)
+        answer = agent.manager.requests.delete_instance('%08x-2222-3333-4444-555555555555' % i)
         assert answer['job_id'] is None and answer['existing'] is False
     assert len(hv.calls) == before
     assert (len(agent.manager.jobs.all()), agent.journal.puts) == (jobs, puts)
@@ -167,9 +167,9 @@ def test_delete_of_a_missing_instance_is_a_noop_that_records_nothing(agent, hv):
 
 def test_delete_during_boot_waits_for_the_boot_then_deletes(agent, hv):
     gate = hv.gates['createWithFlags'] = threading.Event()
-    boot_job = agent.manager.boot_instance(boot_spec())['job_id']
-    del_job = agent.manager.delete_instance(U1)['job_id']
-    assert agent.manager.get_job(del_job)['state'] == 'queued'
+    boot_job = agent.manager.requests.boot_instance(boot_spec())['job_id']
+    del_job = agent.manager.requests.delete_instance(U1)['job_id']
+    assert agent.manager.requests.get_job(del_job)['state'] == 'queued'
     gate.set()
     assert agent.wait_job(boot_job)['state'] == 'done'
     assert agent.wait_job(del_job)['state'] == 'done'
@@ -180,7 +180,7 @@ def test_delete_during_boot_waits_for_the_boot_then_deletes(agent, hv):
 def test_parallel_boots_each_make_two_calls(agent, hv):
     uuids = [str(uuidlib.uuid4()) for _ in range(20)]
     before = len(hv.calls)
-    jobs = [agent.manager.boot_instance(boot_spec(u))['job_id'] for u in uuids]
+    jobs = [agent.manager.requests.boot_instance(boot_spec(u))['job_id'] for u in uuids]
     for j in jobs:
         assert agent.wait_job(j)['libvirt_calls'] == 2
     for u in uuids:
@@ -241,10 +241,10 @@ def test_restarted_agent_adopts_its_domains_and_ignores_others(conf, hv):
     hv.domains[foreign] = fakelibvirt.Domain(None, foreign, 'someone-else', '<domain/>')
     second = Agent(conf, hv)
     try:
-        assert second.manager.get_instance(U1)['vm_state'] == 'active'
+        assert second.manager.requests.get_instance(U1)['vm_state'] == 'active'
         with pytest.raises(exception.InstanceNotFound):
-            second.manager.get_instance(foreign)
-        job = second.wait_job(second.manager.delete_instance(U1)['job_id'])
+            second.manager.requests.get_instance(foreign)
+        job = second.wait_job(second.manager.requests.delete_instance(U1)['job_id'])
         assert job['state'] == 'done' and list(hv.domains) == [foreign]
     finally:
         second.stop()
@@ -263,11 +263,11 @@ def test_a_domain_left_by_a_failed_boot_is_removed_at_the_next_resync(agent, hv)
     defined. After the reconnect the resync removes it; the instance stays in error."""
     hv.fail_next['createWithFlags'] = fakelibvirt.libvirtError('Cannot recv data: Connection reset')
     hv.fail_next['undefine'] = fakelibvirt.libvirtError('client socket is closed')
-    job = agent.wait_job(agent.manager.boot_instance(boot_spec())['job_id'])
+    job = agent.wait_job(agent.manager.requests.boot_instance(boot_spec())['job_id'])
     assert job['state'] == 'failed' and U1 in hv.domains
     hv.restart()
     wait_until(lambda: U1 not in hv.domains, what='the remnant to be removed')
-    assert agent.manager.get_instance(U1)['vm_state'] == 'error'
+    assert agent.manager.requests.get_instance(U1)['vm_state'] == 'error'
     assert agent.manager.tracker.claim_of(U1) is None
 
 
@@ -280,22 +280,22 @@ def test_a_boot_that_ends_while_the_reconnect_lists_is_not_called_lost(agent, hv
         hv.restart()
         wait_until(lambda: hv.calls.count('getAllDomainStats') > listings,
                    what='the reconnect listing')
-        job = agent.wait_job(agent.manager.boot_instance(boot_spec())['job_id'])
+        job = agent.wait_job(agent.manager.requests.boot_instance(boot_spec())['job_id'])
         assert job['state'] == 'done', job['reason']
         agent.wait_state(U1, 'active')
     finally:
         listed.set()
     wait_until(lambda: not agent.manager.recovering, what='the resync to end')
     agent.reporter.flush(10)
-    assert agent.manager.get_instance(U1)['vm_state'] == 'active'
-    assert agent.manager.get_instance(U1)['fault'] is None
+    assert agent.manager.requests.get_instance(U1)['vm_state'] == 'active'
+    assert agent.manager.requests.get_instance(U1)['fault'] is None
 
 
 def test_a_boot_whose_answer_was_lost_with_libvirtd_is_settled_after_the_reconnect(agent, hv):
     """libvirtd dies while create is in flight: the domain started, the answer never came.
     The boot waits for the reconnect, finds the domain running, and ends done."""
     gate = hv.gates['createWithFlags'] = threading.Event()
-    answer = agent.manager.boot_instance(boot_spec())
+    answer = agent.manager.requests.boot_instance(boot_spec())
     wait_until(lambda: 'createWithFlags' in hv.calls, what='create to be in flight')
     hv.restart()                 # connections close; the close event starts the reconnect
     gate.set()
@@ -308,7 +308,7 @@ def test_a_boot_whose_answer_was_lost_with_libvirtd_is_settled_after_the_reconne
 
 def test_a_boot_cut_off_before_start_is_cleaned_after_the_reconnect(agent, hv):
     gate = hv.gates['defineXML'] = threading.Event()
-    answer = agent.manager.boot_instance(boot_spec(disk_gb=1))
+    answer = agent.manager.requests.boot_instance(boot_spec(disk_gb=1))
     wait_until(lambda: 'defineXML' in hv.calls, what='defineXML to be in flight')
     hv.restart()
     gate.set()                   # the define fails: its connection is gone
@@ -329,11 +329,11 @@ def test_a_delete_that_arrives_while_the_boot_is_journaled_runs_after_the_boot(a
         return real(op, fn, *args)
     agent.journal._execute = held
     booted = []
-    t = threading.Thread(target=lambda: booted.append(agent.manager.boot_instance(boot_spec())))
+    t = threading.Thread(target=lambda: booted.append(agent.manager.requests.boot_instance(boot_spec())))
     t.start()
     wait_until(lambda: U1 in agent.manager.instances, what='the boot to be recorded')
     deleted = []
-    d = threading.Thread(target=lambda: deleted.append(agent.manager.delete_instance(U1)))
+    d = threading.Thread(target=lambda: deleted.append(agent.manager.requests.delete_instance(U1)))
     d.start()
     gate.set()
     t.join(10)
@@ -354,7 +354,7 @@ def test_domains_another_node_made_are_not_adopted(conf, hv):
     a = Agent(conf, hv)
     try:
         with pytest.raises(exception.InstanceNotFound):
-            a.manager.get_instance(other)
+            a.manager.requests.get_instance(other)
         assert other in hv.domains and a.manager.tracker.snapshot()['usage']['vcpus'] == 0
     finally:
         a.stop()

@@ -34,12 +34,12 @@ def test_metrics_count_boots_calls_commands_reports_and_jobs(measured):
     a, m = measured
     uuids = [str(uuidlib.uuid4()) for _ in range(3)]
     for i, u in enumerate(uuids):
-        answer = a.manager.boot_instance(boot_spec(u, **({'disk_gb': 1} if i == 0 else {})))
+        answer = a.manager.requests.boot_instance(boot_spec(u, **({'disk_gb': 1} if i == 0 else {})))
         assert a.wait_job(answer['job_id'])['state'] == 'done'
     for u in uuids:
         a.wait_reported(u, 'active')
     with pytest.raises(exception.InsufficientResources):
-        a.manager.boot_instance(boot_spec(str(uuidlib.uuid4()), memory_mb=10 ** 6))
+        a.manager.requests.boot_instance(boot_spec(str(uuidlib.uuid4()), memory_mb=10 ** 6))
     s = _samples(m.exposition().decode())
 
     assert s[('compute_agent_libvirt_calls_total', (('op', 'defineXML'),))] == 3

@@ -17,7 +17,7 @@ U1 = '11111111-2222-3333-4444-555555555555'
 
 
 def _booted(agent, uuid=U1):
-    agent.wait_job(agent.manager.boot_instance(boot_spec(uuid))['job_id'])
+    agent.wait_job(agent.manager.requests.boot_instance(boot_spec(uuid))['job_id'])
     agent.wait_state(uuid, 'active')
     return agent.manager.instances[uuid]
 
@@ -52,7 +52,7 @@ def test_ready_comes_by_event_with_no_call(agent, hv):
     state = _readiness(agent, U1, 'ready')
     assert state['vm_state'] == 'active' and state['ready_at'] >= state['active_at']
     assert hv.calls[before:] == []                         # no polling, no lookup
-    assert agent.manager.get_instance(U1)['readiness'] == 'ready'
+    assert agent.manager.requests.get_instance(U1)['readiness'] == 'ready'
 
 
 def test_a_guest_closing_the_channel_waits_again_and_a_stop_clears_readiness(agent, hv):
@@ -64,11 +64,11 @@ def test_a_guest_closing_the_channel_waits_again_and_a_stop_clears_readiness(age
     assert _readiness(agent, U1, 'waiting')['ready_at'] is None
     hv.guest_agent(U1)
     assert _readiness(agent, U1, 'ready')['ready_at'] >= first and inst.readies == 2
-    agent.wait_job(agent.manager.stop_instance(U1, timeout=0)['job_id'])
+    agent.wait_job(agent.manager.requests.stop_instance(U1, timeout=0)['job_id'])
     agent.wait_reported(U1, 'stopped')
     state = agent.reports.latest(U1)
     assert (state['readiness'], state['ready_at']) == (None, None)
-    agent.wait_job(agent.manager.start_instance(U1)['job_id'])
+    agent.wait_job(agent.manager.requests.start_instance(U1)['job_id'])
     _readiness(agent, U1, 'waiting')               # started again: not ready until it says so
 
 

@@ -36,6 +36,24 @@ def test_capacity_applies_ratios_and_reservations():
     assert notes.reports[-1]['inventory'] == {'cpus': 4, 'memory_mb': 4096, 'disk_gb': 100}
 
 
+def test_a_claim_instead_of_a_reservation_takes_its_place_in_one_step():
+    t, notes = tracker(disk_gb=10)
+    t.reserve('spare', 4)
+    t.claim('other', 1, 128, 6)                    # the spare holds all that is left
+    with pytest.raises(exception.InsufficientResources, match='disk_gb: 4 requested, 0 of'):
+        t.claim(U1, 1, 128, 4)
+    with pytest.raises(exception.InsufficientResources, match='memory_mb'):
+        t.claim(U1, 1, 10 ** 5, 4, instead_of='spare')
+    assert t.claim_of('spare') == resources.Amounts(0, 0, 4)      # a refusal moves nothing
+    reports = len(notes.reports)
+    t.claim(U1, 1, 128, 4, instead_of='spare')
+    assert t.claim_of('spare') is None and t.claim_of(U1) == resources.Amounts(1, 128, 4)
+    snap = t.snapshot()
+    assert snap['usage'] == {'vcpus': 2, 'memory_mb': 256, 'disk_gb': 10}
+    assert snap['reserved'] == ZERO and snap['instances'] == 2
+    assert len(notes.reports) == reports + 1                       # one change, one report
+
+
 @pytest.mark.parametrize('vcpus, memory_mb, disk_gb, match', [
     (0, 128, 0, 'vcpus: must be an integer >= 1, got 0'),
     (-1, 128, 0, 'vcpus: must be an integer >= 1, got -1'),
@@ -135,25 +153,25 @@ def test_an_audit_whose_listing_failed_leaves_no_token_behind():
 def test_boot_claims_before_any_libvirt_or_lvm_work_and_delete_releases(agent, hv):
     calls, launches = len(hv.calls), len(agent.lvm.launches)
     gate = hv.gates['defineXML'] = threading.Event()
-    answer = agent.manager.boot_instance(boot_spec(disk_gb=2, vcpus=2, memory_mb=256))
+    answer = agent.manager.requests.boot_instance(boot_spec(disk_gb=2, vcpus=2, memory_mb=256))
     assert agent.manager.tracker.claim_of(U1) == resources.Amounts(2, 256, 2)
     gate.set()
     assert agent.wait_job(answer['job_id'])['state'] == 'done'
     assert hv.calls[calls:] == ['defineXML', 'createWithFlags']
     assert agent.lvm.launches[launches:] == ['lvcreate']
     agent.wait_state(U1, 'active')
-    assert agent.wait_job(agent.manager.delete_instance(U1)['job_id'])['state'] == 'done'
+    assert agent.wait_job(agent.manager.requests.delete_instance(U1)['job_id'])['state'] == 'done'
     assert agent.manager.tracker.snapshot()['usage'] == ZERO
     assert agent.manager.tracker.counts['releases'] == 1
 
 
 def test_a_failed_boot_releases_its_claim(agent, hv):
     hv.fail_next['createWithFlags'] = fakelibvirt.libvirtError('no space for the guest')
-    answer = agent.manager.boot_instance(boot_spec(disk_gb=1))
+    answer = agent.manager.requests.boot_instance(boot_spec(disk_gb=1))
     assert agent.wait_job(answer['job_id'])['state'] == 'failed'
     assert agent.manager.tracker.snapshot()['usage'] == ZERO
-    assert agent.manager.get_instance(U1)['vm_state'] == 'error'
-    assert agent.manager.audit() == []           # and the audit agrees: nothing is held
+    assert agent.manager.requests.get_instance(U1)['vm_state'] == 'error'
+    assert agent.manager.audits.audit() == []           # and the audit agrees: nothing is held
 
 
 def test_an_over_capacity_boot_is_refused_with_nothing_created(conf, hv):
@@ -161,15 +179,15 @@ def test_an_over_capacity_boot_is_refused_with_nothing_created(conf, hv):
     try:
         uuids = [str(uuidlib.uuid4()) for _ in range(4)]
         for u in uuids:
-            a.wait_job(a.manager.boot_instance(boot_spec(u, vcpus=2))['job_id'])
+            a.wait_job(a.manager.requests.boot_instance(boot_spec(u, vcpus=2))['job_id'])
         calls = len(hv.calls)
         with pytest.raises(exception.InsufficientResources, match='vcpus: 1 requested, 0 of 8'):
-            a.manager.boot_instance(boot_spec(U1))
+            a.manager.requests.boot_instance(boot_spec(U1))
         assert len(hv.calls) == calls and U1 not in hv.domains
         with pytest.raises(exception.InstanceNotFound):
-            a.manager.get_instance(U1)
+            a.manager.requests.get_instance(U1)
         for u in uuids:
-            a.wait_job(a.manager.delete_instance(u)['job_id'])
+            a.wait_job(a.manager.requests.delete_instance(u)['job_id'])
         assert a.manager.tracker.snapshot()['usage'] == ZERO and hv.domains == {}
         a.reporter.flush(10)
         assert a.reports.usage[-1]['usage'] == ZERO
@@ -179,13 +197,13 @@ def test_an_over_capacity_boot_is_refused_with_nothing_created(conf, hv):
 
 def test_a_periodic_audit_with_no_change_sends_nothing(agent, hv):
     for i in range(3):
-        agent.wait_job(agent.manager.boot_instance(
+        agent.wait_job(agent.manager.requests.boot_instance(
             boot_spec(str(uuidlib.uuid4()), disk_gb=1))['job_id'])
     assert agent.reporter.flush(10)
     sent, batches = len(agent.reports.usage), len(agent.reports.batches)
     skipped = agent.manager.tracker.counts['reports_skipped_noop']
     for _ in range(3):
-        assert agent.manager.audit() == []
+        assert agent.manager.audits.audit() == []
     assert agent.reporter.flush(10)
     assert len(agent.reports.usage) == sent and len(agent.reports.batches) == batches
     assert agent.reporter.reports_sent == agent.reporter.stats()['reports_sent']
@@ -194,10 +212,10 @@ def test_a_periodic_audit_with_no_change_sends_nothing(agent, hv):
 
 
 def test_the_audit_finds_a_domain_removed_behind_the_agents_back(agent, hv):
-    agent.wait_job(agent.manager.boot_instance(boot_spec(disk_gb=1, vcpus=2))['job_id'])
+    agent.wait_job(agent.manager.requests.boot_instance(boot_spec(disk_gb=1, vcpus=2))['job_id'])
     agent.wait_state(U1, 'active')
     hv.domains.pop(U1)                            # gone without an event
-    assert agent.manager.audit() == [U1]
+    assert agent.manager.audits.audit() == [U1]
     # The LV is still there and still counts; the vCPUs and memory do not.
     assert agent.manager.tracker.claim_of(U1) == resources.Amounts(0, 0, 1)
     agent.reporter.flush(10)
@@ -206,15 +224,15 @@ def test_the_audit_finds_a_domain_removed_behind_the_agents_back(agent, hv):
 
 def test_the_audit_leaves_a_boot_in_progress_alone(agent, hv):
     gate = agent.lvm.gates['lvcreate'] = threading.Event()
-    answer = agent.manager.boot_instance(boot_spec(disk_gb=1))
+    answer = agent.manager.requests.boot_instance(boot_spec(disk_gb=1))
     wait_until(lambda: 'lvcreate' in agent.lvm.launches, what='lvcreate to start')
     try:
-        assert agent.manager.audit() == []        # no domain, no LV yet: still not "leaked"
+        assert agent.manager.audits.audit() == []        # no domain, no LV yet: still not "leaked"
         assert agent.manager.tracker.claim_of(U1) == resources.Amounts(1, 128, 1)
     finally:
         gate.set()
     assert agent.wait_job(answer['job_id'])['state'] == 'done'
-    assert agent.manager.audit() == []
+    assert agent.manager.audits.audit() == []
 
 
 def test_a_boot_that_ends_while_the_periodic_audit_lists_keeps_its_claim(agent, hv):
@@ -222,13 +240,13 @@ def test_a_boot_that_ends_while_the_periodic_audit_lists_keeps_its_claim(agent, 
     back only after the boot ended: the listing is older than the boot's end, so the
     boot (busy when the audit began) is not judged by it."""
     define = hv.gates['defineXML'] = threading.Event()
-    answer = agent.manager.boot_instance(boot_spec(disk_gb=1))
+    answer = agent.manager.requests.boot_instance(boot_spec(disk_gb=1))
     wait_until(lambda: 'defineXML' in hv.calls, what='defineXML to be in flight')
     listed = hv.late_gates['getAllDomainStats'] = threading.Event()
     listings = hv.calls.count('getAllDomainStats')
     result = {}
     auditor = threading.Thread(
-        target=lambda: result.update(corrected=agent.manager.periodic_audit()))
+        target=lambda: result.update(corrected=agent.manager.audits.periodic_audit()))
     auditor.start()
     try:
         wait_until(lambda: hv.calls.count('getAllDomainStats') > listings,
@@ -242,14 +260,14 @@ def test_a_boot_that_ends_while_the_periodic_audit_lists_keeps_its_claim(agent, 
     assert result['corrected'] == []
     assert agent.manager.tracker.claim_of(U1) == resources.Amounts(1, 128, 1)
     assert agent.manager.tracker.counts['audit_corrections'] == 0
-    assert agent.manager.audit() == []
+    assert agent.manager.audits.audit() == []
 
 
 def test_a_restarted_agent_rebuilds_usage_from_libvirt_and_lvm(conf, hv):
     first = Agent(conf, hv)
     lvm = first.lvm
-    first.wait_job(first.manager.boot_instance(boot_spec(disk_gb=2, vcpus=3,
-                                                         memory_mb=512))['job_id'])
+    first.wait_job(first.manager.requests.boot_instance(
+        boot_spec(disk_gb=2, vcpus=3, memory_mb=512))['job_id'])
     usage = first.manager.tracker.snapshot()['usage']
     first.stop()
     second = Agent(conf, hv, lvm=lvm)
@@ -257,7 +275,7 @@ def test_a_restarted_agent_rebuilds_usage_from_libvirt_and_lvm(conf, hv):
         assert second.manager.tracker.snapshot()['usage'] == usage == {
             'vcpus': 3, 'memory_mb': 512, 'disk_gb': 2}
         assert second.manager.tracker.counts['audit_corrections'] == 1   # the adoption
-        second.wait_job(second.manager.delete_instance(U1)['job_id'])
+        second.wait_job(second.manager.requests.delete_instance(U1)['job_id'])
         assert second.manager.tracker.snapshot()['usage'] == ZERO and lvm.lvs == {}
     finally:
         second.stop()
@@ -274,7 +292,7 @@ def test_claim_lock_is_held_for_microseconds_while_the_conductor_is_slow(conf, h
         sent_before = a.reporter.reports_sent
         answers = []
         threads = [threading.Thread(target=lambda: answers.append(
-            a.manager.boot_instance(boot_spec(str(uuidlib.uuid4())))))
+            a.manager.requests.boot_instance(boot_spec(str(uuidlib.uuid4())))))
             for _ in range(50)]
         for t in threads:
             t.start()

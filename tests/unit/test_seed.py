@@ -116,7 +116,7 @@ def test_the_worker_builds_the_seed_of_the_instances_own_directory_only():
 
 
 def _boot(agent, **fields):
-    answer = agent.manager.boot_instance(boot_spec(**fields))
+    answer = agent.manager.requests.boot_instance(boot_spec(**fields))
     return agent.wait_job(answer['job_id'])
 
 
@@ -139,7 +139,7 @@ def test_a_seeded_boot_gives_the_guest_its_seed_read_only(agent, hv):
     assert seed.find('source').get('file') == os.path.join(directory, 'seed.iso')
     assert seed.find('readonly') is not None and seed.find('driver').get('type') == 'raw'
     assert seed.find('source/seclabel').get('relabel') == 'no'
-    assert agent.wait_job(agent.manager.delete_instance(U1)['job_id'])['state'] == 'done'
+    assert agent.wait_job(agent.manager.requests.delete_instance(U1)['job_id'])['state'] == 'done'
     assert not os.path.exists(directory)
 
 

@@ -47,7 +47,7 @@ def test_a_number_is_reserved_on_disk_before_it_is_handed_out():
 def test_an_agent_restarted_with_its_clock_behind_still_reports_newer_numbers(
         conf, hv, monkeypatch):
     a = Agent(conf, hv)
-    a.wait_job(a.manager.boot_instance(boot_spec(X))['job_id'])
+    a.wait_job(a.manager.requests.boot_instance(boot_spec(X))['job_id'])
     a.wait_reported(X, 'active')
     last_seq = a.reports.latest(X)['seq']
     last_generation = a.manager.tracker.snapshot()['generation']
@@ -57,7 +57,7 @@ def test_an_agent_restarted_with_its_clock_behind_still_reports_newer_numbers(
     monkeypatch.setattr(coremod.sequence, 'Sequence', behind)
     b = Agent(conf, hv, lvm=a.lvm)
     try:
-        b.wait_job(b.manager.boot_instance(boot_spec(Y))['job_id'])
+        b.wait_job(b.manager.requests.boot_instance(boot_spec(Y))['job_id'])
         b.wait_reported(Y, 'active')
         assert b.reports.latest(Y)['seq'] > last_seq
         assert b.reports.latest(X)['seq'] > last_seq     # the adopted instance, re-reported

@@ -39,7 +39,7 @@ def test_every_state_has_a_row_and_deleted_is_terminal():
 
 
 def test_a_refused_change_changes_nothing_and_reports_nothing(agent):
-    agent.wait_job(agent.manager.boot_instance(boot_spec(U1))['job_id'])
+    agent.wait_job(agent.manager.requests.boot_instance(boot_spec(U1))['job_id'])
     agent.wait_reported(U1, 'active')
     inst = agent.manager.instances[U1]
     before = (inst.vm_state, inst.fault, inst.seq)

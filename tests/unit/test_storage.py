@@ -17,7 +17,7 @@ GiB = 1024 ** 3
 
 
 def boot(agent, uuid=U1, **extra):
-    answer = agent.manager.boot_instance(boot_spec(uuid, **extra))
+    answer = agent.manager.requests.boot_instance(boot_spec(uuid, **extra))
     return agent.wait_job(answer['job_id'])
 
 
@@ -38,7 +38,7 @@ def test_delete_zeroes_the_lv_then_removes_it(agent):
     boot(agent, disk_gb=1)
     agent.wait_state(U1, 'active')
     before = len(agent.lvm.launches)
-    assert agent.wait_job(agent.manager.delete_instance(U1)['job_id'])['state'] == 'done'
+    assert agent.wait_job(agent.manager.requests.delete_instance(U1)['job_id'])['state'] == 'done'
     assert agent.lvm.lvs == {} and agent.lvm.zeroed == ['ca-%s-root' % U1]
     assert [c for c in agent.lvm.launches[before:] if c != 'lvs' and c != 'vgs'] == [
         'blkdiscard', 'lvremove']
@@ -48,10 +48,10 @@ def test_an_lv_that_could_not_be_zeroed_is_kept_and_the_delete_fails(agent):
     boot(agent, disk_gb=1)
     agent.wait_state(U1, 'active')
     agent.lvm.fail['blkdiscard'] = (1, 'blkdiscard: BLKZEROOUT ioctl failed: I/O error')
-    job = agent.wait_job(agent.manager.delete_instance(U1)['job_id'])
+    job = agent.wait_job(agent.manager.requests.delete_instance(U1)['job_id'])
     assert job['state'] == 'failed' and 'I/O error' in job['reason'], job
     assert list(agent.lvm.lvs) == ['ca-%s-root' % U1]       # never given back unwiped
-    assert agent.wait_job(agent.manager.delete_instance(U1)['job_id'])['state'] == 'done'
+    assert agent.wait_job(agent.manager.requests.delete_instance(U1)['job_id'])['state'] == 'done'
     assert agent.lvm.lvs == {} and agent.lvm.zeroed == ['ca-%s-root' % U1]
 
 
@@ -59,18 +59,18 @@ def test_a_disk_that_does_not_fit_is_refused_at_once_and_nothing_is_made(agent, 
     with pytest.raises(exception.InsufficientResources,
                        match=r'disk_gb: 11 requested, more than this node offers instances in '
                              r'all \(10\)'):
-        agent.manager.boot_instance(boot_spec(disk_gb=11))
+        agent.manager.requests.boot_instance(boot_spec(disk_gb=11))
     assert agent.lvm.lvs == {} and hv.domains == {}
-    assert agent.manager.list_instances() == [] and agent.manager.jobs.by_state() == {}
+    assert agent.manager.requests.list_instances() == [] and agent.manager.jobs.by_state() == {}
     assert 'lvcreate' not in agent.lvm.launches
 
 
 def test_disks_of_boots_in_progress_count_against_the_vg(agent):
     gate = agent.lvm.gates['lvcreate'] = threading.Event()
     launches = len(agent.lvm.launches)
-    first = agent.manager.boot_instance(boot_spec(disk_gb=6))
+    first = agent.manager.requests.boot_instance(boot_spec(disk_gb=6))
     with pytest.raises(exception.InsufficientResources, match='disk_gb: 6 requested, 4 of 10 free'):
-        agent.manager.boot_instance(boot_spec(str(uuidlib.uuid4()), disk_gb=6))
+        agent.manager.requests.boot_instance(boot_spec(str(uuidlib.uuid4()), disk_gb=6))
     gate.set()
     assert agent.wait_job(first['job_id'])['state'] == 'done'
     assert agent.manager.tracker.snapshot()['usage']['disk_gb'] == 6
@@ -81,13 +81,13 @@ def test_disks_of_boots_in_progress_count_against_the_vg(agent):
 def test_lvs_that_are_not_ours_shrink_the_disk_capacity_at_the_next_audit(agent):
     agent.lvm.lvs['someone-elses'] = {'size': 4 * GiB, 'tags': {'backup'}}
     assert agent.manager.tracker.snapshot()['capacity']['disk_gb'] == 10
-    assert agent.manager.audit() == []          # no instance usage changed ...
+    assert agent.manager.audits.audit() == []          # no instance usage changed ...
     assert agent.manager.tracker.snapshot()['capacity']['disk_gb'] == 6   # ... capacity did
     with pytest.raises(exception.InsufficientResources, match='disk_gb: 7 requested, more than'):
-        agent.manager.boot_instance(boot_spec(disk_gb=7))
+        agent.manager.requests.boot_instance(boot_spec(disk_gb=7))
     # Our own LVs never count as someone else's: a boot does not shrink the capacity.
     assert boot(agent, disk_gb=6)['state'] == 'done'
-    agent.manager.audit()
+    agent.manager.audits.audit()
     snap = agent.manager.tracker.snapshot()
     assert snap['capacity']['disk_gb'] == 6 and snap['usage']['disk_gb'] == 6
 
@@ -125,7 +125,7 @@ def test_an_lv_that_is_not_ours_is_never_removed(agent):
     assert 'ca-%s-root' % U1 in agent.lvm.lvs
     assert agent.manager.storage_report()['disks'] == {}    # untagged: not ours
     # Deleting the failed instance must not take the other LV either.
-    assert agent.wait_job(agent.manager.delete_instance(U1)['job_id'])['state'] == 'done'
+    assert agent.wait_job(agent.manager.requests.delete_instance(U1)['job_id'])['state'] == 'done'
     assert 'ca-%s-root' % U1 in agent.lvm.lvs
 
 
@@ -188,7 +188,7 @@ def test_disk_smaller_than_the_image_is_refused(agent, image_dir):
     with open(image_dir / 'big.raw', 'wb') as f:
         f.truncate(2 * GiB)
     with pytest.raises(exception.InvalidSpec, match='smaller than image big.raw'):
-        agent.manager.boot_instance(boot_spec(disk_gb=1, image='big.raw'))
+        agent.manager.requests.boot_instance(boot_spec(disk_gb=1, image='big.raw'))
 
 
 def test_file_backend_never_offers_the_reserve_kept_for_the_journal(tmp_path):

@@ -25,13 +25,13 @@ def test_each_boot_gets_a_nested_track_with_its_request_job_calls_and_reports(co
     a = Agent(conf, hv, tracer=tracer)
     try:
         uuids = [str(uuidlib.uuid4()) for _ in range(5)]
-        answers = [a.manager.boot_instance(boot_spec(u, **({'disk_gb': 1} if i == 0 else {})))
+        answers = [a.manager.requests.boot_instance(boot_spec(u, **({'disk_gb': 1} if i == 0 else {})))
                    for i, u in enumerate(uuids)]
         for answer in answers:
             assert a.wait_job(answer['job_id'])['state'] == 'done'
         for u in uuids:
             a.wait_reported(u, 'active')
-        deleted = a.manager.delete_instance(uuids[1])
+        deleted = a.manager.requests.delete_instance(uuids[1])
         assert a.wait_job(deleted['job_id'])['state'] == 'done'
         a.wait_reported(uuids[1], 'deleted')
         a.journal.flush(10)
@@ -80,7 +80,7 @@ def test_a_failed_boot_is_traced_with_the_failed_call(conf, hv, tmp_path):
     try:
         hv.fail_next['createWithFlags'] = fakelibvirt.libvirtError(
             'internal error: qemu unexpectedly closed the monitor')
-        answer = a.manager.boot_instance(boot_spec())
+        answer = a.manager.requests.boot_instance(boot_spec())
         assert a.wait_job(answer['job_id'])['state'] == 'failed'
         tracer.write()
     finally:
@@ -137,10 +137,10 @@ def test_a_refused_boot_request_leaves_no_spans_and_an_accepted_one_all_its_phas
     try:
         refused = str(uuidlib.uuid4())
         with pytest.raises(exception.InsufficientResources):
-            a.manager.boot_instance(boot_spec(refused, memory_mb=10 ** 6, vcpus=1))
+            a.manager.requests.boot_instance(boot_spec(refused, memory_mb=10 ** 6, vcpus=1))
         assert not [e for e in tracer.events() if e.get('cat') in ('request', 'rpc')]
         accepted = str(uuidlib.uuid4())
-        a.wait_job(a.manager.boot_instance(boot_spec(accepted))['job_id'])
+        a.wait_job(a.manager.requests.boot_instance(boot_spec(accepted))['job_id'])
         names = [e['name'] for e in _slices(tracer.events()) if e['cat'] in ('request', 'rpc')]
         assert names == ['validate', 'lock wait', 'claim', 'journal wait', 'boot_instance']
     finally:

@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from agent import exception
-from agent.compute import warm as warmmod
+from agent.warm import restore as restoremod
 from agent.storage import seeds as seedsmod
 from agent.virt.libvirt import config as vconfig
 from agent.warm import pools as poolsmod
@@ -33,8 +33,8 @@ def warm_agent(conf, hv, **kw):
 
 def fill(a, n):
     for _ in range(n):
-        assert a.manager.filler.make(TINY) is not None
-    return a.manager.core.spares.available()
+        assert a.manager.warm.filler.make(TINY) is not None
+    return a.manager.warm.spares.available()
 
 
 def warm_spec(uuid=U1, **extra):
@@ -112,10 +112,10 @@ def test_a_spare_whose_guest_never_becomes_ready_is_removed(conf, hv):
     a = warm_agent(conf, hv, ready_timeout=0.2)
     hv.auto_ready = False
     try:
-        assert a.manager.filler.make(TINY) is None
+        assert a.manager.warm.filler.make(TINY) is None
         assert hv.domains == {} and os.listdir(conf.instances_path) == []
         assert a.manager.resource_report()['usage']['disk_gb'] == 0
-        assert a.manager.filler.next_pool() is None       # not again before retry_interval
+        assert a.manager.warm.filler.next_pool() is None       # not again before retry_interval
     finally:
         a.stop()
 
@@ -123,13 +123,13 @@ def test_a_spare_whose_guest_never_becomes_ready_is_removed(conf, hv):
 def test_the_filler_keeps_the_pool_full_only_while_no_job_runs(conf, hv):
     a = warm_agent(conf, hv, quiet_seconds=0.3)
     try:
-        job = a.manager.boot_instance(boot_spec(U1))['job_id']   # a boot: not quiet
-        assert a.manager.filler.next_pool() is None
+        job = a.manager.requests.boot_instance(boot_spec(U1))['job_id']   # a boot: not quiet
+        assert a.manager.warm.filler.next_pool() is None
         a.wait_job(job)
-        a.runtime.spawn(a.manager.run_filler)
-        wait_until(lambda: a.manager.core.spares.counts().get('tiny') == 2, what='pool full')
+        a.runtime.spawn(a.manager.warm.run)
+        wait_until(lambda: a.manager.warm.spares.counts().get('tiny') == 2, what='pool full')
         assert a.manager.stats()['warm']['made'] == 2
-        assert a.manager.filler.next_pool() is None       # full
+        assert a.manager.warm.filler.next_pool() is None       # full
     finally:
         a.stop()
 
@@ -140,13 +140,13 @@ def test_a_warm_boot_is_one_restore_and_the_instance_is_ready_at_once(conf, hv):
     try:
         spare = fill(a, 1)[0]
         before = dict(a.driver.host.calls)
-        job = a.wait_job(a.manager.boot_instance(warm_spec(name='web-1'))['job_id'])
+        job = a.wait_job(a.manager.requests.boot_instance(warm_spec(name='web-1'))['job_id'])
         assert job['state'] == 'done'
         assert job['result'] == 'warm: hit, spare %s of pool tiny' % spare.uuid
         assert job['libvirt_calls_by_op'] == {'restoreFlags': 1, 'defineXML': 1}
         a.wait_state(U1, 'active')
         wait_until(lambda: a.manager.instances[U1].readiness == 'ready', what='ready')
-        inst = a.manager.get_instance(U1)
+        inst = a.manager.requests.get_instance(U1)
         assert inst['domain'] == 'ca-' + spare.uuid and inst['power_state'] == 'running'
         assert [json.loads(line) for line in hv.domains[spare.uuid].identity_lines()] == [
             {'uuid': U1, 'name': 'web-1', 'pool': 'tiny'}]          # what the guest reads
@@ -167,14 +167,14 @@ def test_a_warm_instance_stops_starts_and_deletes_like_any_other(conf, hv):
     a = warm_agent(conf, hv)
     try:
         spare = fill(a, 1)[0]
-        a.wait_job(a.manager.boot_instance(warm_spec())['job_id'])
-        assert a.wait_job(a.manager.stop_instance(U1, timeout=0)['job_id'])['state'] == 'done'
+        a.wait_job(a.manager.requests.boot_instance(warm_spec())['job_id'])
+        assert a.wait_job(a.manager.requests.stop_instance(U1, timeout=0)['job_id'])['state'] == 'done'
         assert hv.domains[spare.uuid].run_state == 5          # shut off, still defined
-        assert a.wait_job(a.manager.start_instance(U1)['job_id'])['state'] == 'done'
+        assert a.wait_job(a.manager.requests.start_instance(U1)['job_id'])['state'] == 'done'
         a.wait_state(U1, 'active')
         # a new QEMU: its guest learns its identity again
         assert json.loads(hv.domains[spare.uuid].identity_lines()[0])['uuid'] == U1
-        assert a.wait_job(a.manager.delete_instance(U1)['job_id'])['state'] == 'done'
+        assert a.wait_job(a.manager.requests.delete_instance(U1)['job_id'])['state'] == 'done'
         assert hv.domains == {} and os.listdir(conf.instances_path) == []
     finally:
         a.stop()
@@ -183,7 +183,7 @@ def test_a_warm_instance_stops_starts_and_deletes_like_any_other(conf, hv):
 def test_a_warm_boot_with_an_empty_pool_boots_cold_and_says_so(conf, hv):
     a = warm_agent(conf, hv)
     try:
-        job = a.wait_job(a.manager.boot_instance(warm_spec())['job_id'])
+        job = a.wait_job(a.manager.requests.boot_instance(warm_spec())['job_id'])
         assert job['state'] == 'done' and job['result'] == 'warm: miss, pool empty'
         assert job['libvirt_calls_by_op'] == {'defineXML': 1, 'createWithFlags': 1}
         root = ET.fromstring(hv.domains[U1].xml)       # the same devices as a spare's
@@ -200,12 +200,12 @@ def test_a_restore_libvirt_refuses_falls_back_to_a_cold_boot(conf, hv):
         spare = fill(a, 1)[0]
         hv.fail_next['restoreFlags'] = fakelibvirt.libvirtError(
             'image is corrupt', fakelibvirt.VIR_ERR_OPERATION_FAILED)
-        job = a.wait_job(a.manager.boot_instance(warm_spec())['job_id'])
+        job = a.wait_job(a.manager.requests.boot_instance(warm_spec())['job_id'])
         assert job['state'] == 'done'
         assert job['result'].startswith('cold (warm: restore failed: ')
         assert job['result'].endswith('image is corrupt)')
         assert U1 in hv.domains and spare.uuid not in os.listdir(conf.instances_path)
-        assert a.manager.core.spares.counts() == {'tiny': 0}
+        assert a.manager.warm.spares.counts() == {'tiny': 0}
         assert a.manager.resource_report()['usage']['disk_gb'] == 1
     finally:
         a.stop()
@@ -215,7 +215,7 @@ def test_a_boot_may_not_name_an_unknown_pool_and_nothing_is_recorded(conf, hv):
     a = warm_agent(conf, hv)
     try:
         with pytest.raises(exception.InvalidSpec, match='no warm pool'):
-            a.manager.boot_instance(warm_spec(pool='other'))
+            a.manager.requests.boot_instance(warm_spec(pool='other'))
         assert a.manager.instances == {} and a.manager.jobs.by_state() == {}
     finally:
         a.stop()
@@ -225,18 +225,18 @@ def test_a_boot_may_not_name_an_unknown_pool_and_nothing_is_recorded(conf, hv):
 def test_spares_and_warm_instances_survive_a_restart(conf, hv):
     a = warm_agent(conf, hv)
     spare, kept = fill(a, 2)
-    a.wait_job(a.manager.boot_instance(warm_spec())['job_id'])
+    a.wait_job(a.manager.requests.boot_instance(warm_spec())['job_id'])
     a.stop()
     b = warm_agent(conf, hv)
     try:
-        assert [s.uuid for s in b.manager.core.spares.available()] == [kept.uuid]
-        assert b.manager.get_instance(U1)['domain'] == 'ca-' + spare.uuid
-        assert b.manager.get_instance(U1)['vm_state'] == 'active'
+        assert [s.uuid for s in b.manager.warm.spares.available()] == [kept.uuid]
+        assert b.manager.requests.get_instance(U1)['domain'] == 'ca-' + spare.uuid
+        assert b.manager.requests.get_instance(U1)['vm_state'] == 'active'
         assert b.manager.resource_report()['reserved']['disk_gb'] == 1
         assert b.manager.reconciled['spares_kept'] == 1
         # the mapping is back: power operations reach the spare's domain
-        assert b.wait_job(b.manager.reboot_instance(U1, hard=True)['job_id'])['state'] == 'done'
-        assert b.wait_job(b.manager.delete_instance(U1)['job_id'])['state'] == 'done'
+        assert b.wait_job(b.manager.requests.reboot_instance(U1, hard=True)['job_id'])['state'] == 'done'
+        assert b.wait_job(b.manager.requests.delete_instance(U1)['job_id'])['state'] == 'done'
         assert sorted(os.listdir(conf.instances_path)) == [kept.uuid]
     finally:
         b.stop()
@@ -254,7 +254,7 @@ def test_at_start_up_only_the_spares_the_pools_want_are_kept(conf, hv, pools, le
     a.stop()
     b = Agent(conf, hv, backend='file', pools=pools, warm=WARM)
     try:
-        kept = b.manager.core.spares.available()
+        kept = b.manager.warm.spares.available()
         assert len(kept) == left and (not kept or kept[0].uuid == oldest.uuid)
         assert sorted(os.listdir(conf.instances_path)) == sorted(s.uuid for s in kept)
         assert b.manager.resource_report()['reserved']['disk_gb'] == left
@@ -262,10 +262,116 @@ def test_at_start_up_only_the_spares_the_pools_want_are_kept(conf, hv, pools, le
         b.stop()
 
 
+def test_at_start_up_a_spare_whose_kernel_was_replaced_is_removed(conf, hv, image_dir):
+    a = warm_agent(conf, hv)
+    fill(a, 2)
+    a.stop()
+    replace_file(image_dir / 'vmlinuz')
+    b = warm_agent(conf, hv)
+    try:
+        assert b.manager.warm.spares.available() == []
+        assert os.listdir(conf.instances_path) == []
+        assert b.manager.reconciled['spares_removed'] == 2
+        assert b.manager.resource_report()['reserved']['disk_gb'] == 0
+    finally:
+        b.stop()
+
+
+def replace_file(path):
+    """Another file at the same path, same size: only device/inode/mtime tell."""
+    data = path.read_bytes()
+    path.unlink()
+    path.write_bytes(data)
+
+
+# -- stale spares, one claim -----------------------------------------------------------------
+def retired(a, n):
+    wait_until(lambda: a.manager.stats()['warm']['retired'] == n, what='%d retired' % n)
+
+
+def test_a_spare_whose_initrd_was_replaced_is_retired_at_the_take(conf, hv, image_dir):
+    a = warm_agent(conf, hv)
+    try:
+        spare, = fill(a, 1)
+        replace_file(image_dir / 'initrd.img')
+        job = a.wait_job(a.manager.requests.boot_instance(warm_spec())['job_id'])
+        assert job['state'] == 'done' and job['result'] == 'warm: miss, pool empty'
+        retired(a, 1)
+        assert sorted(os.listdir(conf.instances_path)) == [U1]     # the spare went whole
+        assert a.manager.resource_report()['reserved']['disk_gb'] == 0
+    finally:
+        a.stop()
+
+
+def test_a_spare_older_than_max_spare_age_is_retired_not_handed_out(conf, hv):
+    a = warm_agent(conf, hv, max_spare_age=0)      # every saved spare is too old at once
+    try:
+        fill(a, 2)
+        job = a.wait_job(a.manager.requests.boot_instance(warm_spec())['job_id'])
+        assert job['result'] == 'warm: miss, pool empty'
+        retired(a, 2)
+        assert a.manager.warm.spares.counts() == {'tiny': 0}
+        assert sorted(os.listdir(conf.instances_path)) == [U1]
+    finally:
+        a.stop()
+
+
+def test_the_filler_retires_spares_past_their_age_while_quiet(conf, hv):
+    a = warm_agent(conf, hv, max_spare_age=0)
+    try:
+        fill(a, 1)
+        a.manager.warm.filler.next_pool()       # quiet: the old one goes first
+        retired(a, 1)
+        assert a.manager.resource_report()['reserved']['disk_gb'] == 0
+    finally:
+        a.stop()
+
+
+def test_a_node_whose_only_free_disk_is_the_spares_boots_warm(conf, hv):
+    a = warm_agent(conf, hv)
+    try:
+        fill(a, 1)
+        a.manager.tracker.set_inventory(disk_gb=1)      # all of it reserved by the spare
+        with pytest.raises(exception.InsufficientResources, match='disk_gb'):
+            a.manager.requests.boot_instance(boot_spec(U2, disk_gb=1))     # cold: no room
+        job = a.wait_job(a.manager.requests.boot_instance(warm_spec())['job_id'])
+        assert job['state'] == 'done' and job['result'].startswith('warm: hit'), job
+        report = a.manager.resource_report()
+        assert report['usage']['disk_gb'] == 1 and report['reserved']['disk_gb'] == 0
+        assert report['instances'] == 1
+    finally:
+        a.stop()
+
+
+def test_a_warm_boot_the_journal_refuses_gives_its_spare_back(conf, hv, monkeypatch):
+    a = warm_agent(conf, hv)
+    try:
+        spare, = fill(a, 1)
+        blocker = threading.Event()         # a commit that hangs: the boot's row stays pending
+        real_write = a.journal._write
+        monkeypatch.setattr(a.journal, '_write', lambda *x: (blocker.wait(10), real_write(*x)))
+        a.journal.put({'id': 'x', 'kind': 'boot', 'uuid': U2, 'state': 'done',
+                       'created_at': 1.0})
+        wait_until(lambda: a.journal._writing, what='a commit under way')
+        real_wait = a.journal.wait
+        monkeypatch.setattr(a.journal, 'wait', lambda ticket, timeout=30: real_wait(ticket, 0.2))
+        with pytest.raises(exception.JournalUnavailable):
+            a.manager.requests.boot_instance(warm_spec())
+        monkeypatch.setattr(a.journal, 'wait', real_wait)
+        blocker.set()
+        a.journal.flush(10)
+        assert [s.uuid for s in a.manager.warm.spares.available()] == [spare.uuid]
+        assert a.manager.resource_report()['reserved']['disk_gb'] == 1    # its own again
+        job = a.wait_job(a.manager.requests.boot_instance(warm_spec())['job_id'])
+        assert job['result'] == 'warm: hit, spare %s of pool tiny' % spare.uuid
+    finally:
+        a.stop()
+
+
 def test_a_crash_while_a_spare_is_saved_leaves_nothing_after_the_restart(conf, hv):
     a = warm_agent(conf, hv)
     gate = hv.gates['saveFlags'] = threading.Event()
-    a.runtime.spawn(a.manager.filler.make, TINY)
+    a.runtime.spawn(a.manager.warm.filler.make, TINY)
     wait_until(lambda: 'saveFlags' in hv.calls, what='the save to begin')
     a.crash()
     b = warm_agent(conf, hv)
@@ -283,7 +389,7 @@ def test_a_crash_during_a_restore_leaves_no_orphan_and_the_boot_runs_again(conf,
     a = warm_agent(conf, hv)
     first, second = fill(a, 2)
     gate = hv.gates['restoreFlags'] = threading.Event()
-    job_id = a.manager.boot_instance(warm_spec())['job_id']
+    job_id = a.manager.requests.boot_instance(warm_spec())['job_id']
     wait_until(lambda: 'restoreFlags' in hv.calls, what='the restore to begin')
     a.crash()
     del hv.gates['restoreFlags']
@@ -334,13 +440,13 @@ def test_a_spare_being_made_gives_way_to_a_job(conf, hv, ready):
     a = warm_agent(conf, hv, settle_seconds=30.0)
     hv.auto_ready = ready
     try:
-        filler = a.manager.filler
+        filler = a.manager.warm.filler
         a.runtime.spawn(filler.make, TINY)
         wait_until(lambda: 'createXML' in hv.calls, what='the spare to start')
-        a.wait_job(a.manager.boot_instance(boot_spec(U1))['job_id'])    # ...when a boot comes
+        a.wait_job(a.manager.requests.boot_instance(boot_spec(U1))['job_id'])    # ...when a boot comes
         wait_until(lambda: filler.gave_way == 1, what='the spare to give way')
         assert list(hv.domains) == [U1] and os.listdir(conf.instances_path) == [U1]
-        assert filler.failures == 0 and a.manager.core.spares.counts() == {}
+        assert filler.failures == 0 and a.manager.warm.spares.counts() == {}
     finally:
         a.stop()
 
@@ -350,12 +456,12 @@ def test_a_spare_being_booted_when_the_agent_stops_is_removed_first(conf, hv):
     a = warm_agent(conf, hv)
     hv.auto_ready = False                     # its guest never gets ready
     try:
-        filler = a.manager.filler
+        filler = a.manager.warm.filler
         a.runtime.spawn(filler.run)
         wait_until(lambda: 'createXML' in hv.calls, what='the spare to start')
-        a.manager.stop_filler()
+        a.manager.warm.stop()
         assert hv.domains == {} and os.listdir(conf.instances_path) == []
-        assert filler.gave_way == 1 and a.manager.core.spares.counts() == {}
+        assert filler.gave_way == 1 and a.manager.warm.spares.counts() == {}
         created = hv.calls.count('createXML')
         time.sleep(0.3)                       # several ticks: nothing is begun any more
         assert hv.calls.count('createXML') == created and filler.next_pool() is None
@@ -366,7 +472,7 @@ def test_a_spare_being_booted_when_the_agent_stops_is_removed_first(conf, hv):
 def test_a_domain_copying_a_warm_instances_metadata_is_not_taken(conf, hv):
     a = warm_agent(conf, hv)
     spare = fill(a, 1)[0]
-    a.wait_job(a.manager.boot_instance(warm_spec())['job_id'])
+    a.wait_job(a.manager.requests.boot_instance(warm_spec())['job_id'])
     # someone defines another domain whose metadata names the same instance
     fake = str(__import__('uuid').uuid4())
     xml = hv.domains[spare.uuid].xml.replace(spare.uuid, fake)
@@ -375,8 +481,8 @@ def test_a_domain_copying_a_warm_instances_metadata_is_not_taken(conf, hv):
     a.stop()
     b = warm_agent(conf, hv)
     try:
-        assert b.manager.get_instance(U1)['domain'] == 'ca-' + spare.uuid
-        assert b.wait_job(b.manager.delete_instance(U1)['job_id'])['state'] == 'done'
+        assert b.manager.requests.get_instance(U1)['domain'] == 'ca-' + spare.uuid
+        assert b.wait_job(b.manager.requests.delete_instance(U1)['job_id'])['state'] == 'done'
         assert list(hv.domains) == [fake]            # the copy: never touched
     finally:
         b.stop()
@@ -392,13 +498,13 @@ def test_on_lvm_a_warm_instance_takes_its_spares_lv_by_one_retag(conf, hv):
         lv = operations.lv_name(spare.uuid)
         assert 'ca-instance-' + spare.uuid in a.lvm.lvs[lv]['tags']
         before = list(a.lvm.launches)
-        job = a.wait_job(a.manager.boot_instance(warm_spec())['job_id'])
+        job = a.wait_job(a.manager.requests.boot_instance(warm_spec())['job_id'])
         assert job['state'] == 'done' and job['result'].startswith('warm: hit')
         assert a.lvm.launches[len(before):] == ['lvchange']      # the hand-over: one command
         assert a.lvm.lvs[lv]['tags'] == {'compute-agent', 'ca-instance-' + U1}
         disk = ET.fromstring(hv.domains[spare.uuid].xml).find('devices/disk/source')
         assert disk.get('dev') == '/dev/%s/%s' % (a.lvm.vg, lv)
-        assert a.wait_job(a.manager.delete_instance(U1)['job_id'])['state'] == 'done'
+        assert a.wait_job(a.manager.requests.delete_instance(U1)['job_id'])['state'] == 'done'
         assert a.lvm.lvs == {} and hv.domains == {}
     finally:
         a.stop()
@@ -415,18 +521,18 @@ def test_a_boot_with_the_uuid_of_a_spare_or_a_warm_instances_domain_is_refused(c
     a = warm_agent(conf, hv)
     try:
         taken, saved = fill(a, 2)
-        a.wait_job(a.manager.boot_instance(warm_spec())['job_id'])       # runs as ``taken``
-        assert a.manager.get_instance(U1)['domain'] == 'ca-' + taken.uuid
+        a.wait_job(a.manager.requests.boot_instance(warm_spec())['job_id'])       # runs as ``taken``
+        assert a.manager.requests.get_instance(U1)['domain'] == 'ca-' + taken.uuid
         xml, calls = hv.domains[taken.uuid].xml, len(hv.calls)
         jobs = a.manager.stats()['jobs_total']
         for uuid in (taken.uuid, saved.uuid):
             with pytest.raises(exception.UuidInUse) as err:
-                a.manager.boot_instance(boot_spec(uuid))
+                a.manager.requests.boot_instance(boot_spec(uuid))
             assert str(err.value).startswith('uuid: %s is in use by ' % uuid)
         assert len(hv.calls) == calls and hv.domains[taken.uuid].xml == xml
         assert a.manager.stats()['jobs_total'] == jobs
         assert set(a.manager.instances) == {U1}
-        assert [s.uuid for s in a.manager.core.spares.available()] == [saved.uuid]
+        assert [s.uuid for s in a.manager.warm.spares.available()] == [saved.uuid]
     finally:
         a.stop()
 
@@ -452,11 +558,11 @@ def test_a_cloud_init_pools_restore_runs_cloud_init_on_the_instances_seed(conf, 
     hv.auto_ready = True
     a = Agent(conf, hv, backend='file', pools={'debian': CLOUD}, warm=WARM)
     try:
-        assert a.manager.filler.make(CLOUD) is not None
-        spare = a.manager.core.spares.available()[0]
+        assert a.manager.warm.filler.make(CLOUD) is not None
+        spare = a.manager.warm.spares.available()[0]
         spare_seed = _seed_of(spare.xml)
         assert _seed_meta(spare_seed)['instance-id'] == spare.uuid   # its own first boot
-        job = a.wait_job(a.manager.boot_instance(
+        job = a.wait_job(a.manager.requests.boot_instance(
             {'uuid': U1, 'pool': 'debian', 'hostname': 'web-1'})['job_id'])
         assert job['state'] == 'done' and job['result'].startswith('warm: hit'), job
         # one restore, the clock, cloud-init started and watched, then the define
@@ -471,7 +577,7 @@ def test_a_cloud_init_pools_restore_runs_cloud_init_on_the_instances_seed(conf, 
         # in the spare: saved once its cloud-init's first boot was over; then the instance's
         assert hv.guest_execs[spare.uuid] == [
             {'path': '/usr/bin/cloud-init', 'arg': ['status', '--wait'], 'capture-output': True},
-            {'path': '/bin/sh', 'arg': ['-c', warmmod.APPLY_SEED, 'sh', '/dev/vdb'],
+            {'path': '/bin/sh', 'arg': ['-c', restoremod.APPLY_SEED, 'sh', '/dev/vdb'],
              'capture-output': True}]
         inst = a.manager.instances[U1]
         assert inst.readiness == 'ready' and not inst.identity_pending
@@ -483,10 +589,10 @@ def test_a_cloud_init_run_that_fails_removes_the_restored_guest_and_boots_cold(c
     hv.auto_ready = True
     a = Agent(conf, hv, backend='file', pools={'debian': CLOUD}, warm=WARM)
     try:
-        assert a.manager.filler.make(CLOUD) is not None
-        spare = a.manager.core.spares.available()[0]
+        assert a.manager.warm.filler.make(CLOUD) is not None
+        spare = a.manager.warm.spares.available()[0]
         hv.exec_exitcode = 1
-        job = a.wait_job(a.manager.boot_instance(
+        job = a.wait_job(a.manager.requests.boot_instance(
             {'uuid': U1, 'pool': 'debian', 'hostname': 'web-1'})['job_id'])
         assert job['state'] == 'done', job
         assert job['result'].startswith('cold (warm: restore failed: cloud-init in the guest '

@@ -8,6 +8,7 @@ listing. Host facts come from the cache in ``Host``; instance state comes from l
 events, never from polling.
 """
 import dataclasses
+import functools
 import logging
 import os
 import random
@@ -21,10 +22,13 @@ from agent import spec as specmod
 from agent.virt import driver
 from agent.virt.libvirt import config as vconfig
 from agent.virt.libvirt import console as vconsole
+from agent.virt.libvirt import domains as vdomains
+from agent.virt.libvirt import guestagent as vguestagent
 from agent.virt.libvirt import host as vhost
+from agent.virt.libvirt import identity as videntity
 from agent.virt.libvirt import listing as vlisting
+from agent.virt.libvirt import spares as vspares
 from agent.virt.libvirt import states as vstates
-from agent.virt.libvirt import warm as vwarm
 
 LOG = logging.getLogger(__name__)
 
@@ -36,8 +40,10 @@ def random_mac() -> str:
 START_RETRY_PAUSES = (0.2, 1.0)    # a start libvirt calls busy (EAGAIN) is tried again
 
 
-class LibvirtDriver(vlisting.Listing, vwarm.WarmDomains, driver.ComputeDriver):
-    """ComputeDriver over one libvirt connection (see ``host.Host``)."""
+class LibvirtDriver(driver.ComputeDriver):
+    """ComputeDriver over one libvirt connection (see ``host.Host``). Which domains are ours
+    is kept by ``domains.Domains``; the listing, spares, identity ports and the guest agent
+    are parts of their own."""
 
     def __init__(self, options, node: str, dirs: instancedir.InstanceDirs, runtime,
                  libvirt_mod=None):
@@ -59,23 +65,13 @@ class LibvirtDriver(vlisting.Listing, vwarm.WarmDomains, driver.ComputeDriver):
             options.connection_uri, runtime, libvirt_mod, event_sink=self._bridge.put,
             keepalive=(options.keepalive_interval, options.keepalive_count),
             retry_interval=options.reconnect_interval)
-        # uuid -> (connection epoch, virDomain): no lookup on delete; an object of an older
-        # connection is dead and never used.
-        self._domains: dict = {}
-        self._ours: set[str] = set()   # uuids of domains the agent made or adopted
-        self._defining: set[str] = set()   # uuids whose defineXML is under way
-        # uuid -> name of domains libvirt holds that are not ours (from listings and DEFINED
-        # events): a boot of such a uuid is refused without a call.
-        self._foreign: dict[str, str] = {}
-        self._own_undefines: set[str] = set()   # UNDEFINED events we caused: not "vanished"
-        # Warm instances run under their spare's libvirt uuid and name (libvirt restores a
-        # saved image under no other): domain uuid <-> instance uuid, for those only. Every
-        # other domain of ours has the instance's uuid.
-        self._inst_of: dict[str, str] = {}
-        self._dom_of: dict[str, str] = {}
-        self._spares: set[str] = set()     # uuids of spares being made (their events apart)
-        self._restored: dict[str, str] = {}    # instance uuid -> its restore XML (persist)
-        self._identity: dict = {}          # instance uuid -> open identity-port connection
+        self._identity = videntity.IdentityPorts(options.identity_socket_dir, self._wq)
+        self._domains = vdomains.Domains(self.host, node,
+                                         functools.partial(vspares.restored_as, dirs))
+        self._spares = vspares.SpareDomains(self.host, node, dirs, self._domains,
+                                            self._identity, self._wq, self._guest_config)
+        self._listing = vlisting.Listing(self.host, libvirt_mod, self._domains)
+        self._agent = vguestagent.GuestAgent(self.host, libvirt_mod, self._domains)
 
     # -- set-up -----------------------------------------------------------------------------
     def init_host(self) -> dict:
@@ -99,14 +95,17 @@ class LibvirtDriver(vlisting.Listing, vwarm.WarmDomains, driver.ComputeDriver):
         conn, epoch = self.host.conn(), self.host.epoch
         try:
             dom = self.host.call('lookupByUUIDString', conn.lookupByUUIDString,
-                                 self._dom_of.get(uuid, uuid), epoch=epoch)
+                                 self._domains.domain(uuid), epoch=epoch)
             state = self.host.call('state', dom.state, epoch=epoch)[0]
         except exception.DomainNotFound:
             return None
-        if not self._owned(uuid, dom):
+        if not self._domains.owned(uuid, dom):
             return None        # that uuid is someone else's domain: ours does not exist
-        self._domains[uuid] = (epoch, dom)
+        self._domains.cache(uuid, epoch, dom)
         return vstates.from_state(self._lv, state)
+
+    def list_instances(self, with_readiness: bool = False) -> list[driver.InstanceInfo]:
+        return self._listing.list_instances(with_readiness)
 
     def ensure_reconnecting(self) -> None:
         self.host.ensure_reconnecting()
@@ -123,39 +122,32 @@ class LibvirtDriver(vlisting.Listing, vwarm.WarmDomains, driver.ComputeDriver):
         if isinstance(item, vhost.Reconnected):
             self._listener(driver.HypervisorReconnected(timestamp=item.timestamp))
             return
-        if item.uuid in self._spares:
+        if self._domains.is_spare(item.uuid):
             self._listener(driver.SpareEvent(
                 uuid=item.uuid, timestamp=item.timestamp,
                 ready=item.connected if isinstance(item, vhost.AgentChannelEvent) else None,
                 stopped=(isinstance(item, vhost.LifecycleEvent)
                          and item.event == self._lv.VIR_DOMAIN_EVENT_STOPPED)))
             return
-        uuid = self._inst_of.get(item.uuid, item.uuid)
+        uuid = self._domains.instance(item.uuid)
+        ours = self._domains.is_ours(item.uuid)
         if isinstance(item, vhost.RebootEvent):
-            if item.uuid in self._ours:
+            if ours:
                 self._listener(driver.InstanceRebooted(uuid=uuid, timestamp=item.timestamp))
             return
         if isinstance(item, vhost.AgentChannelEvent):
-            if item.uuid in self._ours:
+            if ours:
                 self._listener(driver.GuestReadiness(
                     uuid=uuid, ready=item.connected, timestamp=item.timestamp,
                     cause='agent channel %s (reason %d)' % (
                         'connected' if item.connected else 'disconnected', item.reason)))
             return
-        if item.event == self._lv.VIR_DOMAIN_EVENT_DEFINED and item.uuid not in self._ours \
-                and item.uuid not in self._defining:
-            self._foreign[item.uuid] = item.name
-        elif item.event == self._lv.VIR_DOMAIN_EVENT_UNDEFINED:
-            self._foreign.pop(item.uuid, None)
-        if not item.name.startswith(vconfig.DOMAIN_PREFIX) or item.uuid in self._foreign:
-            return   # not a domain of ours
-        if item.event == self._lv.VIR_DOMAIN_EVENT_UNDEFINED:
-            self._domains.pop(uuid, None)
-            self._forget(item.uuid)
-            if item.uuid in self._own_undefines:
-                self._own_undefines.discard(item.uuid)
-                return
+        seen = self._domains.observe(item.uuid, item.name,
+                                     defined=item.event == self._lv.VIR_DOMAIN_EVENT_DEFINED,
+                                     undefined=item.event == self._lv.VIR_DOMAIN_EVENT_UNDEFINED)
+        if seen == vdomains.VANISHED:
             self._listener(driver.InstanceVanished(uuid=uuid, timestamp=item.timestamp))
+        if seen != vdomains.OURS:
             return
         state = vstates.from_event(self._lv, item.event, item.detail)
         if state is not None:
@@ -178,12 +170,12 @@ class LibvirtDriver(vlisting.Listing, vwarm.WarmDomains, driver.ComputeDriver):
         disks = tuple(dataclasses.replace(c, target='vd' + chr(ord('a') + i))
                       for i, c in enumerate(configs))
         if spec.pool:
-            os.makedirs(self._options.identity_socket_dir, mode=0o700, exist_ok=True)
+            self._identity.make_dir()
         nics = tuple(vconfig.NicConfig(type=n.type, bridge=n.bridge, mac=n.mac or random_mac())
                      for n in spec.nics)
         return vconfig.GuestConfig(
             genid=spec.pool is not None,
-            identity_socket=self.identity_socket(spec.uuid) if spec.pool else None,
+            identity_socket=self._identity.path(spec.uuid) if spec.pool else None,
             uuid=spec.uuid, name=spec.name, virt_type=self._virt_type, arch=facts.arch,
             vcpus=spec.vcpus, memory_mb=spec.memory_mb,
             console_log=os.path.join(self.instance_dir(spec.uuid), vconsole.CONSOLE_LOG),
@@ -202,16 +194,7 @@ class LibvirtDriver(vlisting.Listing, vwarm.WarmDomains, driver.ComputeDriver):
         return self._dirs.path(uuid)
 
     def check_uuid_free(self, uuid: str) -> None:
-        name = self._foreign.get(uuid)
-        if name is not None:
-            raise exception.UuidTaken(uuid=uuid, name=name)
-        # A warm instance runs under its spare's uuid; a spare being made has its own: a
-        # define with that uuid would replace that domain's definition.
-        if uuid in self._inst_of:
-            raise exception.UuidInUse(uuid=uuid, what='the domain of instance %s'
-                                      % self._inst_of[uuid])
-        if uuid in self._spares:
-            raise exception.UuidInUse(uuid=uuid, what='a spare being made')
+        self._domains.check_free(uuid)
 
     def spawn(self, spec: specmod.BootSpec, disks: tuple = ()) -> None:
         conn = self.host.conn()            # before anything is made: nothing to undo
@@ -221,20 +204,16 @@ class LibvirtDriver(vlisting.Listing, vwarm.WarmDomains, driver.ComputeDriver):
         # HypervisorUnavailable: the connection went during the call, which may or may not
         # have been carried out; nothing is undone here (the manager settles it).
         epoch = self.host.epoch          # both calls belong to this connection
-        self._defining.add(spec.uuid)
         try:
-            dom = self.host.call('defineXML', conn.defineXML, xml, epoch=epoch)
-            self._ours.add(spec.uuid)        # before it leaves _defining: events see it ours
-            self._foreign.pop(spec.uuid, None)
+            with self._domains.defining(spec.uuid):
+                dom = self.host.call('defineXML', conn.defineXML, xml, epoch=epoch)
+                self._domains.defined(spec.uuid, epoch, dom)   # inside: events see it ours
             crashpoints.reached('boot.defined', spec.uuid)
         except exception.HypervisorUnavailable:
             raise
         except exception.AgentError:
             self._remove_files(spec.uuid)
             raise
-        finally:
-            self._defining.discard(spec.uuid)
-        self._domains[spec.uuid] = (epoch, dom)
         try:
             self._start(spec.uuid, dom, epoch)
             crashpoints.reached('boot.started', spec.uuid)
@@ -246,15 +225,13 @@ class LibvirtDriver(vlisting.Listing, vwarm.WarmDomains, driver.ComputeDriver):
             # never undefine it.
             LOG.error('[instance: %s] a running domain %s already had this uuid: left '
                       'alone', spec.uuid, dom.name())
-            self._ours.discard(spec.uuid)
-            self._domains.pop(spec.uuid, None)
-            self._foreign[spec.uuid] = dom.name()
+            self._domains.not_ours(spec.uuid, dom.name())
             self._remove_files(spec.uuid)
             raise exception.UuidTaken(uuid=spec.uuid, name=dom.name()) from None
         except exception.HypervisorError:
             LOG.warning('[instance: %s] start failed; removing its definition', spec.uuid)
             try:
-                self._undefine(spec.uuid, dom)
+                self._domains.undefine(spec.uuid, dom)
             except exception.AgentError as exc:   # the start's error is the one to report
                 LOG.warning('[instance: %s] could not remove the definition: %s', spec.uuid, exc)
             self._remove_files(spec.uuid)
@@ -274,56 +251,28 @@ class LibvirtDriver(vlisting.Listing, vwarm.WarmDomains, driver.ComputeDriver):
                 LOG.warning('[instance: %s] start: %s; trying again in %.1f s', uuid, exc, pause)
                 self._sleep(pause)
 
-    def _handle(self, uuid: str):
-        """The domain of ours with this uuid, or None: the cached object of the current
-        connection (no call), else one lookup (plus one XMLDesc the first time, to check
-        our metadata). A domain with this uuid that is not ours is never returned."""
-        epoch, dom = self._domains.get(uuid, (None, None))
-        if dom is not None and epoch == self.host.epoch:
-            return dom
-        epoch = self.host.epoch
-        try:
-            dom = self.host.call('lookupByUUIDString', self.host.conn().lookupByUUIDString,
-                                 self._dom_of.get(uuid, uuid), epoch=epoch)
-        except exception.DomainNotFound:
-            return None
-        if not self._owned(uuid, dom):
-            LOG.warning('[instance: %s] the domain with this uuid (%s) is not ours: left '
-                        'untouched', uuid, dom.name())
-            return None
-        self._domains[uuid] = (epoch, dom)
-        return dom
-
-    def _ours_or_raise(self, uuid: str):
-        dom = self._handle(uuid)
-        if dom is None:
-            raise exception.DomainNotFound(op='lookup',
-                                           reason='the hypervisor holds no domain of ours '
-                                                  'with uuid %s' % uuid)
-        return dom
-
     def destroy(self, uuid: str) -> None:
-        dom = self._handle(uuid)
+        dom = self._domains.handle(uuid)
         if dom is not None:
             try:
                 self.host.call('destroy', dom.destroy)
             except (exception.DomainStateConflict, exception.DomainNotFound):
                 pass        # not running, or gone already: the goal is "gone"
             crashpoints.reached('delete.destroyed', uuid)
-            self._undefine(uuid, dom)
+            self._domains.undefine(uuid, dom)
             crashpoints.reached('delete.undefined', uuid)
-        self.remove_identity_socket(uuid)
+        self._identity.remove(uuid)
         self._remove_files(uuid)
 
     # -- power (one libvirt RPC each; the state follows from lifecycle events) -------------
     def shutdown(self, uuid: str) -> None:
-        dom = self._ours_or_raise(uuid)
+        dom = self._domains.handle_or_raise(uuid)
         self.host.call('shutdownFlags', dom.shutdownFlags,
                        self._lv.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
         crashpoints.reached('stop.sent', uuid)
 
     def power_off(self, uuid: str) -> None:
-        dom = self._ours_or_raise(uuid)
+        dom = self._domains.handle_or_raise(uuid)
         try:
             self.host.call('destroy', dom.destroy)
         except exception.DomainStateConflict:
@@ -331,78 +280,49 @@ class LibvirtDriver(vlisting.Listing, vwarm.WarmDomains, driver.ComputeDriver):
         crashpoints.reached('stop.sent', uuid)
 
     def power_on(self, uuid: str) -> None:
-        dom = self._ours_or_raise(uuid)
+        dom = self._domains.handle_or_raise(uuid)
         # createWithFlags: one RPC (create() costs two: it looks the domain up again).
         self.host.call('createWithFlags', dom.createWithFlags, 0)
         crashpoints.reached('start.sent', uuid)
 
     def reboot(self, uuid: str, hard: bool) -> None:
-        dom = self._ours_or_raise(uuid)
+        dom = self._domains.handle_or_raise(uuid)
         if hard:
             self.host.call('reset', dom.reset, 0)
         else:
             self.host.call('reboot', dom.reboot, self._lv.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN)
         crashpoints.reached('reboot.sent', uuid)
 
-    def _undefine(self, uuid: str, dom) -> None:
-        dom_uuid = self._dom_of.get(uuid, uuid)
-        self._own_undefines.add(dom_uuid)
-        try:
-            self.host.call('undefine', dom.undefine)
-        except exception.DomainNotFound:      # gone (a transient domain, once destroyed)
-            self._own_undefines.discard(dom_uuid)
-        except exception.HypervisorError:
-            self._own_undefines.discard(dom_uuid)
-            raise
-        self._domains.pop(uuid, None)
-        self._forget(dom_uuid)
+    # -- warm boots (agent.virt.libvirt.spares), identity ports, the guest agent -----------
+    def domain_name(self, uuid: str) -> str:
+        return vconfig.domain_name(self._domains.domain(uuid))
 
-    def _forget(self, dom_uuid: str) -> None:
-        """A domain of ours is gone: drop it (and its instance mapping)."""
-        self._ours.discard(dom_uuid)
-        uuid = self._inst_of.pop(dom_uuid, None)
-        if uuid is not None:
-            self._dom_of.pop(uuid, None)
-            self._restored.pop(uuid, None)
+    def spawn_spare(self, spec: specmod.BootSpec, disks: tuple, pool: str) -> None:
+        self._spares.spawn(spec, disks, pool)
 
-    def _map(self, uuid: str, dom_uuid: str) -> None:
-        """Instance ``uuid`` runs as domain ``dom_uuid`` (ours)."""
-        self._ours.add(dom_uuid)
-        if dom_uuid != uuid:
-            self._inst_of[dom_uuid] = uuid
-            self._dom_of[uuid] = dom_uuid
+    def save_spare(self, uuid: str, path: str) -> str:
+        return self._spares.save(uuid, path)
 
-    def _instance_of(self, meta: dict | None, dom_uuid: str) -> str | None:
-        """The instance uuid a domain's metadata names, if it is an instance of this node's:
-        a cold one carries its own uuid; a warm one the uuid of the spare it runs as, which
-        the instance's marked directory records too (copied metadata is not enough)."""
-        if not meta or meta.get('host') != self._node or meta.get('role') == 'spare':
-            return None
-        uuid = meta.get('uuid')
-        if uuid != dom_uuid and not (meta.get('spare') == dom_uuid
-                                     and specmod.is_canonical_uuid(uuid)
-                                     and self.restored_as(uuid) == dom_uuid):
-            return None
-        # One domain per instance: a second one naming an instance that already runs as
-        # another domain of ours (copied metadata) is not taken.
-        held = self._dom_of.get(uuid, uuid if uuid in self._ours else None)
-        return uuid if held in (None, dom_uuid) else None
+    def remove_spare(self, uuid: str) -> None:
+        self._spares.remove(uuid)
 
-    def _owned(self, uuid: str, dom) -> bool:
-        """Whether ``dom`` is this agent's: made or adopted by it, or carrying its metadata
-        naming this uuid and this node (one XMLDesc call, never on the boot's hot path)."""
-        dom_uuid = dom.UUIDString()
-        if dom_uuid in self._foreign:
-            return False
-        if dom_uuid in self._ours:
-            return self._inst_of.get(dom_uuid, dom_uuid) == uuid
-        meta = vconfig.parse_metadata(self.host.call('XMLDesc', dom.XMLDesc, 0))
-        if self._instance_of(meta, dom_uuid) == uuid:
-            self._map(uuid, dom_uuid)
-            self._foreign.pop(dom_uuid, None)
-            return True
-        self._foreign[dom_uuid] = dom.name()
-        return False
+    def restore_warm(self, spec: specmod.BootSpec, spare, disks: tuple) -> None:
+        self._spares.restore(spec, spare, disks)
+
+    def persist(self, uuid: str) -> None:
+        self._spares.persist(uuid)
+
+    def send_identity(self, uuid: str, identity: dict) -> None:
+        self._identity.send(uuid, identity)
+
+    def set_guest_time(self, uuid: str) -> None:
+        self._agent.set_time(uuid)
+
+    def guest_exec(self, uuid: str, argv: list[str]) -> int:
+        return self._agent.exec(uuid, argv)
+
+    def guest_exec_status(self, uuid: str, pid: int) -> dict | None:
+        return self._agent.exec_status(uuid, pid)
 
     def _remove_files(self, uuid: str) -> None:
         self._dirs.remove(uuid)

@@ -6,57 +6,63 @@ import time
 
 from agent.virt import driver
 from agent.virt.libvirt import config as vconfig
+from agent.virt.libvirt import domains as vdomains
 from agent.virt.libvirt import states as vstates
 
 
 class Listing:
-    """Mixed into ``LibvirtDriver`` (its host, node and domain maps)."""
+    """Lists the domains of one connection (``host``); what it learns goes to ``domains``."""
+
+    def __init__(self, host, libvirt_mod, domains: vdomains.Domains):
+        self._host = host
+        self._lv = libvirt_mod
+        self._domains = domains
 
     def list_instances(self, with_readiness: bool = False) -> list[driver.InstanceInfo]:
         """One getAllDomainStats call for every domain's state; domains with our name prefix
         never seen before get their XML read once to confirm they carry our metadata (and
         their agent channel's state is taken from it); with ``with_readiness`` the running
         ones of ours already known get one XMLDesc each for that state."""
-        conn, epoch = self.host.conn(), self.host.epoch
+        conn, epoch = self._host.conn(), self._host.epoch
         listed_at = time.time()
-        stats = self.host.call('getAllDomainStats', conn.getAllDomainStats,
-                               self._lv.VIR_DOMAIN_STATS_STATE, 0, epoch=epoch)
+        stats = self._host.call('getAllDomainStats', conn.getAllDomainStats,
+                                self._lv.VIR_DOMAIN_STATS_STATE, 0, epoch=epoch)
         out = []
         foreign = {}
         for dom, values in stats:
             dom_uuid = dom.UUIDString()
             power = vstates.from_state(self._lv, values.get('state.state', 0))
-            info = driver.InstanceInfo(uuid=self._inst_of.get(dom_uuid, dom_uuid), name='',
-                                       ours=dom_uuid in self._ours, power_state=power,
-                                       domain=dom.name(), listed_at=listed_at)
-            if dom_uuid in self._spares:
+            info = driver.InstanceInfo(uuid=self._domains.instance(dom_uuid), name='',
+                                       ours=self._domains.is_ours(dom_uuid),
+                                       power_state=power, domain=dom.name(),
+                                       listed_at=listed_at)
+            if self._domains.is_spare(dom_uuid):
                 info = dataclasses.replace(info, spare='?')
             elif not info.ours and dom.name().startswith(vconfig.DOMAIN_PREFIX):
                 info = self._recognise(dom, info)
             elif info.ours and with_readiness and power == driver.RUNNING:
                 info = dataclasses.replace(info, ready=vconfig.agent_connected(
-                    self.host.call('XMLDesc', dom.XMLDesc, 0)))
+                    self._host.call('XMLDesc', dom.XMLDesc, 0)))
             if info.ours:
-                self._domains[info.uuid] = (epoch, dom)   # this listing's connection's object
+                self._domains.cache(info.uuid, epoch, dom)   # this listing's connection's
             elif info.spare is None:
                 foreign[dom_uuid] = dom.name()
             out.append(info)
-        self._foreign = foreign           # the whole picture (events since keep it current)
+        self._domains.listed(foreign)      # the whole picture (events since keep it current)
         return out
 
     def _recognise(self, dom, info: driver.InstanceInfo) -> driver.InstanceInfo:
         """A domain with our prefix the agent does not know: ours if its metadata names its
         uuid and this node (an agent never takes the domains another agent made, even on a
         shared libvirtd); one XMLDesc call."""
-        xml = self.host.call('XMLDesc', dom.XMLDesc, 0)
+        xml = self._host.call('XMLDesc', dom.XMLDesc, 0)
         meta = vconfig.parse_metadata(xml)
-        if (meta and meta.get('host') == self._node and meta.get('role') == 'spare'
-                and meta.get('uuid') == info.uuid):
+        if self._domains.is_node_spare(meta, info.uuid):
             return dataclasses.replace(info, spare=meta.get('pool') or '?')   # not an instance
-        uuid = self._instance_of(meta, info.uuid)
+        uuid = self._domains.instance_of(meta, info.uuid)
         if uuid is None:
             return info
-        self._map(uuid, info.uuid)
+        self._domains.adopt(uuid, info.uuid)
         # Known instances: the manager holds name and sizes; these come from the metadata.
         return dataclasses.replace(
             info, uuid=uuid, ours=True, name=meta.get('name', ''),

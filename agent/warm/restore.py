@@ -1,4 +1,5 @@
-"""The warm path of a boot: restore one of its pool's saved spares as the instance.
+"""The warm path of a boot: restore one of its pool's saved spares as the instance (the
+boot job runs it through ``agent.warm.part.WarmPart.boot``).
 
 The spare is handed out once (``SpareStore.take``) and recorded as the instance's before
 anything of it changes; its disk becomes the instance's (the backend moves it under the
@@ -12,10 +13,8 @@ import time
 from agent import crashpoints
 from agent import exception
 from agent import spec as specmod
-from agent.compute import core as coremod
-from agent.compute import instance as instancemod
-from agent.compute import states
 from agent.warm import guest as guestmod
+from agent.warm import node as nodemod
 from agent.warm import spares as sparesmod
 
 LOG = logging.getLogger(__name__)
@@ -32,34 +31,31 @@ APPLY_SEED = ('set -e; blockdev --flushbufs "$1"; cloud-init clean; '
               'cloud-init modules --mode=config; cloud-init modules --mode=final')
 
 
-class WarmBoots:
-    """Restores spares as instances (``Tasks`` runs it inside a boot job)."""
+class Restorer:
+    """Restores spares as instances (inside a boot job)."""
 
-    def __init__(self, core: coremod.Core, ready=None):
-        """``ready(inst, when, cause)``: the guest of ``inst`` is ready (Events.apply_ready)."""
-        self._core = core
-        self._ready = ready
+    def __init__(self, node: nodemod.Node, spares: sparesmod.SpareStore, pools: dict):
+        self._node = node
+        self._spares = spares
+        self._pools = pools
 
-    def take(self, spec: specmod.BootSpec) -> sparesmod.Spare | None:
-        """A spare for ``spec`` (which names a pool), or None when the pool has none."""
-        return self._core.spares.take(spec.pool)
-
-    def restore(self, inst: instancemod.Instance, spec: specmod.BootSpec,
-                spare: sparesmod.Spare, disks_out: list) -> str:
-        """Make ``inst`` from ``spare``; return the job's result. The instance's disk is put
-        into ``disks_out`` as soon as it exists (the caller removes it if this raises)."""
-        core = self._core
-        pool = core.pools.get(spare.pool)
+    def restore(self, inst, spec: specmod.BootSpec, spare: sparesmod.Spare,
+                disks_out: list) -> str:
+        """Make ``inst`` (an agent.compute.instance.Instance) from ``spare``; return the job's
+        result. The instance's disk is put into ``disks_out`` as soon as it exists (the caller
+        removes it if this raises)."""
+        node = self._node
+        pool = self._pools.get(spare.pool)
         seeded = pool is not None and pool.seeded
-        core.spares.mark_taken(spare, inst.uuid)
+        self._spares.mark_taken(spare, inst.uuid)
         crashpoints.reached('spare.take.marked', inst.uuid, spare.uuid)
         inst.identity_pending = seeded       # not ready before it is itself
         try:
             if spare.disk is not None:
-                disks_out.append(core.storage.adopt_disk(spare.uuid, inst.uuid))
+                disks_out.append(node.storage.adopt_disk(spare.uuid, inst.uuid))
             if seeded:                       # the instance's own, in place of the spare's
-                disks_out.append(core.seeds.create(spec))
-            core.driver.restore_warm(spec, spare, tuple(disks_out))
+                disks_out.append(node.seeds.create(spec))
+            node.driver.restore_warm(spec, spare, tuple(disks_out))
             crashpoints.reached('spare.take.restored', inst.uuid, spare.uuid)
         except BaseException:
             inst.identity_pending = False    # a cold boot follows: ready by its event
@@ -77,53 +73,52 @@ class WarmBoots:
             self._persist(inst)
             self._become_itself(inst, pool.identity_timeout)
             return result
-        core.send_identity(inst)
+        node.send_identity(inst)
         # Off the way to ready: the domain is made persistent (stop and start keep it) once
         # the guest's ready event is in (it follows the restore at once), so the one call of
         # the warm path is the only one before ready. Failing leaves it running, transient.
-        core.wait_until(inst, lambda: inst.readiness == states.READY, READY_WAIT)
+        node.wait_ready(inst, READY_WAIT)
         self._persist(inst)
         return result
 
-    def _persist(self, inst: instancemod.Instance) -> None:
+    def _persist(self, inst) -> None:
         crashpoints.reached('warm.persist.before', inst.uuid)
-        self._core.attempt(inst.uuid, 'make the restored domain persistent',
-                           self._core.driver.persist, inst.uuid)
+        self._node.attempt(inst.uuid, 'make the restored domain persistent',
+                           self._node.driver.persist, inst.uuid)
 
-    def _become_itself(self, inst: instancemod.Instance, timeout: float) -> None:
+    def _become_itself(self, inst, timeout: float) -> None:
         """A restored cloud-init guest: its clock set, then cloud-init run on the instance's
         seed, through the guest agent; ready once that exited 0. Otherwise the restored
         guest is removed (AgentError: the job boots cold)."""
-        core = self._core
+        node = self._node
         start = time.monotonic()
         try:
-            core.driver.set_guest_time(inst.uuid)
-            status = guestmod.run(core.driver, inst.uuid,
+            node.driver.set_guest_time(inst.uuid)
+            status = guestmod.run(node.driver, inst.uuid,
                                   ['/bin/sh', '-c', APPLY_SEED, 'sh', SEED_DEVICE], timeout,
-                                  core.runtime.sleep)
+                                  node.runtime.sleep)
             if status['exitcode'] != 0:
                 raise exception.AgentError('cloud-init in the guest failed (exit %s): %s'
                                            % (status['exitcode'], status['err'][-400:].strip()))
         except exception.AgentError:
             inst.identity_pending = False
-            core.attempt(inst.uuid, 'remove the restored guest that did not become the '
-                         'instance', core.driver.destroy, inst.uuid)
+            node.attempt(inst.uuid, 'remove the restored guest that did not become the '
+                         'instance', node.driver.destroy, inst.uuid)
             raise
         inst.identity_pending = False
         LOG.info('[instance: %s] clock set and seed applied in %.1f s (%d guest-agent calls)',
                  inst.uuid, time.monotonic() - start, status['polls'] + 2)
-        if self._ready is not None:     # the guest agent answered: its channel is open
-            self._ready(inst, time.time(), 'identity applied')
+        node.ready(inst, time.time(), 'identity applied')   # its agent answered: channel open
 
     def discard(self, spare: sparesmod.Spare, disk_left: bool) -> None:
         """What is left of a used spare: its disk if it was not handed over (``disk_left``),
         its directory (memory image, record, console), its reservation."""
-        core = self._core
+        node = self._node
         if disk_left:
-            core.attempt(spare.uuid, 'remove the disk of a used spare',
-                         core.storage.delete_disks, spare.uuid)
-        core.spares.remove(spare.uuid)
-        core.tracker.release(spare.uuid)
+            node.attempt(spare.uuid, 'remove the disk of a used spare',
+                         node.storage.delete_disks, spare.uuid)
+        self._spares.remove(spare.uuid)
+        node.release(spare.uuid)
 
     @staticmethod
     def failed_reason(exc: Exception) -> str:

@@ -1,0 +1,136 @@
+"""The libvirt side of warm boots: spares (started, saved, removed) and restores.
+
+A spare is a transient domain of its own identity (``createXML``: one call), saved to a file
+once its guest is ready (``saveFlags``; the domain goes) with the XML libvirt stored in the
+image read back once (``saveImageGetXMLDesc``). A warm boot is ONE call, ``restoreFlags``,
+with that XML carrying the instance's metadata, disk, console log and identity socket: the
+guest runs on, ready at once. The job then makes the domain persistent (``defineXML``) so
+that stop and start keep it, as they keep a cold instance's.
+"""
+import dataclasses
+import logging
+import os
+import time
+import xml.etree.ElementTree as ET
+
+from agent import durable
+from agent import exception
+from agent import instancedir
+from agent import spec as specmod
+from agent.virt.libvirt import config as vconfig
+from agent.virt.libvirt import console as vconsole
+from agent.virt.libvirt import domains as vdomains
+from agent.virt.libvirt import identity as videntity
+
+LOG = logging.getLogger(__name__)
+
+RESTORED_AS = 'restored-as'    # in a warm instance's directory: its domain's uuid
+
+
+def restored_as(dirs: instancedir.InstanceDirs, uuid: str) -> str | None:
+    """The libvirt uuid a warm instance was restored as, from its marked directory."""
+    try:
+        with open(os.path.join(dirs.path(uuid), RESTORED_AS)) as f:
+            return f.read(64).strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+class SpareDomains:
+    """Spares' domains and restores over one connection (``host``), recorded in ``domains``."""
+
+    def __init__(self, host, node: str, dirs: instancedir.InstanceDirs,
+                 domains: vdomains.Domains, identity: videntity.IdentityPorts, workqueue,
+                 guest_config):
+        """``guest_config(spec, disks)``: the driver's GuestConfig of a boot spec."""
+        self._host = host
+        self._node = node
+        self._dirs = dirs
+        self._domains = domains
+        self._identity = identity
+        self._wq = workqueue
+        self._guest_config = guest_config
+
+    def spawn(self, spec: specmod.BootSpec, disks: tuple, pool: str) -> None:
+        conn = self._host.conn()
+        config = dataclasses.replace(
+            self._guest_config(spec, disks), genid=True,
+            identity_socket=self._identity.path(spec.uuid),
+            metadata=(('host', self._node), ('role', 'spare'), ('pool', pool),
+                      ('created', '%.3f' % time.time())))
+        self._dirs.create(spec.uuid)
+        self._identity.make_dir()
+        self._domains.spare_started(spec.uuid)
+        try:
+            self._host.call('createXML', conn.createXML, config.to_xml(), 0)
+        except exception.AgentError:
+            self._domains.spare_gone(spec.uuid)
+            raise
+
+    def save(self, uuid: str, path: str) -> str:
+        conn = self._host.conn()
+        dom = self._host.call('lookupByUUIDString', conn.lookupByUUIDString, uuid)
+        self._host.call('saveFlags', dom.saveFlags, path, None, 0)
+        self._domains.spare_gone(uuid)
+        return self._host.call('saveImageGetXMLDesc', conn.saveImageGetXMLDesc, path, 0)
+
+    def remove(self, uuid: str) -> None:
+        self._domains.spare_gone(uuid)
+        try:
+            dom = self._host.call('lookupByUUIDString', self._host.conn().lookupByUUIDString,
+                                  uuid)
+        except exception.DomainNotFound:
+            self._identity.remove(uuid)
+            return
+        meta = vconfig.parse_metadata(self._host.call('XMLDesc', dom.XMLDesc, 0))
+        if not self._domains.is_node_spare(meta, uuid):
+            LOG.warning('[spare: %s] the domain with this uuid is not a spare of ours: left '
+                        'alone', uuid)
+            return
+        try:
+            self._host.call('destroy', dom.destroy)
+        except (exception.DomainStateConflict, exception.DomainNotFound):
+            pass
+        self._identity.remove(uuid)
+
+    def restore(self, spec: specmod.BootSpec, spare, disks: tuple) -> None:
+        conn = self._host.conn()
+        epoch = self._host.epoch
+        metadata = (('uuid', spec.uuid), ('name', spec.name), ('host', self._node),
+                    ('spare', spare.uuid), ('pool', spare.pool),
+                    ('created', '%.3f' % time.time()), ('vcpus', str(spec.vcpus)),
+                    ('memory_mb', str(spec.memory_mb)), ('disk_gb', str(spec.disk_gb)))
+        xml = vconfig.restore_xml(
+            spare.xml, spec.name, metadata,
+            {'vd' + chr(ord('a') + i): d.path for i, d in enumerate(disks)},
+            os.path.join(self._dirs.path(spec.uuid), vconsole.CONSOLE_LOG),
+            self._identity.path(spec.uuid))
+        self._dirs.create(spec.uuid)
+        self._wq.execute('instance.record', durable.write_file,
+                         os.path.join(self._dirs.path(spec.uuid), RESTORED_AS),
+                         spare.uuid + '\n')
+        self._domains.adopt(spec.uuid, spare.uuid)   # before: the restore's events are its
+        try:
+            self._host.call('restoreFlags', conn.restoreFlags, spare.image, xml, 0, epoch=epoch)
+        except exception.HypervisorUnavailable:
+            raise                             # may or may not have happened: settled later
+        except exception.AgentError:
+            self._domains.forget(spare.uuid)
+            self._dirs.remove(spec.uuid)
+            raise
+        self._domains.restored(spec.uuid, xml)
+
+    def persist(self, uuid: str) -> None:
+        xml = self._domains.take_restored(uuid)
+        if xml is None:
+            dom = self._domains.handle_or_raise(uuid)
+            xml = self._host.call('XMLDesc', dom.XMLDesc, 0)
+        # The persistent definition gets a fresh generation id at its next cold start.
+        root = ET.fromstring(xml)
+        genid = root.find('genid')
+        if genid is not None:
+            genid.text = None
+        epoch = self._host.epoch
+        dom = self._host.call('defineXML', self._host.conn().defineXML,
+                              ET.tostring(root, encoding='unicode'), epoch=epoch)
+        self._domains.cache(uuid, epoch, dom)
