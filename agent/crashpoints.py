@@ -60,8 +60,10 @@ POINTS = {
     'spare.make.started': "a spare's domain running, not saved",
     'spare.save.saved': "a spare's memory image written (its domain gone), record not 'saved'",
     'spare.save.recorded': "a spare recorded 'saved', not yet available to boots",
+    'spare.hot.paused': "a hot spare's domain paused in memory, record not 'hot'",
     'spare.take.marked': "a spare recorded 'taken' by a boot, its disk not yet handed over",
     'spare.take.restored': 'a spare restored as the instance, the spare not yet discarded',
+    'spare.take.resumed': "a hot spare resumed as the instance, its metadata still the spare's",
     'spare.discard.removing': "a used spare's directory about to be removed",
     'warm.persist.before': 'a restored instance running transient, not yet made persistent',
     # the conductor's store (agent.conductor.db)

@@ -206,16 +206,19 @@ class ResourceTracker:
         self._send(report)
         return want
 
-    def reserve(self, uuid: str, disk_gb: int) -> Amounts:
-        """Hold ``disk_gb`` for ``uuid``, something that is not an instance (a saved spare):
-        reserved capacity, counted in usage, never given to instances; ``release`` ends it.
-        A claim of ``uuid`` it replaces is dropped (a spare made and then saved)."""
-        want = Amounts(0, 0, _size('disk_gb', disk_gb, 0))
+    def reserve(self, uuid: str, disk_gb: int, memory_mb: int = 0) -> Amounts:
+        """Hold ``disk_gb`` (and ``memory_mb``) for ``uuid``, something that is not an
+        instance (a saved spare; a hot one holds its memory too): reserved capacity, counted in
+        usage, never given to instances; ``release`` ends it. A claim of ``uuid`` it replaces
+        is dropped (a spare made and then saved or paused). Reserved memory must fit the
+        node's memory without overcommit (``ram_ratio`` does not apply to it)."""
+        want = Amounts(0, _size('memory_mb', memory_mb, 0), _size('disk_gb', disk_gb, 0))
         with self._lock:
             held = self._claims.pop(uuid, Amounts())
             self._usage = self._usage - held
             try:
                 self._check_fits_locked(want)
+                self._check_memory_locked(want.memory_mb)
             except exception.AgentError:
                 self._claims[uuid] = held
                 self._usage = self._usage + held
@@ -239,6 +242,15 @@ class ResourceTracker:
                 raise exception.InsufficientResources(
                     resource=name, reason='%d requested, %d of %d free'
                     % (need, max(0, cap - used), cap))
+
+    def _check_memory_locked(self, memory_mb: int) -> None:
+        if not memory_mb:
+            return
+        real = max(0, self._inventory['memory_mb'] - self.allocation.reserved_memory_mb)
+        if self._usage.memory_mb + memory_mb > real:
+            raise exception.InsufficientResources(
+                resource='memory_mb', reason='%d to reserve, %d of the node\'s %d MiB free '
+                'without overcommit' % (memory_mb, max(0, real - self._usage.memory_mb), real))
 
     def release(self, uuid: str) -> bool:
         """Drop the claim of ``uuid``; False if it held none."""

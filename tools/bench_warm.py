@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Warm-boot benchmark: time to ready of N boots requested at once, four ways, on one node.
+"""Warm-boot benchmark: time to ready of N boots requested at once, six ways, on one node.
 
 Run it through tools/bench-warm.sh (node set-up, test guest, venv, then this). For each N and
 each repetition, one after the other:
@@ -10,20 +10,30 @@ each repetition, one after the other:
   (``bench_boot_storm.storm``); ready = the instance's ``ready_at``.
 - restore floor: N saved spares (made beforehand, untimed: started, ready, saved, with the
   same devices, disk and NIC as the agent's) restored with raw ``restoreFlags`` from N
-  threads, one connection each; ready = the "connected" event after the restore.
+  threads, one connection each, each then writing the guest its identity on its port;
+  ready = the "connected" event after the restore and the guest's answer, whichever is last
+  (what the agent waits for too).
 - warm agent: an agent whose pool holds N saved spares (made by its filler, untimed) gets N
   boot_instance requests naming the pool, released at once; ready = ``ready_at``.
+- resume floor: N hot spares (made beforehand, untimed: started, ready, their identity port
+  opened, paused) resumed with raw ``resume`` from N threads, one connection each, each then
+  writing the guest its identity on the open port; ready = the guest's answer.
+- hot agent: an agent whose pool holds N hot spares gets N boot_instance requests naming the
+  pool, released at once; ready = ``ready_at``.
 
 Every guest is the tiny test guest (1 vCPU, ``--memory-mb``, one isolated user NIC; spares
 also a 1 GiB qcow2 root disk). Per N, medians over the repetitions of each run's median and
 max. Output: a table, ``warm-boot.json`` (every run, the summary, the ratios: warm to the
-cold floor, target <= 0.2 at N = 20; warm to the restore floor, target <= 1.1) and
-``warm-boot.png``. ``--from-json PATH`` re-tabulates and re-plots an earlier JSON.
+cold floor, target <= 0.2 at N = 20; warm to the restore floor, target <= 1.1; hot to the
+cold floor, target <= 0.03 at N = 20; hot to the resume floor, target <= 1.1) and
+``warm-boot.png``. ``--kinds`` runs a subset; ``--from-json PATH`` re-tabulates and re-plots
+an earlier JSON.
 """
 import argparse
 import concurrent.futures
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -38,11 +48,36 @@ import bench_boot_storm as bs  # noqa: E402
 from agent import exception  # noqa: E402
 from agent.virt.libvirt import config as vconfig  # noqa: E402
 
-KINDS = ('cold_floor', 'cold_agent', 'restore_floor', 'warm_agent')
+KINDS = ('cold_floor', 'cold_agent', 'restore_floor', 'warm_agent', 'resume_floor', 'hot_agent')
 SETTLE_S = 2.0          # [warm] settle_seconds, the agent's default
-POOL = ('[warm]\npools = bench\nquiet_seconds = 0.5\n[warm_pool:bench]\nsize = %d\nvcpus = 1\n'
-        'memory_mb = %d\nkernel = test-vmlinuz\ninitrd = test-initrd.img\ncmdline = %s\n'
-        'disk_gb = 1\nuser_nics = 1\n')
+POOL = ('[warm]\npools = bench\nquiet_seconds = 0.5\n[warm_pool:bench]\nsize = %d\nhot = %d\n'
+        'vcpus = 1\nmemory_mb = %d\nkernel = test-vmlinuz\ninitrd = test-initrd.img\n'
+        'cmdline = %s\ndisk_gb = 1\nuser_nics = 1\n')
+
+
+def identify(path: str, uuid: str, timeout: float = 120.0) -> float:
+    """What the agent does for a restored guest, raw: write its identity line on the port,
+    read the guest's answer; the monotonic time the answer came."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(path)
+        return identify_on(sock, uuid, timeout)
+
+
+def identify_on(sock: socket.socket, uuid: str, timeout: float = 120.0) -> float:
+    """``identify`` on an open connection (a hot spare's, opened before it was paused)."""
+    sock.settimeout(timeout)
+    sock.sendall(json.dumps({'uuid': uuid, 'name': 'floor', 'pool': 'bench', 'seq': 1,
+                             'time': int(time.time())}).encode() + b'\n')
+    answer = b''
+    while not answer.endswith(b'\n'):
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise OSError('identity port closed before the answer')
+        answer += chunk
+    at = time.monotonic()
+    if json.loads(answer).get('ack') != 1:
+        raise ValueError('identity answer: %r' % answer)
+    return at
 
 
 class RestoreFloor:
@@ -57,6 +92,9 @@ class RestoreFloor:
             os.unlink(os.path.join(self.dir, name))
         self.progress = progress
 
+    def _socket(self, uuid: str) -> str:
+        return os.path.join(self.dir, uuid[:8] + '.sock')
+
     def _xml(self, uuid: str, index: int, memory_mb: int) -> str:
         f = self.floor
         xml = vconfig.GuestConfig(
@@ -68,12 +106,15 @@ class RestoreFloor:
                                       format='qcow2'),),
             nics=(vconfig.NicConfig(type='user', mac='52:54:00:fd:%02x:%02x'
                                     % (index // 256, index % 256)),),
-            genid=True, identity_socket=os.path.join(self.dir, uuid[:8] + '.sock'),
+            genid=True, rng=True, identity_socket=self._socket(uuid),
             tcg_tb_cache_mb=16).to_xml()
         return xml.replace('<name>%s' % vconfig.DOMAIN_PREFIX, '<name>bench-floor-', 1)
 
-    def _prepare(self, n: int, memory_mb: int, ready_timeout: float) -> dict:
-        """N spares: started at once, ready, saved; uuid -> (image, its XML). Untimed."""
+    def _prepare(self, n: int, memory_mb: int, ready_timeout: float,
+                 hot: bool = False) -> dict:
+        """N spares: started at once, ready, saved; uuid -> (image, its XML). Untimed.
+        ``hot``: paused instead, each with its identity port open (as the agent keeps a hot
+        spare); uuid -> (that connection, None)."""
         uuids = [str(uuidlib.uuid4()) for _ in range(n)]
         conn = self.floor.conn
         for u in uuids:
@@ -93,6 +134,16 @@ class RestoreFloor:
         # before it is saved (most here ran longer: they waited for the slowest).
         last_ready = max(self.floor.ready[u] for u in uuids)
         time.sleep(max(0.0, SETTLE_S - (time.monotonic() - last_ready)))
+        if hot:
+            ports = {}
+            for u in uuids:
+                ports[u] = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                ports[u].connect(self._socket(u))
+                conn.lookupByUUIDString(u).suspend()
+            for u in uuids:
+                self.floor.ready.pop(u, None)
+                self.floor.started.pop(u, None)
+            return {u: (ports[u], None) for u in uuids}
         images = {u: os.path.join(self.dir, u + '.save') for u in uuids}
 
         def save(u):
@@ -105,22 +156,34 @@ class RestoreFloor:
             self.floor.started.pop(u, None)
         return saved
 
-    def run(self, n: int, memory_mb: int, ready_timeout: float) -> dict:
-        saved = self._prepare(n, memory_mb, ready_timeout)
+    def run(self, n: int, memory_mb: int, ready_timeout: float, hot: bool = False) -> dict:
+        """N restores (``hot``: resumes of paused spares) at once, each then telling its
+        guest who it is."""
+        saved = self._prepare(n, memory_mb, ready_timeout, hot)
         uuids = list(saved)
         barrier = threading.Barrier(n)
-        t0, errors = {}, {}
+        t0, errors, acked = {}, {}, {}
         cpu_before = bs.cpu_by_process()
 
         def restore(uuid):
             conn = libvirt.open(bs.URI)
             try:
+                dom = conn.lookupByUUIDString(uuid) if hot else None
                 barrier.wait()
                 t0[uuid] = time.monotonic()
-                conn.restoreFlags(saved[uuid][0], saved[uuid][1], 0)
-            except libvirt.libvirtError as exc:
+                if hot:
+                    dom.resume()
+                    acked[uuid] = identify_on(saved[uuid][0], uuid)
+                    self.floor.ready[uuid] = t0[uuid]     # its channel stayed open
+                    self.floor.started[uuid] = t0[uuid]
+                else:
+                    conn.restoreFlags(saved[uuid][0], saved[uuid][1], 0)
+                    acked[uuid] = identify(self._socket(uuid), uuid)
+            except (libvirt.libvirtError, OSError, ValueError) as exc:
                 errors[uuid] = str(exc)
             finally:
+                if hot:
+                    saved[uuid][0].close()
                 conn.close()
         threads = [threading.Thread(target=restore, args=(u,)) for u in uuids]
         for t in threads:
@@ -132,7 +195,9 @@ class RestoreFloor:
             self.progress.show('restore floor N=%d: ready %d/%d' % (
                 n, len([u for u in uuids if u in self.floor.ready]), n))
             time.sleep(0.05)
-        ready = {u: self.floor.ready[u] - t0[u] for u in uuids if u in self.floor.ready}
+        # Ready as itself, as the agent counts it: channel connected and identity answered.
+        ready = {u: max(self.floor.ready[u], acked[u]) - t0[u] for u in uuids
+                 if u in self.floor.ready and u in acked}
         active = {u: self.floor.started[u] - t0[u] for u in uuids if u in self.floor.started}
         cpu = bs.cpu_since(cpu_before)
         self._remove(uuids)
@@ -156,17 +221,20 @@ class RestoreFloor:
 
 
 def warm_storm(svc: 'bs.Services', n: int, memory_mb: int, ready_timeout: float, progress,
-               run: str) -> dict:
-    """N warm boots at once through a fresh agent whose pool holds N saved spares."""
-    proc = svc.start_agent(run, POOL % (n, memory_mb, bs.CMDLINE))
+               run: str, hot: bool = False) -> dict:
+    """N warm boots at once through a fresh agent whose pool holds N saved (``hot``: N hot)
+    spares."""
+    kind, label = ('hot', 'hot agent') if hot else ('spares', 'warm agent')
+    proc = svc.start_agent(run, POOL % (0 if hot else n, n if hot else 0, memory_mb,
+                                        bs.CMDLINE))
     deadline = time.monotonic() + 120 + 60 * n
     while True:
         warm = svc.compute.get_stats(svc.host)['manager']['warm']
-        if warm['spares'].get('bench', 0) >= n:
+        if warm[kind].get('bench', 0) >= n:
             break
         if time.monotonic() > deadline:
             raise SystemExit('the pool did not fill: %s' % warm)
-        progress.show('warm agent N=%d: pool %d/%d' % (n, warm['spares'].get('bench', 0), n))
+        progress.show('%s N=%d: pool %d/%d' % (label, n, warm[kind].get('bench', 0), n))
         time.sleep(1)
     time.sleep(1.0)                     # the filler is idle (nothing half-made)
     before = svc.compute.get_stats(svc.host)
@@ -184,18 +252,18 @@ def warm_storm(svc: 'bs.Services', n: int, memory_mb: int, ready_timeout: float,
             answered[uuid] = time.monotonic() - t0[uuid]
         except exception.AgentError as exc:
             refused[uuid] = exc.args[0]
-    progress.show('warm agent N=%d: booting' % n, force=True)
+    progress.show('%s N=%d: booting' % (label, n), force=True)
     bs.released_at_once(n, boot)
     rows = bs.wait_conductor(svc, list(answered), ['active'], True,
                              time.monotonic() + ready_timeout, progress,
-                             'warm agent N=%d: ready' % n)
+                             '%s N=%d: ready' % (label, n))
     cpu = bs.cpu_since(cpu_before, pids)
     results = [svc.compute.get_job(svc.host, j).get('result') or '' for j in jobs.values()]
     after = svc.compute.get_stats(svc.host)
     calls = {k: v - before['driver']['libvirt_calls'].get(k, 0)
              for k, v in after['driver']['libvirt_calls'].items()
              if v != before['driver']['libvirt_calls'].get(k, 0)}
-    progress.show('warm agent N=%d: deleting' % n, force=True)
+    progress.show('%s N=%d: deleting' % (label, n), force=True)
     for u in answered:
         svc.compute.delete_instance(svc.host, u)
     svc.conductor.wait_instances(list(answered), ['deleted'], 300)
@@ -203,7 +271,7 @@ def warm_storm(svc: 'bs.Services', n: int, memory_mb: int, ready_timeout: float,
     return {'ready_s': {u: r['ready_at'] - t0_wall[u] for u, r in rows.items()},
             'active_s': {u: r['active_at'] - t0_wall[u] for u, r in rows.items()},
             'answer_s': answered, 'refused': refused,
-            'warm_hits': sum(r.startswith('warm: hit') for r in results),
+            'warm_hits': sum(r.startswith(('hot: hit' if hot else 'warm: hit')) for r in results),
             'libvirt_calls': calls, 'cpu_s': cpu}
 
 
@@ -217,35 +285,37 @@ def summarize(n: int, runs: dict) -> dict:
             out['%s_ready_%s' % (kind, label)] = round(statistics.median(vals), 3) if vals else None
         out[kind + '_all_ready'] = all(len(r['ready_s']) == n for r in runs.get(kind, []))
     for num, den in (('warm_agent', 'cold_floor'), ('warm_agent', 'restore_floor'),
-                     ('cold_agent', 'cold_floor')):
+                     ('cold_agent', 'cold_floor'), ('hot_agent', 'cold_floor'),
+                     ('hot_agent', 'resume_floor')):
         for q in ('median', 'max'):
             a, b = out['%s_ready_%s_s' % (num, q)], out['%s_ready_%s_s' % (den, q)]
             out['ratio_%s_to_%s_%s' % (num, den, q)] = round(a / b, 3) if a and b else None
-    warm = runs.get('warm_agent', [])
-    out['warm_hits'] = sum(r['warm_hits'] for r in warm)
-    out['warm_boots'] = n * len(warm)
-    calls = [r['libvirt_calls'] for r in warm]
-    out['warm_libvirt_calls_per_boot'] = {
-        k: round(statistics.median(c.get(k, 0) for c in calls) / n, 2)
-        for k in sorted({k for c in calls for k in c})} if calls else {}
+    for kind, prefix in (('warm_agent', 'warm'), ('hot_agent', 'hot')):
+        runs_of = runs.get(kind, [])
+        out[prefix + '_hits'] = sum(r['warm_hits'] for r in runs_of)
+        out[prefix + '_boots'] = n * len(runs_of)
+        calls = [r['libvirt_calls'] for r in runs_of]
+        out[prefix + '_libvirt_calls_per_boot'] = {
+            k: round(statistics.median(c.get(k, 0) for c in calls) / n, 2)
+            for k in sorted({k for c in calls for k in c})} if calls else {}
     return out
 
 
 def table(summaries: list) -> str:
-    lines = ['%4s | %-26s | %-26s | %-26s | %-26s | %-13s %-13s' % (
-        'N', 'cold floor med/max (s)', 'cold agent med/max (s)', 'restore floor med/max (s)',
-        'warm agent med/max (s)', 'warm/cold flr', 'warm/rst flr')]
+    """Per N: each kind's median/max time to ready, and each agent kind against its floor."""
+    head = ['%4s' % 'N'] + ['%-20s' % k for k in KINDS] + [
+        '%-11s' % r for r in ('warm/cold', 'warm/rst', 'hot/cold', 'hot/resume')]
+    lines = [' | '.join(head)]
     for s in summaries:
-        cells = []
-        for kind in KINDS:
-            cells.append('%8s / %-8s' % (s['%s_ready_median_s' % kind],
-                                         s['%s_ready_max_s' % kind]))
-        lines.append('%4d | %-26s | %-26s | %-26s | %-26s | %-13s %-13s' % (
-            s['n'], *cells,
-            '%s/%s' % (s['ratio_warm_agent_to_cold_floor_median'],
-                       s['ratio_warm_agent_to_cold_floor_max']),
-            '%s/%s' % (s['ratio_warm_agent_to_restore_floor_median'],
-                       s['ratio_warm_agent_to_restore_floor_max'])))
+        cells = ['%4d' % s['n']]
+        for k in KINDS:
+            cells.append('%-20s' % ('%s / %s' % (s['%s_ready_median_s' % k],
+                                                 s['%s_ready_max_s' % k])))
+        for num, den in (('warm_agent', 'cold_floor'), ('warm_agent', 'restore_floor'),
+                         ('hot_agent', 'cold_floor'), ('hot_agent', 'resume_floor')):
+            cells.append('%-11s' % ('%s/%s' % (s['ratio_%s_to_%s_median' % (num, den)],
+                                               s['ratio_%s_to_%s_max' % (num, den)])))
+        lines.append(' | '.join(cells))
     return '\n'.join(lines)
 
 
@@ -258,8 +328,12 @@ def plot(summaries: list, path: str) -> None:
     styles = {'cold_floor': ('tab:gray', 'cold: raw libvirt floor'),
               'cold_agent': ('tab:blue', 'cold: agent'),
               'restore_floor': ('tab:olive', 'warm: raw restoreFlags floor'),
-              'warm_agent': ('tab:red', 'warm: agent')}
+              'warm_agent': ('tab:red', 'warm: agent'),
+              'resume_floor': ('tab:cyan', 'hot: raw resume floor'),
+              'hot_agent': ('tab:purple', 'hot: agent')}
     for kind, (color, label) in styles.items():
+        if all(s.get('%s_ready_median_s' % kind) is None for s in summaries):
+            continue
         ax.plot(ns, [s['%s_ready_median_s' % kind] for s in summaries], 'o-', color=color,
                 label=label + ' median')
         ax.plot(ns, [s['%s_ready_max_s' % kind] for s in summaries], 's--', color=color,
@@ -270,7 +344,7 @@ def plot(summaries: list, path: str) -> None:
     ax.set_xticks(ns)
     ax.grid(True, alpha=0.3, which='both')
     ax.legend(fontsize=8)
-    ax.set_title('Warm boots (restored spares) vs cold boots: time to ready')
+    ax.set_title('Hot (resumed) and warm (restored) spares vs cold boots: time to ready')
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -297,8 +371,14 @@ def main(argv=None) -> int:
     p.add_argument('--venv', default=os.path.join(bs.TOP, '.venv'))
     p.add_argument('--image-dir', default='/var/lib/compute-agent/images')
     p.add_argument('--virt-type', default='qemu')
+    p.add_argument('--kinds', default=','.join(KINDS),
+                   help='which of %s to run' % ', '.join(KINDS))
     p.add_argument('--from-json', metavar='PATH')
     args = p.parse_args(argv)
+    kinds = [k for k in args.kinds.split(',') if k]
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        p.error('unknown kinds: %s' % ', '.join(sorted(unknown)))
     if args.from_json:
         with open(args.from_json) as f:
             report(json.load(f), args.from_json)
@@ -310,7 +390,7 @@ def main(argv=None) -> int:
     floor = bs.Floor(args.workdir, args.image_dir, args.virt_type, progress)
     restore = RestoreFloor(floor, progress)
     result = {'started_at': time.time(), 'virt_type': args.virt_type, 'sizes': sizes,
-              'repeat': args.repeat, 'memory_mb': args.memory_mb, 'cpus': os.cpu_count(),
+              'repeat': args.repeat, 'kinds': kinds, 'memory_mb': args.memory_mb, 'cpus': os.cpu_count(),
               'runs': []}
     out = os.path.join(args.workdir, 'warm-boot.json')
     try:
@@ -324,8 +404,15 @@ def main(argv=None) -> int:
                                                           args.ready_timeout)),
                     ('warm_agent', lambda: warm_storm(svc, n, args.memory_mb,
                                                       args.ready_timeout, progress,
-                                                      'warm-n%d-r%d' % (n, rep))))
+                                                      'warm-n%d-r%d' % (n, rep))),
+                    ('resume_floor', lambda: restore.run(n, args.memory_mb,
+                                                         args.ready_timeout, hot=True)),
+                    ('hot_agent', lambda: warm_storm(svc, n, args.memory_mb,
+                                                     args.ready_timeout, progress,
+                                                     'hot-n%d-r%d' % (n, rep), hot=True)))
                 for kind, step in steps:
+                    if kind not in kinds:
+                        continue
                     r = step()
                     result['runs'].append({'kind': kind, 'n': n, 'rep': rep, **r})
                     progress.done('%s N=%d run %d: ready median %.2f s, max %.2f s (%d/%d)%s' % (

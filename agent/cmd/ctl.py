@@ -205,10 +205,12 @@ def cmd_boot(args, compute, conductor) -> int:
         # persistent): its result exists only once the job ended.
         results = _job_results(compute, args.host, [answers[u][0]['job_id'] for u in uuids],
                                deadline)
-        hits = sum(r.startswith('warm: hit') for r in results)
-        print('pool %s: %d warm (restored from saved spares), %d cold%s' % (
-            args.pool, hits, len(uuids) - hits, ''.join(
-                sorted({' (%s)' % r for r in results if not r.startswith('warm: hit')}))))
+        hot = sum(r.startswith('hot: hit') for r in results)
+        warm = sum(r.startswith('warm: hit') for r in results)
+        print('pool %s: %s%d warm (restored from saved spares), %d cold%s' % (
+            args.pool, '%d hot (resumed), ' % hot if hot else '', warm,
+            len(uuids) - hot - warm, ''.join(sorted(
+                {' (%s)' % r for r in results if not r.startswith(('warm: hit', 'hot: hit'))}))))
     return failed
 
 

@@ -18,11 +18,14 @@ LOG = logging.getLogger(__name__)
 class Audits:
     """Corrects the resource tracker from listings, and removes what failed boots left in
     them. ``making()``: uuids of spares being made (agent.warm), half-made like a booting
-    instance."""
+    instance; a hot spare's paused domain holds its memory."""
 
-    def __init__(self, core: coremod.Core, making: Callable[[], set[str]] = set):
+    def __init__(self, core: coremod.Core, making: Callable[[], set[str]] = set,
+                 hot_memory: Callable[[], dict[str, int]] = dict):
+        """``hot_memory()``: hot spare uuid -> the memory it holds (agent.warm)."""
         self._core = core
         self._making = making
+        self._hot_memory = hot_memory
 
     def busy(self) -> set[str]:
         """What audits leave alone: instances a boot or delete works on, spares being
@@ -54,7 +57,10 @@ class Audits:
         if inventory is None:
             inventory = core.storage.inventory(fresh=True)
         observed = {}
+        hot = self._hot_memory()
         for info in infos:
+            if info.spare is not None and info.uuid in hot:     # a paused domain's memory
+                observed[info.uuid] = resources.Amounts(0, hot[info.uuid], 0)
             if not info.ours:
                 continue
             inst = core.instances.get(info.uuid)

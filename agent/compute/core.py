@@ -113,14 +113,6 @@ class Core:
         state['host'] = self.host
         self.reporter.update(state)
 
-    def send_identity(self, inst: instancemod.Instance) -> None:
-        """A pool instance's guest learns who it is, each time its QEMU starts (a warm
-        guest was booted as a spare; the same image boots cold the same way)."""
-        if inst.spec is not None and inst.spec.pool:
-            self.attempt(inst.uuid, 'send the guest its identity', self.driver.send_identity,
-                         inst.uuid, {'uuid': inst.uuid, 'name': inst.name,
-                                     'pool': inst.spec.pool})
-
     def busy(self) -> set[str]:
         """The instances a boot or delete works on now: what they hold is half-made, so
         audits leave them alone. A stop, start or reboot changes neither domain nor disk:

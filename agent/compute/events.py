@@ -4,7 +4,9 @@ agent-channel events (no polling).
 Readiness: a domain that starts is ``waiting``; its guest opening the agent channel makes it
 ``ready`` (``ready_at``); closing it (a reboot) makes it ``waiting`` again; a wait longer than
 ``ready_within`` shows ``late`` (a timer per wait, not a poll); a paused guest keeps its
-readiness; a domain that stops has none.
+readiness; a domain that stops has none. A pool instance's guest is ready only once, too, it
+acknowledged the identity sent to it at its start or reset (``identity_pending``; its clock
+set with it), whichever of the two comes last.
 """
 import logging
 import time
@@ -39,7 +41,11 @@ class Events:
             return
         if isinstance(event, vdriver.GuestReadiness):
             inst.readiness_event_at = event.timestamp
+            inst.channel_open = event.ready
             self.apply_ready(inst, event.ready, event.timestamp, event.cause)
+            return
+        if isinstance(event, vdriver.IdentityAcknowledged):
+            self.identity_acknowledged(inst, event.timestamp, event.clock_skew)
             return
         if isinstance(event, vdriver.InstanceVanished):
             if inst.task is None and inst.delete_job is None and inst.vm_state != states.DELETED:
@@ -57,6 +63,7 @@ class Events:
             changes['readiness'] = states.WAITING
         elif power not in (vdriver.RUNNING, vdriver.PAUSED):
             changes.update(readiness=None, ready_at=None)
+            inst.channel_open = None        # its next start opens it anew
         if inst.delete_job is None:
             vm_state = states.POWER_TO_VM.get(power)
             if vm_state is not None and not (inst.vm_state == states.ERROR
@@ -90,7 +97,20 @@ class Events:
         # runs while events already arrive: a restore's "connected" follows it at once).
         if info.ready is not None and (inst.readiness_event_at is None
                                        or inst.readiness_event_at < info.listed_at):
+            inst.channel_open = info.ready
             self.apply_ready(inst, info.ready, time.time(), cause)
+
+    def identity_acknowledged(self, inst: instancemod.Instance, when: float,
+                              skew: float) -> None:
+        """The guest of ``inst`` answered the identity last sent to it, its clock ``skew``
+        seconds from the host's: ready now if its agent channel is open (else when it opens)."""
+        if not inst.identity_pending:
+            return
+        inst.identity_pending = False
+        LOG.info('[instance: %s] the guest acknowledged its identity (its clock %+.1f s from '
+                 "the host's)", inst.uuid, skew)
+        if inst.channel_open:
+            self.apply_ready(inst, True, when, 'identity acknowledged')
 
     def became_itself(self, inst: instancemod.Instance, when: float, cause: str) -> None:
         """A restored guest took on its instance's identity (agent.warm): ready now."""
@@ -104,7 +124,7 @@ class Events:
             return
         if ready:
             if inst.readiness == states.READY or inst.identity_pending:
-                return          # a restored guest is ready once it is itself (agent.warm)
+                return          # ready once it is itself, too (identity_acknowledged)
             if inst.readies == 0 and cause not in ('start-up', 'resync'):
                 LOG.info('[instance: %s] ready %.2f s after the boot request', inst.uuid,
                          when - inst.accepted_at)

@@ -46,7 +46,10 @@ class Instance:
     readies: int = 0                  # times its guest became ready since it was made
     domain: str | None = None         # the hypervisor's name (a warm one's is its spare's)
     readiness_event_at: float | None = None   # the last agent-channel event's time
-    identity_pending: bool = False     # a restored guest still becoming the instance
+    # Its guest has not yet acknowledged who it is (a pool instance's identity, sent at each
+    # start and reset of its guest, or a restored one still becoming the instance): not ready.
+    identity_pending: bool = False
+    channel_open: bool | None = None   # its agent channel, as the last event or listing said
     ready_token: int = dataclasses.field(default=0, repr=False)   # the armed "late" timer
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
     # Notified on every change (``Core.change``) and reboot event: what a job waits on.

@@ -49,12 +49,11 @@ class ComputeManager:
                           runtime=runtime, claim=core.tracker.claim,
                           reserve=core.tracker.reserve, release=core.tracker.release,
                           attempt=core.attempt, activity=core.activity,
-                          wait_ready=core.wait_ready, ready=self.events.became_itself,
-                          send_identity=core.send_identity),
+                          wait_ready=core.wait_ready, ready=self.events.became_itself),
             limits, pools, warm)
         self.tasks = tasksmod.Tasks(core, self.events, self.warm, reconnect_interval)
-        self.power = powermod.Power(core, self.events, power)
-        self.audits = auditsmod.Audits(core, self.warm.making)
+        self.power = powermod.Power(core, self.events, self.warm.introduce, power)
+        self.audits = auditsmod.Audits(core, self.warm.making, self.warm.hot_memory)
         self.recovery = recoverymod.Recovery(core, self.events, self.tasks, self.power,
                                              self.audits, self.warm, max_boot_attempts)
         self.requests = requestsmod.Requests(core, self.tasks, self.power, self.warm, limits)
@@ -114,6 +113,11 @@ class ComputeManager:
             self.warm.on_event(event)
         else:
             self.events.handle(event)
+            if isinstance(event, vdriver.InstanceRebooted):
+                # A reset guest (its own reboot too) forgot who it is: told again.
+                inst = self.core.instances.get(event.uuid)
+                if inst is not None and inst.delete_job is None:
+                    self.warm.introduce(inst)
 
     def storage_report(self, uuids: list[str] | None = None) -> dict:
         """Capacity and the agent's disks, from one shared listing of the backend (``uuids``

@@ -19,6 +19,7 @@ whose success means it (a ``destroy`` that returned: the domain is off).
 import dataclasses
 import logging
 import time
+from typing import Callable
 
 from agent import context
 from agent import exception
@@ -57,9 +58,12 @@ class Power:
     """Runs stop, start and reboot jobs (kinds ``stop``, ``start``, ``reboot``; a reboot
     job's spec says ``hard``, a stop job's its ``timeout``)."""
 
-    def __init__(self, core: coremod.Core, events: eventsmod.Events, options: PowerOptions):
+    def __init__(self, core: coremod.Core, events: eventsmod.Events,
+                 introduce: Callable[[instancemod.Instance], None], options: PowerOptions):
+        """``introduce(inst)``: tell a started guest who it is (the warm part's)."""
         self._core = core
         self._events = events
+        self._introduce = introduce
         self.options = options
         self._run = {'stop': self._stop, 'start': self._start, 'reboot': self._reboot}
 
@@ -149,7 +153,7 @@ class Power:
         """The agent started the domain: running (its events confirm it), and a pool
         instance's new guest learns its identity."""
         self._events.apply_power(inst, vdriver.RUNNING, 'started by the agent', time.time())
-        self._core.send_identity(inst)
+        self._introduce(inst)
 
     # -- reboot -----------------------------------------------------------------------------
     def _reboot(self, job: jobsmod.Job, inst: instancemod.Instance) -> str:

@@ -90,7 +90,7 @@ class Tasks:
                 raise exception.StorageError(reason='this agent makes no seed disks')
             disks.append(core.seeds.create(spec))
         core.driver.spawn(spec, tuple(disks))
-        core.send_identity(inst)   # a pool's instance booted cold: the same devices too
+        self._warm.introduce(inst)   # a pool's instance booted cold: the same devices too
 
     def _boot_failed(self, job: jobsmod.Job, inst: instancemod.Instance, exc: Exception,
                      disks: tuple) -> None:

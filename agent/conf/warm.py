@@ -44,7 +44,13 @@ opts = [
 
 pool_opts = [
     cfg.IntOpt('size', default=1, min=0, max=256,
-               help='How many saved spares to keep.'),
+               help='How many saved spares to keep (memory images on disk).'),
+    cfg.IntOpt('hot', default=0, min=0, max=256,
+               help='How many hot spares to keep: booted, ready, paused in memory, their '
+                    'memory reserved (never more than the node has: a hot spare is not made '
+                    'when it does not fit without overcommit). A boot naming the pool takes a '
+                    'hot spare first (one resume), a saved one next, and boots cold last. '
+                    'identity = port pools only.'),
     cfg.IntOpt('vcpus', default=1, min=1, help='vCPUs of the flavor.'),
     cfg.IntOpt('memory_mb', default=128, min=16, help='Memory of the flavor, MiB.'),
     cfg.StrOpt('kernel', help='Kernel file name in [DEFAULT] image_dir.'),

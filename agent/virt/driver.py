@@ -53,6 +53,16 @@ class GuestReadiness:
 
 
 @dataclasses.dataclass(frozen=True)
+class IdentityAcknowledged:
+    """The guest took on the identity last sent to it (``send_identity``) and set its clock:
+    ``clock_skew``, its clock minus the host's when it answered (seconds)."""
+
+    uuid: str
+    clock_skew: float
+    timestamp: float
+
+
+@dataclasses.dataclass(frozen=True)
 class SpareEvent:
     """Something happened to a spare being made: its guest became ready (``ready`` True) or
     closed its channel (False), or its domain stopped (``stopped``)."""
@@ -207,12 +217,29 @@ class ComputeDriver(abc.ABC):
         method here takes the instance's uuid for it from now on."""
         raise NotImplementedError
 
+    def pause_spare(self, uuid: str) -> str:
+        """Pause the ready spare ``uuid`` in memory (a hot spare), its identity port open;
+        return its domain XML."""
+        raise NotImplementedError
+
+    def keep_hot_spare(self, uuid: str) -> None:
+        """A hot spare found at start-up is kept: its events are a spare's."""
+        raise NotImplementedError
+
+    def resume_warm(self, spec: specmod.BootSpec, spare, disks: tuple) -> None:
+        """Resume hot ``spare`` (agent.warm.spares.Spare) as instance ``spec`` with ``disks``:
+        one hypervisor call. Like ``restore_warm`` it runs under the spare's hypervisor
+        identity from now on."""
+        raise NotImplementedError
+
     def persist(self, uuid: str) -> None:
         """Make a restored instance's domain persistent (stop and start keep it)."""
         raise NotImplementedError
 
     def send_identity(self, uuid: str, identity: dict) -> None:
-        """Write ``identity`` as one JSON line to the guest's identity port."""
+        """Write ``identity`` as one JSON line to the guest's identity port, with the host's
+        clock; the guest's answer comes as IdentityAcknowledged (an earlier line's no longer
+        does)."""
         raise NotImplementedError
 
     def set_guest_time(self, uuid: str) -> None:

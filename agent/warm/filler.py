@@ -1,10 +1,12 @@
 """Keeps every warm pool full, in the background, only while the node is quiet.
 
 One spare at a time: claim its flavor, make its disk, start it (its own libvirt identity, MACs
-and disk), wait for its ready event, save it, record it, and hold its disk as reserved
-capacity. A boot or delete job makes the filler wait until none has run for ``quiet_seconds``
-(a spare is never made during a storm), and a job that starts while a spare boots makes that
-spare give way (removed at once). Anything that fails on the way removes what it made.
+and disk), wait for its ready event, let it settle, then save it (its disk held as reserved
+capacity) or, for a pool's hot spares, pause it in memory (its memory held too, never
+overcommitted), and record it; the kind a pool lacks most comes first (hot on a tie). A boot
+or delete job makes the filler wait until none has run for ``quiet_seconds`` (a spare is
+never made during a storm), and a job that starts while a spare boots makes that spare give
+way (removed at once). Anything that fails on the way removes what it made.
 
 Plain code: ``runtime`` sleeps (a greenthread under the agent, a thread in tests).
 """
@@ -82,9 +84,9 @@ class Filler:
             self._node.runtime.sleep(self._tick)
             self._busy = True
             try:
-                pool = self.next_pool()
-                if pool is not None:
-                    self.make(pool)
+                want = self.next_spare()
+                if want is not None:
+                    self.make(*want)
             except Exception:      # never let the loop die: log and go on
                 LOG.exception('making a spare failed unexpectedly')
             finally:
@@ -117,26 +119,34 @@ class Filler:
         return now - self._last_busy >= self._quiet and self._node.driver.is_connected()
 
     def next_pool(self) -> poolsmod.Pool | None:
-        """The pool to make a spare for now, or None (full, quiet time not reached, capped,
-        or a recent failure)."""
+        """The pool to make a spare for now (``next_spare``), or None."""
+        want = self.next_spare()
+        return want[0] if want is not None else None
+
+    def next_spare(self) -> tuple[poolsmod.Pool, bool] | None:
+        """(pool, hot) of the spare to make now: the kind a pool lacks most, hot first on a
+        tie; or None (full, quiet time not reached, capped, or a recent failure)."""
         if self._stopping or not self.quiet():
             return None
         self._retire()
-        counts = self._spares.counts()
+        counts = {False: self._spares.counts(), True: self._spares.counts(hot=True)}
         held = sum(s.disk_gb for s in self._spares.available())
         now = time.monotonic()
         short = []
         for pool in self._pools.values():
-            lack = pool.size - counts.get(pool.name, 0)
-            if lack <= 0 or now - self._failed_at.get(pool.name, -1e9) < self._retry:
+            if now - self._failed_at.get(pool.name, -1e9) < self._retry:
                 continue
             if self._max_disk_gb and held + pool.disk_gb > self._max_disk_gb:
                 continue
-            short.append((-lack, pool.name, pool))
-        return min(short)[2] if short else None
+            for hot, want in ((True, pool.hot), (False, pool.size)):
+                lack = want - counts[hot].get(pool.name, 0)
+                if lack > 0:
+                    short.append((-lack, not hot, pool.name, pool, hot))
+        return min(short)[3:] if short else None
 
-    def make(self, pool: poolsmod.Pool) -> sparesmod.Spare | None:
-        """Make one spare of ``pool``; None (and nothing left) if it could not be made."""
+    def make(self, pool: poolsmod.Pool, hot: bool = False) -> sparesmod.Spare | None:
+        """Make one spare of ``pool`` (``hot``: paused in memory, else saved); None (and
+        nothing left) if it could not be made."""
         uuid = str(uuidlib.uuid4())
         try:
             spec = specmod.validate_boot_spec(pool.raw_spec(uuid, 'spare-' + pool.name),
@@ -149,7 +159,7 @@ class Filler:
         self._spares.begin(uuid, pool.name)
         started = time.monotonic()
         try:
-            spare = self._make(uuid, pool, spec)
+            spare = self._make(uuid, pool, spec, hot)
         except GaveWay as why:
             LOG.info('[spare: %s] pool %s: %s: the spare being made gave way', uuid, pool.name,
                      why)
@@ -166,11 +176,13 @@ class Filler:
             self._ready.pop(uuid, None)
             self._stopped.discard(uuid)
         self.made += 1
-        LOG.info('[spare: %s] pool %s: spare saved in %.1f s (%d of %d)', uuid, pool.name,
-                 time.monotonic() - started, self._spares.counts().get(pool.name, 0), pool.size)
+        LOG.info('[spare: %s] pool %s: spare %s in %.1f s (%d of %d)', uuid, pool.name,
+                 'paused' if hot else 'saved', time.monotonic() - started,
+                 self._spares.counts(hot=hot).get(pool.name, 0), pool.hot if hot else pool.size)
         return spare
 
-    def _make(self, uuid: str, pool: poolsmod.Pool, spec: specmod.BootSpec) -> sparesmod.Spare:
+    def _make(self, uuid: str, pool: poolsmod.Pool, spec: specmod.BootSpec,
+              hot: bool) -> sparesmod.Spare:
         node = self._node
         disks = ()
         if spec.disk_gb:
@@ -203,15 +215,22 @@ class Filler:
             self._go_on(jobs)
         if uuid in self._stopped:
             raise exception.AgentError('its domain stopped')
-        image = self._spares.image_path(uuid)
-        xml = node.driver.save_spare(uuid, image)
-        crashpoints.reached('spare.save.saved', uuid)
+        if hot:
+            # Its memory stays taken (reserved, never overcommitted: refused if it does not
+            # fit), its vCPUs are free; paused only then.
+            node.reserve(uuid, spec.disk_gb, spec.memory_mb)
+            image, xml = '', node.driver.pause_spare(uuid)
+            crashpoints.reached('spare.hot.paused', uuid)
+        else:
+            image = self._spares.image_path(uuid)
+            xml = node.driver.save_spare(uuid, image)
+            crashpoints.reached('spare.save.saved', uuid)
+            node.reserve(uuid, spec.disk_gb)      # its vCPUs and memory are free again
         spare = sparesmod.Spare(
             uuid=uuid, pool=pool.name, vcpus=spec.vcpus, memory_mb=spec.memory_mb,
             disk_gb=spec.disk_gb, disk=dataclasses.asdict(disks[0]) if disks else None,
             image=image, xml=xml, saved_at=time.time(), flavor=pool.fingerprint(),
-            files=sparesmod.file_records(spec.files))
-        node.reserve(uuid, spec.disk_gb)      # its vCPUs and memory are free again
+            files=sparesmod.file_records(spec.files), hot=hot)
         self._spares.saved(spare)
         return spare
 
@@ -232,6 +251,6 @@ class Filler:
         node.release(uuid)
 
     def stats(self) -> dict:
-        """Spares by pool, made and failed."""
-        return {'spares': self._spares.counts(), 'made': self.made,
-                'failures': self.failures, 'gave_way': self.gave_way}
+        """Saved and hot spares by pool, made and failed."""
+        return {'spares': self._spares.counts(), 'hot': self._spares.counts(hot=True),
+                'made': self.made, 'failures': self.failures, 'gave_way': self.gave_way}

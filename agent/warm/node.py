@@ -18,12 +18,11 @@ class Activity:
 class Node:
     """The parts and calls the warm part works with.
 
-    ``claim(uuid, vcpus, memory_mb, disk_gb)``, ``reserve(uuid, disk_gb)`` and
+    ``claim(uuid, vcpus, memory_mb, disk_gb)``, ``reserve(uuid, disk_gb, memory_mb=0)`` and
     ``release(uuid)`` are the resource tracker's; ``attempt(uuid, what, fn, *args)`` runs a
     clean-up step and logs its failure; ``activity()`` -> Activity; ``wait_ready(inst,
     timeout)`` waits for an instance's ready event; ``ready(inst, when, cause)`` makes a
-    restored instance ready once it is itself; ``send_identity(inst)`` tells a guest who it is
-    (the identity port).
+    restored instance ready once it is itself.
     """
 
     driver: Any
@@ -32,10 +31,9 @@ class Node:
     dirs: Any                       # agent.instancedir.InstanceDirs
     runtime: Any                    # sleep, workqueue
     claim: Callable[..., None]
-    reserve: Callable[[str, int], None]
+    reserve: Callable[..., None]
     release: Callable[[str], None]
     attempt: Callable[..., bool]
     activity: Callable[[], Activity]
     wait_ready: Callable[[Any, float], bool]
     ready: Callable[[Any, float, str], None]
-    send_identity: Callable[[Any], None]

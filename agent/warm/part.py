@@ -3,7 +3,8 @@
 The core asks it to make a spec whole from the pool it names (``apply``), whether a uuid is a
 spare's (``held``), to hand a boot a spare as it is accepted (``hold``: the spare's disk
 reservation becomes the instance's disk claim, one claim), to boot the instance from it
-(``boot``: restore it; a miss or a refused restore tells the job to boot cold), to put the
+(``boot``: restore it; a miss or a refused restore tells the job to boot cold), to tell a
+pool instance's guest who it is whenever it starts or resets (``introduce``), to put the
 spares in order at start-up (``recover``), and hands it the spares' events (``on_event``). The
 filler (``run``, ``stop``) keeps the pools full in the background. What the part needs of the
 node comes in a ``Node`` (``agent.warm.node``): it reads nothing of the core.
@@ -17,6 +18,7 @@ import time
 
 from agent import exception
 from agent import spec as specmod
+from agent.virt import driver as vdriver
 from agent.warm import filler as fillermod
 from agent.warm import node as nodemod
 from agent.warm import pools as poolsmod
@@ -43,7 +45,7 @@ class WarmPart:
         self.spares = sparesmod.SpareStore(node.dirs, node.runtime.workqueue.execute)
         self.filler = fillermod.Filler(node, self.spares, self.pools, limits,
                                        retire=self._retire_expired, **options)
-        self._restorer = restoremod.Restorer(node, self.spares, self.pools)
+        self._restorer = restoremod.Restorer(node, self.spares, self.pools, self.introduce)
         self._held: dict[str, sparesmod.Spare] = {}     # instance uuid -> its spare
         self.retired = 0
 
@@ -57,9 +59,26 @@ class WarmPart:
         neither instances nor orphans."""
         return self.spares.reserved_uuids() | {s.uuid for s in list(self._held.values())}
 
+    def hot_memory(self) -> dict[str, int]:
+        """Hot spare uuid -> the memory its paused domain holds (MiB)."""
+        return {s.uuid: s.memory_mb for s in self.spares.available() if s.hot}
+
     def making(self) -> set[str]:
         """Uuids of spares being made (half-made: audits leave them alone)."""
         return set(self.spares.making)
+
+    def introduce(self, inst) -> None:
+        """Tell the guest of pool instance ``inst`` who it is, on its identity port: each
+        time its QEMU starts or its guest resets. It is not ready until it acknowledged
+        (``inst.identity_pending``, cleared by its answer). A cloud-init pool's guest learns
+        it from its seed instead; an instance of no pool has no port."""
+        spec = inst.spec
+        if spec is None or not spec.pool or self.seeded(spec.pool):
+            return
+        inst.identity_pending = True
+        self._node.attempt(inst.uuid, 'send the guest its identity',
+                           self._node.driver.send_identity, inst.uuid,
+                           {'uuid': inst.uuid, 'name': inst.name, 'pool': spec.pool})
 
     def seeded(self, pool: str | None) -> bool:
         """Whether ``pool``'s guests read a NoCloud seed (its instances booted cold too)."""
@@ -91,7 +110,7 @@ class WarmPart:
         if spare is None:
             return
         try:
-            self._node.reserve(spare.uuid, spare.disk_gb)
+            self._node.reserve(spare.uuid, spare.disk_gb, spare.memory_mb if spare.hot else 0)
         except exception.AgentError as exc:
             self._retire(spare, 'no room to reserve its disk again (%s)' % exc)
             return
@@ -113,6 +132,9 @@ class WarmPart:
     def _retire(self, spare: sparesmod.Spare, why: str) -> None:
         """Remove a spare that is no longer handed out: its disk, directory, reservation."""
         LOG.info('[spare: %s] pool %s: retired: %s', spare.uuid, spare.pool, why)
+        if spare.hot:
+            self._node.attempt(spare.uuid, 'stop a retired hot spare',
+                               self._node.driver.remove_spare, spare.uuid)
         self._restorer.discard(spare, disk_left=spare.disk is not None)
         self.retired += 1
 
@@ -142,36 +164,38 @@ class WarmPart:
         except exception.HypervisorUnavailable:
             raise
         except exception.AgentError as exc:
-            LOG.warning('[instance: %s] restoring spare %s failed (%s): booting cold',
-                        inst.uuid, spare.uuid, exc)
+            LOG.warning('[instance: %s] %s spare %s failed (%s): booting cold', inst.uuid,
+                        'resuming' if spare.hot else 'restoring', spare.uuid, exc)
             if disks:       # the spare's, moved: the cold boot makes a fresh one
                 self._node.storage.delete_disks(inst.uuid)
                 disks.clear()
-            return False, restoremod.Restorer.failed_reason(exc)
+            return False, restoremod.Restorer.failed_reason(exc, spare.hot)
         finally:
             self._held.pop(inst.uuid, None)     # used up, whatever happened
 
     # -- events, start-up -------------------------------------------------------------------
     def on_event(self, event) -> None:
-        """A spare's event (agent.virt.driver.SpareEvent): the filler waits on them."""
+        """A spare's event (agent.virt.driver.SpareEvent): the filler waits on them; a hot
+        spare whose domain stopped (killed, crashed) is retired."""
+        if event.stopped:
+            spare = self.spares.take_hot(event.uuid)   # a saved one's save stops it too
+            if spare is not None:
+                self._node.runtime.spawn(self._retire, spare, 'its paused domain stopped')
         self.filler.on_event(event)
 
     def recover(self, infos: list, inventory) -> tuple[bool, dict[str, int]]:
         """At start-up, before the instances are reconciled: keep the saved spares whose
-        image and disk are there (their disks reserved) and that are not stale, as many as
-        their pool (still configured) wants; remove everything else of spares: domains of
-        spares being made when the agent stopped, interrupted makes, spares a boot had
-        taken, stale spares, spares no pool wants. ``infos``, ``inventory``: the driver's
+        image and disk are there (their disks reserved) and the hot ones whose paused domain
+        is there (their memory reserved too, if it still fits), not stale, as many of each
+        as their pool (still configured) wants; remove everything else of spares: domains of
+        spares being made or taken when the agent stopped, interrupted makes, spares a boot
+        had taken, stale spares, spares no pool wants. ``infos``, ``inventory``: the driver's
         and the storage's listings. Returns (whether libvirt changed, counts for the start-up
         summary)."""
         node = self._node
         changed = False
-        for info in infos:
-            if info.spare is not None:
-                LOG.warning('[spare: %s] removing the domain of a spare whose making was '
-                            'interrupted', info.uuid)
-                changed |= node.attempt(info.uuid, 'remove an unfinished spare',
-                                        node.driver.remove_spare, info.uuid)
+        spare_domains = {i.uuid: i for i in infos if i.spare is not None}
+        paused = {u for u, i in spare_domains.items() if i.power_state == vdriver.PAUSED}
         files = {}                  # pool -> its files as they are now
         for name, pool in self.pools.items():
             try:
@@ -183,14 +207,33 @@ class WarmPart:
 
         def wanted(spare: sparesmod.Spare, rank: int) -> bool:
             pool = self.pools.get(spare.pool)
-            if pool is None or rank >= pool.size or spare.pool not in files:
+            if pool is None or rank >= (pool.hot if spare.hot else pool.size) \
+                    or spare.pool not in files:
                 return False
             why = spare.stale(pool.fingerprint(), files[spare.pool], now, self._max_age)
             if why is not None:
                 LOG.info('[spare: %s] pool %s: stale (%s)', spare.uuid, spare.pool, why)
             return why is None
 
-        kept, broken = self.spares.load(set(inventory.disks), wanted)
+        kept, broken = self.spares.load(set(inventory.disks), wanted, paused)
+        for spare in kept:
+            if spare.hot:
+                try:        # its memory too: a hot spare that no longer fits goes
+                    node.reserve(spare.uuid, spare.disk_gb, spare.memory_mb)
+                except exception.AgentError as exc:
+                    LOG.warning('[spare: %s] no room for this hot spare any more (%s)',
+                                spare.uuid, exc)
+                    self.spares.take_hot(spare.uuid)
+                    broken.append(spare.uuid)
+                    continue
+                node.driver.keep_hot_spare(spare.uuid)
+                spare_domains.pop(spare.uuid)
+        for uuid, info in spare_domains.items():
+            LOG.warning('[spare: %s] removing the domain of a spare whose making or take was '
+                        'interrupted, or that is no longer wanted', uuid)
+            changed |= node.attempt(uuid, 'remove a spare\'s domain',
+                                    node.driver.remove_spare, uuid)
+        kept = [s for s in kept if s.uuid not in broken]
         for uuid in broken:
             LOG.warning('[spare: %s] removing an incomplete or used spare', uuid)
             if uuid in inventory.disks:
@@ -198,6 +241,8 @@ class WarmPart:
                              node.storage.delete_disks, uuid)
             self.spares.remove(uuid)
         for spare in kept:
+            if spare.hot:
+                continue
             try:
                 node.reserve(spare.uuid, spare.disk_gb)
             except exception.AgentError as exc:

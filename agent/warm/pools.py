@@ -18,7 +18,8 @@ FLAVOR_FIELDS = ('vcpus', 'memory_mb', 'kernel', 'initrd', 'cmdline', 'image', '
 
 @dataclasses.dataclass(frozen=True)
 class Pool:
-    """One warm pool: its name, how many spares to keep, and its flavor as raw spec fields."""
+    """One warm pool: its name, how many saved (``size``) and hot (``hot``) spares to keep,
+    and its flavor as raw spec fields."""
 
     name: str
     size: int
@@ -26,6 +27,7 @@ class Pool:
     user_nics: int = 0
     identity: str = 'port'          # port | cloud-init (see [warm_pool:NAME] identity)
     identity_timeout: float = 300.0
+    hot: int = 0
 
     @property
     def seeded(self) -> bool:
@@ -57,8 +59,14 @@ def pool_from_options(name: str, options) -> Pool:
         raise exception.ConfigError(reason='[warm] pools: %r is not a valid pool name' % name)
     flavor = tuple((f, getattr(options, f)) for f in FLAVOR_FIELDS
                    if getattr(options, f) is not None)
+    if options.hot and options.identity != 'port':
+        raise exception.ConfigError(reason='[warm_pool:%s] hot: a hot spare becomes the '
+                                           'instance through its identity port (identity = '
+                                           'port); this pool\'s guests use %s'
+                                    % (name, options.identity))
     return Pool(name=name, size=options.size, flavor=flavor, user_nics=options.user_nics,
-                identity=options.identity, identity_timeout=options.identity_timeout)
+                identity=options.identity, identity_timeout=options.identity_timeout,
+                hot=options.hot)
 
 
 def pools_from_conf(conf, limits: specmod.Limits) -> dict[str, Pool]:

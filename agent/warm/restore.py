@@ -4,8 +4,9 @@ boot job runs it through ``agent.warm.part.WarmPart.boot``).
 The spare is handed out once (``SpareStore.take``) and recorded as the instance's before
 anything of it changes; its disk becomes the instance's (the backend moves it under the
 instance's name), then ONE hypervisor call restores it: the guest runs on from where it was
-saved, already booted and ready. Whatever happens after the take, the spare is used up: its
-memory image goes, and its reservation with it.
+saved, already booted; it is ready once it became the instance (its identity acknowledged,
+its clock set). Whatever happens after the take, the spare is used up: its memory image goes,
+and its reservation with it.
 """
 import logging
 import time
@@ -34,10 +35,13 @@ APPLY_SEED = ('set -e; blockdev --flushbufs "$1"; cloud-init clean; '
 class Restorer:
     """Restores spares as instances (inside a boot job)."""
 
-    def __init__(self, node: nodemod.Node, spares: sparesmod.SpareStore, pools: dict):
+    def __init__(self, node: nodemod.Node, spares: sparesmod.SpareStore, pools: dict,
+                 introduce):
+        """``introduce(inst)``: send a port-identity guest who it is (``WarmPart``)."""
         self._node = node
         self._spares = spares
         self._pools = pools
+        self._introduce = introduce
 
     def restore(self, inst, spec: specmod.BootSpec, spare: sparesmod.Spare,
                 disks_out: list) -> str:
@@ -49,31 +53,41 @@ class Restorer:
         seeded = pool is not None and pool.seeded
         self._spares.mark_taken(spare, inst.uuid)
         crashpoints.reached('spare.take.marked', inst.uuid, spare.uuid)
-        inst.identity_pending = seeded       # not ready before it is itself
+        inst.identity_pending = True         # not ready before it is itself
         try:
             if spare.disk is not None:
                 disks_out.append(node.storage.adopt_disk(spare.uuid, inst.uuid))
             if seeded:                       # the instance's own, in place of the spare's
                 disks_out.append(node.seeds.create(spec))
-            node.driver.restore_warm(spec, spare, tuple(disks_out))
-            crashpoints.reached('spare.take.restored', inst.uuid, spare.uuid)
-        except BaseException:
+            if spare.hot:
+                inst.channel_open = True     # its guest held the agent channel when paused
+                node.driver.resume_warm(spec, spare, tuple(disks_out))
+                crashpoints.reached('spare.take.resumed', inst.uuid, spare.uuid)
+            else:
+                node.driver.restore_warm(spec, spare, tuple(disks_out))
+                crashpoints.reached('spare.take.restored', inst.uuid, spare.uuid)
+        except BaseException as exc:
             inst.identity_pending = False    # a cold boot follows: ready by its event
+            inst.channel_open = None
+            if spare.hot and not isinstance(exc, exception.HypervisorUnavailable):
+                node.attempt(inst.uuid, 'remove the hot spare that did not become the '
+                             'instance', node.driver.destroy, inst.uuid)
             raise
         finally:
             crashpoints.reached('spare.discard.removing', inst.uuid, spare.uuid)
             self.discard(spare, disk_left=spare.disk is not None
                          and not any(not d.readonly for d in disks_out))
-        LOG.info('[instance: %s] restored from spare %s of pool %s', inst.uuid, spare.uuid,
-                 spare.pool)
-        result = 'warm: hit, spare %s of pool %s' % (spare.uuid, spare.pool)
+        LOG.info('[instance: %s] %s from spare %s of pool %s', inst.uuid,
+                 'resumed' if spare.hot else 'restored', spare.uuid, spare.pool)
+        result = '%s: hit, spare %s of pool %s' % ('hot' if spare.hot else 'warm', spare.uuid,
+                                                   spare.pool)
         if seeded:
             # Seconds of cloud-init follow: the define first (its domain handle serves the
             # guest-agent calls, no lookup).
             self._persist(inst)
             self._become_itself(inst, pool.identity_timeout)
             return result
-        node.send_identity(inst)
+        self._introduce(inst)       # ready once the guest acknowledged it (its clock set)
         # Off the way to ready: the domain is made persistent (stop and start keep it) once
         # the guest's ready event is in (it follows the restore at once), so the one call of
         # the warm path is the only one before ready. Failing leaves it running, transient.
@@ -112,7 +126,8 @@ class Restorer:
 
     def discard(self, spare: sparesmod.Spare, disk_left: bool) -> None:
         """What is left of a used spare: its disk if it was not handed over (``disk_left``),
-        its directory (memory image, record, console), its reservation."""
+        its directory (memory image, record, console), its reservation. (A hot spare's domain
+        is the instance's, or removed by the caller.)"""
         node = self._node
         if disk_left:
             node.attempt(spare.uuid, 'remove the disk of a used spare',
@@ -121,7 +136,8 @@ class Restorer:
         node.release(spare.uuid)
 
     @staticmethod
-    def failed_reason(exc: Exception) -> str:
-        """The cold fallback's result after a restore that failed."""
+    def failed_reason(exc: Exception, hot: bool = False) -> str:
+        """The cold fallback's result after a restore (a ``hot`` spare's resume) that
+        failed."""
         reason = str(exc) if isinstance(exc, exception.AgentError) else 'internal error: %s' % exc
-        return 'cold (warm: restore failed: %s)' % reason
+        return 'cold (%s failed: %s)' % ('hot: resume' if hot else 'warm: restore', reason)

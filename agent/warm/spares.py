@@ -1,11 +1,13 @@
-"""Saved spares on disk: each one a marked directory under the instances path (the
-``InstanceDirs`` of its own libvirt uuid) holding its record ``spare.json``, its memory image
-``memory.save`` and (file storage) its root disk.
+"""Spares: each one a marked directory under the instances path (the ``InstanceDirs`` of its
+own libvirt uuid) holding its record ``spare.json``, (file storage) its root disk, and either
+its memory image ``memory.save`` (a saved spare) or its console log (a hot one: its domain
+runs on, paused in memory).
 
 A record is written when making a spare begins (``making``), rewritten once the spare is saved
-(``saved``: complete, usable) and again when a boot takes it (``taken``: its disk belongs to an
-instance from then on). Only ``saved`` spares with their image and disk survive a restart;
-anything else is what an interrupted make or restore left, and is removed. Records are
+or paused (``saved``, ``hot``: complete, usable) and again when a boot takes it (``taken``: its
+disk belongs to an instance from then on). Only ``saved`` spares with their image and disk,
+and ``hot`` ones whose paused domain is there, survive a restart; anything else is what an
+interrupted make or take left, and is removed. Records are
 written with fsync and an atomic rename, and they and removals (a memory image is tens of
 MB) run on the work queue (``execute``): never on the caller's greenthread.
 """
@@ -25,13 +27,14 @@ LOG = logging.getLogger(__name__)
 
 RECORD = 'spare.json'
 IMAGE = 'memory.save'
-MAKING, SAVED, TAKEN = 'making', 'saved', 'taken'
+MAKING, SAVED, HOT, TAKEN = 'making', 'saved', 'hot', 'taken'
 
 
 @dataclasses.dataclass(frozen=True)
 class Spare:
-    """A saved spare: its libvirt identity (``uuid``), pool, flavor sizes, disk, memory image
-    and the domain XML stored in that image (the restore's XML is made from it)."""
+    """A spare: its libvirt identity (``uuid``), pool, flavor sizes, disk, memory image and
+    the domain XML stored in that image (the restore's XML is made from it); a hot one
+    (``hot``) has no image (``image`` empty), its XML is its running domain's."""
 
     uuid: str
     pool: str
@@ -41,10 +44,11 @@ class Spare:
     disk: dict | None          # storage_backend.Disk as a dict, None without a disk
     image: str                 # the memory image's path
     xml: str
-    saved_at: float
+    saved_at: float            # when it was saved or paused
     flavor: list = dataclasses.field(default_factory=list)   # the pool's when it was made
     # [field, path, [device, inode, size, mtime]] of its kernel, initrd and image when made
     files: list = dataclasses.field(default_factory=list)
+    hot: bool = False
 
     def disk_object(self) -> storage_backend.Disk | None:
         """The disk as the backend describes it."""
@@ -78,6 +82,7 @@ class SpareStore:
         self._execute = execute or (lambda op, fn, *args: fn(*args))
         self._lock = threading.Lock()
         self._available: dict[str, list[Spare]] = {}    # pool -> saved spares, oldest first
+        self._hot: dict[str, list[Spare]] = {}          # pool -> hot spares, oldest first
         self.making: set[str] = set()                   # uuids of spares being made
 
     # -- records ----------------------------------------------------------------------------
@@ -106,33 +111,52 @@ class SpareStore:
         self.making.add(uuid)
         crashpoints.reached('spare.make.begun', uuid)
 
+    def _kind(self, spare: Spare) -> dict[str, list[Spare]]:
+        return self._hot if spare.hot else self._available
+
     def saved(self, spare: Spare) -> None:
-        """The spare is complete: recorded, and available to boots."""
-        self._write(spare.uuid, dict(dataclasses.asdict(spare), state=SAVED))
+        """The spare is complete (saved, or ``hot``): recorded, and available to boots."""
+        self._write(spare.uuid, dict(dataclasses.asdict(spare),
+                                     state=HOT if spare.hot else SAVED))
         crashpoints.reached('spare.save.recorded', spare.uuid)
         self.making.discard(spare.uuid)
         with self._lock:
-            self._available.setdefault(spare.pool, []).append(spare)
+            self._kind(spare).setdefault(spare.pool, []).append(spare)
 
     def take(self, pool: str) -> Spare | None:
-        """The oldest available spare of ``pool``, handed out once; None if there is none."""
+        """The oldest hot spare of ``pool``, else its oldest saved one, handed out once; None
+        if there is none."""
         with self._lock:
-            spares = self._available.get(pool)
-            return spares.pop(0) if spares else None
+            for kind in (self._hot, self._available):
+                spares = kind.get(pool)
+                if spares:
+                    return spares.pop(0)
+            return None
 
     def give_back(self, spare: Spare) -> None:
         """A spare taken and not used (nothing of it changed): available again."""
         with self._lock:
-            self._available.setdefault(spare.pool, []).insert(0, spare)
+            self._kind(spare).setdefault(spare.pool, []).insert(0, spare)
 
     def take_expired(self, before: float) -> list[Spare]:
-        """The available spares saved before ``before``, handed out (to be retired)."""
+        """The available spares saved or paused before ``before``, handed out (to be
+        retired)."""
         with self._lock:
-            out = [s for spares in self._available.values() for s in spares
-                   if s.saved_at < before]
+            out = [s for kind in (self._hot, self._available) for spares in kind.values()
+                   for s in spares if s.saved_at < before]
             for spare in out:
-                self._available[spare.pool].remove(spare)
+                self._kind(spare)[spare.pool].remove(spare)
         return out
+
+    def take_hot(self, uuid: str) -> Spare | None:
+        """Hot spare ``uuid`` if it is available, handed out (its domain stopped)."""
+        with self._lock:
+            for spares in self._hot.values():
+                for spare in spares:
+                    if spare.uuid == uuid:
+                        spares.remove(spare)
+                        return spare
+        return None
 
     def mark_taken(self, spare: Spare, instance: str) -> None:
         """Durably: the spare is an instance's from now on (a restart removes what is left
@@ -146,49 +170,57 @@ class SpareStore:
         self._dirs.remove(uuid)
 
     # -- views ------------------------------------------------------------------------------
-    def counts(self) -> dict[str, int]:
-        """Available spares by pool."""
+    def counts(self, hot: bool = False) -> dict[str, int]:
+        """Available saved (or ``hot``) spares by pool."""
         with self._lock:
-            return {pool: len(spares) for pool, spares in self._available.items()}
+            kind = self._hot if hot else self._available
+            return {pool: len(spares) for pool, spares in kind.items()}
 
     def available(self) -> list[Spare]:
+        """Every available spare, hot and saved."""
         with self._lock:
-            return [s for spares in self._available.values() for s in spares]
+            return [s for kind in (self._hot, self._available) for spares in kind.values()
+                    for s in spares]
 
     def reserved_uuids(self) -> set[str]:
         """Spares saved or being made: their disks and directories are not orphans."""
         return {s.uuid for s in self.available()} | set(self.making)
 
     # -- start-up ---------------------------------------------------------------------------
-    def load(self, disks: set[str], wanted) -> tuple[list[Spare], list[str]]:
-        """Read the records: (saved spares whose image and disk are there and that
-        ``wanted(spare, rank)`` keeps (rank: how many of its pool are kept before it, oldest
-        first), now available; uuids of every other spare directory: interrupted makes, taken
-        spares, broken or unwanted ones: to remove). ``disks``: uuids with a disk."""
+    def load(self, disks: set[str], wanted, paused: set[str] = frozenset()
+             ) -> tuple[list[Spare], list[str]]:
+        """Read the records: (saved spares whose image and disk are there, and hot ones whose
+        disk is there and whose domain is ``paused`` (uuids of paused spare domains), that
+        ``wanted(spare, rank)`` keeps (rank: how many of its pool and kind are kept before
+        it, oldest first), now available; uuids of every other spare directory: interrupted
+        makes, taken spares, broken or unwanted ones: to remove). ``disks``: uuids with a
+        disk."""
         keep, remove = [], []
         for uuid, path in self._dirs.owned().items():
             record = self._read(path)
             if record is None:
                 continue                 # an instance's directory
-            spare = self._spare(record) if record.get('state') == SAVED else None
-            if (spare is None or spare.uuid != uuid or not os.path.isfile(spare.image)
+            state = record.get('state')
+            spare = self._spare(record) if state in (SAVED, HOT) else None
+            if (spare is None or spare.uuid != uuid or spare.hot != (state == HOT)
+                    or not (uuid in paused if spare.hot else os.path.isfile(spare.image))
                     or (spare.disk is not None and uuid not in disks)):
                 remove.append(uuid)
                 continue
             keep.append(spare)
         keep.sort(key=lambda s: s.saved_at)
-        ranks: dict[str, int] = {}
+        ranks: dict[tuple, int] = {}
         for spare in list(keep):
-            rank = ranks.get(spare.pool, 0)
+            rank = ranks.get((spare.pool, spare.hot), 0)
             if wanted(spare, rank):
-                ranks[spare.pool] = rank + 1
+                ranks[(spare.pool, spare.hot)] = rank + 1
             else:
                 keep.remove(spare)
                 remove.append(spare.uuid)
         with self._lock:
-            self._available = {}
+            self._available, self._hot = {}, {}
             for spare in keep:
-                self._available.setdefault(spare.pool, []).append(spare)
+                self._kind(spare).setdefault(spare.pool, []).append(spare)
         return keep, remove
 
     @staticmethod

@@ -31,7 +31,8 @@ IMAGES = os.environ.get('COMPUTE_AGENT_IMAGE_DIR', '/var/lib/compute-agent/image
 VIRT_TYPE = os.environ.get('COMPUTE_AGENT_VIRT_TYPE', 'qemu')
 URI = 'qemu:///system'
 MARKER = 'COMPUTE-AGENT-GUEST-READY'
-GUEST_VERSION = 8       # the test guest's /init these tests rely on (ports, probe, flood)
+TEST_GUEST = ('test-vmlinuz', 'test-initrd.img', 'test-vmgenid-vmlinuz', 'test-vmgenid-initrd.img')
+GUEST_VERSION = 10      # the test guest these tests rely on (ports, probe, flood, identity answers, vmgenid)
 # Broker credentials written by tools/setup-node.sh (TLS to 127.0.0.1:5671, root only): each
 # node's own (``node_credentials``: its queues in its own virtual host; it may only report to
 # conductors); the control plane's (conductor, these tests' clients) may command nodes.
@@ -57,7 +58,7 @@ def _check_node():
     for path in (AGENT_CREDS, CONTROL_CREDS):
         if not os.path.isfile(path):
             problems.append('broker credentials %s missing' % path)
-    for name in ('test-vmlinuz', 'test-initrd.img'):
+    for name in TEST_GUEST:
         if not os.path.isfile(os.path.join(IMAGES, name)):
             problems.append('test guest %s missing in %s' % (name, IMAGES))
     try:
@@ -166,7 +167,7 @@ class Node:
         self.instances = os.path.join(workdir, 'instances')
         self.image_cache = os.path.join(workdir, 'image-cache')
         os.makedirs(self.image_dir)
-        for name in ('test-vmlinuz', 'test-initrd.img'):
+        for name in TEST_GUEST:
             shutil.copy(os.path.join(IMAGES, name), self.image_dir)
         with open(os.path.join(self.image_dir, 'bogus-kernel'), 'wb') as f:
             # QEMU refuses it on every run ("invalid kernel header": its setup size, byte
@@ -454,8 +455,8 @@ def spare_records(node: Node, state: str | None = None) -> dict:
 
 
 NODE_FIXTURES = ('node', 'lvm_node', 'acct_node', 'fault_node', 'life_node', 'rpc_node',
-                 'ready_node', 'warm_node', 'warm_lvm_node', 'crash_file_node', 'crash_lvm_node',
-                 'real_node', 'store_node')
+                 'ready_node', 'warm_node', 'warm_lvm_node', 'hot_node', 'crash_file_node',
+                 'crash_hot_node', 'crash_lvm_node', 'real_node', 'store_node')
 
 
 def stop_libvirtd(pause: float = 0.0) -> None:

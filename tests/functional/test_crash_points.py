@@ -31,7 +31,8 @@ FLAVOR = ('vcpus = 1\nmemory_mb = 128\nkernel = test-vmlinuz\ninitrd = test-init
 WARM = ('[resources]\naudit_interval = 0\n[warm]\npools = tiny\nquiet_seconds = 1\n'
         '[warm_pool:tiny]\nsize = 1\n' + FLAVOR)
 
-# point -> (node, scenario). Nodes: 'file' and 'lvm' each keep a pool of one saved spare.
+# point -> (node, scenario). Nodes: 'file' and 'lvm' each keep a pool of one saved spare,
+# 'hot' (file storage) one of one hot spare.
 CASES = {
     'dir.create.made': ('file', 'boot'),
     'disk.file.created': ('file', 'boot'),
@@ -59,6 +60,8 @@ CASES = {
     'spare.take.restored': ('file', 'warm_boot'),
     'spare.discard.removing': ('file', 'warm_boot'),
     'warm.persist.before': ('file', 'warm_boot'),
+    'spare.hot.paused': ('hot', 'spare'),
+    'spare.take.resumed': ('hot', 'warm_boot'),
     'disk.lvm.created': ('lvm', 'boot'),
     'disk.lvm.adopted': ('lvm', 'warm_boot'),
     'disk.lvm.deleted': ('lvm', 'delete'),
@@ -74,6 +77,15 @@ def test_every_registered_point_has_a_case():
 def crash_file_node(tmp_path_factory):
     conftest._check_node()
     node = conftest.Node(str(tmp_path_factory.mktemp('crashfile')), extra_config=WARM)
+    yield from conftest._run_node(node)
+
+
+@pytest.fixture(scope='module')
+def crash_hot_node(tmp_path_factory):
+    conftest._check_node()
+    node = conftest.Node(str(tmp_path_factory.mktemp('crashhot')),
+                         extra_config=WARM.replace('size = 1\n', 'size = 0\nhot = 1\n'))
+    node.hot_pool = True
     yield from conftest._run_node(node)
 
 
@@ -157,9 +169,12 @@ def _until(what: str, check, timeout: float = 240.0, detail=lambda: None) -> Non
 def consistent(node) -> dict:
     """Everything this module promises after a restart; the agent's instances by uuid."""
     host = node.host
-    # The pool holds its one saved spare and nothing is being made.
-    _until('pool refilled', lambda: node.compute.get_stats(host)['manager']['warm']['spares']
-           .get('tiny') == 1 and all(r['state'] == 'saved' for r in conftest.spare_records(node).values()))
+    # The pool holds its one saved (hot) spare and nothing is being made.
+    hot = getattr(node, 'hot_pool', False)
+    kind, state = ('hot', 'hot') if hot else ('spares', 'saved')
+    _until('pool refilled', lambda: node.compute.get_stats(host)['manager']['warm'][kind]
+           .get('tiny') == 1 and all(r['state'] == state
+                                     for r in conftest.spare_records(node).values()))
     jobs = node.compute.get_stats(host)['manager']['jobs_by_state']
     assert not {s: n for s, n in jobs.items() if s not in ('done', 'failed') and n}, jobs
 
@@ -175,19 +190,22 @@ def consistent(node) -> dict:
     assert all(i['task'] is None for i in insts.values()), insts
     domains = node.host_domains()
     assert {m.get('uuid') for m in domains.values() if m.get('role') != 'spare'} == set(insts)
-    assert not [d for d, m in domains.items() if m.get('role') == 'spare'], domains
     spares = conftest.spare_records(node)
     assert len(spares) == 1, spares
+    # A hot spare's paused domain, no other spare's domain
+    assert {d for d, m in domains.items() if m.get('role') == 'spare'} == (
+        set(spares) if hot else set()), domains
     entries = set(os.listdir(node.instances))
     assert entries == set(insts) | set(spares), entries
     with_disk = {u for u, i in insts.items() if i['sizes'].get('disk_gb')}
     assert set(node.compute.get_storage(host)['disks']) == with_disk | set(spares)
     resources = node.compute.get_resources(host)
     sizes = [i['sizes'] for i in insts.values()]
-    assert resources['reserved']['disk_gb'] == 1
+    held = 128 if hot else 0                 # a hot spare's memory
+    assert resources['reserved'] == {'vcpus': 0, 'memory_mb': held, 'disk_gb': 1}, resources
     assert resources['usage'] == {
         'vcpus': sum(s['vcpus'] for s in sizes),
-        'memory_mb': sum(s['memory_mb'] for s in sizes),
+        'memory_mb': sum(s['memory_mb'] for s in sizes) + held,
         'disk_gb': sum(s.get('disk_gb', 0) for s in sizes) + 1}, resources
     _until('the conductor holds the usage', lambda: (node.conductor.get_node(host) or {})
            .get('generation') == node.compute.get_resources(host)['generation'], 60)
@@ -236,7 +254,7 @@ def boot(node, point, **extra):
 
 
 def warm_boot(node, point):
-    consistent(node)         # a saved spare to take
+    consistent(node)         # a saved (hot) spare to take
     boot(node, point, pool='tiny')
 
 
@@ -339,6 +357,11 @@ def _points(where: str) -> list[str]:
 @pytest.mark.parametrize('point', _points('file'))
 def test_a_crash_at_the_point_is_recovered_file_storage(point, crash_file_node):
     SCENARIOS[CASES[point][1]](crash_file_node, point)
+
+
+@pytest.mark.parametrize('point', _points('hot'))
+def test_a_crash_at_the_point_is_recovered_hot_spares(point, crash_hot_node):
+    SCENARIOS[CASES[point][1]](crash_hot_node, point)
 
 
 @pytest.mark.parametrize('point', _points('lvm'))

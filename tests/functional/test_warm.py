@@ -25,8 +25,13 @@ POOL_SIZE = 5
 CMDLINE = 'console=ttyS0 quiet no_timer_check'
 FLAVOR = ('vcpus = 1\nmemory_mb = 128\nkernel = test-vmlinuz\ninitrd = test-initrd.img\n'
           'cmdline = %s\ndisk_gb = 1\n' % CMDLINE)
+# The same guest on a kernel with the vmgenid driver (Debian's generic kernel; slower to boot).
+GEN_FLAVOR = FLAVOR.replace('test-vmlinuz', 'test-vmgenid-vmlinuz').replace(
+    'test-initrd.img', 'test-vmgenid-initrd.img')
+GEN_SIZE = 2
 REMOTE_PROGRAM = 0x20008086
 PROCS = {10: 'DomainCreateXML', 11: 'DomainDefineXML', 233: 'DomainRestoreFlags',
+         28: 'DomainResume', 264: 'DomainSetMetadata',
          232: 'DomainSaveFlags', 235: 'DomainSaveImageGetXMLDesc', 24: 'DomainLookupByUUID',
          14: 'DomainGetXMLDesc', 12: 'DomainDestroy', 35: 'DomainUndefine'}
 CALL = re.compile(r'^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})\+0000: .*RPC_CLIENT_MSG_TX_QUEUE: '
@@ -39,9 +44,10 @@ def warm_node(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp('warmnode'))
     log = os.path.join(workdir, 'libvirt-client.log')
     config = ('[resources]\naudit_interval = 0\n'
-              '[warm]\npools = tiny,none\nquiet_seconds = 1\n'
+              '[warm]\npools = tiny,none,gen\nquiet_seconds = 1\n'
               '[warm_pool:tiny]\nsize = %d\n%s[warm_pool:none]\nsize = 0\n%s'
-              % (POOL_SIZE, FLAVOR, FLAVOR))
+              '[warm_pool:gen]\nsize = %d\n%s'
+              % (POOL_SIZE, FLAVOR, FLAVOR, GEN_SIZE, GEN_FLAVOR))
     node = conftest.Node(workdir, extra_config=config,
                          agent_env={'LIBVIRT_LOG_FILTERS': '1:rpc 4:*',
                                     'LIBVIRT_LOG_OUTPUTS': '1:file:%s' % log})
@@ -56,7 +62,8 @@ def _spares(node) -> dict:
 def _full(node, timeout: float = 300.0) -> None:
     """Until the pool holds POOL_SIZE saved spares and no spare is being made."""
     deadline = time.monotonic() + timeout
-    while _spares(node).get('tiny') != POOL_SIZE or conftest.spare_records(node, 'making'):
+    while (_spares(node).get('tiny') != POOL_SIZE or _spares(node).get('gen') != GEN_SIZE
+           or conftest.spare_records(node, 'making')):
         assert time.monotonic() < deadline, 'pool not full: %s' % _spares(node)
         time.sleep(0.5)
 
@@ -73,6 +80,22 @@ def _calls(node, since: int) -> tuple[list[tuple[float, str]], int]:
     return out, since + len(data)
 
 
+def _boots_at_once(node, name: str, n: int):
+    """``n`` boots of pool tiny sent at once, ready, their jobs ended: (uuid -> job, the
+    remote calls libvirt's client log shows from the requests to the last job's end, the
+    first ready_at)."""
+    _, mark = _calls(node, 0)
+    specs = [{'uuid': node.spec()['uuid'], 'pool': 'tiny', 'name': '%s-%d' % (name, i)}
+             for i in range(n)]
+    jobs = {s['uuid']: node.boot(s)['job_id'] for s in specs}
+    node.wait_ready(list(jobs))
+    finished = {u: node.wait_job(j) for u, j in jobs.items()}
+    calls, _ = _calls(node, mark)
+    end = max(job['finished_at'] for job in finished.values())
+    ready_at = min(node.compute.get_instance(node.host, u)['ready_at'] for u in jobs)
+    return finished, [(t, c) for t, c in calls if t <= end + 0.001], ready_at
+
+
 def _leaves_nothing(node, uuids, spare_domains) -> None:
     """No domain, directory, disk or identity socket of these deleted instances is left."""
     left = {d for d, m in node.host_domains().items() if m.get('uuid') in uuids}
@@ -86,21 +109,12 @@ def test_five_warm_boots_at_once_are_ready_each_with_its_own_identity(warm_node)
     node = warm_node
     _full(node)
     spares = set(conftest.spare_records(node, 'saved'))
-    _, mark = _calls(node, 0)
-    specs = [{'uuid': node.spec()['uuid'], 'pool': 'tiny', 'name': 'warm-%d' % i}
-             for i in range(POOL_SIZE)]
-    jobs = {s['uuid']: node.boot(s)['job_id'] for s in specs}
-    uuids = list(jobs)
-    node.wait_ready(uuids)
-    finished = {u: node.wait_job(j) for u, j in jobs.items()}
     # As libvirt counts them, every remote call from the requests to the last job's end: one
     # restore per boot, all sent before any guest was ready, then one define per boot that
     # makes its domain persistent (after its ready event); nothing else (no lookup, no XML).
-    calls, mark = _calls(node, mark)
-    end = max(job['finished_at'] for job in finished.values())
-    hot = [(t, c) for t, c in calls if t <= end + 0.001]
+    finished, hot, ready_at = _boots_at_once(node, 'warm', POOL_SIZE)
+    uuids = list(finished)
     assert sorted(c for _, c in hot) == ['DomainDefineXML'] * 5 + ['DomainRestoreFlags'] * 5, hot
-    ready_at = min(node.compute.get_instance(node.host, u)['ready_at'] for u in uuids)
     first_define = min(t for t, c in hot if c == 'DomainDefineXML')
     restores = [t for t, c in hot if c == 'DomainRestoreFlags']
     assert max(restores) <= first_define and ready_at <= first_define + 0.001, (
@@ -113,14 +127,89 @@ def test_five_warm_boots_at_once_are_ready_each_with_its_own_identity(warm_node)
         inst = node.compute.get_instance(node.host, uuid)
         assert inst['domain'] == 'ca-' + spare and inst['readiness'] == 'ready'
         domains[uuid] = spare
-        line = node.wait_console(uuid, 'guest-identity: ', timeout=60)
-        identity = json.loads(line.split('guest-identity: ', 1)[1].splitlines()[0])
-        assert identity == {'uuid': uuid, 'name': inst['name'], 'pool': 'tiny'}
+        [identity] = _identities(node, uuid, 1)
+        assert abs(identity.pop('time') - time.time()) < 300      # the host's clock
+        assert identity == {'uuid': uuid, 'name': inst['name'], 'pool': 'tiny',
+                            'seq': identity['seq']}
     assert len(set(domains.values())) == POOL_SIZE          # five distinct spares
     for uuid in uuids:
         node.compute.delete_instance(node.host, uuid)
     node.wait_states(uuids, ['deleted'])
     _leaves_nothing(node, uuids, domains.values())
+
+
+def test_restored_guests_reseed_from_a_new_generation_id_and_differ(warm_node):
+    """Pool gen's guests run a kernel with the vmgenid driver: libvirt gives each restored
+    domain a new generation id, and its kernel says it reseeded its RNG from it (on its
+    console after the restore); two of them print different random bytes."""
+    node = warm_node
+    _full(node)
+    uuids = []
+    for i in range(GEN_SIZE):
+        uuid = node.spec()['uuid']
+        job = node.wait_job(node.boot({'uuid': uuid, 'pool': 'gen', 'name': 'gen-%d' % i})[
+            'job_id'])
+        assert job['result'].startswith('warm: hit, spare '), job
+        uuids.append(uuid)
+    node.wait_ready(uuids)
+    randoms = []
+    for uuid in uuids:
+        node.wait_console(uuid, 'guest-kmsg: random: crng reseeded due to virtual machine fork',
+                          timeout=60)
+        randoms.append(_randoms(node, uuid)[0])
+    assert len(set(randoms)) == GEN_SIZE, randoms
+    node.delete(uuids)
+    _leaves_nothing(node, uuids, [])
+
+
+def _randoms(node, uuid: str, timeout: float = 60.0) -> list[str]:
+    """The random bytes the guest of ``uuid`` printed after each identity it took on."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = re.findall(r'^guest-random: ([0-9a-f]{32})\r?$', node.console(uuid), re.M)
+        if found:
+            return found
+        assert time.monotonic() < deadline, node.console(uuid)[-500:]
+        time.sleep(0.2)
+
+
+def _identities(node, uuid: str, count: int, timeout: float = 60.0) -> list[dict]:
+    """The identity lines the guest of ``uuid`` printed, once it printed ``count``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = re.findall(r'^guest-identity: (\{.*\})\r?$', node.console(uuid), re.M)
+        if len(lines) >= count:
+            return [json.loads(line) for line in lines]
+        assert time.monotonic() < deadline, node.console(uuid)[-500:]
+        time.sleep(0.2)
+
+
+def test_a_warm_guest_reset_behind_the_agents_back_is_told_its_identity_again(warm_node):
+    """A reset the agent did not ask for (as a guest's own reboot: the agent only sees
+    libvirt's reboot event): the guest is told who it is again and is ready again only once
+    it answered."""
+    node = warm_node
+    _full(node)
+    uuid = node.spec()['uuid']
+    job = node.wait_job(node.boot({'uuid': uuid, 'pool': 'tiny', 'name': 'reset'})['job_id'])
+    spare = job['result'].split()[3]
+    node.wait_ready([uuid])
+    [first] = _identities(node, uuid, 1)
+    ready_at = node.compute.get_instance(node.host, uuid)['ready_at']
+    conn = libvirt.open(conftest.URI)
+    try:
+        conn.lookupByUUIDString(spare).reset(0)
+    finally:
+        conn.close()
+    second = _identities(node, uuid, 2)[1]
+    assert second['uuid'] == uuid and second['seq'] > first['seq']
+    deadline = time.monotonic() + 120
+    while node.compute.get_instance(node.host, uuid)['ready_at'] in (None, ready_at):
+        assert time.monotonic() < deadline, 'not ready again after the reset'
+        time.sleep(0.2)
+    assert node.compute.get_instance(node.host, uuid)['readiness'] == 'ready'
+    node.delete([uuid])
+    _leaves_nothing(node, [uuid], [spare])
 
 
 def test_a_warm_instance_stops_and_starts_as_its_own_domain(warm_node):
@@ -235,3 +324,70 @@ def test_on_lvm_a_warm_instance_takes_its_spares_lv(warm_lvm_node):
     assert "<source dev='/dev/%s/%s'" % (node.vg.name, lv) in xml
     node.delete([uuid])
     assert lv not in node.vg.lvs()
+
+
+# -- hot spares ------------------------------------------------------------------------------
+HOT_SIZE = 2
+
+
+@pytest.fixture(scope='module')
+def hot_node(tmp_path_factory):
+    """A pool that keeps two hot spares (paused in memory) and no saved one."""
+    conftest._check_node()
+    workdir = str(tmp_path_factory.mktemp('hotnode'))
+    log = os.path.join(workdir, 'libvirt-client.log')
+    node = conftest.Node(workdir, extra_config=(
+        '[resources]\naudit_interval = 0\n[warm]\npools = tiny\nquiet_seconds = 1\n'
+        '[warm_pool:tiny]\nsize = 0\nhot = %d\n%s' % (HOT_SIZE, FLAVOR)),
+        agent_env={'LIBVIRT_LOG_FILTERS': '1:rpc 4:*', 'LIBVIRT_LOG_OUTPUTS': '1:file:%s' % log})
+    node.client_log = log
+    yield from conftest._run_node(node)
+
+
+def _hot_full(node, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (node.compute.get_stats(node.host)['manager']['warm']['hot'].get('tiny') != HOT_SIZE
+           or conftest.spare_records(node, 'making')):
+        assert time.monotonic() < deadline, 'no hot spares'
+        time.sleep(0.5)
+
+
+def test_hot_boots_at_once_are_one_resume_each_and_ready_as_themselves(hot_node):
+    node = hot_node
+    _hot_full(node)
+    spares = set(conftest.spare_records(node, 'hot'))
+    assert len(spares) == HOT_SIZE
+    conn = libvirt.open(conftest.URI)
+    try:
+        assert {conn.lookupByUUIDString(u).state()[0] for u in spares} == {
+            libvirt.VIR_DOMAIN_PAUSED}
+    finally:
+        conn.close()
+    assert node.compute.get_resources(node.host)['reserved']['memory_mb'] == 128 * HOT_SIZE
+    # As libvirt counts them: one resume per boot before any guest was ready; the
+    # instance's metadata and persistent definition after its ready event.
+    finished, hot, ready_at = _boots_at_once(node, 'hot', HOT_SIZE)
+    uuids = list(finished)
+    assert sorted(c for _, c in hot) == sorted(
+        ['DomainResume', 'DomainSetMetadata', 'DomainDefineXML'] * HOT_SIZE), hot
+    after = min(t for t, c in hot if c != 'DomainResume')
+    assert max(t for t, c in hot if c == 'DomainResume') <= after and ready_at <= after + 0.001
+    randoms = []
+    for uuid, job in finished.items():
+        assert job['result'].startswith('hot: hit, spare '), job
+        spare = job['result'].split()[3]
+        assert spare in spares
+        inst = node.compute.get_instance(node.host, uuid)
+        assert inst['domain'] == 'ca-' + spare and inst['readiness'] == 'ready'
+        [identity] = _identities(node, uuid, 1)      # its console log moved with it
+        assert identity['uuid'] == uuid and identity['name'] == inst['name']
+        assert conftest.MARKER in node.console(uuid)  # the spare's boot, before the pause
+        randoms.append(_randoms(node, uuid)[0])
+    assert len(set(randoms)) == HOT_SIZE
+    # The instance is its own domain now: an agent restart finds it by its metadata.
+    node.stop('agent')
+    node.start('agent')
+    for uuid in uuids:
+        assert node.compute.get_instance(node.host, uuid)['vm_state'] == 'active'
+    node.delete(uuids)
+    _leaves_nothing(node, uuids, [j['result'].split()[3] for j in finished.values()])

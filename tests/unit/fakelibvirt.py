@@ -13,6 +13,7 @@ import os
 import queue
 import socket
 import threading
+import time
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
 
@@ -43,6 +44,12 @@ VIR_DOMAIN_EVENT_STOPPED_SAVED = 4
 VIR_DOMAIN_EVENT_STARTED_RESTORED = 2
 VIR_DOMAIN_EVENT_SHUTDOWN_GUEST = 1
 VIR_DOMAIN_EVENT_SHUTDOWN_HOST = 2
+
+VIR_DOMAIN_EVENT_SUSPENDED_PAUSED = 0
+VIR_DOMAIN_EVENT_RESUMED_UNPAUSED = 0
+VIR_DOMAIN_AFFECT_LIVE = 1
+VIR_DOMAIN_AFFECT_CONFIG = 2
+VIR_DOMAIN_METADATA_ELEMENT = 2
 
 VIR_DOMAIN_NOSTATE = 0
 VIR_DOMAIN_RUNNING = 1
@@ -134,6 +141,8 @@ class Hypervisor:
         # uuids of guests that ignore the ACPI power button (still booting, or no acpid)
         self.acpi_ignored: set[str] = set()
         self.auto_ready = False    # every started guest opens its agent channel at once
+        self.identity_acks = True  # guests answer what they read on their identity port
+        self.identity_cond = threading.Condition()
         # The guest agents (qemu-ga): what they were asked, and how guest-exec ends
         self.guest_times: dict[str, dict] = {}      # uuid -> the last setTime's time
         self.guest_execs: dict[str, list] = {}      # uuid -> [guest-exec arguments]
@@ -300,7 +309,10 @@ class Connection:
         detail = 1 if dom is not None else 0       # DEFINED_UPDATED / DEFINED_ADDED
         if dom is None:
             dom = self.hv.domains[uuid] = Domain(self, uuid, name, xml)
-        dom.xml = xml
+        if dom.run_state in (VIR_DOMAIN_RUNNING, VIR_DOMAIN_PAUSED):
+            dom.next_xml = xml          # the live definition stays until it stops
+        else:
+            dom.xml = xml
         dom.transient = False
         self.hv.emit(dom, VIR_DOMAIN_EVENT_DEFINED, detail)
         return dom
@@ -437,7 +449,8 @@ class Domain:
             hv.emit_agent(self, True, VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_REASON_CHANNEL)
 
     def _listen_identity(self) -> None:
-        """QEMU binds the host side of an identity port (``<source mode='bind'>``)."""
+        """QEMU binds the host side of an identity port (``<source mode='bind'>``); the
+        guest's reader on it starts."""
         for channel in ET.fromstring(self.xml).findall('devices/channel'):
             source = channel.find('source')
             if source is not None and source.get('mode') == 'bind':
@@ -449,24 +462,78 @@ class Domain:
                 self.identity.bind(source.get('path'))
                 self.identity.listen(4)
                 self.identity_path = source.get('path')
+                self.identity_seen = []          # the lines this QEMU's guest read
+                self.identity_conns = []
+                threading.Thread(target=self._guest_identity, args=(self.identity,),
+                                 daemon=True).start()
 
-    def identity_lines(self, timeout: float = 5.0) -> list[str]:
-        """What the host wrote on the identity port (what the guest would read)."""
-        self.identity.settimeout(timeout)
-        conn, _ = self.identity.accept()
-        conn.settimeout(timeout)
-        data = b''
-        while not data.endswith(b'\n'):
-            data += conn.recv(4096)
-        conn.close()
-        return data.decode().splitlines()
+    def _guest_identity(self, listener) -> None:
+        """The guest's reader: each line the host writes is read, and answered (its clock
+        set) unless the hypervisor's guests do not answer (``identity_acks``)."""
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:           # QEMU exited
+                return
+            self.identity_conns.append(conn)
+            threading.Thread(target=self._guest_identity_lines, args=(conn,),
+                             daemon=True).start()
+
+    def _guest_identity_lines(self, conn) -> None:
+        hv = self._conn.hv
+        buf = b''
+        with conn:
+            while True:
+                try:
+                    data = conn.recv(4096)
+                except OSError:
+                    return
+                if not data:
+                    return
+                buf += data
+                while b'\n' in buf:
+                    line, buf = buf.split(b'\n', 1)
+                    with hv.identity_cond:
+                        self.identity_seen.append(line.decode())
+                        hv.identity_cond.notify_all()
+                    if hv.identity_acks:
+                        self.ack_identity(conn)
+
+    def ack_identity(self, conn=None, line: bytes | None = None) -> None:
+        """The guest answers the last line it read (or writes ``line``) on the port."""
+        conn = conn or self.identity_conns[-1]
+        if line is None:
+            seq = json.loads(self.identity_seen[-1])['seq']
+            line = json.dumps({'ack': seq, 'clock': time.time()}).encode() + b'\n'
+        try:
+            conn.sendall(line)
+        except OSError:
+            pass
+
+    def identity_lines(self, count: int = 1, timeout: float = 5.0) -> list[str]:
+        """What the guest read on the identity port since its QEMU started, once it read at
+        least ``count`` lines."""
+        hv = self._conn.hv
+        with hv.identity_cond:
+            if not hv.identity_cond.wait_for(lambda: len(self.identity_seen) >= count,
+                                             timeout):
+                raise AssertionError('the guest read %d identity lines, not %d'
+                                     % (len(self.identity_seen), count))
+            return list(self.identity_seen)
 
     def _stopped(self, detail: int) -> None:
         """(On the shared state object.) Stopped; a transient domain is gone with it."""
         self.run_state = VIR_DOMAIN_SHUTOFF
         self.agent = None
+        if getattr(self, 'next_xml', None) is not None:      # a definition made meanwhile
+            self.xml, self.next_xml = self.next_xml, None
         if getattr(self, 'identity', None) is not None:     # QEMU exits: its socket goes
-            self.identity.close()
+            for sock in [self.identity] + self.identity_conns:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
             self.identity = None
         self._conn.hv.emit(self, VIR_DOMAIN_EVENT_STOPPED, detail)
         if self.transient:
@@ -510,9 +577,47 @@ class Domain:
         self._conn.hv.emit_reboot(dom)
         return 0
 
+    def suspend(self):
+        dom = self._running('suspend')
+        dom.run_state = VIR_DOMAIN_PAUSED
+        self._conn.hv.emit(dom, VIR_DOMAIN_EVENT_SUSPENDED, VIR_DOMAIN_EVENT_SUSPENDED_PAUSED)
+        return 0
+
+    def resume(self):
+        dom = self._call('resume')
+        if dom.run_state != VIR_DOMAIN_PAUSED:
+            raise libvirtError('Requested operation is not valid: domain is not paused',
+                               VIR_ERR_OPERATION_INVALID)
+        dom.run_state = VIR_DOMAIN_RUNNING
+        self._conn.hv.emit(dom, VIR_DOMAIN_EVENT_RESUMED, VIR_DOMAIN_EVENT_RESUMED_UNPAUSED)
+        return 0
+
+    def setMetadata(self, type, metadata, key, uri, flags):   # noqa: A002 - libvirt's name
+        """The live definition's metadata element of namespace ``uri`` is replaced."""
+        dom = self._call('setMetadata')
+        if type != VIR_DOMAIN_METADATA_ELEMENT or flags != VIR_DOMAIN_AFFECT_LIVE:
+            raise libvirtError('unsupported flags', VIR_ERR_CONFIG_UNSUPPORTED)
+        if dom.run_state == VIR_DOMAIN_SHUTOFF:
+            raise libvirtError('Requested operation is not valid: domain is not running',
+                               VIR_ERR_OPERATION_INVALID)
+        root = ET.fromstring(dom.xml)
+        meta = root.find('metadata')
+        if meta is None:
+            meta = ET.SubElement(root, 'metadata')
+        for old in [e for e in meta if e.tag.startswith('{%s}' % uri)]:
+            meta.remove(old)
+        new = ET.fromstring(metadata)
+        if new.tag.startswith('{'):
+            raise libvirtError('internal error: failed to create a new XML namespace',
+                               VIR_ERR_INTERNAL_ERROR)
+        new.tag = '{%s}%s' % (uri, new.tag)     # the root only, as libvirt does
+        meta.append(new)
+        dom.xml = ET.tostring(root, encoding='unicode')
+        return 0
+
     def destroy(self):
         dom = self._call('destroy')
-        if dom.run_state != VIR_DOMAIN_RUNNING:
+        if dom.run_state not in (VIR_DOMAIN_RUNNING, VIR_DOMAIN_PAUSED):
             raise libvirtError('Requested operation is not valid: domain is not running',
                                VIR_ERR_OPERATION_INVALID)
         self._conn.hv.emit(dom, VIR_DOMAIN_EVENT_SHUTDOWN, VIR_DOMAIN_EVENT_SHUTDOWN_HOST)

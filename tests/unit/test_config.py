@@ -27,6 +27,22 @@ def test_direct_kernel_boot_domain():
     assert root.find('features/tcg/tb-cache').text == '16'
     assert root.find('devices/serial/source').get('path') == '/var/lib/x/console.log'
     assert root.find('os/boot') is None
+    assert root.find('devices/rng') is None and root.find('genid') is None
+    # a pool's guest: a generation id and entropy from the host, rate-capped
+    root = ET.fromstring(guest(genid=True, rng=True).to_xml())
+    assert root.find('genid') is not None
+    rng = root.find('devices/rng')
+    assert rng.get('model') == 'virtio' and rng.findtext('backend') == '/dev/urandom'
+    assert rng.find('rate').attrib == {'bytes': '1024', 'period': '1000'}
+
+
+def test_a_running_domains_metadata_element_parses_back():
+    meta = (('uuid', U), ('host', 'node1'), ('spare', 'dom-1'))
+    element = ET.fromstring(vconfig.metadata_xml(meta))
+    assert element.tag == 'instance' and [c.tag for c in element] == ['uuid', 'host', 'spare']
+    element.tag = '{%s}instance' % vconfig.METADATA_NS     # what libvirt makes of it
+    domain = '<domain><metadata>%s</metadata></domain>' % ET.tostring(element, 'unicode')
+    assert vconfig.parse_metadata(domain) == dict(meta)
 
 
 def test_kvm_has_no_tcg_features_and_disk_boot_has_boot_dev():

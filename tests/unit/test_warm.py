@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from agent import exception
+from agent import resources
 from agent.warm import restore as restoremod
 from agent.storage import seeds as seedsmod
 from agent.virt.libvirt import config as vconfig
@@ -19,6 +20,7 @@ from tests.unit.conftest import Agent, boot_spec, wait_until
 
 U1 = '11111111-2222-3333-4444-555555555555'
 U2 = '22222222-2222-3333-4444-555555555555'
+U3 = '33333333-2222-3333-4444-555555555555'
 TINY = poolsmod.Pool(name='tiny', size=2, flavor=(
     ('vcpus', 1), ('memory_mb', 96), ('kernel', 'vmlinuz'), ('initrd', 'initrd.img'),
     ('cmdline', 'console=ttyS0'), ('disk_gb', 1)))
@@ -148,8 +150,9 @@ def test_a_warm_boot_is_one_restore_and_the_instance_is_ready_at_once(conf, hv):
         wait_until(lambda: a.manager.instances[U1].readiness == 'ready', what='ready')
         inst = a.manager.requests.get_instance(U1)
         assert inst['domain'] == 'ca-' + spare.uuid and inst['power_state'] == 'running'
-        assert [json.loads(line) for line in hv.domains[spare.uuid].identity_lines()] == [
-            {'uuid': U1, 'name': 'web-1', 'pool': 'tiny'}]          # what the guest reads
+        [line] = [json.loads(line) for line in hv.domains[spare.uuid].identity_lines()]
+        assert abs(line.pop('time') - time.time()) < 60      # the host's clock, to set its own
+        assert line == {'uuid': U1, 'name': 'web-1', 'pool': 'tiny', 'seq': line['seq']}
         dom = hv.domains[spare.uuid]
         assert not dom.transient and vconfig.parse_metadata(dom.xml)['uuid'] == U1
         assert os.path.exists(os.path.join(conf.instances_path, U1, 'disk.qcow2'))
@@ -159,6 +162,60 @@ def test_a_warm_boot_is_one_restore_and_the_instance_is_ready_at_once(conf, hv):
         calls = {k: v - before.get(k, 0) for k, v in a.driver.host.calls.items()
                  if v != before.get(k, 0)}
         assert calls == {'restoreFlags': 1, 'defineXML': 1}      # no lookup, no polling
+    finally:
+        a.stop()
+
+
+def test_a_warm_instance_is_ready_only_once_its_guest_acknowledged_its_identity(conf, hv):
+    a = warm_agent(conf, hv)
+    try:
+        spare = fill(a, 1)[0]
+        hv.identity_acks = False              # the guest reads its identity, answers later
+        job = a.manager.requests.boot_instance(warm_spec())['job_id']
+        wait_until(lambda: spare.uuid in hv.domains, what='restored')
+        dom = hv.domains[spare.uuid]
+        first = json.loads(dom.identity_lines()[0])
+        inst = a.manager.instances[U1]
+        wait_until(lambda: inst.channel_open, what='channel open')
+        assert inst.readiness == 'waiting' and inst.identity_pending
+        # What a hostile or confused guest writes is ignored: not JSON, another line's
+        # number, no clock, a number that is not one.
+        for junk in (b'ready\n', b'{"ack": %d, "clock": 1}\n' % (first['seq'] + 7),
+                     b'{"ack": %d}\n' % first['seq'], b'{"ack": "%d", "clock": 1}\n' % first['seq'],
+                     b'[1, 2]\n'):
+            dom.ack_identity(line=junk)
+        wait_until(lambda: a.driver.stats()['identity_answers_ignored'] == 5, what='read')
+        assert inst.readiness == 'waiting' and inst.identity_pending
+        dom.ack_identity()                    # the answer to the line it read: ready
+        wait_until(lambda: inst.readiness == 'ready', what='ready once acknowledged')
+        assert not inst.identity_pending
+        assert a.wait_job(job)['state'] == 'done'      # then made persistent
+        assert not dom.transient
+    finally:
+        a.stop()
+
+
+def test_a_reset_guest_is_told_its_identity_again_and_is_ready_once_it_answers(conf, hv):
+    a = warm_agent(conf, hv)
+    try:
+        spare = fill(a, 1)[0]
+        a.wait_job(a.manager.requests.boot_instance(warm_spec())['job_id'])
+        inst = a.manager.instances[U1]
+        wait_until(lambda: inst.readiness == 'ready', what='ready')
+        dom = hv.domains[spare.uuid]
+        hv.identity_acks = False
+        hv.guest_agent(spare.uuid, connected=False)     # the guest reboots by itself:
+        hv.emit_reboot(dom)                             # its channel closes, it resets
+        lines = [json.loads(x) for x in dom.identity_lines(count=2)]
+        assert lines[1]['uuid'] == U1 and lines[1]['seq'] > lines[0]['seq']
+        hv.guest_agent(spare.uuid)                      # its agent is back: not yet itself
+        wait_until(lambda: inst.channel_open, what='channel open')
+        assert inst.readiness == 'waiting' and inst.identity_pending and inst.reboots == 1
+        dom.ack_identity(conn=dom.identity_conns[0],    # the old connection's answer: too late
+                         line=b'{"ack": %d, "clock": 1}\n' % lines[0]['seq'])
+        dom.ack_identity()
+        wait_until(lambda: inst.readiness == 'ready', what='ready again')
+        assert inst.readies == 2
     finally:
         a.stop()
 
@@ -190,6 +247,22 @@ def test_a_warm_boot_with_an_empty_pool_boots_cold_and_says_so(conf, hv):
         assert root.find('genid') is not None
         assert vconfig.IDENTITY_CHANNEL in [c.find('target').get('name')
                                             for c in root.findall('devices/channel')]
+    finally:
+        a.stop()
+
+
+def test_a_pool_instance_booted_cold_is_ready_once_its_guest_answered_too(conf, hv):
+    a = warm_agent(conf, hv)
+    try:
+        hv.identity_acks = False
+        job = a.wait_job(a.manager.requests.boot_instance(warm_spec())['job_id'])
+        assert job['result'] == 'warm: miss, pool empty'
+        inst = a.manager.instances[U1]
+        wait_until(lambda: inst.channel_open, what='channel open')
+        hv.domains[U1].identity_lines()
+        assert inst.readiness == 'waiting' and inst.identity_pending
+        hv.domains[U1].ack_identity()
+        wait_until(lambda: inst.readiness == 'ready', what='ready')
     finally:
         a.stop()
 
@@ -592,6 +665,7 @@ def test_a_cloud_init_run_that_fails_removes_the_restored_guest_and_boots_cold(c
         assert a.manager.warm.filler.make(CLOUD) is not None
         spare = a.manager.warm.spares.available()[0]
         hv.exec_exitcode = 1
+        hv.identity_acks = False        # a real image: nothing answers on an identity port
         job = a.wait_job(a.manager.requests.boot_instance(
             {'uuid': U1, 'pool': 'debian', 'hostname': 'web-1'})['job_id'])
         assert job['state'] == 'done', job
@@ -601,5 +675,136 @@ def test_a_cloud_init_run_that_fails_removes_the_restored_guest_and_boots_cold(c
         assert U1 in hv.domains                                # booted cold, with its seed
         assert _seed_meta(_seed_of(hv.domains[U1].xml))['local-hostname'] == 'web-1'
         wait_until(lambda: a.manager.instances[U1].readiness == 'ready', what='ready')
+        assert hv.domains[U1].identity_seen == []      # its identity is its seed's
+    finally:
+        a.stop()
+
+
+# -- hot spares: paused in memory ------------------------------------------------------------
+HOT = dataclasses.replace(TINY, size=1, hot=1)
+
+
+def hot_agent(conf, hv, pool=HOT, **kw):
+    hv.auto_ready = True
+    return Agent(conf, hv, backend='file', pools={'tiny': pool}, warm=dict(WARM), **kw)
+
+
+def test_a_hot_spare_is_paused_in_memory_with_its_memory_reserved(conf, hv):
+    a = hot_agent(conf, hv)
+    try:
+        assert a.manager.warm.filler.next_spare() == (HOT, True)        # hot ones first
+        spare = a.manager.warm.filler.make(HOT, hot=True)
+        assert spare.hot and spare.image == '' and 'ca-' + spare.uuid in spare.xml
+        assert hv.domains[spare.uuid].run_state == fakelibvirt.VIR_DOMAIN_PAUSED
+        assert a.manager.resource_report()['reserved'] == {'vcpus': 0, 'memory_mb': 96,
+                                                           'disk_gb': 1}
+        assert a.manager.warm.filler.next_spare() == (HOT, False)       # then a saved one
+        stats = a.manager.stats()['warm']
+        assert stats['hot'] == {'tiny': 1} and stats['spares'] == {}
+        assert a.manager.audits.audit() == []           # its memory is held: nothing to fix
+    finally:
+        a.stop()
+
+
+def test_a_boot_takes_a_hot_spare_first_then_a_saved_one_then_boots_cold(conf, hv):
+    a = hot_agent(conf, hv)
+    try:
+        hot = a.manager.warm.filler.make(HOT, hot=True)
+        saved = a.manager.warm.filler.make(HOT)
+        job = a.wait_job(a.manager.requests.boot_instance(warm_spec(name='web-1'))['job_id'])
+        assert job['result'] == 'hot: hit, spare %s of pool tiny' % hot.uuid
+        # One call before ready (the resume); the instance's metadata and definition after.
+        assert job['libvirt_calls_by_op'] == {'resume': 1, 'setMetadata': 1, 'defineXML': 1}
+        inst = a.manager.instances[U1]
+        wait_until(lambda: inst.readiness == 'ready', what='ready')
+        dom = hv.domains[hot.uuid]
+        assert dom.run_state == fakelibvirt.VIR_DOMAIN_RUNNING and not dom.transient
+        assert json.loads(dom.identity_lines()[0])['uuid'] == U1
+        meta = vconfig.parse_metadata(dom.xml)                 # the live definition's
+        assert meta['uuid'] == U1 and meta['spare'] == hot.uuid and 'role' not in meta
+        assert vconfig.parse_metadata(dom.next_xml)['uuid'] == U1  # and the persistent one
+        assert os.path.exists(os.path.join(conf.instances_path, U1, 'disk.qcow2'))
+        assert os.path.exists(a.driver._identity.path(U1))
+        assert not os.path.exists(os.path.join(conf.instances_path, hot.uuid))
+        report = a.manager.resource_report()
+        assert report['reserved'] == {'vcpus': 0, 'memory_mb': 0, 'disk_gb': 1}   # the saved
+        assert report['usage']['memory_mb'] == 96 + 0 and report['instances'] == 1
+        second = a.wait_job(a.manager.requests.boot_instance(warm_spec(uuid=U2))['job_id'])
+        assert second['result'] == 'warm: hit, spare %s of pool tiny' % saved.uuid
+        third = a.wait_job(a.manager.requests.boot_instance(warm_spec(uuid=U3))['job_id'])
+        assert third['result'] == 'warm: miss, pool empty'
+        for uuid in (U1, U2, U3):
+            assert a.wait_job(a.manager.requests.delete_instance(uuid)['job_id'])['state'] == 'done'
+        assert hv.domains == {} and os.listdir(conf.instances_path) == []
+    finally:
+        a.stop()
+
+
+def test_a_hot_spare_never_overcommits_the_nodes_memory(conf, hv):
+    # 150 MiB of real memory for instances, 600 with the ratio: room for two tiny claims,
+    # and for one hot spare's memory only.
+    a = hot_agent(conf, hv, pool=dataclasses.replace(HOT, hot=2),
+                  allocation=resources.Allocation(ram_ratio=4.0, reserved_memory_mb=32768 - 150))
+    try:
+        assert a.manager.warm.filler.make(HOT, hot=True) is not None
+        assert a.manager.warm.filler.make(HOT, hot=True) is None       # refused, removed
+        assert len(hv.domains) == 1 and a.manager.stats()['warm']['failures'] == 1
+        assert a.manager.resource_report()['reserved']['memory_mb'] == 96
+    finally:
+        a.stop()
+
+
+def test_a_hot_spare_survives_an_agent_restart_and_one_whose_domain_stopped_is_retired(conf, hv):
+    a = hot_agent(conf, hv)
+    spare = a.manager.warm.filler.make(HOT, hot=True)
+    a.stop()
+    b = hot_agent(conf, hv)
+    try:
+        assert [s.uuid for s in b.manager.warm.spares.available()] == [spare.uuid]
+        assert b.manager.resource_report()['reserved']['memory_mb'] == 96
+        assert b.manager.reconciled['spares_kept'] == 1
+        hv.guest_poweroff(spare.uuid)           # killed behind the agent's back: retired
+        wait_until(lambda: b.manager.stats()['warm']['retired'] == 1, what='retired')
+        wait_until(lambda: b.manager.resource_report()['reserved']['memory_mb'] == 0,
+                   what='released')
+        assert b.manager.warm.spares.available() == []
+        wait_until(lambda: os.listdir(conf.instances_path) == [], what='removed')
+    finally:
+        b.stop()
+
+
+def test_a_hot_spare_taken_by_a_boot_the_agent_did_not_finish_is_removed_at_start_up(conf, hv):
+    a = hot_agent(conf, hv)
+    spare = a.manager.warm.filler.make(HOT, hot=True)
+    hv.gates['resume'] = threading.Event()           # the agent dies before the resume
+    a.manager.requests.boot_instance(warm_spec())
+    wait_until(lambda: 'resume' in hv.calls, what='resume sent')
+    a.crash()
+    hv.gates.pop('resume').set()
+    wait_until(lambda: hv.domains[spare.uuid].run_state == fakelibvirt.VIR_DOMAIN_RUNNING,
+               what='resumed')
+    b = hot_agent(conf, hv)
+    try:
+        # the spare's domain runs with the spare's metadata: a take that never finished; it
+        # is removed, and the boot runs again (the pool has nothing left: cold)
+        assert spare.uuid not in hv.domains
+        wait_until(lambda: b.manager.instances[U1].vm_state == 'active', what='booted again')
+        assert b.manager.warm.spares.available() == []
+    finally:
+        b.stop()
+
+
+def test_a_resume_libvirt_refuses_removes_the_hot_spare_and_boots_cold(conf, hv):
+    a = hot_agent(conf, hv)
+    try:
+        spare = a.manager.warm.filler.make(HOT, hot=True)
+        hv.fail_next['resume'] = fakelibvirt.libvirtError('internal error: resume failed')
+        job = a.wait_job(a.manager.requests.boot_instance(warm_spec())['job_id'])
+        assert job['state'] == 'done'
+        assert job['result'] == ('cold (hot: resume failed: libvirt resume failed: internal '
+                                 'error: resume failed)')
+        assert spare.uuid not in hv.domains and U1 in hv.domains
+        assert a.manager.resource_report()['reserved']['memory_mb'] == 0
+        assert sorted(os.listdir(conf.instances_path)) == [U1]
     finally:
         a.stop()

@@ -15,6 +15,7 @@ AGENT_CHANNEL = 'org.qemu.guest_agent.0'
 # Warm boots: a guest restored from a saved spare learns who it is on this port (the agent
 # writes one JSON line on its host-side socket after the restore).
 IDENTITY_CHANNEL = 'org.compute-agent.identity.0'
+RNG_BYTES_PER_S = 1024        # what a guest may read from the host's entropy (virtio-rng)
 
 
 def domain_name(uuid: str) -> str:
@@ -71,6 +72,7 @@ class GuestConfig:
     tcg_tb_cache_mb: int = 0
     metadata: tuple[tuple[str, str], ...] = ()   # extra (key, value) pairs for the metadata
     genid: bool = False          # a VM generation id (libvirt changes it at every restore)
+    rng: bool = False            # a virtio-rng device fed from the host (with genid: pools)
     identity_socket: str | None = None   # host side of the identity port (spares)
 
     def to_xml(self) -> str:
@@ -112,6 +114,13 @@ class GuestConfig:
             channel = ET.SubElement(devices, 'channel', type='unix')
             ET.SubElement(channel, 'source', mode='bind', path=self.identity_socket)
             ET.SubElement(channel, 'target', type='virtio', name=IDENTITY_CHANNEL)
+        if self.rng:
+            # Entropy from the host: the guest's RNG is ready at once (a restored guest's
+            # kernel reseeds from its new generation id only once it is); rate-capped against
+            # a guest that would drain it.
+            rng = ET.SubElement(devices, 'rng', model='virtio')
+            ET.SubElement(rng, 'rate', bytes=str(RNG_BYTES_PER_S), period='1000')
+            ET.SubElement(rng, 'backend', model='random').text = '/dev/urandom'
         ET.SubElement(devices, 'memballoon', model='none')
         self._isolated_user_nics(dom)
         return ET.tostring(dom, encoding='unicode')
@@ -203,7 +212,24 @@ def parse_metadata(xml: str) -> dict | None:
     inst = root.find('metadata/{%s}instance' % METADATA_NS)
     if inst is None:
         return None
-    return {child.tag.split('}', 1)[1]: child.text or '' for child in inst}
+    return {child.tag.rsplit('}', 1)[-1]: child.text or '' for child in inst}
+
+
+def _metadata_element(metadata: tuple[tuple[str, str], ...]) -> ET.Element:
+    inst = ET.Element('{%s}instance' % METADATA_NS)
+    for key, value in metadata:
+        ET.SubElement(inst, '{%s}%s' % (METADATA_NS, key)).text = value
+    return inst
+
+
+def metadata_xml(metadata: tuple[tuple[str, str], ...]) -> str:
+    """The agent's metadata element alone, without a namespace: ``setMetadata`` of a running
+    domain puts its root into ours (libvirt refuses an element that declares it already);
+    its children stay unqualified, which ``parse_metadata`` reads too."""
+    inst = ET.Element('instance')
+    for key, value in metadata:
+        ET.SubElement(inst, key).text = value
+    return ET.tostring(inst, encoding='unicode')
 
 
 def restore_xml(saved: str, title: str, metadata: tuple[tuple[str, str], ...],
@@ -222,9 +248,7 @@ def restore_xml(saved: str, title: str, metadata: tuple[tuple[str, str], ...],
         meta = ET.SubElement(root, 'metadata')
     for old in meta.findall('{%s}instance' % METADATA_NS):
         meta.remove(old)
-    inst = ET.SubElement(meta, '{%s}instance' % METADATA_NS)
-    for key, value in metadata:
-        ET.SubElement(inst, '{%s}%s' % (METADATA_NS, key)).text = value
+    meta.append(_metadata_element(metadata))
     for disk in root.findall('devices/disk'):
         target, source = disk.find('target'), disk.find('source')
         path = disks.get(target.get('dev')) if target is not None else None

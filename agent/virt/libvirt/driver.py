@@ -65,11 +65,13 @@ class LibvirtDriver(driver.ComputeDriver):
             options.connection_uri, runtime, libvirt_mod, event_sink=self._bridge.put,
             keepalive=(options.keepalive_interval, options.keepalive_count),
             retry_interval=options.reconnect_interval)
-        self._identity = videntity.IdentityPorts(options.identity_socket_dir, self._wq)
+        self._identity = videntity.IdentityPorts(options.identity_socket_dir, self._wq,
+                                                 runtime.spawn, self._bridge.put)
         self._domains = vdomains.Domains(self.host, node,
                                          functools.partial(vspares.restored_as, dirs))
         self._spares = vspares.SpareDomains(self.host, node, dirs, self._domains,
-                                            self._identity, self._wq, self._guest_config)
+                                            self._identity, self._wq, self._guest_config,
+                                            libvirt_mod)
         self._listing = vlisting.Listing(self.host, libvirt_mod, self._domains)
         self._agent = vguestagent.GuestAgent(self.host, libvirt_mod, self._domains)
 
@@ -121,6 +123,11 @@ class LibvirtDriver(driver.ComputeDriver):
             return
         if isinstance(item, vhost.Reconnected):
             self._listener(driver.HypervisorReconnected(timestamp=item.timestamp))
+            return
+        if isinstance(item, videntity.IdentityAck):        # keyed by the instance's uuid
+            self._listener(driver.IdentityAcknowledged(
+                uuid=item.uuid, clock_skew=item.clock - item.timestamp,
+                timestamp=item.timestamp))
             return
         if self._domains.is_spare(item.uuid):
             self._listener(driver.SpareEvent(
@@ -174,7 +181,7 @@ class LibvirtDriver(driver.ComputeDriver):
         nics = tuple(vconfig.NicConfig(type=n.type, bridge=n.bridge, mac=n.mac or random_mac())
                      for n in spec.nics)
         return vconfig.GuestConfig(
-            genid=spec.pool is not None,
+            genid=spec.pool is not None, rng=spec.pool is not None,
             identity_socket=self._identity.path(spec.uuid) if spec.pool else None,
             uuid=spec.uuid, name=spec.name, virt_type=self._virt_type, arch=facts.arch,
             vcpus=spec.vcpus, memory_mb=spec.memory_mb,
@@ -309,6 +316,15 @@ class LibvirtDriver(driver.ComputeDriver):
     def restore_warm(self, spec: specmod.BootSpec, spare, disks: tuple) -> None:
         self._spares.restore(spec, spare, disks)
 
+    def pause_spare(self, uuid: str) -> str:
+        return self._spares.pause(uuid)
+
+    def keep_hot_spare(self, uuid: str) -> None:
+        self._spares.keep_hot(uuid)
+
+    def resume_warm(self, spec: specmod.BootSpec, spare, disks: tuple) -> None:
+        self._spares.resume(spec, spare, disks)
+
     def persist(self, uuid: str) -> None:
         self._spares.persist(uuid)
 
@@ -330,4 +346,5 @@ class LibvirtDriver(driver.ComputeDriver):
     def stats(self) -> dict:
         return {'libvirt_calls': dict(self.host.calls),
                 'libvirt_calls_total': sum(self.host.calls.values()),
-                'connected': self.host.connected}
+                'connected': self.host.connected,
+                'identity_answers_ignored': self._identity.ignored}

@@ -1,38 +1,102 @@
-"""A warm or pool instance's identity port: a virtio-serial port whose host side is a unix
-socket; the agent writes the instance's identity (one JSON line) into it each time the guest
-starts."""
+"""A pool instance's identity port: a virtio-serial port whose host side is a unix socket.
+
+The agent writes the instance's identity there (one JSON line, with a sequence number and
+the host's clock) each time its guest starts or resets; the guest sets its clock, takes the
+identity on and answers on the same port with one line ``{"ack": SEQ, "clock": SECONDS}``.
+That answer, for the latest line only, is handed on as an ``IdentityAck``: the instance is
+ready only once it came (``agent.compute.events``). A connection stays open until the domain
+goes (one reader each, no polling); a hot spare's is opened before it is paused and becomes
+its instance's (``rename``).
+"""
+import dataclasses
+import itertools
 import json
+import logging
 import os
 import socket
+import threading
+import time
+from typing import Callable
 
 from agent import exception
 
+LOG = logging.getLogger(__name__)
+
 MAX_SOCKET_PATH = 107          # sun_path
+MAX_ACK_LINE = 4096            # a guest writes no more than this before its newline
+MAX_IGNORED = 64               # lines that answer nothing before a connection is dropped
 
 
-def _open_and_write(path: str, line: bytes, timeout: float = 5.0) -> socket.socket:
-    """Connect to the identity port's socket and write ``line``; the connection is returned
-    open: QEMU drops what it has not yet handed to the guest when the host side closes (seen
-    right after a restore, before the guest ran), so it stays open until the domain goes."""
+@dataclasses.dataclass(frozen=True)
+class IdentityAck:
+    """The guest of ``uuid`` acknowledged identity line ``seq``; ``clock``: its clock then
+    (seconds), ``timestamp``: the host's when the answer came."""
+
+    uuid: str
+    seq: int
+    clock: float
+    timestamp: float
+
+
+class _Conn:
+    """One open connection to a guest's port: whose it is now (a hot spare's becomes its
+    instance's) and the sequence number of the last line written on it."""
+
+    def __init__(self, uuid: str, sock: socket.socket):
+        self.uuid = uuid
+        self.sock = sock
+        self.seq: int | None = None
+
+
+def _connect(path: str, timeout: float = 5.0) -> socket.socket:
+    """Connect to an identity port's socket. The connection stays open: QEMU drops what it
+    has not yet handed to the guest when the host side closes (seen right after a restore,
+    before the guest ran), the guest answers on it, and while it is open the guest's reader
+    waits in a read instead of trying again and again."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
         sock.connect(path)
-        sock.sendall(line)
     except OSError:
         sock.close()
         raise
     return sock
 
 
-class IdentityPorts:
-    """The host sides of the identity ports under ``socket_dir``; writes run on the work
-    queue (``workqueue``)."""
+def _write(sock: socket.socket, line: bytes, timeout: float = 5.0) -> None:
+    sock.settimeout(timeout)
+    sock.sendall(line)
+    sock.settimeout(None)           # from now on only the reader waits on it
 
-    def __init__(self, socket_dir: str, workqueue):
+
+def parse_ack(line: bytes) -> tuple[int, float] | None:
+    """(seq, clock) of a guest's answer line, or None for anything else (a guest is not
+    trusted: a malformed line is ignored)."""
+    try:
+        answer = json.loads(line)
+        seq, clock = answer['ack'], answer['clock']
+    except (ValueError, TypeError, KeyError):
+        return None
+    if type(seq) is not int or type(clock) not in (int, float):
+        return None
+    return seq, float(clock)
+
+
+class IdentityPorts:
+    """The host sides of the identity ports under ``socket_dir``. Writes run on the work
+    queue (``workqueue``); each open connection has a reader (``spawn``: a greenthread under
+    eventlet) that hands the guest's answers to ``sink`` (thread-safe)."""
+
+    def __init__(self, socket_dir: str, workqueue, spawn: Callable[..., None],
+                 sink: Callable[[IdentityAck], None]):
         self._dir = socket_dir
         self._wq = workqueue
-        self._open: dict = {}          # instance uuid -> open connection
+        self._spawn = spawn
+        self._sink = sink
+        self._lock = threading.Lock()
+        self._open: dict[str, _Conn] = {}     # uuid -> its open connection
+        self._seqs = itertools.count(1)
+        self.ignored = 0               # guests' lines that were no answer to their last line
 
     def path(self, uuid: str) -> str:
         """The host side of instance ``uuid``'s identity port."""
@@ -46,22 +110,126 @@ class IdentityPorts:
     def make_dir(self) -> None:
         os.makedirs(self._dir, mode=0o700, exist_ok=True)
 
-    def send(self, uuid: str, identity: dict) -> None:
-        """Write ``identity`` to the guest of ``uuid`` (AgentError if its port is not
-        there)."""
-        line = (json.dumps(identity, sort_keys=True) + '\n').encode()
-        self.close(uuid)
+    def connect(self, uuid: str) -> None:
+        """Open the host side of ``uuid``'s port without writing (a hot spare's, before it is
+        paused: its guest then waits in a read, and wakes as soon as its identity comes)."""
         try:
-            self._open[uuid] = self._wq.execute('identity.write', _open_and_write,
-                                                self.path(uuid), line)
+            sock = self._wq.execute('identity.connect', _connect, self.path(uuid))
         except OSError as exc:
             raise exception.AgentError('identity port of %s: %s' % (uuid, exc)) from None
+        self._watch(_Conn(uuid, sock))
+
+    def send(self, uuid: str, identity: dict) -> int:
+        """Write ``identity`` to the guest of ``uuid``, with a new sequence number and the
+        host's clock (taken on the work queue, just before the write); the number (AgentError
+        if its port is not there). On the open connection if there is one (a fresh one
+        otherwise): an answer to an earlier line no longer counts either way."""
+        seq = next(self._seqs)
+        with self._lock:
+            conn = self._open.get(uuid)
+            if conn is not None:
+                conn.seq = seq
+
+        def write(conn):
+            line = (json.dumps(dict(identity, seq=seq, time=int(time.time())),
+                               sort_keys=True) + '\n').encode()
+            if conn is not None:
+                try:
+                    _write(conn.sock, line)
+                    return None
+                except OSError:     # QEMU closed it (a new QEMU since): a fresh connection
+                    pass
+            sock = _connect(self.path(uuid))
+            try:
+                _write(sock, line)
+            except OSError:
+                sock.close()
+                raise
+            return sock
+        try:
+            sock = self._wq.execute('identity.write', write, conn)
+        except OSError as exc:
+            raise exception.AgentError('identity port of %s: %s' % (uuid, exc)) from None
+        if sock is not None:
+            conn = _Conn(uuid, sock)
+            conn.seq = seq
+            self._watch(conn)
+        return seq
+
+    def rename(self, old: str, new: str) -> None:
+        """The port of ``old`` (a hot spare) is ``new``'s (its instance) from now on: its
+        socket file moves (QEMU's listening socket stays bound to it) and its open
+        connection with it."""
+        try:
+            os.rename(self.path(old), self.path(new))
+        except OSError as exc:
+            raise exception.AgentError('identity port of %s: %s' % (old, exc)) from None
+        with self._lock:
+            conn = self._open.pop(old, None)
+            if conn is not None:
+                conn.uuid = new
+                self._drop_locked(new)
+                self._open[new] = conn
+
+    def _watch(self, conn: _Conn) -> None:
+        with self._lock:
+            self._drop_locked(conn.uuid)
+            self._open[conn.uuid] = conn
+        self._spawn(self._read_answers, conn)
+
+    def _drop_locked(self, uuid: str) -> None:
+        old = self._open.pop(uuid, None)
+        if old is not None:
+            try:
+                old.sock.shutdown(socket.SHUT_RDWR)   # wakes its reader; it closes the socket
+            except OSError:
+                pass
+
+    def _read_answers(self, conn: _Conn) -> None:
+        """Until the connection ends: hand on the guest's answer to the last line written."""
+        buf = b''
+        ignored = 0
+        try:
+            while True:
+                try:
+                    data = conn.sock.recv(4096)
+                except OSError:
+                    return
+                if not data:
+                    return          # the domain went, or the agent closed the connection
+                buf += data
+                while b'\n' in buf:
+                    line, buf = buf.split(b'\n', 1)
+                    answer = parse_ack(line)
+                    with self._lock:
+                        current = (answer is not None and answer[0] == conn.seq
+                                   and self._open.get(conn.uuid) is conn)
+                        uuid = conn.uuid
+                    if not current:
+                        LOG.debug('[instance: %s] identity port: ignored %r', uuid, line[:80])
+                        self.ignored += 1
+                        ignored += 1
+                        if ignored > MAX_IGNORED:
+                            LOG.warning('[instance: %s] identity port: more than %d lines that '
+                                        'answer nothing: no longer read', uuid, MAX_IGNORED)
+                            return
+                        continue
+                    self._sink(IdentityAck(uuid=uuid, seq=answer[0], clock=answer[1],
+                                           timestamp=time.time()))
+                if len(buf) > MAX_ACK_LINE:
+                    LOG.warning('[instance: %s] identity port: a line of more than %d bytes: '
+                                'no longer read', conn.uuid, MAX_ACK_LINE)
+                    return
+        finally:
+            with self._lock:
+                if self._open.get(conn.uuid) is conn:
+                    del self._open[conn.uuid]
+            conn.sock.close()
 
     def close(self, uuid: str) -> None:
-        """Close the identity connection of ``uuid``, if one is open."""
-        sock = self._open.pop(uuid, None)
-        if sock is not None:
-            sock.close()
+        """Close the identity connection of ``uuid``, if one is open (its reader ends)."""
+        with self._lock:
+            self._drop_locked(uuid)
 
     def remove(self, uuid: str) -> None:
         """Close the connection and remove the socket file QEMU left."""

@@ -2,10 +2,13 @@
 
 A spare is a transient domain of its own identity (``createXML``: one call), saved to a file
 once its guest is ready (``saveFlags``; the domain goes) with the XML libvirt stored in the
-image read back once (``saveImageGetXMLDesc``). A warm boot is ONE call, ``restoreFlags``,
-with that XML carrying the instance's metadata, disk, console log and identity socket: the
-guest runs on, ready at once. The job then makes the domain persistent (``defineXML``) so
-that stop and start keep it, as they keep a cold instance's.
+image read back once (``saveImageGetXMLDesc``), or kept hot: paused in memory (``suspend``).
+A warm boot is ONE call: ``restoreFlags``, with that XML carrying the instance's metadata,
+disk, console log and identity socket, or ``resume`` of a hot spare, whose console log and
+identity socket become the instance's first (files renamed; QEMU holds them open). The guest
+runs on; it is ready once it acknowledged its identity. The job then makes the domain
+persistent (``defineXML``; a resumed one gets the instance's metadata first,
+``setMetadata``) so that stop and start keep it, as they keep a cold instance's.
 """
 import dataclasses
 import logging
@@ -41,7 +44,7 @@ class SpareDomains:
 
     def __init__(self, host, node: str, dirs: instancedir.InstanceDirs,
                  domains: vdomains.Domains, identity: videntity.IdentityPorts, workqueue,
-                 guest_config):
+                 guest_config, libvirt_mod):
         """``guest_config(spec, disks)``: the driver's GuestConfig of a boot spec."""
         self._host = host
         self._node = node
@@ -50,11 +53,14 @@ class SpareDomains:
         self._identity = identity
         self._wq = workqueue
         self._guest_config = guest_config
+        self._lv = libvirt_mod
+        self._hot: dict = {}             # hot spare uuid -> (connection epoch, virDomain)
+        self._live_metadata: dict = {}   # resumed instance uuid -> its metadata (persist)
 
     def spawn(self, spec: specmod.BootSpec, disks: tuple, pool: str) -> None:
         conn = self._host.conn()
         config = dataclasses.replace(
-            self._guest_config(spec, disks), genid=True,
+            self._guest_config(spec, disks), genid=True, rng=True,
             identity_socket=self._identity.path(spec.uuid),
             metadata=(('host', self._node), ('role', 'spare'), ('pool', pool),
                       ('created', '%.3f' % time.time())))
@@ -76,6 +82,7 @@ class SpareDomains:
 
     def remove(self, uuid: str) -> None:
         self._domains.spare_gone(uuid)
+        self._hot.pop(uuid, None)
         try:
             dom = self._host.call('lookupByUUIDString', self._host.conn().lookupByUUIDString,
                                   uuid)
@@ -93,22 +100,79 @@ class SpareDomains:
             pass
         self._identity.remove(uuid)
 
-    def restore(self, spec: specmod.BootSpec, spare, disks: tuple) -> None:
+    def pause(self, uuid: str) -> str:
+        """Make a ready spare hot: its identity port opened (its guest then waits in a read),
+        its live XML read, then paused in memory; return that XML. Its events stay a
+        spare's."""
+        self._identity.connect(uuid)
+        epoch = self._host.epoch
+        dom = self._host.call('lookupByUUIDString', self._host.conn().lookupByUUIDString, uuid)
+        xml = self._host.call('XMLDesc', dom.XMLDesc, 0)
+        self._host.call('suspend', dom.suspend)
+        self._hot[uuid] = (epoch, dom)
+        return xml
+
+    def keep_hot(self, uuid: str) -> None:
+        """A hot spare found at start-up, kept: its events are a spare's again."""
+        self._domains.spare_started(uuid)
+
+    def resume(self, spec: specmod.BootSpec, spare, disks: tuple) -> None:
+        """Hot spare ``spare`` becomes instance ``spec``: what the running domain uses of the
+        spare's (console log, identity port) becomes the instance's, the domain is mapped to
+        the instance, then ONE call resumes it. Its metadata and persistent definition are
+        the instance's later (``persist``, after ready)."""
         conn = self._host.conn()
         epoch = self._host.epoch
-        metadata = (('uuid', spec.uuid), ('name', spec.name), ('host', self._node),
-                    ('spare', spare.uuid), ('pool', spare.pool),
-                    ('created', '%.3f' % time.time()), ('vcpus', str(spec.vcpus)),
-                    ('memory_mb', str(spec.memory_mb)), ('disk_gb', str(spec.disk_gb)))
-        xml = vconfig.restore_xml(
+        metadata = self._metadata(spec, spare)
+        xml = self._instance_xml(spec, spare, disks, metadata)
+        self._take_over(spec.uuid, spare.uuid, move_console=True)
+        self._identity.rename(spare.uuid, spec.uuid)
+        self._domains.adopt(spec.uuid, spare.uuid)     # before: the resume's events are its
+        self._domains.spare_gone(spare.uuid)
+        handle = self._hot.pop(spare.uuid, (None, None))
+        dom = handle[1] if handle[0] == epoch else None
+        if dom is None:              # made before a restart or a reconnect: one lookup
+            dom = self._host.call('lookupByUUIDString', conn.lookupByUUIDString, spare.uuid,
+                                  epoch=epoch)
+        self._host.call('resume', dom.resume, epoch=epoch)
+        self._domains.cache(spec.uuid, epoch, dom)
+        self._domains.restored(spec.uuid, xml)
+        self._live_metadata[spec.uuid] = metadata
+
+    def _metadata(self, spec: specmod.BootSpec, spare) -> tuple:
+        return (('uuid', spec.uuid), ('name', spec.name), ('host', self._node),
+                ('spare', spare.uuid), ('pool', spare.pool),
+                ('created', '%.3f' % time.time()), ('vcpus', str(spec.vcpus)),
+                ('memory_mb', str(spec.memory_mb)), ('disk_gb', str(spec.disk_gb)))
+
+    def _instance_xml(self, spec: specmod.BootSpec, spare, disks: tuple, metadata) -> str:
+        """The spare's XML as instance ``spec``'s: its metadata, disks, console, port."""
+        return vconfig.restore_xml(
             spare.xml, spec.name, metadata,
             {'vd' + chr(ord('a') + i): d.path for i, d in enumerate(disks)},
             os.path.join(self._dirs.path(spec.uuid), vconsole.CONSOLE_LOG),
             self._identity.path(spec.uuid))
-        self._dirs.create(spec.uuid)
-        self._wq.execute('instance.record', durable.write_file,
-                         os.path.join(self._dirs.path(spec.uuid), RESTORED_AS),
-                         spare.uuid + '\n')
+
+    def _take_over(self, uuid: str, spare: str, move_console: bool = False) -> None:
+        """The instance's marked directory, recording the domain it runs as; a hot spare's
+        console log moves into it (QEMU writes on into the file it holds open)."""
+        self._dirs.create(uuid)
+
+        def record():
+            durable.write_file(os.path.join(self._dirs.path(uuid), RESTORED_AS), spare + '\n')
+            if move_console:
+                try:
+                    os.rename(os.path.join(self._dirs.path(spare), vconsole.CONSOLE_LOG),
+                              os.path.join(self._dirs.path(uuid), vconsole.CONSOLE_LOG))
+                except FileNotFoundError:
+                    pass
+        self._wq.execute('instance.record', record)
+
+    def restore(self, spec: specmod.BootSpec, spare, disks: tuple) -> None:
+        conn = self._host.conn()
+        epoch = self._host.epoch
+        xml = self._instance_xml(spec, spare, disks, self._metadata(spec, spare))
+        self._take_over(spec.uuid, spare.uuid)
         self._domains.adopt(spec.uuid, spare.uuid)   # before: the restore's events are its
         try:
             self._host.call('restoreFlags', conn.restoreFlags, spare.image, xml, 0, epoch=epoch)
@@ -121,6 +185,15 @@ class SpareDomains:
         self._domains.restored(spec.uuid, xml)
 
     def persist(self, uuid: str) -> None:
+        metadata = self._live_metadata.pop(uuid, None)
+        if metadata is not None:
+            # A resumed hot spare's running definition still names the spare: the instance's
+            # metadata first (what a restart recognises it by), then its definition.
+            dom = self._domains.handle_or_raise(uuid)
+            self._host.call('setMetadata', dom.setMetadata,
+                            self._lv.VIR_DOMAIN_METADATA_ELEMENT,
+                            vconfig.metadata_xml(metadata), 'ca', vconfig.METADATA_NS,
+                            self._lv.VIR_DOMAIN_AFFECT_LIVE)
         xml = self._domains.take_restored(uuid)
         if xml is None:
             dom = self._domains.handle_or_raise(uuid)
