@@ -344,6 +344,31 @@ def test_a_delete_that_arrives_while_the_boot_is_journaled_runs_after_the_boot(a
     assert hv.domains == {} and U1 not in agent.manager.instances
 
 
+def test_a_domain_gone_between_the_listing_and_its_xml_is_skipped(conf, hv):
+    """Another node's domain (our name prefix) is removed while this agent starts: its
+    listing saw it, its XMLDesc finds nothing. The start-up goes on without it."""
+    from agent.virt.libvirt import config as vconfig
+    other = '99999999-2222-3333-4444-555555555555'
+    xml = vconfig.GuestConfig(uuid=other, name='theirs', virt_type='qemu', arch='x86_64',
+                              vcpus=1, memory_mb=64, console_log='/dev/null', kernel='/k',
+                              metadata=(('host', 'node2'),)).to_xml()
+    hv.domains[other] = fakelibvirt.Domain(None, other, vconfig.domain_name(other), xml)
+    listed = hv.late_gates['getAllDomainStats'] = threading.Event()
+    started = []
+    starter = threading.Thread(target=lambda: started.append(Agent(conf, hv)))
+    starter.start()
+    wait_until(lambda: 'getAllDomainStats' in hv.calls, what='listed')
+    del hv.domains[other]              # the other node's teardown removes it
+    listed.set()
+    starter.join(10)
+    assert started, 'the agent did not start'
+    a = started[0]
+    try:
+        assert a.manager.requests.list_instances() == []
+    finally:
+        a.stop()
+
+
 def test_domains_another_node_made_are_not_adopted(conf, hv):
     from agent.virt.libvirt import config as vconfig
     other = '99999999-2222-3333-4444-555555555555'

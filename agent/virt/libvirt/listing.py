@@ -4,6 +4,7 @@ this node, cold or warm, or a spare of this node)."""
 import dataclasses
 import time
 
+from agent import exception
 from agent.virt import driver
 from agent.virt.libvirt import config as vconfig
 from agent.virt.libvirt import domains as vdomains
@@ -36,13 +37,16 @@ class Listing:
                                        ours=self._domains.is_ours(dom_uuid),
                                        power_state=power, domain=dom.name(),
                                        listed_at=listed_at)
-            if self._domains.is_spare(dom_uuid):
-                info = dataclasses.replace(info, spare='?')
-            elif not info.ours and dom.name().startswith(vconfig.DOMAIN_PREFIX):
-                info = self._recognise(dom, info)
-            elif info.ours and with_readiness and power == driver.RUNNING:
-                info = dataclasses.replace(info, ready=vconfig.agent_connected(
-                    self._host.call('XMLDesc', dom.XMLDesc, 0)))
+            try:
+                if self._domains.is_spare(dom_uuid):
+                    info = dataclasses.replace(info, spare='?')
+                elif not info.ours and dom.name().startswith(vconfig.DOMAIN_PREFIX):
+                    info = self._recognise(dom, info)
+                elif info.ours and with_readiness and power == driver.RUNNING:
+                    info = dataclasses.replace(info, ready=vconfig.agent_connected(
+                        self._host.call('XMLDesc', dom.XMLDesc, 0)))
+            except exception.DomainNotFound:
+                continue        # gone since the listing was read: as if listed a moment later
             if info.ours:
                 self._domains.cache(info.uuid, epoch, dom)   # this listing's connection's
             elif info.spare is None:
