@@ -59,8 +59,9 @@ class Power:
     job's spec says ``hard``, a stop job's its ``timeout``)."""
 
     def __init__(self, core: coremod.Core, events: eventsmod.Events,
-                 introduce: Callable[[instancemod.Instance], None], options: PowerOptions):
-        """``introduce(inst)``: tell a started guest who it is (the warm part's)."""
+                 introduce: Callable[..., None], options: PowerOptions):
+        """``introduce(inst, send=True)``: tell a started guest who it is (the warm part's;
+        ``send=False`` before the start: not ready before it answered)."""
         self._core = core
         self._events = events
         self._introduce = introduce
@@ -143,11 +144,15 @@ class Power:
     # -- start ------------------------------------------------------------------------------
     def _start(self, job: jobsmod.Job, inst: instancemod.Instance) -> str:
         try:
-            self._core.driver.power_on(inst.uuid)
+            self._power_on(inst)
         except exception.DomainStateConflict:       # its events tell the state
             return 'already running'
         self._started(inst)
         return 'started'
+
+    def _power_on(self, inst: instancemod.Instance) -> None:
+        self._introduce(inst, send=False)
+        self._core.driver.power_on(inst.uuid)
 
     def _started(self, inst: instancemod.Instance) -> None:
         """The agent started the domain: running (its events confirm it), and a pool
@@ -180,7 +185,7 @@ class Power:
         state (from the start-up listing): running is done, anything else is started."""
         if inst.power_state == vdriver.RUNNING:
             return 'settled after an agent restart: the domain runs'
-        self._core.driver.power_on(inst.uuid)
+        self._power_on(inst)
         self._started(inst)
         return 'settled after an agent restart: started'
 
@@ -189,6 +194,6 @@ class Power:
             self._core.driver.reboot(inst.uuid, hard=True)
             return 'hard'
         except exception.DomainStateConflict:       # not running: start it
-            self._core.driver.power_on(inst.uuid)
+            self._power_on(inst)
             self._started(inst)
             return 'hard (started)'

@@ -89,6 +89,7 @@ class Tasks:
             if core.seeds is None:
                 raise exception.StorageError(reason='this agent makes no seed disks')
             disks.append(core.seeds.create(spec))
+        self._warm.introduce(inst, send=False)     # not ready before it answers: from now on
         core.driver.spawn(spec, tuple(disks))
         self._warm.introduce(inst)   # a pool's instance booted cold: the same devices too
 

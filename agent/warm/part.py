@@ -67,18 +67,21 @@ class WarmPart:
         """Uuids of spares being made (half-made: audits leave them alone)."""
         return set(self.spares.making)
 
-    def introduce(self, inst) -> None:
+    def introduce(self, inst, send: bool = True) -> None:
         """Tell the guest of pool instance ``inst`` who it is, on its identity port: each
         time its QEMU starts or its guest resets. It is not ready until it acknowledged
-        (``inst.identity_pending``, cleared by its answer). A cloud-init pool's guest learns
-        it from its seed instead; an instance of no pool has no port."""
+        (``inst.identity_pending``, cleared by its answer). ``send=False``: only that, before
+        its QEMU starts (its agent channel's event could come before the send otherwise). A
+        cloud-init pool's guest learns it from its seed instead; an instance of no pool has
+        no port."""
         spec = inst.spec
         if spec is None or not spec.pool or self.seeded(spec.pool):
             return
         inst.identity_pending = True
-        self._node.attempt(inst.uuid, 'send the guest its identity',
-                           self._node.driver.send_identity, inst.uuid,
-                           {'uuid': inst.uuid, 'name': inst.name, 'pool': spec.pool})
+        if send:
+            self._node.attempt(inst.uuid, 'send the guest its identity',
+                               self._node.driver.send_identity, inst.uuid,
+                               {'uuid': inst.uuid, 'name': inst.name, 'pool': spec.pool})
 
     def seeded(self, pool: str | None) -> bool:
         """Whether ``pool``'s guests read a NoCloud seed (its instances booted cold too)."""
