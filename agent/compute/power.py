@@ -151,8 +151,13 @@ class Power:
         return 'started'
 
     def _power_on(self, inst: instancemod.Instance) -> None:
+        was = inst.identity_pending
         self._introduce(inst, send=False)
-        self._core.driver.power_on(inst.uuid)
+        try:
+            self._core.driver.power_on(inst.uuid)
+        except BaseException:
+            inst.identity_pending = was     # nothing started (or already running): as it was
+            raise
 
     def _started(self, inst: instancemod.Instance) -> None:
         """The agent started the domain: running (its events confirm it), and a pool

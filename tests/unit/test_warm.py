@@ -237,6 +237,24 @@ def test_a_warm_instance_stops_starts_and_deletes_like_any_other(conf, hv):
         a.stop()
 
 
+def test_a_start_that_finds_the_domain_running_leaves_the_identity_alone(conf, hv):
+    a = warm_agent(conf, hv)
+    try:
+        a.wait_job(a.manager.requests.boot_instance(warm_spec())['job_id'])
+        inst = a.manager.instances[U1]
+        wait_until(lambda: inst.readiness == 'ready', what='ready')
+        a.wait_job(a.manager.requests.stop_instance(U1, timeout=0)['job_id'])
+        # started behind the agent's back meanwhile: libvirt says it runs already
+        hv.fail_next['createWithFlags'] = fakelibvirt.libvirtError(
+            'Requested operation is not valid: domain is already running',
+            fakelibvirt.VIR_ERR_OPERATION_INVALID)
+        job = a.wait_job(a.manager.requests.start_instance(U1)['job_id'])
+        assert job['result'] == 'already running'
+        assert not inst.identity_pending        # nothing was started, nothing is awaited
+    finally:
+        a.stop()
+
+
 def test_a_warm_boot_with_an_empty_pool_boots_cold_and_says_so(conf, hv):
     a = warm_agent(conf, hv)
     try:
