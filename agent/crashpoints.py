@@ -61,7 +61,8 @@ POINTS = {
     'spare.save.saved': "a spare's memory image written (its domain gone), record not 'saved'",
     'spare.save.recorded': "a spare recorded 'saved', not yet available to boots",
     'spare.hot.paused': "a hot spare's domain paused in memory, record not 'hot'",
-    'spare.take.marked': "a spare recorded 'taken' by a boot, its disk not yet handed over",
+    'spare.take.marked': "a spare taken by a boot (a saved one recorded 'taken'), its disk "
+                         "not yet handed over",
     'spare.take.restored': 'a spare restored as the instance, the spare not yet discarded',
     'spare.take.resumed': "a hot spare resumed as the instance, its metadata still the spare's",
     'spare.discard.removing': "a used spare's directory about to be removed",

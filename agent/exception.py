@@ -82,6 +82,13 @@ class HypervisorUnavailable(HypervisorError):
     msg_fmt = 'libvirt is unreachable: %(reason)s'
 
 
+class VersionCapped(AgentError):
+    """A call the client's version cap does not allow yet (a rolling upgrade is under way)."""
+    msg_fmt = ('%(what)s needs RPC version %(needed)s; this client is capped at %(cap)s '
+               '([upgrade_levels] %(option)s): raise the cap once every server runs '
+               '%(needed)s or later')
+
+
 class ConfigError(AgentError):
     """The configuration cannot work on this node; the agent does not start."""
     msg_fmt = 'Configuration error: %(reason)s'

@@ -51,6 +51,16 @@ class InstanceDirs:
         that name that is not marked as the agent's is never taken over (DirectoryNotOurs)."""
         return self._execute('dir.create', self._create, uuid)
 
+    def create_here(self, uuid: str) -> str:
+        """``create``, run by the caller (already on the work queue)."""
+        return self._create(uuid)
+
+    def execute(self, op: str, fn, *args):
+        """Run ``fn(*args)`` where these directories' blocking work runs (the work queue):
+        for the other filesystem changes in them. A rename or unlink can wait for the
+        filesystem's journal (another thread's fsync), so it never runs in an event loop."""
+        return self._execute(op, fn, *args)
+
     def _create(self, uuid: str) -> str:
         d = self.path(uuid)
         if self._marked(uuid):

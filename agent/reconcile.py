@@ -4,7 +4,7 @@ Pure: given the journal's jobs, the domains of ours the hypervisor holds (one li
 disks and instance directories of ours the storage holds (one listing), ``plan`` decides, per
 instance uuid, one action. The manager carries the plan out.
 
-Rules (also in the README):
+Rules (also in docs/api.md):
 - a boot interrupted by the restart (its job queued or running in the journal):
   - its domain is running: the boot got through; the job ends ``done``;
   - else, if it has run fewer than ``max_attempts`` times: whatever it made is removed and it

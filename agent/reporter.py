@@ -6,11 +6,10 @@ after a window that gathers concurrent changes. The window adapts: a change afte
 spell waits ``window`` (short); while changes keep coming (a storm) messages go at most one
 per ``busy_window``, so N boots cost about (storm length / busy_window) messages however large
 N is, and no change waits longer than ``busy_window`` plus one send. At most one message is
-in flight, a
-later state of an instance (or a later resource generation) supersedes an unsent earlier one,
-a resource report whose capacity and usage equal the last one sent is dropped, and a failed
-send keeps its content for the next attempt (with back-off), so nothing is lost while the
-conductor is away.
+in flight, a later state of an instance (or a later resource generation) supersedes an unsent
+earlier one, a resource report whose capacity and usage equal the last one sent is dropped,
+and a failed send keeps its content for the next attempt (with back-off), so nothing is lost
+while the conductor is away.
 """
 import logging
 import threading

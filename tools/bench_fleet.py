@@ -9,7 +9,7 @@ Run it through tools/bench-fleet.sh (node set-up, PostgreSQL, venv, then this). 
 nodes at the same time), the conductor is waited for until every instance is active, then
 every instance is deleted the same way. Why node after node: K agents share this machine's
 cores, where in a fleet each has its own; K storms at once stretch every node's storm over
-the whole machine's (see README, "Fleet simulation"). Measured per W:
+the whole machine's (see docs/benchmarks.md, "Fleet simulation"). Measured per W:
 
 - lag: each instance's ACTIVE time in its agent (``active_at``, the agent's event time) to
   when the conductor first stored it (``active_seen_at``): p50, p99, max; and its parts:

@@ -50,6 +50,9 @@ from agent.virt.libvirt import config as vconfig  # noqa: E402
 
 KINDS = ('cold_floor', 'cold_agent', 'restore_floor', 'warm_agent', 'resume_floor', 'hot_agent')
 SETTLE_S = 2.0          # [warm] settle_seconds, the agent's default
+# How long the floor's hot spares stay paused before the resumes: at least as long as the
+# agent's do (the hot-agent run waits a second for its filler to be idle, then pings).
+PAUSED_S = 2.0
 POOL = ('[warm]\npools = bench\nquiet_seconds = 0.5\n[warm_pool:bench]\nsize = %d\nhot = %d\n'
         'vcpus = 1\nmemory_mb = %d\nkernel = test-vmlinuz\ninitrd = test-initrd.img\n'
         'cmdline = %s\ndisk_gb = 1\nuser_nics = 1\n')
@@ -143,6 +146,7 @@ class RestoreFloor:
             for u in uuids:
                 self.floor.ready.pop(u, None)
                 self.floor.started.pop(u, None)
+            time.sleep(PAUSED_S)
             return {u: (ports[u], None) for u in uuids}
         images = {u: os.path.join(self.dir, u + '.save') for u in uuids}
 
@@ -162,7 +166,7 @@ class RestoreFloor:
         saved = self._prepare(n, memory_mb, ready_timeout, hot)
         uuids = list(saved)
         barrier = threading.Barrier(n)
-        t0, errors, acked = {}, {}, {}
+        t0, errors, acked, called = {}, {}, {}, {}
         cpu_before = bs.cpu_by_process()
 
         def restore(uuid):
@@ -173,11 +177,13 @@ class RestoreFloor:
                 t0[uuid] = time.monotonic()
                 if hot:
                     dom.resume()
+                    called[uuid] = time.monotonic() - t0[uuid]
                     acked[uuid] = identify_on(saved[uuid][0], uuid)
                     self.floor.ready[uuid] = t0[uuid]     # its channel stayed open
                     self.floor.started[uuid] = t0[uuid]
                 else:
                     conn.restoreFlags(saved[uuid][0], saved[uuid][1], 0)
+                    called[uuid] = time.monotonic() - t0[uuid]
                     acked[uuid] = identify(self._socket(uuid), uuid)
             except (libvirt.libvirtError, OSError, ValueError) as exc:
                 errors[uuid] = str(exc)
@@ -201,7 +207,10 @@ class RestoreFloor:
         active = {u: self.floor.started[u] - t0[u] for u in uuids if u in self.floor.started}
         cpu = bs.cpu_since(cpu_before)
         self._remove(uuids)
-        return {'active_s': active, 'ready_s': ready, 'errors': errors, 'cpu_s': cpu}
+        # call_s: the libvirt call alone (resume or restoreFlags); the rest of ready_s is the
+        # guest's answer.
+        return {'active_s': active, 'ready_s': ready, 'call_s': called, 'errors': errors,
+                'cpu_s': cpu}
 
     def _remove(self, uuids) -> None:
         for uuid in uuids:
@@ -237,6 +246,10 @@ def warm_storm(svc: 'bs.Services', n: int, memory_mb: int, ready_timeout: float,
         progress.show('%s N=%d: pool %d/%d' % (label, n, warm[kind].get('bench', 0), n))
         time.sleep(1)
     time.sleep(1.0)                     # the filler is idle (nothing half-made)
+    # As the cold storm does: N pings at once first, so the client has its N connections and
+    # reply queues before the clock starts (otherwise their set-up is counted as the agent's).
+    bs.released_at_once(n, lambda i: svc.compute.ping(svc.host))
+    pings = bs.released_at_once(n, lambda i: svc.compute.ping(svc.host))
     before = svc.compute.get_stats(svc.host)
     pids = {'agent': proc.pid, 'conductor': svc.procs['conductor'].pid}
     cpu_before = bs.cpu_by_process(pids)
@@ -263,6 +276,7 @@ def warm_storm(svc: 'bs.Services', n: int, memory_mb: int, ready_timeout: float,
     calls = {k: v - before['driver']['libvirt_calls'].get(k, 0)
              for k, v in after['driver']['libvirt_calls'].items()
              if v != before['driver']['libvirt_calls'].get(k, 0)}
+    trace = svc.compute.write_trace(svc.host)
     progress.show('%s N=%d: deleting' % (label, n), force=True)
     for u in answered:
         svc.compute.delete_instance(svc.host, u)
@@ -270,9 +284,9 @@ def warm_storm(svc: 'bs.Services', n: int, memory_mb: int, ready_timeout: float,
     svc.stop('agent')
     return {'ready_s': {u: r['ready_at'] - t0_wall[u] for u, r in rows.items()},
             'active_s': {u: r['active_at'] - t0_wall[u] for u, r in rows.items()},
-            'answer_s': answered, 'refused': refused,
+            'answer_s': answered, 'ping_s': list(pings.values()), 'refused': refused,
             'warm_hits': sum(r.startswith(('hot: hit' if hot else 'warm: hit')) for r in results),
-            'libvirt_calls': calls, 'cpu_s': cpu}
+            'libvirt_calls': calls, 'cpu_s': cpu, 'trace': trace.get('path')}
 
 
 def summarize(n: int, runs: dict) -> dict:

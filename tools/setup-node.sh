@@ -172,7 +172,7 @@ make_certificates() {
 }
 
 configure_rabbitmq() {
-    # TLS only, on loopback: no plain AMQP listener (an operator may add one, see README).
+    # TLS only, on loopback: no plain AMQP listener (an operator may add one, see docs/trust.md).
     # The Erlang distribution (how rabbitmqctl gets in) on loopback too, under a node name
     # that resolves there on any host (rabbit@localhost; epmd: start_rabbitmq).
     local env=/etc/rabbitmq/rabbitmq-env.conf envwant='# Written by compute-agent tools/setup-node.sh

@@ -2,5 +2,5 @@
 import warnings
 
 # eventlet announces its deprecation on import (oslo.messaging imports it in every process).
-# Known and documented in the README; keep it out of every command's output.
+# Known and documented (docs/operations.md); keep it out of every command's output.
 warnings.filterwarnings('ignore', message=r'(?s).*Eventlet is deprecated')

@@ -9,9 +9,9 @@ from agent import crashpoints
 
 
 def main(argv=None) -> int:
-    from agent import service
     from agent.conductor import db
     from agent.conductor import migrate
+    from agent.conductor import service
     from agent.conductor import workers
     logging.register_options(conf.CONF)
     conf.CONF(argv if argv is not None else sys.argv[1:], project='compute-agent')

@@ -366,7 +366,8 @@ def main(argv=None) -> int:
     args.host = args.host or conf.CONF.host
     transport = rpc.get_transport(conf.CONF)
     nodes = rpc.node_transports(conf.CONF)
-    compute = compute_api.ComputeAPI(nodes, timeout=args.rpc_timeout)
+    compute = compute_api.ComputeAPI(nodes, timeout=args.rpc_timeout,
+                                     version_cap=conf.CONF.upgrade_levels.compute)
     conductor = conductor_api.ConductorAPI(transport, conf.CONF.conductor.topic,
                                            timeout=args.rpc_timeout)
     try:

@@ -15,6 +15,7 @@ from agent import instancedir
 from agent import jobs as jobsmod
 from agent import journal as journalmod
 from agent import metrics as metricsmod
+from agent import report as reportmod
 from agent import resources
 from agent import sequence
 from agent import trace as tracemod
@@ -108,10 +109,7 @@ class Core:
         """Queue ``inst``'s current state for the conductor, with a new ``seq``."""
         inst.seq = self.sequence.next()
         inst.updated_at = time.time()
-        state = inst.to_dict()
-        state.pop('spec')
-        state['host'] = self.host
-        self.reporter.update(state)
+        self.reporter.update(reportmod.state(inst.to_dict(), self.host))
 
     def busy(self) -> set[str]:
         """The instances a boot or delete works on now: what they hold is half-made, so

@@ -4,24 +4,33 @@ import time
 
 import oslo_messaging
 
+from agent import report as reportmod
 from agent import signing
 from agent.conductor import manager
+from agent.rpc import versions
 
-VERSION = '2.0'
+VERSION = reportmod.VERSION
 
 
 class ReportAPI:
-    """A node's reports to the conductor (topic ``[conductor] topic``), signed with its key."""
+    """A node's reports to the conductor (topic ``[conductor] topic``), signed with its key.
+    ``version_cap``: ``[upgrade_levels] conductor`` (None: the newest); reports are sent at
+    that version, without the fields of later ones."""
 
     def __init__(self, transport, topic: str = 'conductor', key: bytes | None = None,
-                 timeout: float | None = None):
-        target = oslo_messaging.Target(topic=topic, version=VERSION)
-        self._client = oslo_messaging.get_rpc_client(transport, target, timeout=timeout)
+                 timeout: float | None = None, version_cap: str | None = None):
+        self.version = versions.cap(version_cap, VERSION, 'conductor')
+        target = oslo_messaging.Target(topic=topic, version=self.version)
+        self._client = oslo_messaging.get_rpc_client(transport, target, timeout=timeout,
+                                                     version_cap=self.version)
+        self._fields = reportmod.fields(self.version)
         self._key = key
 
     def report(self, host: str, states: list[dict], resources: dict | None) -> int:
         """Send one node's batch of instance states and its usage report (either may be
         empty), with when it left; how many states the conductor applied."""
+        if self.version != VERSION:
+            states = [{f: s.get(f) for f in self._fields} for s in states]
         sent_at = time.time()
         sig = (None if self._key is None
                else signing.sign(self._key, host, states, resources, sent_at))

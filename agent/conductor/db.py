@@ -27,12 +27,12 @@ from sqlalchemy.dialects import sqlite
 
 from agent import crashpoints
 from agent.conductor import migrate
+from agent import report as reportmod
 from agent.conductor import schema
 
 LOG = logging.getLogger(__name__)
 
-FIELDS = ('uuid', 'host', 'name', 'vm_state', 'power_state', 'task', 'fault', 'boot_job',
-          'accepted_at', 'active_at', 'updated_at', 'seq', 'readiness', 'ready_at')
+FIELDS = tuple(reportmod.FIELDS)       # what a report says of an instance (uuid first)
 # When the conductor first stored the current active_at / ready_at (a report's lag is
 # ``*_seen_at - *_at``): kept while a later report repeats the same time.
 SEEN = (('active_seen_at', 'active_at'), ('ready_seen_at', 'ready_at'))

@@ -12,6 +12,8 @@ Version history:
   2.0 - report carries sig (the node's key signs it) and is the report topic's one method;
         the queries are on the control topic, with forget_instance and move_instance;
         report_instance_states (unsigned) is gone
+  2.1 - report states carry delete_job, power_job and domain (``agent.report``), stored;
+        2.0 reports (an agent capped at 2.0) are accepted, those fields unknown
 """
 import logging
 import threading
@@ -20,6 +22,7 @@ import time
 import oslo_messaging
 
 from agent import exception
+from agent import report as reportmod
 from agent import signing
 from agent.conductor import validate
 
@@ -39,7 +42,7 @@ class ReportEndpoint:
     """Stores nodes' reports, each signed by its node's key. Bad input gets InvalidReport and
     changes nothing."""
 
-    target = oslo_messaging.Target(version='2.0')
+    target = oslo_messaging.Target(version=reportmod.VERSION)
 
     def __init__(self, store, keys, report_delay: float = 0.0, max_future_s: float = 300.0,
                  max_rows: int = 2000, clock_ns=time.time_ns):
@@ -97,7 +100,7 @@ class ControlEndpoint:
     """The control plane's queries and corrections; waits are bounded in number and time and
     hold no lock that reports need."""
 
-    target = oslo_messaging.Target(version='2.0')
+    target = oslo_messaging.Target(version=reportmod.VERSION)
 
     def __init__(self, store, max_waits: int = 32):
         self._store = store

@@ -30,6 +30,9 @@ instances = sa.Table(
     sa.Column('ready_at', sa.Float),
     sa.Column('active_seen_at', sa.Float),
     sa.Column('ready_seen_at', sa.Float),
+    sa.Column('delete_job', sa.String(36)),      # 2.1
+    sa.Column('power_job', sa.String(36)),       # 2.1
+    sa.Column('domain', sa.String(255)),         # 2.1
     sa.Index('instances_host', 'host'),
 )
 

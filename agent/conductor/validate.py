@@ -92,7 +92,15 @@ def state(raw, i: int, node: str, max_seq: int) -> dict:
         'readiness': choice(raw.get('readiness'), where + '.readiness', READINESS,
                             optional=True),
         'ready_at': number(raw.get('ready_at'), where + '.ready_at', 0, 1e11),
+        # 2.1 (an agent capped at 2.0 leaves them out: unknown)
+        'delete_job': _job(raw.get('delete_job'), where + '.delete_job'),
+        'power_job': _job(raw.get('power_job'), where + '.power_job'),
+        'domain': _text(raw.get('domain'), where + '.domain', 255),
     }
+
+
+def _job(value, where: str) -> str | None:
+    return None if value is None else uuid(value, where)
 
 
 def _amounts(raw, where: str) -> dict:

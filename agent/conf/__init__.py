@@ -13,11 +13,12 @@ from agent.conf import readiness
 from agent.conf import resources
 from agent.conf import storage
 from agent.conf import trace
+from agent.conf import upgrade_levels
 from agent.conf import warm
 from agent.conf import workqueue
 
 CONF = cfg.CONF
 
 for _mod in (default, libvirt, workqueue, conductor, storage, resources, jobs, metrics,
-             trace, network, power, readiness, warm, images):
+             trace, network, power, readiness, warm, images, upgrade_levels):
     _mod.register_opts(CONF)

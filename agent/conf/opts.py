@@ -11,6 +11,7 @@ from agent.conf import readiness
 from agent.conf import resources
 from agent.conf import storage
 from agent.conf import trace
+from agent.conf import upgrade_levels
 from agent.conf import warm
 from agent.conf import workqueue
 
@@ -18,6 +19,6 @@ from agent.conf import workqueue
 def list_opts():
     result = []
     for mod in (default, libvirt, workqueue, conductor, storage, resources, jobs, metrics,
-                trace, network, power, readiness, warm, images):
+                trace, network, power, readiness, warm, images, upgrade_levels):
         result.extend(mod.list_opts().items())
     return result

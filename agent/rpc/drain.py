@@ -4,8 +4,8 @@ oslo.messaging's RabbitMQ listener acknowledges a request as it arrives (in the 
 callback), and its ``stop()`` only ends the poll loop: the consumer is not cancelled at the
 broker, which goes on delivering. When the listener's connection closes (about a second later,
 in ``server.wait()``), the close reads what was delivered meanwhile, the callback acknowledges
-each request, and nothing handles them: their callers wait for their timeout (measured: all 16
-reports in flight when a conductor stopped were lost). The listener's connection is read by
+each request, and nothing handles them: their callers wait for their timeout (the reports in
+flight when a conductor stops would be lost). The listener's connection is read by
 its poll thread only, so the cancel cannot be sent from here while it runs.
 
 ``leave_unacked(server)``, called between ``server.stop()`` (the poll thread has ended; what

@@ -49,6 +49,13 @@ class FileBackend(backend.StorageBackend):
                 out[uuid] = backend.DiskInfo(uuid=uuid, name=path, size=images.virtual_size(path))
         return out
 
+    @staticmethod
+    def _unlink(path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
     def inventory(self, fresh: bool = False) -> backend.Inventory:
         """Instance disks may take the free space plus what the agent's own disk files already
         take (their allocated blocks: qcow2 files are thin), less the reserve kept for the
@@ -70,7 +77,7 @@ class FileBackend(backend.StorageBackend):
             self._dirs.create(uuid)
             self._run.check('qcow2_create', {'uuid': uuid, 'size': size, 'image': image,
                                              'format': image_format}, instance=uuid)
-            os.chmod(path, DISK_MODE)
+            self._dirs.execute('disk.chmod', os.chmod, path, DISK_MODE)
             crashpoints.reached('disk.file.created', uuid)
         LOG.info('[instance: %s] created %s (%d bytes)', uuid, path, size)
         return backend.Disk(path=path, format='qcow2', kind='file',
@@ -79,9 +86,12 @@ class FileBackend(backend.StorageBackend):
     def adopt_disk(self, owner: str, uuid: str) -> backend.Disk:
         """A rename into the instance's marked directory (same filesystem: atomic)."""
         path = self._disk_path(uuid)
-        try:
-            self._dirs.create(uuid)
+
+        def adopt():
+            self._dirs.create_here(uuid)
             os.rename(self._disk_path(owner), path)
+        try:
+            self._dirs.execute('disk.adopt', adopt)
             crashpoints.reached('disk.file.adopted', uuid, owner)
         except OSError as exc:
             raise exception.StorageError(reason='moving the disk of %s to %s: %s'
@@ -91,10 +101,6 @@ class FileBackend(backend.StorageBackend):
         return backend.Disk(path=path, format='qcow2', kind='file')
 
     def delete_disks(self, uuid: str) -> None:
-        path = self._disk_path(uuid)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        self._dirs.execute('disk.delete', self._unlink, self._disk_path(uuid))
         crashpoints.reached('disk.file.deleted', uuid)
         self._dirs.remove_if_empty(uuid)   # only if nothing else of it is left

@@ -226,10 +226,13 @@ class ComputeDriver(abc.ABC):
         """A hot spare found at start-up is kept: its events are a spare's."""
         raise NotImplementedError
 
-    def resume_warm(self, spec: specmod.BootSpec, spare, disks: tuple) -> None:
+    def resume_warm(self, spec: specmod.BootSpec, spare, disks: tuple,
+                    before_resume=None) -> None:
         """Resume hot ``spare`` (agent.warm.spares.Spare) as instance ``spec`` with ``disks``:
         one hypervisor call. Like ``restore_warm`` it runs under the spare's hypervisor
-        identity from now on."""
+        identity from now on. ``before_resume()``: called once the paused domain is the
+        instance's, just before that call (its identity is written then: the guest reads it
+        as it wakes)."""
         raise NotImplementedError
 
     def persist(self, uuid: str) -> None:

@@ -1,12 +1,12 @@
 """The warm path of a boot: restore one of its pool's saved spares as the instance (the
 boot job runs it through ``agent.warm.part.WarmPart.boot``).
 
-The spare is handed out once (``SpareStore.take``) and recorded as the instance's before
-anything of it changes; its disk becomes the instance's (the backend moves it under the
-instance's name), then ONE hypervisor call restores it: the guest runs on from where it was
-saved, already booted; it is ready once it became the instance (its identity acknowledged,
-its clock set). Whatever happens after the take, the spare is used up: its memory image goes,
-and its reservation with it.
+The spare is handed out once (``SpareStore.take``; a saved one is recorded as the
+instance's before anything of it changes); its disk becomes the instance's (the backend moves
+it under the instance's name), then ONE hypervisor call restores (or, a hot spare, resumes)
+it: the guest runs on from where it was saved or paused, already booted; it is ready once it
+became the instance (its identity acknowledged, its clock set). Whatever happens after the
+take, the spare is used up: its memory image goes, and its reservation with it.
 """
 import logging
 import time
@@ -51,7 +51,10 @@ class Restorer:
         node = self._node
         pool = self._pools.get(spare.pool)
         seeded = pool is not None and pool.seeded
-        self._spares.mark_taken(spare, inst.uuid)
+        if not spare.hot:
+            # A hot spare needs no record: a restart keeps one only while its domain is
+            # paused and its disk is its own, which stops being so at the first change.
+            self._spares.mark_taken(spare, inst.uuid)
         crashpoints.reached('spare.take.marked', inst.uuid, spare.uuid)
         inst.identity_pending = True         # not ready before it is itself
         try:
@@ -61,11 +64,18 @@ class Restorer:
                 disks_out.append(node.seeds.create(spec))
             if spare.hot:
                 inst.channel_open = True     # its guest held the agent channel when paused
-                node.driver.resume_warm(spec, spare, tuple(disks_out))
+                # Told who it is while still paused (QEMU queues the line on the open port):
+                # the guest reads it as it wakes, with no round trip after the resume.
+                node.driver.resume_warm(spec, spare, tuple(disks_out),
+                                        before_resume=lambda: self._introduce(inst))
                 crashpoints.reached('spare.take.resumed', inst.uuid, spare.uuid)
             else:
                 node.driver.restore_warm(spec, spare, tuple(disks_out))
                 crashpoints.reached('spare.take.restored', inst.uuid, spare.uuid)
+            if not seeded and not spare.hot:
+                # Ready once the guest acknowledged it (its clock set): told before the
+                # spare's leftovers are removed, which the guest need not wait for.
+                self._introduce(inst)
         except BaseException as exc:
             inst.identity_pending = False    # a cold boot follows: ready by its event
             inst.channel_open = None
@@ -87,7 +97,6 @@ class Restorer:
             self._persist(inst)
             self._become_itself(inst, pool.identity_timeout)
             return result
-        self._introduce(inst)       # ready once the guest acknowledged it (its clock set)
         # Off the way to ready: the domain is made persistent (stop and start keep it) once
         # the guest's ready event is in (it follows the restore at once), so the one call of
         # the warm path is the only one before ready. Failing leaves it running, transient.

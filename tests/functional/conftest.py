@@ -32,7 +32,7 @@ VIRT_TYPE = os.environ.get('COMPUTE_AGENT_VIRT_TYPE', 'qemu')
 URI = 'qemu:///system'
 MARKER = 'COMPUTE-AGENT-GUEST-READY'
 TEST_GUEST = ('test-vmlinuz', 'test-initrd.img', 'test-vmgenid-vmlinuz', 'test-vmgenid-initrd.img')
-GUEST_VERSION = 10      # the test guest these tests rely on (ports, probe, flood, identity answers, vmgenid)
+GUEST_VERSION = 11      # the test guest these tests rely on (ports, probe, flood, identity answers, vmgenid)
 # Broker credentials written by tools/setup-node.sh (TLS to 127.0.0.1:5671, root only): each
 # node's own (``node_credentials``: its queues in its own virtual host; it may only report to
 # conductors); the control plane's (conductor, these tests' clients) may command nodes.

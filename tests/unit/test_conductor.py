@@ -3,12 +3,14 @@ import concurrent.futures
 import logging
 import os
 import threading
+import uuid as uuidlib
 
 import oslo_messaging
 import pytest
 from oslo_messaging._drivers import common as rpc_common
 
 from agent import exception
+from agent import report as reportmod
 from agent import rpc
 from agent import signing
 from agent.conductor import db
@@ -295,3 +297,23 @@ def test_waits_are_bounded_and_a_wait_holds_nothing_reports_need(tmp_path):
         rows = [w.result(30) for w in waits if w not in done]
     assert [r[UA]['vm_state'] for r in rows if r] == ['active', 'active']
     store.close()
+
+
+def test_a_report_stores_its_jobs_and_domain_and_a_2_0_report_leaves_them_unknown(endpoint):
+    job, other = str(uuidlib.uuid4()), str(uuidlib.uuid4())
+    assert endpoint.report({}, 'h1', [good(delete_job=job, power_job=other,
+                                           domain='ca-' + UA)]) == 1
+    row = endpoint.get_instance({}, UA)
+    assert (row['delete_job'], row['power_job'], row['domain']) == (job, other, 'ca-' + UA)
+    two_oh = {f: v for f, v in good(seq=NOW_NS - 4).items()
+              if f in reportmod.fields('2.0')}                 # an agent capped at 2.0
+    assert endpoint.report({}, 'h1', [two_oh]) == 1
+    row = endpoint.get_instance({}, UA)
+    assert (row['delete_job'], row['power_job'], row['domain']) == (None, None, None)
+
+
+@pytest.mark.parametrize('field, value', [('delete_job', 'not-a-uuid'), ('power_job', 7),
+                                          ('domain', 'x' * 300)])
+def test_a_report_with_a_bad_job_or_domain_is_refused(endpoint, field, value):
+    with pytest.raises(exception.InvalidReport, match=field):
+        endpoint.report({}, 'h1', [good(**{field: value})])

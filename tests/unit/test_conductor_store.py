@@ -199,7 +199,7 @@ def test_pruning_deletes_only_old_report_records(tmp_path):
 
 @pytest.mark.parametrize('worker, pruned', [(None, True), (0, True), (1, False)])
 def test_the_first_conductor_worker_prunes_old_report_records(tmp_path, conf, worker, pruned):
-    from agent import service
+    from agent.conductor import service
     conf.set_override('database', str(tmp_path / 'c.sqlite'), group='conductor')
     conf.set_override('reports_retention', 60.0, group='conductor')
     oslo_messaging.get_rpc_transport(conf, url='fake:/').cleanup()    # registers its options

@@ -14,7 +14,9 @@ from agent import resources
 from agent.warm import restore as restoremod
 from agent.storage import seeds as seedsmod
 from agent.virt.libvirt import config as vconfig
+from agent.virt.libvirt import spares as vspares
 from agent.warm import pools as poolsmod
+from agent.warm import spares as sparesmod
 from tests.unit import fakelibvirt
 from tests.unit.conftest import Agent, boot_spec, wait_until
 
@@ -808,6 +810,62 @@ def test_a_hot_spare_taken_by_a_boot_the_agent_did_not_finish_is_removed_at_star
         assert spare.uuid not in hv.domains
         wait_until(lambda: b.manager.instances[U1].vm_state == 'active', what='booted again')
         assert b.manager.warm.spares.available() == []
+    finally:
+        b.stop()
+
+
+def test_a_hot_take_writes_nothing_durable_before_the_resume_and_records_it_before_its_metadata(
+        conf, hv):
+    """And it tells the guest who it is before the resume."""
+    a = hot_agent(conf, hv)
+    spare = a.manager.warm.filler.make(HOT, hot=True)
+    record = os.path.join(conf.instances_path, spare.uuid, sparesmod.RECORD)
+    restored_as = os.path.join(conf.instances_path, U1, vspares.RESTORED_AS)
+    hv.gates['resume'] = threading.Event()
+    a.manager.requests.boot_instance(warm_spec())
+    wait_until(lambda: 'resume' in hv.calls, what='resume sent')
+    # Before the resume: the spare is still recorded hot (a restart decides by its domain
+    # and its disk), nothing says which domain the instance runs as; its identity is written
+    # already (the guest reads it as it wakes).
+    with open(record) as f:
+        assert json.load(f)['state'] == 'hot'
+    assert not os.path.exists(restored_as)
+    assert json.loads(hv.domains[spare.uuid].identity_lines()[-1])['uuid'] == U1
+    hv.gates['setMetadata'] = threading.Event()
+    hv.gates.pop('resume').set()
+    wait_until(lambda: 'setMetadata' in hv.calls, what='setMetadata sent')
+    with open(restored_as) as f:           # recorded before the metadata names the instance
+        assert f.read().strip() == spare.uuid
+    hv.gates.pop('setMetadata').set()
+    try:
+        wait_until(lambda: 'defineXML' in hv.calls, what='persistent')
+        assert a.manager.instances[U1].readiness == 'ready'
+    finally:
+        a.stop()
+    b = hot_agent(conf, hv)        # recognised by its metadata and that record
+    try:
+        assert b.manager.instances[U1].vm_state == 'active'
+        assert list(hv.domains) == [spare.uuid]
+    finally:
+        b.stop()
+
+
+def test_a_hot_take_killed_before_its_resume_leaves_no_spare_and_boots_again(conf, hv):
+    a = hot_agent(conf, hv)
+    spare = a.manager.warm.filler.make(HOT, hot=True)
+    hv.gates['resume'] = threading.Event()
+    a.manager.requests.boot_instance(warm_spec())
+    wait_until(lambda: 'resume' in hv.calls, what='resume sent')
+    a.crash()
+    hv.fail_next['resume'] = fakelibvirt.libvirtError('the agent that sent it is gone')
+    hv.gates.pop('resume').set()                 # the resume never happened: still paused
+    b = hot_agent(conf, hv)
+    try:
+        # its disk is the instance's already: not a spare any more, its domain removed
+        assert spare.uuid not in hv.domains
+        wait_until(lambda: b.manager.instances[U1].vm_state == 'active', what='booted again')
+        assert b.manager.warm.spares.available() == []
+        assert sorted(os.listdir(conf.instances_path)) == [U1]
     finally:
         b.stop()
 

@@ -41,7 +41,7 @@ class Domains:
         self._inst_of: dict[str, str] = {}      # warm: domain uuid -> instance uuid
         self._dom_of: dict[str, str] = {}       # warm: instance uuid -> domain uuid
         self._spares: set[str] = set()          # spares being made (their events apart)
-        self._restored: dict[str, str] = {}     # instance uuid -> its restore XML (persist)
+        self._restored: dict = {}     # instance uuid -> its restore XML, or its maker (persist)
 
     # -- names ------------------------------------------------------------------------------
     def instance(self, dom_uuid: str) -> str:
@@ -227,10 +227,11 @@ class Domains:
         """Saved, removed, or its start failed: no spare being made any more."""
         self._spares.discard(uuid)
 
-    def restored(self, uuid: str, xml: str) -> None:
-        """Instance ``uuid`` was restored with ``xml`` (its persistent definition's)."""
+    def restored(self, uuid: str, xml) -> None:
+        """Instance ``uuid`` was restored with ``xml`` (its persistent definition's), or
+        resumed: ``xml`` is then a callable that builds it when it is needed."""
         self._restored[uuid] = xml
 
-    def take_restored(self, uuid: str) -> str | None:
-        """The restore XML of ``uuid``, once."""
+    def take_restored(self, uuid: str):
+        """The restore XML of ``uuid`` (or its maker), once."""
         return self._restored.pop(uuid, None)

@@ -322,8 +322,9 @@ class LibvirtDriver(driver.ComputeDriver):
     def keep_hot_spare(self, uuid: str) -> None:
         self._spares.keep_hot(uuid)
 
-    def resume_warm(self, spec: specmod.BootSpec, spare, disks: tuple) -> None:
-        self._spares.resume(spec, spare, disks)
+    def resume_warm(self, spec: specmod.BootSpec, spare, disks: tuple,
+                    before_resume=None) -> None:
+        self._spares.resume(spec, spare, disks, before_resume)
 
     def persist(self, uuid: str) -> None:
         self._spares.persist(uuid)

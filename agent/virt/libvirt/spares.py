@@ -11,6 +11,7 @@ persistent (``defineXML``; a resumed one gets the instance's metadata first,
 ``setMetadata``) so that stop and start keep it, as they keep a cold instance's.
 """
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -55,7 +56,7 @@ class SpareDomains:
         self._guest_config = guest_config
         self._lv = libvirt_mod
         self._hot: dict = {}             # hot spare uuid -> (connection epoch, virDomain)
-        self._live_metadata: dict = {}   # resumed instance uuid -> its metadata (persist)
+        self._live_metadata: dict = {}   # resumed instance uuid -> (its metadata, domain uuid)
 
     def spawn(self, spec: specmod.BootSpec, disks: tuple, pool: str) -> None:
         conn = self._host.conn()
@@ -116,7 +117,7 @@ class SpareDomains:
         """A hot spare found at start-up, kept: its events are a spare's again."""
         self._domains.spare_started(uuid)
 
-    def resume(self, spec: specmod.BootSpec, spare, disks: tuple) -> None:
+    def resume(self, spec: specmod.BootSpec, spare, disks: tuple, before_resume=None) -> None:
         """Hot spare ``spare`` becomes instance ``spec``: what the running domain uses of the
         spare's (console log, identity port) becomes the instance's, the domain is mapped to
         the instance, then ONE call resumes it. Its metadata and persistent definition are
@@ -124,8 +125,7 @@ class SpareDomains:
         conn = self._host.conn()
         epoch = self._host.epoch
         metadata = self._metadata(spec, spare)
-        xml = self._instance_xml(spec, spare, disks, metadata)
-        self._take_over(spec.uuid, spare.uuid, move_console=True)
+        self._take_over(spec.uuid, spare.uuid, hot=True)
         self._identity.rename(spare.uuid, spec.uuid)
         self._domains.adopt(spec.uuid, spare.uuid)     # before: the resume's events are its
         self._domains.spare_gone(spare.uuid)
@@ -134,10 +134,15 @@ class SpareDomains:
         if dom is None:              # made before a restart or a reconnect: one lookup
             dom = self._host.call('lookupByUUIDString', conn.lookupByUUIDString, spare.uuid,
                                   epoch=epoch)
+        if before_resume is not None:
+            before_resume()
         self._host.call('resume', dom.resume, epoch=epoch)
         self._domains.cache(spec.uuid, epoch, dom)
-        self._domains.restored(spec.uuid, xml)
-        self._live_metadata[spec.uuid] = metadata
+        # Its definition is built when it is made persistent (after ready): XML work in the
+        # event loop here would come before other takes' resumes.
+        self._domains.restored(
+            spec.uuid, functools.partial(self._instance_xml, spec, spare, disks, metadata))
+        self._live_metadata[spec.uuid] = (metadata, spare.uuid)
 
     def _metadata(self, spec: specmod.BootSpec, spare) -> tuple:
         return (('uuid', spec.uuid), ('name', spec.name), ('host', self._node),
@@ -153,20 +158,26 @@ class SpareDomains:
             os.path.join(self._dirs.path(spec.uuid), vconsole.CONSOLE_LOG),
             self._identity.path(spec.uuid))
 
-    def _take_over(self, uuid: str, spare: str, move_console: bool = False) -> None:
-        """The instance's marked directory, recording the domain it runs as; a hot spare's
-        console log moves into it (QEMU writes on into the file it holds open)."""
-        self._dirs.create(uuid)
-
+    def _take_over(self, uuid: str, spare: str, hot: bool = False) -> None:
+        """The instance's marked directory, recording the domain it runs as (a restore: its
+        XML names the instance); a ``hot`` spare's console log moves into it instead (QEMU
+        writes on into the file it holds open) and the record waits for ``persist``: until
+        its metadata names the instance, a restart sees a spare's domain (and removes it).
+        One work-queue call."""
         def record():
-            durable.write_file(os.path.join(self._dirs.path(uuid), RESTORED_AS), spare + '\n')
-            if move_console:
-                try:
-                    os.rename(os.path.join(self._dirs.path(spare), vconsole.CONSOLE_LOG),
-                              os.path.join(self._dirs.path(uuid), vconsole.CONSOLE_LOG))
-                except FileNotFoundError:
-                    pass
+            self._dirs.create_here(uuid)
+            if not hot:
+                self._record(uuid, spare)
+                return
+            try:
+                os.rename(os.path.join(self._dirs.path(spare), vconsole.CONSOLE_LOG),
+                          os.path.join(self._dirs.path(uuid), vconsole.CONSOLE_LOG))
+            except FileNotFoundError:
+                pass
         self._wq.execute('instance.record', record)
+
+    def _record(self, uuid: str, dom_uuid: str) -> None:
+        durable.write_file(os.path.join(self._dirs.path(uuid), RESTORED_AS), dom_uuid + '\n')
 
     def restore(self, spec: specmod.BootSpec, spare, disks: tuple) -> None:
         conn = self._host.conn()
@@ -185,16 +196,22 @@ class SpareDomains:
         self._domains.restored(spec.uuid, xml)
 
     def persist(self, uuid: str) -> None:
-        metadata = self._live_metadata.pop(uuid, None)
-        if metadata is not None:
-            # A resumed hot spare's running definition still names the spare: the instance's
-            # metadata first (what a restart recognises it by), then its definition.
+        live = self._live_metadata.get(uuid)
+        if live is not None:
+            # A resumed hot spare's running definition still names the spare: the record of
+            # the domain it runs as, then the instance's metadata (what a restart recognises
+            # it by, with that record), then its definition.
+            metadata, dom_uuid = live
             dom = self._domains.handle_or_raise(uuid)
+            self._wq.execute('instance.record', self._record, uuid, dom_uuid)
             self._host.call('setMetadata', dom.setMetadata,
                             self._lv.VIR_DOMAIN_METADATA_ELEMENT,
                             vconfig.metadata_xml(metadata), 'ca', vconfig.METADATA_NS,
                             self._lv.VIR_DOMAIN_AFFECT_LIVE)
+            del self._live_metadata[uuid]
         xml = self._domains.take_restored(uuid)
+        if callable(xml):
+            xml = xml()
         if xml is None:
             dom = self._domains.handle_or_raise(uuid)
             xml = self._host.call('XMLDesc', dom.XMLDesc, 0)
