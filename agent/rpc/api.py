@@ -54,8 +54,10 @@ class ComputeAPI:
         return self._client_for(host).prepare(server=host, version=self.version,
                                               **({'timeout': timeout} if timeout else {}))
 
-    def _call(self, host: str, method: str, timeout: float | None = None, **kwargs):
-        return self._cctxt(host, method, timeout).call({}, method, **kwargs)
+    def _call(self, host: str, method: str, *, rpc_timeout: float | None = None, **kwargs):
+        """``method(**kwargs)`` on node ``host`` (``rpc_timeout``: seconds to wait for the
+        answer, apart from any ``timeout`` argument of the method itself)."""
+        return self._cctxt(host, method, rpc_timeout).call({}, method, **kwargs)
 
     def boot_instance(self, host: str, spec: dict) -> dict:
         """Ask node ``host`` to boot ``spec``; {job_id, uuid[, existing]}."""
@@ -122,4 +124,4 @@ class ComputeAPI:
 
     def ping(self, host: str, timeout: float | None = None) -> str:
         """'pong' from node ``host`` (``timeout``: seconds to wait)."""
-        return self._call(host, 'ping', timeout)
+        return self._call(host, 'ping', rpc_timeout=timeout)
