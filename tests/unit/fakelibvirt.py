@@ -514,12 +514,14 @@ class Domain:
         """What the guest read on the identity port since its QEMU started, once it read at
         least ``count`` lines."""
         hv = self._conn.hv
+
+        def seen():      # none before its QEMU bound the port (it may be listed already)
+            return getattr(self, 'identity_seen', [])
         with hv.identity_cond:
-            if not hv.identity_cond.wait_for(lambda: len(self.identity_seen) >= count,
-                                             timeout):
+            if not hv.identity_cond.wait_for(lambda: len(seen()) >= count, timeout):
                 raise AssertionError('the guest read %d identity lines, not %d'
-                                     % (len(self.identity_seen), count))
-            return list(self.identity_seen)
+                                     % (len(seen()), count))
+            return list(seen())
 
     def _stopped(self, detail: int) -> None:
         """(On the shared state object.) Stopped; a transient domain is gone with it."""
