@@ -6,6 +6,8 @@ definition the agent's reports (``state``), the conductor's validation
 An agent capped below the conductor's version (``[upgrade_levels] conductor``, a rolling
 upgrade) leaves out the fields of later versions; the conductor stores them as unknown.
 """
+from agent.rpc import versions
+
 VERSION = '2.1'
 
 # field -> the conductor version whose reports first carry it
@@ -21,13 +23,9 @@ FIELDS = {
 NOT_REPORTED = ('spec', 'sizes')
 
 
-def _minor(version: str) -> int:
-    return int(version.split('.')[1])
-
-
 def fields(version: str = VERSION) -> tuple[str, ...]:
     """The fields a report of conductor ``version`` carries (2.x)."""
-    return tuple(f for f, since in FIELDS.items() if _minor(since) <= _minor(version))
+    return tuple(f for f, since in FIELDS.items() if versions.at_least(version, since))
 
 
 def state(instance: dict, host: str, version: str = VERSION) -> dict:
