@@ -1,7 +1,7 @@
 """Service wiring: starts the RPC server, the event bridge and the report loop; stops them.
 
-No business logic here. This module, ``agent.workqueue`` and the entry points are the only
-places that know about eventlet.
+No business logic here. ``[DEFAULT] runtime`` picks the concurrency: eventlet (greenthreads)
+or threading (native threads); only ``agent.workqueue`` and the entry point import eventlet.
 """
 import grp
 import logging
@@ -113,9 +113,9 @@ class AgentService:
     def __init__(self, conf, libvirt_mod=None):
         self.conf = conf
         self.started_at = time.time()
-        self.runtime = workqueue.green_runtime(conf.workqueue.threads,
-                                               conf.workqueue.stats_samples,
-                                               conf.workqueue.reserved_threads)
+        self.runtime = workqueue.RUNTIMES[conf.runtime](conf.workqueue.threads,
+                                                        conf.workqueue.stats_samples,
+                                                        conf.workqueue.reserved_threads)
         self.tracer = (tracemod.Tracer(conf.trace.path, 'compute-agent %s' % conf.host,
                                        conf.trace.max_events)
                        if conf.trace.path else tracemod.NullTracer())
@@ -168,7 +168,7 @@ class AgentService:
         self.server = oslo_messaging.get_rpc_server(
             self.transport, target,
             [rpc_server.ComputeEndpoint(self.manager, self.stats, self._write_trace)],
-            executor='eventlet')
+            executor=self.runtime.name)
         self._stop = threading.Event()
 
     def _reporter(self, conf) -> reportermod.StateReporter:
@@ -206,6 +206,7 @@ class AgentService:
         import resource
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return {'host': self.conf.host, 'uptime_s': round(time.time() - self.started_at, 3),
+                'runtime': {'name': self.runtime.name, 'green': workqueue.green()},
                 'facts': self.manager.facts, 'workqueue': self.runtime.workqueue.stats(),
                 'driver': self.driver.stats(), 'reporter': self.reporter.stats(),
                 'storage': self.storage.stats(), 'commands': dict(self.commands.launches),
@@ -228,8 +229,9 @@ class AgentService:
             self.metrics_port = self.metrics.serve(self.conf.metrics.listen_address,
                                                    self.conf.metrics.port)
         self.server.start()
-        LOG.info('compute-agent %s serving topic compute (virt_type=%s, %d work-queue threads)',
-                 self.conf.host, self.conf.libvirt.virt_type, self.conf.workqueue.threads)
+        LOG.info('compute-agent %s serving topic compute (virt_type=%s, runtime %s, '
+                 '%d work-queue threads)', self.conf.host, self.conf.libvirt.virt_type,
+                 self.runtime.name, self.conf.workqueue.threads)
 
     def wait(self) -> None:
         """Block until the service is told to stop (SIGTERM/SIGINT), then stop it."""

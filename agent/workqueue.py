@@ -8,11 +8,12 @@ never waits behind domain starts, however many are in progress. Each call is tim
 parts: queue wait (submitted -> a thread picked it up, including the wait for a share of the
 threads) and run time.
 
-Two runtimes offer the same interface:
-- ``green_runtime``: the agent's. eventlet's tpool (one global request queue, N native threads);
+Two runtimes offer the same interface (``[DEFAULT] runtime`` picks one for the agent):
+- ``green_runtime`` (eventlet): eventlet's tpool (one global request queue, N native threads);
   native threads hand events to greenthreads through a pipe the hub watches.
-- ``native_runtime``: plain threads. Unit tests use it, and it is the way off eventlet later.
-This module and the service are the only places that import eventlet.
+- ``native_runtime`` (threading): plain threads, one global queue of our own. Unit tests use
+  it too.
+This module and the agent's entry point are the only places that import eventlet.
 """
 import collections
 import dataclasses
@@ -89,7 +90,8 @@ class WorkQueue:
 
     ``execute`` blocks the calling (green)thread only, returns ``fn``'s result or raises its
     exception, and records the queue wait and run time under ``op``. Statistics are updated in
-    the caller's context, so worker threads never touch a (possibly green) lock.
+    the caller's context (under a lock: callers are native threads in the threading runtime),
+    so worker threads never touch a (possibly green) lock.
     """
 
     def __init__(self, threads: int, samples: int = _DEFAULT_SAMPLES, reserved: int = 0):
@@ -98,6 +100,7 @@ class WorkQueue:
         self._shared = threading.BoundedSemaphore(threads - self.reserved)   # green in the agent
         self._samples = samples
         self._stats: dict[str, OpStats] = {}
+        self._stats_lock = threading.Lock()
         # observe(op, enqueued, started, ended, failed), called in the caller's context after
         # each call (the tracer, the metrics); times are time.monotonic() seconds.
         self.observers: list[Callable[[str, float, float, float, bool], None]] = []
@@ -117,10 +120,11 @@ class WorkQueue:
 
     def _execute(self, op: str, enqueued: float, fn: Callable, args, kwargs) -> Any:
         result, error, wait, run = self._submit(_timed, enqueued, fn, args, kwargs)
-        stats = self._stats.get(op)
-        if stats is None:
-            stats = self._stats[op] = OpStats(self._samples)
-        stats.record(wait, run, error is not None)
+        with self._stats_lock:
+            stats = self._stats.get(op)
+            if stats is None:
+                stats = self._stats[op] = OpStats(self._samples)
+            stats.record(wait, run, error is not None)
         for observe in self.observers:
             observe(op, enqueued, enqueued + wait, enqueued + wait + run, error is not None)
         if error is not None:
@@ -129,14 +133,15 @@ class WorkQueue:
 
     def stats(self) -> dict:
         """Per-operation summaries plus an ``all`` row over every operation."""
-        out = {op: s.summary() for op, s in sorted(self._stats.items())}
-        total = OpStats(self._samples * max(1, len(self._stats)))
-        for s in self._stats.values():
-            for w, r in zip(s.wait, s.run):
-                total.record(w, r, False)
-            total.errors += s.errors
-        out['all'] = total.summary()
-        out['all']['calls'] = sum(s.calls for s in self._stats.values())
+        with self._stats_lock:
+            out = {op: s.summary() for op, s in sorted(self._stats.items())}
+            total = OpStats(self._samples * max(1, len(self._stats)))
+            for s in self._stats.values():
+                for w, r in zip(s.wait, s.run):
+                    total.record(w, r, False)
+                total.errors += s.errors
+            out['all'] = total.summary()
+            out['all']['calls'] = sum(s.calls for s in self._stats.values())
         out['threads'] = self.threads
         return out
 
@@ -269,8 +274,10 @@ class Runtime:
     spawn_native(fn, name): run fn on a real OS thread (for loops that block in C).
     bridge(handler): an object whose put(item), callable from native threads, hands items to
     handler in spawn's context.
+    name: 'eventlet' or 'threading', also the name of oslo.messaging's matching executor.
     """
 
+    name: str
     workqueue: WorkQueue
     spawn: Callable[..., None]
     spawn_native: Callable[[Callable[[], None], str], None]
@@ -285,7 +292,8 @@ def _native_thread(fn: Callable[[], None], name: str, thread_cls=threading.Threa
 def native_runtime(threads: int, samples: int = _DEFAULT_SAMPLES, reserved: int = 0) -> Runtime:
     def spawn(fn, *args):
         threading.Thread(target=fn, args=args, daemon=True).start()
-    return Runtime(workqueue=ThreadWorkQueue(threads, samples, reserved), spawn=spawn,
+    return Runtime(name='threading', workqueue=ThreadWorkQueue(threads, samples, reserved),
+                   spawn=spawn,
                    spawn_native=_native_thread, bridge=ThreadBridge, sleep=time.sleep)
 
 
@@ -296,5 +304,16 @@ def green_runtime(threads: int, samples: int = _DEFAULT_SAMPLES, reserved: int =
 
     def spawn_native(fn, name):
         _native_thread(fn, name, thread_cls=original_thread)
-    return Runtime(workqueue=GreenWorkQueue(threads, samples, reserved), spawn=eventlet.spawn_n,
+    return Runtime(name='eventlet', workqueue=GreenWorkQueue(threads, samples, reserved),
+                   spawn=eventlet.spawn_n,
                    spawn_native=spawn_native, bridge=GreenBridge, sleep=eventlet.sleep)
+
+
+RUNTIMES = {'eventlet': green_runtime, 'threading': native_runtime}
+
+
+def green() -> bool:
+    """Whether this process is eventlet-patched (what the agent reports in its stats)."""
+    import sys
+    patcher = sys.modules.get('eventlet.patcher')
+    return bool(patcher and patcher.is_monkey_patched('thread'))

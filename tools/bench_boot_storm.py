@@ -25,6 +25,9 @@ and one Chrome trace per agent run. Capacity is set explicitly: 1-vCPU guests th
 booted, ``cpu_allocation_ratio = 64`` (N = 100 fits 2 cores; the default would refuse the
 33rd vCPU).
 
+``--runtimes eventlet,threading`` runs the agent once per ``[DEFAULT] runtime`` after each
+floor run, and tabulates each runtime apart against the same floors.
+
 ``--accept-rate M`` measures how many boot_instance requests per second an agent accepts
 (validated, claimed, journaled, answered) against the round trip of the no-op ``ping`` over
 the same clients: an agent on libvirt's test driver, hosted by libvirtd
@@ -376,8 +379,11 @@ def wait_conductor(svc: Services, uuids: list, states: list, ready: bool, deadli
 
 
 def storm(svc: Services, n: int, memory_mb: int, ready_timeout: float, progress, run: str,
-          overrides: str = '') -> dict:
-    proc = svc.start_agent(run, overrides)
+          overrides: str = '', runtime: str = 'eventlet') -> dict:
+    proc = svc.start_agent(run, '[DEFAULT]\nruntime = %s\n%s' % (runtime, overrides))
+    serving = svc.compute.get_stats(svc.host)['runtime']
+    if serving['name'] != runtime or serving['green'] != (runtime == 'eventlet'):
+        raise SystemExit('the agent runs %s, not %s' % (serving, runtime))
     # The benchmark's node name is its own: whatever that node still holds, an interrupted
     # run left (the agent adopted it at start-up).
     left = [i['uuid'] for i in svc.compute.list_instances(svc.host)]
@@ -445,6 +451,7 @@ def storm(svc: Services, n: int, memory_mb: int, ready_timeout: float, progress,
     commands = diff(before['commands'], after['commands'])
     wq = after['workqueue']['all']
     return {
+        'runtime': runtime,
         'active_s': active, 'ready_s': ready, 'answer_s': answered, 'refused': refused,
         'ping_s': list(pings.values()), 'capacity': capacity,
         'errors': {u: r['fault'] for u, r in rows.items() if r['vm_state'] != 'active'},
@@ -501,7 +508,8 @@ def summarize(n: int, runs: list, floors: list) -> dict:
     seen = {k: statistics.median(pct(list(r['conductor_seen_s'][k].values()), 1.0)
                                  for r in runs if r['conductor_seen_s'][k])
             for k in ('active', 'ready') if any(r['conductor_seen_s'][k] for r in runs)}
-    out = {'n': n, 'repeats': len(runs), **figures(runs),
+    out = {'n': n, 'runtime': runs[0].get('runtime', 'eventlet'), 'repeats': len(runs),
+           **figures(runs),
            'conductor_seen_max_s': seen,
            'answer_p99_ms': round(pct(answers, 0.99) * 1000, 1),
            'ping_p99_ms': round(pct(pings, 0.99) * 1000, 1),
@@ -600,17 +608,22 @@ def plot(summaries: list, path: str) -> None:
     import matplotlib
     matplotlib.use('Agg')
     from matplotlib import pyplot
-    ns = [s['n'] for s in summaries]
+    runtimes = sorted({s.get('runtime', 'eventlet') for s in summaries})
+    first = [s for s in summaries if s.get('runtime', 'eventlet') == runtimes[0]]
+    ns = [s['n'] for s in first]
     fig, axes = pyplot.subplots(1, 2, figsize=(12, 4.5))
     for ax, name, what in ((axes[0], '', 'ACTIVE'), (axes[1], 'ready_', 'ready')):
-        ax.plot(ns, [s[name + 'median_s'] for s in summaries], 'o-', color='tab:blue',
-                label='agent median')
-        ax.plot(ns, [s[name + 'max_s'] for s in summaries], 's-', color='tab:blue', alpha=0.6,
-                label='agent max')
-        if 'floor_median_s' in summaries[0]:
-            ax.plot(ns, [s['floor_' + name + 'median_s'] for s in summaries], 'o--',
+        for runtime, color in zip(runtimes, ('tab:blue', 'tab:orange')):
+            mine = [s for s in summaries if s.get('runtime', 'eventlet') == runtime]
+            label = 'agent (%s)' % runtime
+            ax.plot([s['n'] for s in mine], [s[name + 'median_s'] for s in mine], 'o-',
+                    color=color, label=label + ' median')
+            ax.plot([s['n'] for s in mine], [s[name + 'max_s'] for s in mine], 's-',
+                    color=color, alpha=0.6, label=label + ' max')
+        if 'floor_median_s' in first[0]:
+            ax.plot(ns, [s['floor_' + name + 'median_s'] for s in first], 'o--',
                     color='tab:gray', label='libvirt floor median')
-            ax.plot(ns, [s['floor_' + name + 'max_s'] for s in summaries], 's--',
+            ax.plot(ns, [s['floor_' + name + 'max_s'] for s in first], 's--',
                     color='tab:gray', alpha=0.6, label='libvirt floor max')
         ax.set_xlabel('boots requested at once (N)')
         ax.set_ylabel('time from request to %s (s)' % what)
@@ -628,24 +641,24 @@ def _f(s: dict, key: str, fmt: str = '%.2f') -> str:
 
 
 def table(summaries: list) -> str:
-    head = ('%4s | %7s %7s %7s %7s %6s %6s | %7s %7s %7s %7s %6s %6s | %8s %8s %6s %6s'
-            % ('N', 'act med', 'act max', 'flr med', 'flr max', 'ratio', 'ratio',
+    head = ('%9s %4s | %7s %7s %7s %7s %6s %6s | %7s %7s %7s %7s %6s %6s | %8s %8s %6s %6s %6s'
+            % ('runtime', 'N', 'act med', 'act max', 'flr med', 'flr max', 'ratio', 'ratio',
                'rdy med', 'rdy max', 'flr med', 'flr max', 'ratio', 'ratio',
-               'boot p99', 'ping p99', 'msgs', 'calls'))
-    head2 = ('%4s | %7s %7s %7s %7s %6s %6s | %7s %7s %7s %7s %6s %6s | %8s %8s %6s %6s'
-             % ('', '(s)', '(s)', '(s)', '(s)', 'med', 'max', '(s)', '(s)', '(s)', '(s)',
-                'med', 'max', '(ms)', '(ms)', '/boot', '/boot'))
+               'boot p99', 'ping p99', 'msgs', 'calls', 'cpu'))
+    head2 = ('%9s %4s | %7s %7s %7s %7s %6s %6s | %7s %7s %7s %7s %6s %6s | %8s %8s %6s %6s %6s'
+             % ('', '', '(s)', '(s)', '(s)', '(s)', 'med', 'max', '(s)', '(s)', '(s)', '(s)',
+                'med', 'max', '(ms)', '(ms)', '/boot', '/boot', 's/boot'))
     lines = [head, head2]
     for s in summaries:
         lines.append(
-            '%4d | %7s %7s %7s %7s %6s %6s | %7s %7s %7s %7s %6s %6s | %8s %8s %6s %6s' % (
-                s['n'], _f(s, 'median_s'), _f(s, 'max_s'), _f(s, 'floor_median_s'),
-                _f(s, 'floor_max_s'), _f(s, 'ratio_median'), _f(s, 'ratio_max'),
+            '%9s %4d | %7s %7s %7s %7s %6s %6s | %7s %7s %7s %7s %6s %6s | %8s %8s %6s %6s %6s'
+            % (s.get('runtime', 'eventlet'), s['n'], _f(s, 'median_s'), _f(s, 'max_s'),
+               _f(s, 'floor_median_s'), _f(s, 'floor_max_s'), _f(s, 'ratio_median'), _f(s, 'ratio_max'),
                 _f(s, 'ready_median_s'), _f(s, 'ready_max_s'), _f(s, 'floor_ready_median_s'),
                 _f(s, 'floor_ready_max_s'), _f(s, 'ratio_ready_median'),
                 _f(s, 'ratio_ready_max'), _f(s, 'answer_p99_ms', '%.1f'),
                 _f(s, 'ping_p99_ms', '%.1f'), _f(s, 'conductor_messages_per_boot'),
-                _f(s, 'libvirt_calls_per_boot')))
+                _f(s, 'libvirt_calls_per_boot'), _f(s, 'agent_cpu_s_per_boot', '%.3f')))
     return '\n'.join(lines)
 
 
@@ -655,10 +668,12 @@ def from_json(path: str) -> int:
         result = json.load(f)
     result['summary'] = []
     for n in result['sizes']:
-        runs = [r for r in result['runs'] if r['n'] == n and r['kind'] == 'agent']
         floors = [r for r in result['runs'] if r['n'] == n and r['kind'] == 'floor']
-        if runs:
-            result['summary'].append(summarize(n, runs, floors))
+        for runtime in result.get('runtimes', ['eventlet']):
+            runs = [r for r in result['runs'] if r['n'] == n and r['kind'] == 'agent'
+                    and r.get('runtime', 'eventlet') == runtime]
+            if runs:
+                result['summary'].append(summarize(n, runs, floors))
     with open(path, 'w') as f:
         json.dump(result, f, indent=1)
     png = os.path.splitext(path)[0] + '.png'
@@ -674,6 +689,9 @@ def main(argv=None) -> int:
                    help='comma-separated N values (default: the sweep 1,10,20,50,100)')
     p.add_argument('--repeat', type=int, default=3, help='runs per N, floor and agent each')
     p.add_argument('--no-floor', action='store_true', help='skip the raw-libvirt floor')
+    p.add_argument('--runtimes', default='eventlet',
+                   help="the agent's [DEFAULT] runtime values to run, comma-separated "
+                        '(eventlet,threading: both, each after the same floor run)')
     p.add_argument('--memory-mb', type=int, default=96)
     p.add_argument('--ready-timeout', type=float, default=900.0,
                    help='seconds to wait for the guests to be ready after ACTIVE')
@@ -690,18 +708,23 @@ def main(argv=None) -> int:
     if args.from_json:
         return from_json(args.from_json)
     sizes = [int(x) for x in args.sizes.split(',') if x]
+    runtimes = [x for x in args.runtimes.split(',') if x]
+    unknown = set(runtimes) - {'eventlet', 'threading'}
+    if unknown or not runtimes:
+        p.error('--runtimes: eventlet and/or threading, not %s' % (sorted(unknown) or 'nothing'))
     os.makedirs(args.workdir, exist_ok=True)
     progress = Progress()
     svc = Services(args.workdir, args.venv, args.virt_type, args.image_dir)
     floor = None if args.no_floor else Floor(args.workdir, args.image_dir, args.virt_type,
                                              progress)
     result = {'started_at': time.time(), 'virt_type': args.virt_type, 'sizes': sizes,
-              'repeat': args.repeat, 'memory_mb': args.memory_mb, 'cpus': os.cpu_count(),
+              'repeat': args.repeat, 'runtimes': runtimes, 'memory_mb': args.memory_mb,
+              'cpus': os.cpu_count(),
               'runs': [], 'summary': []}
     out = os.path.join(args.workdir, 'boot-storm.json')
     try:
         for n in sizes:
-            runs, floors = [], []
+            runs, floors = {r: [] for r in runtimes}, []
             for rep in range(args.repeat):
                 if floor is not None:
                     f = floor.run(n, args.memory_mb, args.ready_timeout)
@@ -710,20 +733,22 @@ def main(argv=None) -> int:
                     progress.done('floor N=%d run %d: max %.2f s to STARTED, %.2f s to ready' % (
                         n, rep + 1, max(f['active_s'].values(), default=0),
                         max(f['ready_s'].values(), default=0)))
-                a = storm(svc, n, args.memory_mb, args.ready_timeout, progress,
-                          'n%d-r%d' % (n, rep))
-                runs.append(a)
-                result['runs'].append({'kind': 'agent', 'n': n, 'rep': rep, **a})
-                progress.done(
-                    'agent N=%d run %d: max %.2f s to ACTIVE, %.2f s to ready, %d active, '
-                    '%d ready, %d messages, %s' % (
-                        n, rep + 1, max(a['active_s'].values(), default=0),
-                        max(a['ready_s'].values(), default=0), len(a['active_s']),
-                        len(a['ready_s']), a['conductor_messages'],
-                        'errors: %s; refused: %s' % (a['errors'],
-                                                     sorted(set(a['refused'].values())))
-                        if a['errors'] or a['refused'] else 'no errors'))
-            result['summary'].append(summarize(n, runs, floors))
+                for runtime in runtimes:
+                    a = storm(svc, n, args.memory_mb, args.ready_timeout, progress,
+                              'n%d-r%d-%s' % (n, rep, runtime), runtime=runtime)
+                    runs[runtime].append(a)
+                    result['runs'].append({'kind': 'agent', 'n': n, 'rep': rep, **a})
+                    progress.done(
+                        'agent (%s) N=%d run %d: max %.2f s to ACTIVE, %.2f s to ready, %d active, '
+                        '%d ready, %d messages, %s' % (
+                            runtime, n, rep + 1, max(a['active_s'].values(), default=0),
+                            max(a['ready_s'].values(), default=0), len(a['active_s']),
+                            len(a['ready_s']), a['conductor_messages'],
+                            'errors: %s; refused: %s' % (a['errors'],
+                                                         sorted(set(a['refused'].values())))
+                            if a['errors'] or a['refused'] else 'no errors'))
+            for runtime in runtimes:
+                result['summary'].append(summarize(n, runs[runtime], floors))
             with open(out, 'w') as f:
                 json.dump(result, f, indent=1)
         if args.accept_rate:

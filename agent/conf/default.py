@@ -3,7 +3,19 @@ import socket
 
 from oslo_config import cfg
 
+RUNTIMES = ('eventlet', 'threading')
+
+runtime_opt = cfg.StrOpt(
+    'runtime', default='eventlet', choices=RUNTIMES,
+    help='(compute-agent) How the agent runs concurrent work. eventlet: greenthreads, '
+         'eventlet\'s tpool as the work queue, oslo.messaging\'s eventlet executor (the '
+         'default, as this project chose). threading: no monkey-patching, native threads, '
+         'oslo.messaging\'s threading executor. Read once at start, before anything else '
+         'loads; a change needs a restart. Both are tested (docs/testing.md) and benchmarked '
+         '(docs/benchmarks.md).')
+
 opts = [
+    runtime_opt,
     cfg.HostAddressOpt(
         'host', default=socket.gethostname(), sample_default='<node hostname>',
         help='Name of this node: the RPC server name agents listen on (topic "compute") and the '

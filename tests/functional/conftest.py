@@ -29,6 +29,11 @@ from tests.functional import lvm_harness
 
 IMAGES = os.environ.get('COMPUTE_AGENT_IMAGE_DIR', '/var/lib/compute-agent/images')
 VIRT_TYPE = os.environ.get('COMPUTE_AGENT_VIRT_TYPE', 'qemu')
+# Every agent of the run is started with this [DEFAULT] runtime (tools/run-tests.sh runs a
+# subset a second time under threading).
+RUNTIME = os.environ.get('COMPUTE_AGENT_RUNTIME', 'eventlet')
+if RUNTIME not in ('eventlet', 'threading'):
+    raise SystemExit('COMPUTE_AGENT_RUNTIME: eventlet or threading, not %r' % RUNTIME)
 URI = 'qemu:///system'
 MARKER = 'COMPUTE-AGENT-GUEST-READY'
 TEST_GUEST = ('test-vmlinuz', 'test-initrd.img', 'test-vmgenid-vmlinuz', 'test-vmgenid-initrd.img')
@@ -184,14 +189,15 @@ class Node:
             storage = ('[storage]\nbackend = lvm\n[lvm]\nvolume_group = %s\nlvm_system_dir = %s\n'
                        'report_cache_seconds = 0.5\n' % (vg.name, vg.system_dir))
         with open(self.config, 'w') as f:
-            f.write('[DEFAULT]\nhost = %s\n'
+            f.write('[DEFAULT]\nhost = %s\nruntime = %s\n'
                     'image_dir = %s\ninstances_path = %s\ndebug = true\n'
                     '[libvirt]\nvirt_type = %s\nconnection_uri = %s\n'
                     '[conductor]\ntopic = %s\n[jobs]\njournal = %s\n'
                     '[trace]\npath = %s\n[metrics]\nport = %d\n'
                     '[network]\nallow_user_nics = true\nbridges = %s\n'
                     '[images]\ncache_dir = %s\n%s'
-                    % (self.host, self.image_dir, self.instances, VIRT_TYPE, URI, self.topic,
+                    % (self.host, RUNTIME, self.image_dir, self.instances, VIRT_TYPE, URI,
+                       self.topic,
                        os.path.join(workdir, 'jobs.sqlite'), self.trace_path, self.metrics_port,
                        self.bridge, self.image_cache, storage))
             f.write(extra_config)

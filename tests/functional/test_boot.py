@@ -12,6 +12,7 @@ from prometheus_client import parser
 from agent import exception
 from tests import trace_format
 from tests.functional.conftest import MARKER
+from tests.functional.conftest import RUNTIME
 
 
 def _boot_and_check(node, count: int) -> None:
@@ -31,6 +32,12 @@ def _boot_and_check(node, count: int) -> None:
     assert node.domains() == set()
     for u in uuids:
         assert not os.path.exists(os.path.join(node.instances, u))
+
+
+def test_the_agent_runs_in_the_configured_runtime(node):
+    """[DEFAULT] runtime is what the process really does: patched by eventlet or not."""
+    runtime = node.compute.get_stats(node.host)['runtime']
+    assert runtime == {'name': RUNTIME, 'green': RUNTIME == 'eventlet'}
 
 
 def test_boot_one_vm(node):
