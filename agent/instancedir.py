@@ -10,6 +10,13 @@ later start would refuse as not the agent's): a directory is made with its marke
 temporary name (``.making-<uuid>-*``) and renamed into place; it is removed by a rename to
 ``.removing-<uuid>-*`` first. ``sweep`` removes what a crash left under those names (marked
 ones only) at start-up.
+
+A hot spare resumed as an instance leaves a link in place of its directory: ``<spare uuid>``
+-> ``<instance uuid>`` (relative). Its QEMU's serial console goes through virtlogd, which
+holds the spare's console path and rolls the log over by that path (rename, then a new file
+there): through the link the rollover happens in the instance's directory, where its console
+was moved. Nothing else follows these links (they are never marked); each goes when its
+instance's directory goes, and a dangling one at start-up.
 """
 import logging
 import os
@@ -100,21 +107,52 @@ class InstanceDirs:
             return {}
         return {name: self.path(name) for name in names if self._marked(name)}
 
-    def remove(self, uuid: str) -> None:
+    def remove(self, uuid: str, link_to: str | None = None) -> None:
         """Remove the instance's directory if it is the agent's (its marker names ``uuid``);
-        a directory of that name without the marker is left alone."""
-        self._execute('dir.remove', self._remove, uuid)
+        a directory of that name without the marker is left alone. ``link_to``: a link to
+        that instance's directory takes its place (a resumed hot spare's, module docstring)."""
+        self._execute('dir.remove', self._remove, uuid, link_to)
 
-    def _remove(self, uuid: str) -> None:
+    def _remove(self, uuid: str, link_to: str | None = None) -> None:
         if self._marked(uuid):
             gone = os.path.join(self.base, '%s%s-%s' % (REMOVING, uuid, uuidlib.uuid4().hex[:8]))
             os.rename(self.path(uuid), gone)
+            if link_to is not None and self._marked(link_to):
+                os.symlink(link_to, self.path(uuid))
             durable.fsync_dir(self.base)
             crashpoints.reached('dir.remove.renamed', uuid)
             shutil.rmtree(gone, ignore_errors=True)
-        elif os.path.lexists(self.path(uuid)):
+        elif os.path.lexists(self.path(uuid)) and self._link_target(uuid) is None:
             LOG.warning('[instance: %s] %s is not marked as the agent\'s: left alone', uuid,
                         self.path(uuid))
+        self._unlink_links(lambda target: target == uuid)
+
+    def _link_target(self, name: str) -> str | None:
+        """The instance uuid a console link ``name`` points to, or None (not such a link)."""
+        try:
+            target = os.readlink(self.path(name))
+            uuidlib.UUID(name)
+            uuidlib.UUID(target)
+        except (OSError, ValueError):
+            return None
+        return target if '/' not in target else None
+
+    def _unlink_links(self, stale) -> list[str]:
+        """Remove the console links whose target ``stale(target)`` says; their names."""
+        removed = []
+        try:
+            entries = [e.name for e in os.scandir(self.base) if e.is_symlink()]
+        except FileNotFoundError:
+            return removed
+        for name in entries:
+            target = self._link_target(name)
+            if target is not None and stale(target):
+                try:
+                    os.unlink(self.path(name))
+                    removed.append(name)
+                except FileNotFoundError:
+                    pass
+        return removed
 
     def tighten(self) -> int:
         """Give every marked directory this node's mode and group (one made by an older agent
@@ -137,12 +175,13 @@ class InstanceDirs:
 
     def sweep(self) -> list[str]:
         """Remove what an interrupted create or remove left under a temporary name (only
-        directories holding the marker of the uuid their name carries); their names."""
+        directories holding the marker of the uuid their name carries), and console links
+        whose instance's directory is gone; their names."""
         try:
             names = os.listdir(self.base)
         except FileNotFoundError:
             return []
-        removed = []
+        removed = self._unlink_links(lambda target: not self._marked(target))
         for name in names:
             for prefix in (MAKING, REMOVING):
                 if not name.startswith(prefix):

@@ -10,6 +10,7 @@ from agent import crashpoints
 from agent import exception
 from agent import images
 from agent import instancedir
+from agent import spec as specmod
 from agent.storage import backend
 from agent.storage import operations
 
@@ -44,6 +45,13 @@ class FileBackend(backend.StorageBackend):
     def disks(self) -> dict[str, backend.DiskInfo]:
         out = {}
         for uuid in os.listdir(self._path):
+            # Instances' and spares' directories only: not one being made or removed under a
+            # temporary name (agent.instancedir; an audit during a removal counted its disk
+            # as a second one), nor a resumed hot spare's console link (its instance's
+            # directory, listed under its own name).
+            entry = os.path.join(self._path, uuid)
+            if not specmod.is_canonical_uuid(uuid) or os.path.islink(entry):
+                continue
             path = self._disk_path(uuid)
             if os.path.isfile(path):
                 out[uuid] = backend.DiskInfo(uuid=uuid, name=path, size=images.virtual_size(path))

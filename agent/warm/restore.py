@@ -57,6 +57,7 @@ class Restorer:
             self._spares.mark_taken(spare, inst.uuid)
         crashpoints.reached('spare.take.marked', inst.uuid, spare.uuid)
         inst.identity_pending = True         # not ready before it is itself
+        resumed = False
         try:
             if spare.disk is not None:
                 disks_out.append(node.storage.adopt_disk(spare.uuid, inst.uuid))
@@ -68,6 +69,7 @@ class Restorer:
                 # the guest reads it as it wakes, with no round trip after the resume.
                 node.driver.resume_warm(spec, spare, tuple(disks_out),
                                         before_resume=lambda: self._introduce(inst))
+                resumed = True
                 crashpoints.reached('spare.take.resumed', inst.uuid, spare.uuid)
             else:
                 node.driver.restore_warm(spec, spare, tuple(disks_out))
@@ -86,7 +88,8 @@ class Restorer:
         finally:
             crashpoints.reached('spare.discard.removing', inst.uuid, spare.uuid)
             self.discard(spare, disk_left=spare.disk is not None
-                         and not any(not d.readonly for d in disks_out))
+                         and not any(not d.readonly for d in disks_out),
+                         console_of=inst.uuid if resumed else None)
         LOG.info('[instance: %s] %s from spare %s of pool %s', inst.uuid,
                  'resumed' if spare.hot else 'restored', spare.uuid, spare.pool)
         result = '%s: hit, spare %s of pool %s' % ('hot' if spare.hot else 'warm', spare.uuid,
@@ -133,15 +136,18 @@ class Restorer:
                  inst.uuid, time.monotonic() - start, status['polls'] + 2)
         node.ready(inst, time.time(), 'identity applied')   # its agent answered: channel open
 
-    def discard(self, spare: sparesmod.Spare, disk_left: bool) -> None:
+    def discard(self, spare: sparesmod.Spare, disk_left: bool,
+                console_of: str | None = None) -> None:
         """What is left of a used spare: its disk if it was not handed over (``disk_left``),
         its directory (memory image, record, console), its reservation. (A hot spare's domain
-        is the instance's, or removed by the caller.)"""
+        is the instance's, or removed by the caller.) ``console_of``: the instance a hot
+        spare became; a link to its directory takes the spare's place (its QEMU's console
+        log rolls over by the spare's path: agent.instancedir)."""
         node = self._node
         if disk_left:
             node.attempt(spare.uuid, 'remove the disk of a used spare',
                          node.storage.delete_disks, spare.uuid)
-        self._spares.remove(spare.uuid)
+        self._spares.remove(spare.uuid, link_to=console_of)
         node.release(spare.uuid)
 
     @staticmethod

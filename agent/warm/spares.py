@@ -164,10 +164,11 @@ class SpareStore:
         self._write(spare.uuid, dict(dataclasses.asdict(spare), state=TAKEN,
                                      taken_by=instance))
 
-    def remove(self, uuid: str) -> None:
-        """Remove the spare's directory (record, memory image, console log)."""
+    def remove(self, uuid: str, link_to: str | None = None) -> None:
+        """Remove the spare's directory (record, memory image, console log); ``link_to``: an
+        instance resumed from it, whose console QEMU goes on writing by this path."""
         self.making.discard(uuid)
-        self._dirs.remove(uuid)
+        self._dirs.remove(uuid, link_to)
 
     # -- views ------------------------------------------------------------------------------
     def counts(self, hot: bool = False) -> dict[str, int]:

@@ -94,3 +94,45 @@ def test_with_qemus_group_qemu_may_enter_and_an_older_root_only_directory_is_ope
     st = os.stat(dirs.path(older))
     assert (st.st_mode & 0o777, st.st_gid) == (0o710, gid)
     assert dirs.tighten() == 0
+
+
+def test_a_resumed_spares_directory_becomes_a_link_its_console_rolls_over_through(tmp_path):
+    """virtlogd rolls a console log over by the path QEMU was started with (the spare's):
+    rename it to .0, then create it anew. Through the link both land in the instance's
+    directory. The link is nobody's directory, and goes with the instance's."""
+    dirs = instancedir.InstanceDirs(str(tmp_path))
+    spare, inst, other = U1, str(uuidlib.uuid4()), str(uuidlib.uuid4())
+    dirs.create(spare)
+    dirs.create(inst)
+    dirs.create(other)
+    (tmp_path / spare / 'console.log').write_text('booted as the spare\n')
+    os.rename(tmp_path / spare / 'console.log', tmp_path / inst / 'console.log')
+    dirs.remove(spare, link_to=inst)
+    assert os.readlink(tmp_path / spare) == inst
+    # what virtlogd does at 1 MiB, by the spare's path
+    os.rename(os.path.join(dirs.path(spare), 'console.log'),
+              os.path.join(dirs.path(spare), 'console.log.0'))
+    with open(os.path.join(dirs.path(spare), 'console.log'), 'a') as f:
+        f.write('after the rollover\n')
+    assert sorted(os.listdir(tmp_path / inst)) == ['.compute-agent-instance', 'console.log',
+                                                   'console.log.0']
+    assert set(dirs.owned()) == {inst, other}          # not a directory of its own
+    assert dirs.sweep() == []                          # its instance is there: kept
+    with pytest.raises(exception.DirectoryNotOurs):
+        dirs.create(spare)
+    dirs.remove(other)
+    assert os.path.islink(tmp_path / spare)
+    dirs.remove(inst)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_console_link_whose_instance_went_is_swept_and_no_other_link_is(tmp_path):
+    dirs = instancedir.InstanceDirs(str(tmp_path))
+    gone, kept = str(uuidlib.uuid4()), str(uuidlib.uuid4())
+    dirs.create(kept)
+    os.symlink(gone, tmp_path / U1)                    # left by a crash after the instance's removal
+    os.symlink(kept, tmp_path / str(uuidlib.uuid4()))
+    os.symlink('/etc', tmp_path / str(uuidlib.uuid4()))        # not one of ours: not touched
+    os.symlink(gone, tmp_path / 'not-a-uuid')
+    assert dirs.sweep() == [U1]
+    assert len(os.listdir(tmp_path)) == 4

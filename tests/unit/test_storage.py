@@ -203,3 +203,30 @@ def test_file_backend_never_offers_the_reserve_kept_for_the_journal(tmp_path):
     everything = file_storage.FileBackend(None, instancedir.InstanceDirs(str(tmp_path)),
                                           reserved_bytes=free * 2)
     assert everything.inventory().instance_bytes == 0
+
+
+def test_file_backend_lists_a_disk_once_not_again_through_a_resumed_spares_link(tmp_path):
+    """The link a resumed hot spare leaves (agent.instancedir) leads to its instance's
+    directory: its disk is the instance's, never an orphan of the spare's name to delete."""
+    dirs = instancedir.InstanceDirs(str(tmp_path))
+    inst, spare = str(uuidlib.uuid4()), str(uuidlib.uuid4())
+    dirs.create(inst)
+    with open(os.path.join(dirs.path(inst), file_storage.DISK_NAME), 'wb') as f:
+        f.truncate(1 << 20)
+    os.symlink(inst, dirs.path(spare))
+    backend = file_storage.FileBackend(None, dirs, reserved_bytes=0)
+    assert list(backend.disks()) == [inst]
+
+
+def test_file_backend_never_lists_a_directory_being_made_or_removed(tmp_path):
+    """An audit during a removal (the directory renamed to .removing-<uuid>-*) counted its
+    disk as another instance's (found by a crash-point test under load)."""
+    dirs = instancedir.InstanceDirs(str(tmp_path))
+    inst = str(uuidlib.uuid4())
+    dirs.create(inst)
+    for name in (inst, '.removing-%s-0a1b2c3d' % inst, '.making-%s-0a1b2c3d' % inst):
+        os.makedirs(os.path.join(tmp_path, name), exist_ok=True)
+        with open(os.path.join(tmp_path, name, file_storage.DISK_NAME), 'wb') as f:
+            f.truncate(1 << 20)
+    backend = file_storage.FileBackend(None, dirs, reserved_bytes=0)
+    assert list(backend.disks()) == [inst]

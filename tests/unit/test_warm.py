@@ -745,7 +745,9 @@ def test_a_boot_takes_a_hot_spare_first_then_a_saved_one_then_boots_cold(conf, h
         assert vconfig.parse_metadata(dom.next_xml)['uuid'] == U1  # and the persistent one
         assert os.path.exists(os.path.join(conf.instances_path, U1, 'disk.qcow2'))
         assert os.path.exists(a.driver._identity.path(U1))
-        assert not os.path.exists(os.path.join(conf.instances_path, hot.uuid))
+        # In the spare's place, a link to the instance's directory: its QEMU's console log
+        # rolls over by the spare's path (agent.instancedir).
+        assert os.readlink(os.path.join(conf.instances_path, hot.uuid)) == U1
         report = a.manager.resource_report()
         assert report['reserved'] == {'vcpus': 0, 'memory_mb': 0, 'disk_gb': 1}   # the saved
         assert report['usage']['memory_mb'] == 96 + 0 and report['instances'] == 1
@@ -882,5 +884,27 @@ def test_a_resume_libvirt_refuses_removes_the_hot_spare_and_boots_cold(conf, hv)
         assert spare.uuid not in hv.domains and U1 in hv.domains
         assert a.manager.resource_report()['reserved']['memory_mb'] == 0
         assert sorted(os.listdir(conf.instances_path)) == [U1]
+    finally:
+        a.stop()
+
+
+def test_a_resumed_instance_whose_domain_goes_before_persist_leaves_nothing_of_it(conf, hv):
+    """Its live metadata (kept from the resume until persist) goes with its domain's state
+    when the instance is deleted, even though persist never set it."""
+    a = hot_agent(conf, hv)
+    try:
+        spare = a.manager.warm.filler.make(HOT, hot=True)
+        hv.gates['setMetadata'] = threading.Event()
+        job_id = a.manager.requests.boot_instance(warm_spec())['job_id']
+        wait_until(lambda: 'setMetadata' in hv.calls, what='persist begun')
+        domains = a.driver._domains
+        assert domains.live_metadata(U1)[1] == spare.uuid
+        hv.guest_poweroff(spare.uuid)           # a transient domain: gone as it stops
+        hv.gates.pop('setMetadata').set()       # so persist fails: "Domain not found"
+        a.wait_job(job_id)
+        assert domains.live_metadata(U1) is not None
+        assert a.wait_job(a.manager.requests.delete_instance(U1)['job_id'])['state'] == 'done'
+        assert domains.live_metadata(U1) is None and domains.take_restored(U1) is None
+        assert hv.domains == {} and os.listdir(conf.instances_path) == []
     finally:
         a.stop()

@@ -41,7 +41,9 @@ class Domains:
         self._inst_of: dict[str, str] = {}      # warm: domain uuid -> instance uuid
         self._dom_of: dict[str, str] = {}       # warm: instance uuid -> domain uuid
         self._spares: set[str] = set()          # spares being made (their events apart)
-        self._restored: dict = {}     # instance uuid -> its restore XML, or its maker (persist)
+        # instance uuid -> (its restore XML or its maker, a resumed spare's live metadata still
+        # to set or None), until persist; dropped with the domain (``forget``)
+        self._restored: dict = {}
 
     # -- names ------------------------------------------------------------------------------
     def instance(self, dom_uuid: str) -> str:
@@ -227,11 +229,21 @@ class Domains:
         """Saved, removed, or its start failed: no spare being made any more."""
         self._spares.discard(uuid)
 
-    def restored(self, uuid: str, xml) -> None:
+    def restored(self, uuid: str, xml, live=None) -> None:
         """Instance ``uuid`` was restored with ``xml`` (its persistent definition's), or
-        resumed: ``xml`` is then a callable that builds it when it is needed."""
-        self._restored[uuid] = xml
+        resumed: ``xml`` is then a callable that builds it when it is needed, and ``live``
+        (metadata, domain uuid) what its running definition must be told before persist."""
+        self._restored[uuid] = (xml, live)
+
+    def live_metadata(self, uuid: str):
+        """(metadata, domain uuid) of a resumed instance whose live metadata is not set."""
+        return self._restored.get(uuid, (None, None))[1]
+
+    def metadata_set(self, uuid: str) -> None:
+        """The live metadata of ``uuid`` names the instance now."""
+        if uuid in self._restored:
+            self._restored[uuid] = (self._restored[uuid][0], None)
 
     def take_restored(self, uuid: str):
         """The restore XML of ``uuid`` (or its maker), once."""
-        return self._restored.pop(uuid, None)
+        return self._restored.pop(uuid, (None, None))[0]

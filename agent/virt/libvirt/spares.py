@@ -56,7 +56,6 @@ class SpareDomains:
         self._guest_config = guest_config
         self._lv = libvirt_mod
         self._hot: dict = {}             # hot spare uuid -> (connection epoch, virDomain)
-        self._live_metadata: dict = {}   # resumed instance uuid -> (its metadata, domain uuid)
 
     def spawn(self, spec: specmod.BootSpec, disks: tuple, pool: str) -> None:
         conn = self._host.conn()
@@ -141,8 +140,8 @@ class SpareDomains:
         # Its definition is built when it is made persistent (after ready): XML work in the
         # event loop here would come before other takes' resumes.
         self._domains.restored(
-            spec.uuid, functools.partial(self._instance_xml, spec, spare, disks, metadata))
-        self._live_metadata[spec.uuid] = (metadata, spare.uuid)
+            spec.uuid, functools.partial(self._instance_xml, spec, spare, disks, metadata),
+            live=(metadata, spare.uuid))
 
     def _metadata(self, spec: specmod.BootSpec, spare) -> tuple:
         return (('uuid', spec.uuid), ('name', spec.name), ('host', self._node),
@@ -196,7 +195,7 @@ class SpareDomains:
         self._domains.restored(spec.uuid, xml)
 
     def persist(self, uuid: str) -> None:
-        live = self._live_metadata.get(uuid)
+        live = self._domains.live_metadata(uuid)
         if live is not None:
             # A resumed hot spare's running definition still names the spare: the record of
             # the domain it runs as, then the instance's metadata (what a restart recognises
@@ -208,7 +207,7 @@ class SpareDomains:
                             self._lv.VIR_DOMAIN_METADATA_ELEMENT,
                             vconfig.metadata_xml(metadata), 'ca', vconfig.METADATA_NS,
                             self._lv.VIR_DOMAIN_AFFECT_LIVE)
-            del self._live_metadata[uuid]
+            self._domains.metadata_set(uuid)
         xml = self._domains.take_restored(uuid)
         if callable(xml):
             xml = xml()
