@@ -14,6 +14,8 @@ from tests import trace_format
 from tests.functional.conftest import MARKER
 from tests.functional.conftest import RUNTIME
 
+pytestmark = pytest.mark.both_runtimes      # tools/run-functional.sh: threading too
+
 
 def _boot_and_check(node, count: int) -> None:
     specs = [node.spec(name='ftest-%d' % i) for i in range(count)]
@@ -88,21 +90,6 @@ def test_parallel_boots_are_traced_and_counted_in_metrics(node):
     assert (samples[('compute_agent_libvirt_calls_total', (('op', 'createWithFlags'),))]
             == stats['driver']['libvirt_calls']['createWithFlags'])
     node.delete(uuids)
-
-
-def test_state_comes_from_events_not_polling(node):
-    """A guest that powers itself off: the agent sees it stop and makes no libvirt call
-    for it besides define and start, through boot, idle and power-off."""
-    before = node.libvirt_calls()
-    spec = node.spec(cmdline='console=ttyS0 quiet no_timer_check ca.poweroff')
-    node.boot(spec)
-    node.wait_states([spec['uuid']], ['active'])
-    rows = node.wait_states([spec['uuid']], ['stopped'])
-    assert rows[spec['uuid']]['power_state'] == 'shutdown'
-    assert MARKER in node.console(spec['uuid'])
-    assert node.libvirt_calls() - before == 2
-    node.delete([spec['uuid']])
-    assert node.domains() == set()
 
 
 BAD_SPECS = [
@@ -181,6 +168,7 @@ def _libvirtd_pid() -> int:
         return int(f.read().strip())
 
 
+@pytest.mark.disruptive
 def test_agent_reconnects_after_libvirtd_restart(node):
     spec = node.spec()
     node.boot(spec)

@@ -195,7 +195,11 @@ def consistent(node) -> dict:
     # A hot spare's paused domain, no other spare's domain
     assert {d for d, m in domains.items() if m.get('role') == 'spare'} == (
         set(spares) if hot else set()), domains
-    entries = set(os.listdir(node.instances))
+    names = set(os.listdir(node.instances))
+    links = _links(node)
+    # A resumed hot spare's place: a link to its instance's directory (agent.instancedir).
+    assert set(links.values()) <= set(insts), links
+    entries = names - set(links)
     assert entries == set(insts) | set(spares), entries
     with_disk = {u for u, i in insts.items() if i['sizes'].get('disk_gb')}
     assert set(node.compute.get_storage(host)['disks']) == with_disk | set(spares)
@@ -212,8 +216,15 @@ def consistent(node) -> dict:
     return insts
 
 
+def _links(node) -> dict:
+    """The links in the node's instances directory: name -> target."""
+    return {n: os.readlink(os.path.join(node.instances, n)) for n in os.listdir(node.instances)
+            if os.path.islink(os.path.join(node.instances, n))}
+
+
 def _gone(node, uuid: str) -> None:
     assert uuid not in {i['uuid'] for i in node.compute.list_instances(node.host)}
+    assert uuid not in _links(node).values()
     assert uuid not in {m.get('uuid') for m in node.host_domains().values()}
     assert uuid not in os.listdir(node.instances)
     assert uuid not in node.compute.get_storage(node.host)['disks']
@@ -360,6 +371,7 @@ def test_a_crash_at_the_point_is_recovered_file_storage(point, crash_file_node):
 
 
 @pytest.mark.parametrize('point', _points('hot'))
+@pytest.mark.both_runtimes
 def test_a_crash_at_the_point_is_recovered_hot_spares(point, crash_hot_node):
     SCENARIOS[CASES[point][1]](crash_hot_node, point)
 

@@ -87,6 +87,8 @@ def test_kill_9_in_the_middle_of_twenty_boots(fault_node):
     assert not _marked_dirs(node) & set(uuids)
 
 
+@pytest.mark.disruptive
+@pytest.mark.both_runtimes
 def test_libvirtd_killed_while_instances_boot(fault_node):
     node = fault_node
     specs = [node.spec(name='lv%d' % i) for i in range(10)]
@@ -150,6 +152,8 @@ def _rabbitmq(action):
         time.sleep(0.5)
 
 
+@pytest.mark.disruptive
+@pytest.mark.both_runtimes
 def test_rabbitmq_stopped_and_started(fault_node):
     node = fault_node
     first = _one_active(node, 'rmq1')
@@ -193,6 +197,7 @@ def test_conductor_away_for_a_while(fault_node):
     assert node.domains() == set()
 
 
+@pytest.mark.both_runtimes
 def test_an_agent_restarted_under_a_stream_of_requests_answers_every_one(fault_node):
     """Requests that reach the agent while it stops wait in RabbitMQ for its restart (none is
     taken and dropped: ``agent.rpc.drain``), so no caller waits for its timeout."""

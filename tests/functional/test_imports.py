@@ -35,7 +35,7 @@ def _agent_modules() -> list[str]:
             if f.endswith('.py'):
                 rel = os.path.relpath(os.path.join(root, f), TOP)[:-3].replace(os.sep, '.')
                 name = rel[:-len('.__init__')] if rel.endswith('.__init__') else rel
-                if name not in skip:
+                if name not in skip and not name.startswith('agent.ctl'):
                     out.append(name)
     return sorted(out)
 

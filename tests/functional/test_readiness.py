@@ -12,7 +12,9 @@ import pytest
 
 from tests.functional import conftest
 
-EXPECT_WITHIN = 40
+pytestmark = pytest.mark.both_runtimes      # tools/run-functional.sh: threading too
+
+EXPECT_WITHIN = 20
 NOAGENT = 'console=ttyS0 quiet no_timer_check ca.noagent'
 
 
@@ -84,6 +86,24 @@ def test_guest_that_never_opens_the_port_is_active_not_ready(ready_node):
     node.delete([uuid])
 
 
+def test_state_comes_from_events_not_polling(ready_node):
+    """A guest that powers itself off: the agent sees it stop and makes no libvirt call
+    for it besides define and start, through boot, idle and power-off. (On this node: no
+    periodic audit, whose listing would count too.)"""
+    node = ready_node
+    before = sum(_calls(node).values())
+    spec = node.spec(cmdline='console=ttyS0 quiet no_timer_check ca.poweroff')
+    node.boot(spec)
+    node.wait_states([spec['uuid']], ['active'])
+    rows = node.wait_states([spec['uuid']], ['stopped'])
+    assert rows[spec['uuid']]['power_state'] == 'shutdown'
+    assert conftest.MARKER in node.console(spec['uuid'])
+    assert sum(_calls(node).values()) - before == 2
+    node.delete([spec['uuid']])
+    assert node.domains() == set()
+
+
+@pytest.mark.disruptive
 def test_ready_survives_libvirtd_and_agent_restarts(ready_node):
     node = ready_node
     spec = node.spec()

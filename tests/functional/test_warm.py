@@ -98,25 +98,29 @@ def _leaves_nothing(node, uuids, spare_domains) -> None:
     """No domain, directory, disk or identity socket of these deleted instances is left."""
     left = {d for d, m in node.host_domains().items() if m.get('uuid') in uuids}
     assert not left and not (set(spare_domains) & set(node.host_domains()))
-    assert not set(uuids) & set(os.listdir(node.instances))
+    # nor a hot spare's link to one (agent.instancedir)
+    assert not (set(uuids) | set(spare_domains)) & set(os.listdir(node.instances))
     sockets = '/run/compute-agent/identity'
     assert not {u + '.sock' for u in uuids} & set(os.listdir(sockets))
 
 
+@pytest.mark.both_runtimes
 def test_five_warm_boots_at_once_are_ready_each_with_its_own_identity(warm_node):
     node = warm_node
     _full(node)
     spares = set(conftest.spare_records(node, 'saved'))
     # As libvirt counts them, every remote call from the requests to the last job's end: one
-    # restore per boot, all sent before any guest was ready, then one define per boot that
-    # makes its domain persistent (after its ready event); nothing else (no lookup, no XML).
+    # restore per boot, then one define that makes its domain persistent (after its ready
+    # event); nothing else (no lookup, no XML). Each job's own calls say which is whose; the
+    # client log only that the first guest was ready before any define was sent (how the
+    # boots interleave depends on when each request arrives).
     finished, hot, ready_at = _boots_at_once(node, 'warm', POOL_SIZE)
     uuids = list(finished)
     assert sorted(c for _, c in hot) == ['DomainDefineXML'] * 5 + ['DomainRestoreFlags'] * 5, hot
-    first_define = min(t for t, c in hot if c == 'DomainDefineXML')
-    restores = [t for t, c in hot if c == 'DomainRestoreFlags']
-    assert max(restores) <= first_define and ready_at <= first_define + 0.001, (
-        ready_at, hot)
+    assert hot[0][1] == 'DomainRestoreFlags', hot
+    assert ready_at <= min(t for t, c in hot if c == 'DomainDefineXML') + 0.001, (ready_at, hot)
+    for job in finished.values():
+        assert job['libvirt_calls_by_op'] == {'restoreFlags': 1, 'defineXML': 1}, job
     domains = {}
     for uuid, job in finished.items():
         assert job['state'] == 'done' and job['result'].startswith('warm: hit, spare ')
@@ -158,6 +162,7 @@ def _identities(node, uuid: str, count: int, timeout: float = 60.0) -> list[dict
         time.sleep(0.2)
 
 
+@pytest.mark.both_runtimes
 def test_a_warm_instance_stops_and_starts_as_its_own_domain(warm_node):
     """Stopped and started: a new QEMU, told its identity again; then reset behind the
     agent's back (as a guest's own reboot: the agent only sees libvirt's reboot event): told
@@ -218,6 +223,7 @@ def test_a_spec_a_spare_cannot_be_is_refused(warm_node):
             node.compute.boot_instance(node.host, dict(spec, uuid=node.spec()['uuid']))
 
 
+@pytest.mark.both_runtimes
 def test_spares_survive_an_agent_restart(warm_node):
     node = warm_node
     _full(node)
@@ -249,14 +255,16 @@ def test_compute_ctl_counts_warm_boots_once_their_jobs_ended(warm_node):
 
 @pytest.fixture(scope='module')
 def warm_lvm_node(tmp_path_factory):
-    """A pool of one on the LVM backend (a private loop-backed VG; without device-mapper
-    the harness exposes each LV through a loop device at its /dev/VG/LV path)."""
+    """A pool of one saved spare and one of one hot spare on the LVM backend (a private
+    loop-backed VG; without device-mapper the harness exposes each LV through a loop device
+    at its /dev/VG/LV path)."""
     conftest._check_node()
     workdir = str(tmp_path_factory.mktemp('warmlvmnode'))
     yield from conftest.run_node_on_vg(
         workdir, conftest.lvm_harness.LoopVolumeGroup(workdir),
-        extra_config='[resources]\naudit_interval = 0\n[warm]\npools = tiny\nquiet_seconds = 1\n'
-                     '[warm_pool:tiny]\nsize = 1\n' + FLAVOR)
+        extra_config='[resources]\naudit_interval = 0\n[warm]\npools = tiny,hot\n'
+                     'quiet_seconds = 1\n[warm_pool:tiny]\nsize = 1\n' + FLAVOR
+                     + '[warm_pool:hot]\nsize = 0\nhot = 1\n' + FLAVOR)
 
 
 def test_on_lvm_a_warm_instance_takes_its_spares_lv(warm_lvm_node):
@@ -282,6 +290,41 @@ def test_on_lvm_a_warm_instance_takes_its_spares_lv(warm_lvm_node):
     assert "<source dev='/dev/%s/%s'" % (node.vg.name, lv) in xml
     node.delete([uuid])
     assert lv not in node.vg.lvs()
+
+
+def test_on_lvm_a_hot_instance_takes_its_paused_spares_lv(warm_lvm_node):
+    """The LV the paused QEMU holds open becomes the instance's (its tags; no rename under
+    a running guest), and goes with it."""
+    node = warm_lvm_node
+    deadline = time.monotonic() + 300
+    while node.compute.get_stats(node.host)['manager']['warm']['hot'].get('hot') != 1:
+        assert time.monotonic() < deadline, 'no hot spare'
+        time.sleep(0.5)
+    spare = next(iter(conftest.spare_records(node, 'hot')))
+    lv = 'ca-%s-root' % spare
+    assert 'ca-instance-' + spare in node.vg.lvs()[lv]['tags']
+    uuid = node.spec()['uuid']
+    job = node.wait_job(node.boot({'uuid': uuid, 'pool': 'hot'})['job_id'])
+    assert job['result'] == 'hot: hit, spare %s of pool hot' % spare
+    node.created.add(uuid)
+    node.wait_ready([uuid])
+    assert node.vg.lvs()[lv]['tags'] == {'compute-agent', 'ca-instance-' + uuid}
+    assert '"uuid": "%s"' % uuid in node.wait_console(uuid, 'guest-identity: {')
+    assert node.compute.get_storage(node.host)['disks'][uuid]
+    conn = libvirt.open(conftest.URI)
+    try:
+        xml = conn.lookupByUUIDString(spare).XMLDesc(0)      # the running definition
+    finally:
+        conn.close()
+    assert "<source dev='/dev/%s/%s'" % (node.vg.name, lv) in xml
+    # an agent restart finds it as the instance, its disk as its own
+    node.stop('agent')
+    node.start('agent')
+    assert node.compute.get_instance(node.host, uuid)['vm_state'] == 'active'
+    assert uuid in node.compute.get_storage(node.host)['disks']
+    node.delete([uuid])
+    assert lv not in node.vg.lvs()
+    _leaves_nothing(node, [uuid], [spare])
 
 
 # -- hot spares ------------------------------------------------------------------------------
@@ -312,6 +355,7 @@ def _hot_full(node, timeout: float = 300.0) -> None:
         time.sleep(0.5)
 
 
+@pytest.mark.both_runtimes
 def test_hot_boots_at_once_are_one_resume_each_and_ready_as_themselves(hot_node):
     node = hot_node
     _hot_full(node)
@@ -324,14 +368,18 @@ def test_hot_boots_at_once_are_one_resume_each_and_ready_as_themselves(hot_node)
     finally:
         conn.close()
     assert node.compute.get_resources(node.host)['reserved']['memory_mb'] == 128 * HOT_SIZE
-    # As libvirt counts them: one resume per boot before any guest was ready; the
-    # instance's metadata and persistent definition after its ready event.
+    # As libvirt counts them: one resume per boot, the only call before its guest is ready;
+    # the instance's metadata and persistent definition after its ready event (each job's
+    # own calls; the client log: the first guest was ready before any call but a resume).
     finished, hot, ready_at = _boots_at_once(node, 'hot', HOT_SIZE)
     uuids = list(finished)
     assert sorted(c for _, c in hot) == sorted(
         ['DomainResume', 'DomainSetMetadata', 'DomainDefineXML'] * HOT_SIZE), hot
-    after = min(t for t, c in hot if c != 'DomainResume')
-    assert max(t for t, c in hot if c == 'DomainResume') <= after and ready_at <= after + 0.001
+    assert hot[0][1] == 'DomainResume', hot
+    assert ready_at <= min(t for t, c in hot if c != 'DomainResume') + 0.001, (ready_at, hot)
+    for job in finished.values():
+        assert job['libvirt_calls_by_op'] == {'resume': 1, 'setMetadata': 1,
+                                              'defineXML': 1}, job
     randoms = []
     for uuid, job in finished.items():
         assert job['result'].startswith('hot: hit, spare '), job
@@ -375,3 +423,68 @@ def test_restored_guests_reseed_from_a_new_generation_id_and_differ(hot_node):
     assert len(set(randoms)) == GEN_SIZE, randoms
     node.delete(uuids)
     _leaves_nothing(node, uuids, [])
+
+
+# -- a hot instance's console past virtlogd's rollover -----------------------------------------
+CONSOLE_MAX = 1024 * 1024          # virtlogd's max_size (tools/setup-node.sh)
+
+
+@pytest.fixture(scope='module')
+def flood_node(tmp_path_factory):
+    """One hot spare whose guest writes 2 MiB to its console at every boot ("ca.flood=2")."""
+    conftest._check_node()
+    node = conftest.Node(str(tmp_path_factory.mktemp('floodnode')), extra_config=(
+        '[resources]\naudit_interval = 0\n[warm]\npools = flood\nquiet_seconds = 1\n'
+        '[warm_pool:flood]\nsize = 0\nhot = 1\n%s'
+        % FLAVOR.replace(CMDLINE, CMDLINE + ' ca.flood=2')))
+    yield from conftest._run_node(node)
+
+
+def _console_files(node, uuid: str) -> str:
+    """Everything the instance's console files hold, oldest first."""
+    directory = os.path.join(node.instances, uuid)
+    out = ''
+    for name in ('console.log.1', 'console.log.0', 'console.log'):
+        try:
+            with open(os.path.join(directory, name), errors='replace') as f:
+                out += f.read()
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def test_a_hot_instances_console_rolls_over_in_its_own_directory(flood_node):
+    """virtlogd holds the path the spare's QEMU started with and rolls the log over by it
+    (rename, new file); the spare's console moved into the instance's directory at the take.
+    A reboot makes the guest write 2 MiB more: the rollovers happen in the instance's
+    directory (through the link in the spare's place), and the console goes on to the end."""
+    node = flood_node
+    deadline = time.monotonic() + 300
+    while node.compute.get_stats(node.host)['manager']['warm']['hot'].get('flood') != 1:
+        assert time.monotonic() < deadline, 'no hot spare'
+        time.sleep(0.5)
+    uuid = node.spec()['uuid']
+    job = node.wait_job(node.boot({'uuid': uuid, 'pool': 'flood', 'name': 'flood'})['job_id'])
+    assert job['result'].startswith('hot: hit, spare '), job
+    spare = job['result'].split()[3]
+    node.created.add(uuid)
+    node.wait_ready([uuid])
+    rebooted = time.time()
+    node.wait_job(node.compute.reboot_instance(node.host, uuid, hard=True)['job_id'])
+    deadline = time.monotonic() + 120      # ready again: the reboot's marker is printed
+    while (node.compute.get_instance(node.host, uuid)['ready_at'] or 0) < rebooted:
+        assert time.monotonic() < deadline, 'not ready after the reboot'
+        time.sleep(0.2)
+    deadline = time.monotonic() + 600      # then its 2 MiB and the last line
+    while 'guest-flood: done' not in _console_files(node, uuid).rsplit(conftest.MARKER, 1)[-1]:
+        assert time.monotonic() < deadline, 'the console stopped: %r' % (
+            sorted(os.listdir(os.path.join(node.instances, uuid))),)
+        time.sleep(1)
+    directory = os.path.join(node.instances, uuid)
+    sizes = {n: os.path.getsize(os.path.join(directory, n)) for n in os.listdir(directory)
+             if n.startswith('console.log')}
+    assert 'console.log.0' in sizes and all(s <= CONSOLE_MAX for s in sizes.values()), sizes
+    assert 'guest-flood: done' in node.compute.get_console_output(node.host, uuid, 4096)['output']
+    assert os.readlink(os.path.join(node.instances, spare)) == uuid
+    node.delete([uuid])
+    _leaves_nothing(node, [uuid], [spare])
