@@ -5,11 +5,12 @@
 # under [DEFAULT] runtime = threading.
 #
 # The suite mostly waits (guests booting under TCG, processes restarting): one run keeps about
-# 40 % of this machine's two cores busy. So three lanes run side by side, each its own pytest
-# process with its own nodes (agent, conductor, broker user, bridge, directories):
-#   eventlet-1   crash points, warm, readiness
-#   eventlet-2   every other file (the real Debian guest among them)
-#   threading    the tests marked both_runtimes
+# 40 % of this machine's two cores busy. So three lanes run side by side, each pytest process
+# with its own nodes (agent, conductor, broker user, bridge, directories), balanced by what
+# they took in CI (the real Debian guest alone takes ~9 minutes):
+#   a   eventlet: the real guest first, then warm and readiness
+#   b   eventlet: crash points, lifecycle, faults
+#   c   threading: the tests marked both_runtimes; then eventlet: every other file
 # They share libvirtd and RabbitMQ, so the tests marked "disruptive" (they stop one of them for
 # the whole machine) run afterwards, alone, in both runtimes.
 #   tools/run-functional.sh [tox env dir]      default: .tox/functional
@@ -21,36 +22,41 @@ export PYTHONDONTWRITEBYTECODE=1
 t=tests/functional
 logs=$(mktemp -d /var/tmp/compute-agent-lanes.XXXXXX)
 
-# lane NAME RUNTIME PYTEST-ARGS...: one pytest run, its output in $logs/NAME.log
-lane() {
+# run NAME RUNTIME PYTEST-ARGS...: one pytest run; its output in $logs/NAME.log, its status
+# in $logs/NAME.rc
+run() {
     local name=$1 runtime=$2
     shift 2
     COMPUTE_AGENT_RUNTIME=$runtime "$py" -m pytest -q -p no:cacheprovider -ra --durations=8 \
         --basetemp="/var/tmp/compute-agent-functional-$name" "$@" >"$logs/$name.log" 2>&1
+    echo $? >"$logs/$name.rc"
 }
 
-show() {   # show NAME RC
-    echo "== functional lane $1: $( [ "$2" = 0 ] && echo passed || echo "FAILED (rc $2)")"
-    cat "$logs/$1.log"
+rc=0
+show() {   # show NAME...: each run's verdict and output
+    local name code
+    for name in "$@"; do
+        code=$(cat "$logs/$name.rc" 2>/dev/null || echo missing)
+        echo "== functional $name: $( [ "$code" = 0 ] && echo passed || echo "FAILED ($code)")"
+        cat "$logs/$name.log" 2>/dev/null
+        [ "$code" = 0 ] || rc=1
+    done
 }
 
 start=$(date +%s)
-mine=(test_crash_points.py test_warm.py test_readiness.py)
-lane eventlet-1 eventlet -m 'not disruptive' "${mine[@]/#/$t/}" & p1=$!
-lane eventlet-2 eventlet -m 'not disruptive' $t "${mine[@]/#/--ignore=$t/}" & p2=$!
-lane threading threading -m 'both_runtimes and not disruptive' $t & p3=$!
-rc=0
-for lane_pid in "eventlet-1 $p1" "eventlet-2 $p2" "threading $p3"; do
-    set -- $lane_pid
-    wait "$2"; code=$?
-    show "$1" "$code"
-    [ "$code" = 0 ] || rc=1
-done
+a=(test_real_guest.py test_warm.py test_readiness.py)
+b=(test_crash_points.py test_lifecycle.py test_faults.py)
+run a-eventlet eventlet -m 'not disruptive' "${a[@]/#/$t/}" &
+run b-eventlet eventlet -m 'not disruptive' "${b[@]/#/$t/}" &
+{ run c-threading threading -m 'both_runtimes and not disruptive' $t
+  run c-eventlet eventlet -m 'not disruptive' $t "${a[@]/#/--ignore=$t/}" "${b[@]/#/--ignore=$t/}"
+} &
+wait
+show a-eventlet b-eventlet c-threading c-eventlet
 echo "== lanes done in $(( $(date +%s) - start )) s"
-lane disruptive-eventlet eventlet -m disruptive $t; code=$?
-show disruptive-eventlet "$code"; [ "$code" = 0 ] || rc=1
-lane disruptive-threading threading -m 'both_runtimes and disruptive' $t; code=$?
-show disruptive-threading "$code"; [ "$code" = 0 ] || rc=1
+run disruptive-eventlet eventlet -m disruptive $t
+run disruptive-threading threading -m 'both_runtimes and disruptive' $t
+show disruptive-eventlet disruptive-threading
 echo "== functional tests $( [ $rc = 0 ] && echo passed || echo FAILED) in $(( $(date +%s) - start )) s"
 rm -rf "$logs"
 exit $rc

@@ -267,57 +267,46 @@ def warm_lvm_node(tmp_path_factory):
                      + '[warm_pool:hot]\nsize = 0\nhot = 1\n' + FLAVOR)
 
 
-def test_on_lvm_a_warm_instance_takes_its_spares_lv(warm_lvm_node):
-    node = warm_lvm_node
+def _taken_on_lvm(node, pool: str, kind: str) -> tuple[str, str, str]:
+    """Boot one instance from pool ``pool``'s one ``kind`` spare (saved or hot) on the LVM
+    node: the spare's LV becomes the instance's by its tags (no rename: a paused QEMU holds
+    it open), the guest is itself, the running domain uses that LV. (uuid, spare, LV)."""
     deadline = time.monotonic() + 300
-    while _spares(node).get('tiny') != 1:
-        assert time.monotonic() < deadline, 'pool not full'
+    stat = 'hot' if kind == 'hot' else 'spares'
+    while node.compute.get_stats(node.host)['manager']['warm'][stat].get(pool) != 1:
+        assert time.monotonic() < deadline, 'no %s spare' % kind
         time.sleep(0.5)
-    spare = next(iter(conftest.spare_records(node, 'saved')))
+    spare = next(iter(conftest.spare_records(node, kind)))
     lv = 'ca-%s-root' % spare
     assert 'ca-instance-' + spare in node.vg.lvs()[lv]['tags']
     uuid = node.spec()['uuid']
-    job = node.wait_job(node.boot({'uuid': uuid, 'pool': 'tiny'})['job_id'])
-    assert job['result'] == 'warm: hit, spare %s of pool tiny' % spare
-    node.wait_ready([uuid])
-    assert node.vg.lvs()[lv]['tags'] == {'compute-agent', 'ca-instance-' + uuid}
-    assert '"uuid": "%s"' % uuid in node.wait_console(uuid, 'guest-identity: {')
-    conn = libvirt.open(conftest.URI)
-    try:
-        xml = conn.lookupByUUIDString(spare).XMLDesc(0)
-    finally:
-        conn.close()
-    assert "<source dev='/dev/%s/%s'" % (node.vg.name, lv) in xml
-    node.delete([uuid])
-    assert lv not in node.vg.lvs()
-
-
-def test_on_lvm_a_hot_instance_takes_its_paused_spares_lv(warm_lvm_node):
-    """The LV the paused QEMU holds open becomes the instance's (its tags; no rename under
-    a running guest), and goes with it."""
-    node = warm_lvm_node
-    deadline = time.monotonic() + 300
-    while node.compute.get_stats(node.host)['manager']['warm']['hot'].get('hot') != 1:
-        assert time.monotonic() < deadline, 'no hot spare'
-        time.sleep(0.5)
-    spare = next(iter(conftest.spare_records(node, 'hot')))
-    lv = 'ca-%s-root' % spare
-    assert 'ca-instance-' + spare in node.vg.lvs()[lv]['tags']
-    uuid = node.spec()['uuid']
-    job = node.wait_job(node.boot({'uuid': uuid, 'pool': 'hot'})['job_id'])
-    assert job['result'] == 'hot: hit, spare %s of pool hot' % spare
+    job = node.wait_job(node.boot({'uuid': uuid, 'pool': pool})['job_id'])
+    assert job['result'] == '%s: hit, spare %s of pool %s' % (
+        'hot' if kind == 'hot' else 'warm', spare, pool)
     node.created.add(uuid)
     node.wait_ready([uuid])
     assert node.vg.lvs()[lv]['tags'] == {'compute-agent', 'ca-instance-' + uuid}
     assert '"uuid": "%s"' % uuid in node.wait_console(uuid, 'guest-identity: {')
-    assert node.compute.get_storage(node.host)['disks'][uuid]
     conn = libvirt.open(conftest.URI)
     try:
         xml = conn.lookupByUUIDString(spare).XMLDesc(0)      # the running definition
     finally:
         conn.close()
     assert "<source dev='/dev/%s/%s'" % (node.vg.name, lv) in xml
-    # an agent restart finds it as the instance, its disk as its own
+    return uuid, spare, lv
+
+
+def test_on_lvm_a_warm_instance_takes_its_spares_lv(warm_lvm_node):
+    node = warm_lvm_node
+    uuid, _, lv = _taken_on_lvm(node, 'tiny', 'saved')
+    node.delete([uuid])
+    assert lv not in node.vg.lvs()
+
+
+def test_on_lvm_a_hot_instance_takes_its_paused_spares_lv(warm_lvm_node):
+    """And keeps it across an agent restart."""
+    node = warm_lvm_node
+    uuid, spare, lv = _taken_on_lvm(node, 'hot', 'hot')
     node.stop('agent')
     node.start('agent')
     assert node.compute.get_instance(node.host, uuid)['vm_state'] == 'active'
