@@ -27,6 +27,7 @@ import uuid as uuidlib
 from agent import crashpoints
 from agent import durable
 from agent import exception
+from agent import spec as specmod
 
 LOG = logging.getLogger(__name__)
 
@@ -129,13 +130,13 @@ class InstanceDirs:
 
     def _link_target(self, name: str) -> str | None:
         """The instance uuid a console link ``name`` points to, or None (not such a link)."""
+        if not specmod.is_canonical_uuid(name):
+            return None
         try:
             target = os.readlink(self.path(name))
-            uuidlib.UUID(name)
-            uuidlib.UUID(target)
-        except (OSError, ValueError):
+        except OSError:
             return None
-        return target if '/' not in target else None
+        return target if specmod.is_canonical_uuid(target) else None
 
     def _unlink_links(self, stale) -> list[str]:
         """Remove the console links whose target ``stale(target)`` says; their names."""
