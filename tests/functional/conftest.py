@@ -332,11 +332,15 @@ class Node:
         except FileNotFoundError:
             return ''
 
-    def wait_console(self, uuid: str, text: str, timeout: float = 120.0) -> str:
+    def wait_console(self, uuid: str, text: str, count: int = 1,
+                     timeout: float = 120.0) -> str:
+        """The console once ``text`` is on it ``count`` times. A guest's serial output
+        reaches the log through virtlogd on its own schedule, after any event the guest
+        caused next (its agent port, its power-off): wait for it, never assume it."""
         deadline = time.monotonic() + timeout
-        while text not in self.console(uuid):
-            assert time.monotonic() < deadline, 'no %r on the console of %s: %r' % (
-                text, uuid, self.console(uuid)[-500:])
+        while self.console(uuid).count(text) < count:
+            assert time.monotonic() < deadline, 'not %d x %r on the console of %s: %r' % (
+                count, text, uuid, self.console(uuid)[-500:])
             time.sleep(0.2)
         return self.console(uuid)
 

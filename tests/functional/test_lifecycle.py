@@ -66,7 +66,7 @@ def test_graceful_stop_then_start(life_node):
     uuid = _active(node)
     job = node.wait_job(node.compute.stop_instance(node.host, uuid)['job_id'])
     assert (job['state'], job['result'], job['libvirt_calls']) == ('done', 'graceful', 1), job
-    assert 'guest-acpi: power button' in node.console(uuid)
+    node.wait_console(uuid, 'guest-acpi: power button')
     _settled(node, uuid, 'stopped')
     assert _libvirt_state(uuid) == libvirt.VIR_DOMAIN_SHUTOFF        # defined, kept
     job = node.wait_job(node.compute.start_instance(node.host, uuid)['job_id'])
@@ -74,10 +74,7 @@ def test_graceful_stop_then_start(life_node):
     row = _settled(node, uuid, 'active')
     assert row['power_state'] == 'running'
     # The console kept the first boot and shows the second.
-    deadline = time.monotonic() + 120
-    while node.console(uuid).count(conftest.MARKER) < 2:
-        assert time.monotonic() < deadline, node.console(uuid)[-500:]
-        time.sleep(0.2)
+    node.wait_console(uuid, conftest.MARKER, count=2)
     out = node.compute.get_console_output(node.host, uuid, max_bytes=4096)
     assert conftest.MARKER in out['output'] and out['size'] >= len(out['output'])
     node.delete([uuid])
@@ -100,15 +97,10 @@ def test_soft_and_hard_reboot(life_node):
     job = node.wait_job(node.compute.reboot_instance(node.host, uuid)['job_id'])
     assert (job['state'], job['result'], job['libvirt_calls']) == ('done', 'soft', 1), job
     node.wait_console(uuid, 'guest-acpi: power button')
-    deadline = time.monotonic() + 120
-    while node.console(uuid).count(conftest.MARKER) < 2:
-        assert time.monotonic() < deadline, node.console(uuid)[-500:]
-        time.sleep(0.2)
+    node.wait_console(uuid, conftest.MARKER, count=2)
     job = node.wait_job(node.compute.reboot_instance(node.host, uuid, hard=True)['job_id'])
     assert (job['state'], job['result'], job['libvirt_calls']) == ('done', 'hard', 1), job
-    while node.console(uuid).count(conftest.MARKER) < 3:
-        assert time.monotonic() < deadline, node.console(uuid)[-500:]
-        time.sleep(0.2)
+    node.wait_console(uuid, conftest.MARKER, count=3)
     row = _settled(node, uuid, 'active')
     assert row['power_state'] == 'running' and _libvirt_state(uuid) == libvirt.VIR_DOMAIN_RUNNING
     node.delete([uuid])

@@ -55,7 +55,7 @@ def test_five_guests_ready_by_event_with_no_polling(ready_node):
         assert row['vm_state'] == 'active' and row['fault'] is None
         assert row['accepted_at'] < row['active_at'] < row['ready_at'], row
         assert row['ready_seen_at'] >= row['ready_at']
-        assert 'guest-agent-port: open' in node.console(uuid)
+        node.wait_console(uuid, 'guest-agent-port: open')
     # Ready came by event: the boots' two RPCs each and nothing else (no listing, no XML).
     after = _calls(node)
     spent = {op: n - before.get(op, 0) for op, n in after.items() if n != before.get(op, 0)}
@@ -97,7 +97,7 @@ def test_state_comes_from_events_not_polling(ready_node):
     node.wait_states([spec['uuid']], ['active'])
     rows = node.wait_states([spec['uuid']], ['stopped'])
     assert rows[spec['uuid']]['power_state'] == 'shutdown'
-    assert conftest.MARKER in node.console(spec['uuid'])
+    node.wait_console(spec['uuid'], conftest.MARKER)
     assert sum(_calls(node).values()) - before == 2
     node.delete([spec['uuid']])
     assert node.domains() == set()
@@ -127,7 +127,8 @@ def test_ready_survives_libvirtd_and_agent_restarts(ready_node):
     assert job['state'] == 'done', job
     row = _wait_row(node, uuid, lambda r: r['readiness'] == 'ready' and r['ready_at'] > ready_at)
     assert node.conductor.report_count(node.host) > reports
-    assert node.console(uuid).count('guest-agent-port: open') == 2
+    assert node.wait_console(uuid, 'guest-agent-port: open', count=2).count(
+        'guest-agent-port: open') == 2
     # An agent killed and started again reads the channel state from the domain XML its
     # start-up listing reads anyway.
     node.kill('agent')
