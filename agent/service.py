@@ -126,7 +126,9 @@ class AgentService:
             self.runtime.workqueue.observers.append(self.tracer.on_call)
         if conf.metrics.port:
             self.runtime.workqueue.observers.append(self.metrics.on_call)
+        self.send_waits = rpc.keep_send_connections(conf, conf.rpc.send_connections)
         self.transport = rpc.get_transport(conf)
+        self.send_connections = 0           # opened at start
         self.reporter = self._reporter(conf)
         self.dirs = instancedir.InstanceDirs(conf.instances_path,     # their one owner
                                              self.runtime.workqueue.execute,
@@ -213,6 +215,8 @@ class AgentService:
                 'images': self.images.stats(),
                 'manager': self.manager.stats(), 'trace': self.tracer.stats(),
                 'metrics_port': self.metrics_port,
+                'rpc': {'send_connections': self.send_connections,
+                        'send_waits': self.send_waits.count if self.send_waits else 0},
                 'process': {'max_rss_kb': usage.ru_maxrss,
                             'cpu_s': round(usage.ru_utime + usage.ru_stime, 3)}}
 
@@ -229,9 +233,16 @@ class AgentService:
             self.metrics_port = self.metrics.serve(self.conf.metrics.listen_address,
                                                    self.conf.metrics.port)
         self.server.start()
+        if self.conf.rpc.send_connections:
+            self.runtime.spawn(self._open_send_connections)
         LOG.info('compute-agent %s serving topic compute (virt_type=%s, runtime %s, '
                  '%d work-queue threads)', self.conf.host, self.conf.libvirt.virt_type,
                  self.runtime.name, self.conf.workqueue.threads)
+
+    def _open_send_connections(self) -> None:
+        self.send_connections = rpc.open_send_connections(self.transport,
+                                                          self.conf.rpc.send_connections)
+        LOG.info('%d send connections to the broker open', self.send_connections)
 
     def wait(self) -> None:
         """Block until the service is told to stop (SIGTERM/SIGINT), then stop it."""

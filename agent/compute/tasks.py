@@ -62,7 +62,6 @@ class Tasks:
         disks: list = []
         result = None
         try:
-            spec.recheck_files()      # the files checked at the request are the ones used
             warm, result = self._warm.boot(inst, spec, disks)
             if not warm:
                 self._cold(inst, spec, disks)
@@ -76,6 +75,9 @@ class Tasks:
 
     def _cold(self, inst: instancemod.Instance, spec: specmod.BootSpec, disks: list) -> None:
         core = self._core
+        # The files checked at the request are the ones used. (A spare uses none of them: it
+        # was made from files of the same identity, which its take compares.)
+        spec.recheck_files()
         if spec.image_ref is not None:
             if core.images is None:
                 raise exception.StorageError(reason='this agent has no image cache')

@@ -11,6 +11,7 @@ from agent.conf import network
 from agent.conf import power
 from agent.conf import readiness
 from agent.conf import resources
+from agent.conf import rpc
 from agent.conf import storage
 from agent.conf import trace
 from agent.conf import upgrade_levels
@@ -20,5 +21,5 @@ from agent.conf import workqueue
 CONF = cfg.CONF
 
 for _mod in (default, libvirt, workqueue, conductor, storage, resources, jobs, metrics,
-             trace, network, power, readiness, warm, images, upgrade_levels):
+             trace, network, power, readiness, warm, images, upgrade_levels, rpc):
     _mod.register_opts(CONF)

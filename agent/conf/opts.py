@@ -9,6 +9,7 @@ from agent.conf import network
 from agent.conf import power
 from agent.conf import readiness
 from agent.conf import resources
+from agent.conf import rpc
 from agent.conf import storage
 from agent.conf import trace
 from agent.conf import upgrade_levels
@@ -19,6 +20,6 @@ from agent.conf import workqueue
 def list_opts():
     result = []
     for mod in (default, libvirt, workqueue, conductor, storage, resources, jobs, metrics,
-                trace, network, power, readiness, warm, images, upgrade_levels):
+                trace, network, power, readiness, warm, images, upgrade_levels, rpc):
         result.extend(mod.list_opts().items())
     return result

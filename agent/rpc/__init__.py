@@ -1,8 +1,12 @@
 """RPC plumbing shared by the agent, the conductor and the CLI."""
+import logging
 import os
 import threading
 
 import oslo_messaging
+from oslo_messaging import opts as messaging_opts
+
+LOG = logging.getLogger(__name__)
 
 EXMODS = ['agent.exception']   # exceptions clients re-raise as the same class
 NODE_VHOST_PREFIX = 'node-'    # node NAME's own virtual host (tools/setup-node.sh --node)
@@ -10,6 +14,73 @@ NODE_VHOST_PREFIX = 'node-'    # node NAME's own virtual host (tools/setup-node.
 
 def get_transport(conf, url: str | None = None):
     return oslo_messaging.get_rpc_transport(conf, url=url, allowed_remote_exmods=EXMODS)
+
+
+RABBIT_GROUP = 'oslo_messaging_rabbit'
+
+
+POOL_LOGGER = 'oslo.messaging._drivers.pool'    # oslo.log names it so
+POOL_LIMIT = 'Connection pool limit exceeded'   # its warning, at every wait for a connection
+
+
+class SendWaits(logging.Filter):
+    """Counts the sends that waited for one of the pool's connections (oslo.messaging warns
+    at each; here that is by design, so counted, not logged)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith(POOL_LIMIT):
+            self.count += 1
+            return False
+        return True
+
+
+def keep_send_connections(conf, count: int) -> SendWaits | None:
+    """oslo.messaging's send pool holds ``count`` connections, kept open while idle (its
+    ``conn_pool_min_size`` and ``rpc_conn_pool_size`` default to that; values the operator
+    set win): a storm's concurrent answers wait for one of them (a publish takes about a
+    millisecond) instead of each opening another. Before the transport is made (its pool
+    reads the options then). The filter that counts the waits, if any (``count`` 0: the
+    pool as oslo.messaging makes it)."""
+    if count == 0:
+        return None
+    names = ('conn_pool_min_size', 'rpc_conn_pool_size')
+    for group, opts in messaging_opts.list_opts():
+        if group == RABBIT_GROUP:
+            conf.register_opts([o for o in opts if o.name in names], group)
+    for name in names:
+        conf.set_default(name, count, group=RABBIT_GROUP)
+    waits = SendWaits()
+    logging.getLogger(POOL_LOGGER).addFilter(waits)
+    return waits
+
+
+def open_send_connections(transport, count: int) -> int:
+    """Open ``count`` connections of ``transport``'s send pool now (answers and casts draw
+    from it; made when a storm of requests needs them, each is a TLS handshake in the event
+    loop while the answers wait); how many are open. One attempt each: if the broker is not
+    there, they are opened when needed, as without this. The pool is oslo.messaging's own
+    (``constraints.txt`` pins the version this was measured with): a version that keeps it
+    elsewhere gets a warning and lazy connections."""
+    pool = getattr(getattr(transport, '_driver', None), '_connection_pool', None)
+    if pool is None or not callable(getattr(pool, 'get', None)):
+        LOG.warning('this oslo.messaging has no send pool where expected: its connections '
+                    'are opened when first needed')
+        return 0
+    held = []
+    try:
+        for _ in range(count):
+            held.append(pool.get(retry=0))
+    except Exception as exc:        # the broker's or TLS's own errors: logged, not fatal
+        LOG.warning('opened %d of %d send connections to the broker: %s', len(held), count,
+                    exc)
+    finally:
+        for conn in held:
+            pool.put(conn)
+    return len(held)
 
 
 def lead_own_process_group() -> None:

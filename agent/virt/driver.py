@@ -227,12 +227,12 @@ class ComputeDriver(abc.ABC):
         raise NotImplementedError
 
     def resume_warm(self, spec: specmod.BootSpec, spare, disks: tuple,
-                    before_resume=None) -> None:
+                    identity: dict | None = None) -> None:
         """Resume hot ``spare`` (agent.warm.spares.Spare) as instance ``spec`` with ``disks``:
         one hypervisor call. Like ``restore_warm`` it runs under the spare's hypervisor
-        identity from now on. ``before_resume()``: called once the paused domain is the
-        instance's, just before that call (its identity is written then: the guest reads it
-        as it wakes)."""
+        identity from now on. ``identity``: written to the guest's identity port just before
+        that call (the guest reads it as it wakes; its answer comes as IdentityAcknowledged);
+        None: nothing written (a cloud-init pool's guest)."""
         raise NotImplementedError
 
     def persist(self, uuid: str) -> None:

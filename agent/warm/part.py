@@ -45,7 +45,8 @@ class WarmPart:
         self.spares = sparesmod.SpareStore(node.dirs, node.runtime.workqueue.execute)
         self.filler = fillermod.Filler(node, self.spares, self.pools, limits,
                                        retire=self._retire_expired, **options)
-        self._restorer = restoremod.Restorer(node, self.spares, self.pools, self.introduce)
+        self._restorer = restoremod.Restorer(node, self.spares, self.pools, self.introduce,
+                                             self.identity)
         self._held: dict[str, sparesmod.Spare] = {}     # instance uuid -> its spare
         self.retired = 0
 
@@ -74,14 +75,22 @@ class WarmPart:
         its QEMU starts (its agent channel's event could come before the send otherwise). A
         cloud-init pool's guest learns it from its seed instead; an instance of no pool has
         no port."""
-        spec = inst.spec
-        if spec is None or not spec.pool or self.seeded(spec.pool):
+        identity = self.identity(inst)
+        if identity is None:
             return
         inst.identity_pending = True
         if send:
             self._node.attempt(inst.uuid, 'send the guest its identity',
-                               self._node.driver.send_identity, inst.uuid,
-                               {'uuid': inst.uuid, 'name': inst.name, 'pool': spec.pool})
+                               self._node.driver.send_identity, inst.uuid, identity)
+
+    def identity(self, inst) -> dict | None:
+        """What the guest of ``inst`` is told on its identity port; None: nothing (a
+        cloud-init pool's guest learns it from its seed, an instance of no pool has no
+        port)."""
+        spec = inst.spec
+        if spec is None or not spec.pool or self.seeded(spec.pool):
+            return None
+        return {'uuid': inst.uuid, 'name': inst.name, 'pool': spec.pool}
 
     def seeded(self, pool: str | None) -> bool:
         """Whether ``pool``'s guests read a NoCloud seed (its instances booted cold too)."""

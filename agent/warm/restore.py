@@ -36,12 +36,14 @@ class Restorer:
     """Restores spares as instances (inside a boot job)."""
 
     def __init__(self, node: nodemod.Node, spares: sparesmod.SpareStore, pools: dict,
-                 introduce):
-        """``introduce(inst)``: send a port-identity guest who it is (``WarmPart``)."""
+                 introduce, identity):
+        """``introduce(inst)``: send a port-identity guest who it is; ``identity(inst)``:
+        what it is sent (``WarmPart``)."""
         self._node = node
         self._spares = spares
         self._pools = pools
         self._introduce = introduce
+        self._identity = identity
 
     def restore(self, inst, spec: specmod.BootSpec, spare: sparesmod.Spare,
                 disks_out: list) -> str:
@@ -68,7 +70,7 @@ class Restorer:
                 # Told who it is while still paused (QEMU queues the line on the open port):
                 # the guest reads it as it wakes, with no round trip after the resume.
                 node.driver.resume_warm(spec, spare, tuple(disks_out),
-                                        before_resume=lambda: self._introduce(inst))
+                                        identity=self._identity(inst))
                 resumed = True
                 crashpoints.reached('spare.take.resumed', inst.uuid, spare.uuid)
             else:

@@ -42,6 +42,18 @@ def test_the_agent_runs_in_the_configured_runtime(node):
     assert runtime == {'name': RUNTIME, 'green': RUNTIME == 'eventlet'}
 
 
+def test_the_agent_opens_its_send_connections_as_it_starts(node):
+    """[rpc] send_connections (8) are open before any request needs them: the broker
+    counts them for the node's user (with the server's own)."""
+    deadline = time.monotonic() + 60
+    while node.compute.get_stats(node.host)['rpc']['send_connections'] != 8:
+        assert time.monotonic() < deadline, node.log_tail('agent')
+        time.sleep(0.2)
+    listed = subprocess.run(['rabbitmqctl', '-q', 'list_connections', 'user'],
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert listed.count('node-' + node.host) >= 8 + 1, listed
+
+
 def test_boot_one_vm(node):
     _boot_and_check(node, 1)
 

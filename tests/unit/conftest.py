@@ -132,8 +132,9 @@ class Agent:
                  warm=None, image_sources=(), cache_max: int = 1 << 30):
         self.hv = hv
         self.lvm = lvm or fakelvm.FakeLvm()
-        self.dirs = instancedir.InstanceDirs(conf.instances_path)
         self.runtime = workqueue.native_runtime(4)
+        # As the agent's: their blocking work on the work queue.
+        self.dirs = instancedir.InstanceDirs(conf.instances_path, self.runtime.workqueue.execute)
         self.runtime.workqueue.observers.extend(o.on_call for o in (tracer, metrics) if o)
         self.commands = commands.CommandRunner(
             self.runtime.workqueue,

@@ -89,9 +89,12 @@ def test_a_hot_spares_open_port_becomes_its_instances(ports):
     port = Port(ports.path(spare))
     ports.connect(spare)                         # before the spare is paused
     guest = port.accept()
-    ports.rename(spare, U1)                      # taken by instance U1
+    handover = ports.hand_over(spare, U1, {'uuid': U1})   # taken by instance U1
+    handover.write()                             # both before the resume
+    handover.move()
+    handover.done()
     assert os.path.exists(ports.path(U1)) and not os.path.exists(ports.path(spare))
-    seq = ports.send(U1, {'uuid': U1})
+    seq = handover.seq
     line = Port.line(guest)                      # on the connection opened for the spare
     assert line['uuid'] == U1 and line['seq'] == seq
     guest.sendall(b'{"ack": %d, "clock": 1}\n' % seq)

@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from agent import context
 from agent import exception
 from agent import resources
 from agent.warm import restore as restoremod
@@ -906,5 +907,41 @@ def test_a_resumed_instance_whose_domain_goes_before_persist_leaves_nothing_of_i
         assert a.wait_job(a.manager.requests.delete_instance(U1)['job_id'])['state'] == 'done'
         assert domains.live_metadata(U1) is None and domains.take_restored(U1) is None
         assert hv.domains == {} and os.listdir(conf.instances_path) == []
+    finally:
+        a.stop()
+
+
+def test_a_hot_take_is_two_work_queue_calls_up_to_its_resume(conf, hv):
+    """The disk's hand-over (what tells a restart the spare is used up), then ONE call that
+    writes the identity, resumes and renames the console and port: every hop to the work
+    queue waits for the event loop, which serves the other boots of a storm meanwhile."""
+    a = hot_agent(conf, hv)
+    try:
+        spare = a.manager.warm.filler.make(HOT, hot=True)
+        ops = []
+        a.runtime.workqueue.observers.append(
+            lambda op, *times: ops.append(op) if context.current().uuid == U1 else None)
+        job = a.wait_job(a.manager.requests.boot_instance(warm_spec())['job_id'])
+        assert job['result'] == 'hot: hit, spare %s of pool tiny' % spare.uuid
+        assert ops[:ops.index('libvirt.resume') + 1] == ['disk.adopt', 'libvirt.resume'], ops
+        assert os.path.exists(a.driver._identity.path(U1))            # renamed in it
+        assert not os.path.exists(a.driver._identity.path(spare.uuid))
+    finally:
+        a.stop()
+
+
+def test_a_hot_take_whose_identity_cannot_be_written_removes_the_spare_and_boots_cold(conf, hv):
+    a = hot_agent(conf, hv)
+    try:
+        spare = a.manager.warm.filler.make(HOT, hot=True)
+        a.driver._identity.close(spare.uuid)             # its connection gone,
+        os.unlink(a.driver._identity.path(spare.uuid))   # and its port (nothing to connect to)
+        job = a.wait_job(a.manager.requests.boot_instance(warm_spec())['job_id'])
+        assert job['state'] == 'done' and job['result'].startswith(
+            'cold (hot: resume failed: identity port of %s: ' % U1), job
+        assert spare.uuid not in hv.domains and U1 in hv.domains
+        assert 'resume' not in hv.calls                  # never woken as somebody else
+        assert a.manager.resource_report()['reserved']['memory_mb'] == 0
+        assert sorted(os.listdir(conf.instances_path)) == [U1]
     finally:
         a.stop()

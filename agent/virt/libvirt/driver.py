@@ -323,8 +323,8 @@ class LibvirtDriver(driver.ComputeDriver):
         self._spares.keep_hot(uuid)
 
     def resume_warm(self, spec: specmod.BootSpec, spare, disks: tuple,
-                    before_resume=None) -> None:
-        self._spares.resume(spec, spare, disks, before_resume)
+                    identity: dict | None = None) -> None:
+        self._spares.resume(spec, spare, disks, identity)
 
     def persist(self, uuid: str) -> None:
         self._spares.persist(uuid)

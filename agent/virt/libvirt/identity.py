@@ -6,7 +6,7 @@ identity on and answers on the same port with one line ``{"ack": SEQ, "clock": S
 That answer, for the latest line only, is handed on as an ``IdentityAck``: the instance is
 ready only once it came (``agent.compute.events``). A connection stays open until the domain
 goes (one reader each, no polling); a hot spare's is opened before it is paused and becomes
-its instance's (``rename``).
+its instance's (``hand_over``).
 """
 import dataclasses
 import itertools
@@ -124,52 +124,23 @@ class IdentityPorts:
         host's clock (taken on the work queue, just before the write); the number (AgentError
         if its port is not there). On the open connection if there is one (a fresh one
         otherwise): an answer to an earlier line no longer counts either way."""
-        seq = next(self._seqs)
-        with self._lock:
-            conn = self._open.get(uuid)
-            if conn is not None:
-                conn.seq = seq
+        line = _Line(self, uuid, identity, self.path(uuid))
+        self._wq.execute('identity.write', line.write)
+        line.done()
+        return line.seq
 
-        def write(conn):
-            line = (json.dumps(dict(identity, seq=seq, time=int(time.time())),
-                               sort_keys=True) + '\n').encode()
-            if conn is not None:
-                try:
-                    _write(conn.sock, line)
-                    return None
-                except OSError:     # QEMU closed it (a new QEMU since): a fresh connection
-                    pass
-            sock = _connect(self.path(uuid))
-            try:
-                _write(sock, line)
-            except OSError:
-                sock.close()
-                raise
-            return sock
-        try:
-            sock = self._wq.execute('identity.write', write, conn)
-        except OSError as exc:
-            raise exception.AgentError('identity port of %s: %s' % (uuid, exc)) from None
-        if sock is not None:
-            conn = _Conn(uuid, sock)
-            conn.seq = seq
-            self._watch(conn)
-        return seq
-
-    def rename(self, old: str, new: str) -> None:
-        """The port of ``old`` (a hot spare) is ``new``'s (its instance) from now on: its
-        socket file moves (QEMU's listening socket stays bound to it) and its open
-        connection with it."""
-        try:
-            os.rename(self.path(old), self.path(new))
-        except OSError as exc:
-            raise exception.AgentError('identity port of %s: %s' % (old, exc)) from None
+    def hand_over(self, old: str, new: str, identity: dict | None) -> 'HandOver':
+        """The port of ``old`` (a hot spare) becomes ``new``'s (its instance): its open
+        connection at once (answers on it are ``new``'s), its socket file and ``identity``
+        (if any) by the returned HandOver's steps, which the caller runs on the work queue
+        (QEMU's listening socket stays bound to the file)."""
         with self._lock:
             conn = self._open.pop(old, None)
             if conn is not None:
                 conn.uuid = new
                 self._drop_locked(new)
                 self._open[new] = conn
+        return HandOver(self, old, new, identity)
 
     def _watch(self, conn: _Conn) -> None:
         with self._lock:
@@ -238,3 +209,78 @@ class IdentityPorts:
             os.unlink(self.path(uuid))
         except FileNotFoundError:
             pass
+
+
+class _Line:
+    """One identity line for the guest of ``uuid``: numbered (and made the line an answer
+    must match) when made, written by ``write()`` (on the work queue: on the open connection,
+    else a fresh one to ``path``), ``done()`` afterwards (a fresh connection gets its
+    reader)."""
+
+    def __init__(self, ports: IdentityPorts, uuid: str, identity: dict, path: str):
+        self._ports = ports
+        self._uuid = uuid
+        self._identity = identity
+        self._path = path
+        self._fresh: socket.socket | None = None
+        self.seq = next(ports._seqs)
+        with ports._lock:
+            self._conn = ports._open.get(uuid)
+            if self._conn is not None:
+                self._conn.seq = self.seq
+
+    def write(self) -> None:
+        line = (json.dumps(dict(self._identity, seq=self.seq, time=int(time.time())),
+                           sort_keys=True) + '\n').encode()
+        try:
+            if self._conn is not None:
+                try:
+                    _write(self._conn.sock, line)
+                    return
+                except OSError:     # QEMU closed it (a new QEMU since): a fresh connection
+                    pass
+            sock = _connect(self._path)
+            try:
+                _write(sock, line)
+            except OSError:
+                sock.close()
+                raise
+        except OSError as exc:
+            raise exception.AgentError('identity port of %s: %s' % (self._uuid, exc)) from None
+        self._fresh = sock
+
+    def done(self) -> None:
+        if self._fresh is not None:
+            conn = _Conn(self._uuid, self._fresh)
+            conn.seq = self.seq
+            self._fresh = None
+            self._ports._watch(conn)
+
+
+class HandOver:
+    """A hot spare's port becoming its instance's (``IdentityPorts.hand_over``): ``write()``
+    its identity, then ``move()`` its socket file (both on the work queue, in the resume's
+    call, before the resume), ``done()`` in the caller's thread at the end."""
+
+    def __init__(self, ports: IdentityPorts, old: str, new: str, identity: dict | None):
+        self._ports = ports
+        self._old = old
+        self._new = new
+        # Written before move(): a fresh connection goes to the spare's name.
+        self._line = (_Line(ports, new, identity, ports.path(old))
+                      if identity is not None else None)
+        self.seq = self._line.seq if self._line is not None else None
+
+    def write(self) -> None:
+        if self._line is not None:
+            self._line.write()
+
+    def move(self) -> None:
+        try:
+            os.rename(self._ports.path(self._old), self._ports.path(self._new))
+        except OSError as exc:
+            raise exception.AgentError('identity port of %s: %s' % (self._old, exc)) from None
+
+    def done(self) -> None:
+        if self._line is not None:
+            self._line.done()

@@ -116,16 +116,18 @@ class SpareDomains:
         """A hot spare found at start-up, kept: its events are a spare's again."""
         self._domains.spare_started(uuid)
 
-    def resume(self, spec: specmod.BootSpec, spare, disks: tuple, before_resume=None) -> None:
-        """Hot spare ``spare`` becomes instance ``spec``: what the running domain uses of the
-        spare's (console log, identity port) becomes the instance's, the domain is mapped to
-        the instance, then ONE call resumes it. Its metadata and persistent definition are
-        the instance's later (``persist``, after ready)."""
+    def resume(self, spec: specmod.BootSpec, spare, disks: tuple,
+               identity: dict | None = None) -> None:
+        """Hot spare ``spare`` becomes instance ``spec``: the domain is mapped to the
+        instance, then ONE work-queue call writes the guest its ``identity`` (QEMU queues it
+        on the port the spare's connection holds open: the guest reads it as it wakes) and
+        gives the port's socket the instance's name, makes ONE libvirt call, the resume, and
+        moves the console log into the instance's directory (files renamed: QEMU holds them
+        open). Its metadata and persistent definition are the instance's later
+        (``persist``, after ready)."""
         conn = self._host.conn()
         epoch = self._host.epoch
         metadata = self._metadata(spec, spare)
-        self._take_over(spec.uuid, spare.uuid, hot=True)
-        self._identity.rename(spare.uuid, spec.uuid)
         self._domains.adopt(spec.uuid, spare.uuid)     # before: the resume's events are its
         self._domains.spare_gone(spare.uuid)
         handle = self._hot.pop(spare.uuid, (None, None))
@@ -133,9 +135,19 @@ class SpareDomains:
         if dom is None:              # made before a restart or a reconnect: one lookup
             dom = self._host.call('lookupByUUIDString', conn.lookupByUUIDString, spare.uuid,
                                   epoch=epoch)
-        if before_resume is not None:
-            before_resume()
-        self._host.call('resume', dom.resume, epoch=epoch)
+        port = self._identity.hand_over(spare.uuid, spec.uuid, identity)
+
+        def take():
+            # One work-queue hop on the way to the resume, not one per step: each hop waits
+            # for the event loop, which serves the other boots of a storm meanwhile.
+            port.write()
+            port.move()          # a failed resume leaves it the instance's: removed with it
+            dom.resume()
+            self._move_console(spec.uuid, spare.uuid)
+        try:
+            self._host.call('resume', take, epoch=epoch)
+        finally:
+            port.done()
         self._domains.cache(spec.uuid, epoch, dom)
         # Its definition is built when it is made persistent (after ready): XML work in the
         # event loop here would come before other takes' resumes.
@@ -157,23 +169,28 @@ class SpareDomains:
             os.path.join(self._dirs.path(spec.uuid), vconsole.CONSOLE_LOG),
             self._identity.path(spec.uuid))
 
-    def _take_over(self, uuid: str, spare: str, hot: bool = False) -> None:
+    def _take_over(self, uuid: str, spare: str) -> None:
         """The instance's marked directory, recording the domain it runs as (a restore: its
-        XML names the instance); a ``hot`` spare's console log moves into it instead (QEMU
-        writes on into the file it holds open) and the record waits for ``persist``: until
-        its metadata names the instance, a restart sees a spare's domain (and removes it).
-        One work-queue call."""
+        XML names the instance). One work-queue call."""
         def record():
             self._dirs.create_here(uuid)
-            if not hot:
-                self._record(uuid, spare)
-                return
+            self._record(uuid, spare)
+        self._wq.execute('instance.record', record)
+
+    def _move_console(self, uuid: str, spare: str) -> None:
+        """A resumed spare's console log into the instance's marked directory (QEMU writes on
+        into the file it holds open); no record yet: until its metadata names the instance,
+        a restart sees a spare's domain (and removes it). On the work queue."""
+        try:
+            self._dirs.create_here(uuid)
             try:
                 os.rename(os.path.join(self._dirs.path(spare), vconsole.CONSOLE_LOG),
                           os.path.join(self._dirs.path(uuid), vconsole.CONSOLE_LOG))
             except FileNotFoundError:
                 pass
-        self._wq.execute('instance.record', record)
+        except OSError as exc:
+            raise exception.AgentError('moving the console log of spare %s to %s: %s'
+                                       % (spare, uuid, exc)) from None
 
     def _record(self, uuid: str, dom_uuid: str) -> None:
         durable.write_file(os.path.join(self._dirs.path(uuid), RESTORED_AS), dom_uuid + '\n')
