@@ -16,9 +16,7 @@ def get_transport(conf, url: str | None = None):
     return oslo_messaging.get_rpc_transport(conf, url=url, allowed_remote_exmods=EXMODS)
 
 
-RABBIT_GROUP = 'oslo_messaging_rabbit'
-
-
+RABBIT_GROUP = 'oslo_messaging_rabbit'          # where oslo.messaging's pool options live
 POOL_LOGGER = 'oslo.messaging._drivers.pool'    # oslo.log names it so
 POOL_LIMIT = 'Connection pool limit exceeded'   # its warning, at every wait for a connection
 
