@@ -6,6 +6,7 @@ from oslo_config import cfg
 from oslo_messaging._drivers import pool as messaging_pool
 
 from agent import rpc
+from tests.unit.conftest import wait_until
 
 
 class Pool(messaging_pool.Pool):
@@ -74,10 +75,17 @@ def test_a_send_that_waits_for_a_connection_is_counted_not_logged(caplog):
     pool._max_size = 2
     try:
         held = [pool.get(retry=0), pool.get(retry=0)]
-        threading.Timer(0.2, pool.put, (held.pop(),)).start()
+        got = []
         with caplog.at_level(logging.WARNING, logger=rpc.POOL_LOGGER):
-            assert pool.get(retry=0) is not None         # waited for the one put back
-        assert waits.count == 1 and pool.made == 2
+            third = threading.Thread(target=lambda: got.append(pool.get(retry=0)))
+            third.start()
+            # Counted as it starts to wait (oslo.messaging warns, then waits): only then is
+            # a connection put back, which it takes.
+            wait_until(lambda: waits.count == 1, what='the send waiting')
+            assert got == []
+            pool.put(held.pop())
+            third.join(10)
+        assert got and got[0] is not None and waits.count == 1 and pool.made == 2
         assert not [r for r in caplog.records if r.msg.startswith(rpc.POOL_LIMIT)]
     finally:
         logging.getLogger(rpc.POOL_LOGGER).removeFilter(waits)
