@@ -90,8 +90,8 @@ def test_a_hot_spares_open_port_becomes_its_instances(ports):
     ports.connect(spare)                         # before the spare is paused
     guest = port.accept()
     handover = ports.hand_over(spare, U1, {'uuid': U1})   # taken by instance U1
-    handover.write()                             # both before the resume
-    handover.move()
+    handover.move()                              # both before the resume
+    handover.write()
     handover.done()
     assert os.path.exists(ports.path(U1)) and not os.path.exists(ports.path(spare))
     seq = handover.seq

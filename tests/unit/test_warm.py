@@ -934,8 +934,10 @@ def test_a_hot_take_whose_identity_cannot_be_written_removes_the_spare_and_boots
     a = hot_agent(conf, hv)
     try:
         spare = a.manager.warm.filler.make(HOT, hot=True)
+        port = a.driver._identity.path(spare.uuid)
         a.driver._identity.close(spare.uuid)             # its connection gone,
-        os.unlink(a.driver._identity.path(spare.uuid))   # and its port (nothing to connect to)
+        os.unlink(port)                                  # and its port: a file nothing
+        open(port, 'w').close()                          # listens on (connect refused)
         job = a.wait_job(a.manager.requests.boot_instance(warm_spec())['job_id'])
         assert job['state'] == 'done' and job['result'].startswith(
             'cold (hot: resume failed: identity port of %s: ' % U1), job
@@ -943,5 +945,7 @@ def test_a_hot_take_whose_identity_cannot_be_written_removes_the_spare_and_boots
         assert 'resume' not in hv.calls                  # never woken as somebody else
         assert a.manager.resource_report()['reserved']['memory_mb'] == 0
         assert sorted(os.listdir(conf.instances_path)) == [U1]
+        # Nothing of the spare's port is left: it went with the instance's first domain.
+        assert sorted(os.listdir(conf.libvirt.identity_socket_dir)) == [U1 + '.sock']
     finally:
         a.stop()

@@ -258,16 +258,16 @@ class _Line:
 
 
 class HandOver:
-    """A hot spare's port becoming its instance's (``IdentityPorts.hand_over``): ``write()``
-    its identity, then ``move()`` its socket file (both on the work queue, in the resume's
+    """A hot spare's port becoming its instance's (``IdentityPorts.hand_over``): ``move()``
+    its socket file to the instance's name first (whatever fails after, the port goes with
+    the instance), then ``write()`` its identity (both on the work queue, in the resume's
     call, before the resume), ``done()`` in the caller's thread at the end."""
 
     def __init__(self, ports: IdentityPorts, old: str, new: str, identity: dict | None):
         self._ports = ports
         self._old = old
         self._new = new
-        # Written before move(): a fresh connection goes to the spare's name.
-        self._line = (_Line(ports, new, identity, ports.path(old))
+        self._line = (_Line(ports, new, identity, ports.path(new))
                       if identity is not None else None)
         self.seq = self._line.seq if self._line is not None else None
 

@@ -120,8 +120,8 @@ class SpareDomains:
                identity: dict | None = None) -> None:
         """Hot spare ``spare`` becomes instance ``spec``: the domain is mapped to the
         instance, then ONE work-queue call writes the guest its ``identity`` (QEMU queues it
-        on the port the spare's connection holds open: the guest reads it as it wakes) and
-        gives the port's socket the instance's name, makes ONE libvirt call, the resume, and
+        on the port the spare's connection holds open: the guest reads it as it wakes) after
+        giving the port's socket the instance's name, makes ONE libvirt call, the resume, and
         moves the console log into the instance's directory (files renamed: QEMU holds them
         open). Its metadata and persistent definition are the instance's later
         (``persist``, after ready)."""
@@ -140,8 +140,8 @@ class SpareDomains:
         def take():
             # One work-queue hop on the way to the resume, not one per step: each hop waits
             # for the event loop, which serves the other boots of a storm meanwhile.
+            port.move()          # first: whatever fails next, it goes with the instance
             port.write()
-            port.move()          # a failed resume leaves it the instance's: removed with it
             dom.resume()
             self._move_console(spec.uuid, spare.uuid)
         try:
