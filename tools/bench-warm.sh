@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The warm-boot benchmark, from a fresh node (as root): node set-up, the test guest, the venv
-# (+ matplotlib), then tools/bench_warm.py: per N, cold floor, cold agent, raw-restore floor
-# and warm agent, one after the other (about 25 minutes for N = 1,10,20 x 3).
+# (+ matplotlib), then tools/bench_warm.py: per N, cold floor, cold agent, raw-restore floor,
+# warm agent, raw-resume floor, hot agent and the resume floor after one RPC, one after the
+# other (about 40 minutes for N = 1,10,20 x 3; --kinds runs a subset).
 #
 #   tools/bench-warm.sh                      # N = 1,10,20, 3 runs each
 #   tools/bench-warm.sh --sizes 20 --repeat 1

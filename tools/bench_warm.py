@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Warm-boot benchmark: time to ready of N boots requested at once, six ways, on one node.
+"""Warm-boot benchmark: time to ready of N boots requested at once, seven ways, on one node.
 
 Run it through tools/bench-warm.sh (node set-up, test guest, venv, then this). For each N and
 each repetition, one after the other:
@@ -20,12 +20,16 @@ each repetition, one after the other:
   writing the guest its identity on the open port; ready = the guest's answer.
 - hot agent: an agent whose pool holds N hot spares gets N boot_instance requests naming the
   pool, released at once; ready = ``ready_at``.
+- resume RPC floor: the resume floor, each thread first making one RPC round trip through
+  RabbitMQ to an idle agent (``ping``: no agent work): what a request through the broker
+  costs by itself, its CPU (client, broker, TLS, the agent's messaging) included.
 
 Every guest is the tiny test guest (1 vCPU, ``--memory-mb``, one isolated user NIC; spares
 also a 1 GiB qcow2 root disk). Per N, medians over the repetitions of each run's median and
 max. Output: a table, ``warm-boot.json`` (every run, the summary, the ratios: warm to the
 cold floor, target <= 0.2 at N = 20; warm to the restore floor, target <= 1.1; hot to the
-cold floor, target <= 0.03 at N = 20; hot to the resume floor, target <= 1.1) and
+cold floor, target <= 0.03 at N = 20; hot to the resume floor, target <= 1.1; hot to the
+resume RPC floor and that floor to the resume floor: what the broker alone costs) and
 ``warm-boot.png``. ``--kinds`` runs a subset; ``--from-json PATH`` re-tabulates and re-plots
 an earlier JSON.
 """
@@ -48,7 +52,8 @@ import bench_boot_storm as bs  # noqa: E402
 from agent import exception  # noqa: E402
 from agent.virt.libvirt import config as vconfig  # noqa: E402
 
-KINDS = ('cold_floor', 'cold_agent', 'restore_floor', 'warm_agent', 'resume_floor', 'hot_agent')
+KINDS = ('cold_floor', 'cold_agent', 'restore_floor', 'warm_agent', 'resume_floor', 'hot_agent',
+         'resume_rpc_floor')
 SETTLE_S = 2.0          # [warm] settle_seconds, the agent's default
 # How long the floor's hot spares stay paused before the resumes: at least as long as the
 # agent's do (the hot-agent run waits a second for its filler to be idle, then pings).
@@ -160,9 +165,12 @@ class RestoreFloor:
             self.floor.started.pop(u, None)
         return saved
 
-    def run(self, n: int, memory_mb: int, ready_timeout: float, hot: bool = False) -> dict:
+    def run(self, n: int, memory_mb: int, ready_timeout: float, hot: bool = False,
+            first=None) -> dict:
         """N restores (``hot``: resumes of paused spares) at once, each then telling its
-        guest who it is."""
+        guest who it is. ``first()``: what each thread does after the barrier, before its
+        libvirt call, on the clock (an RPC round trip: the resume floor of a request that
+        comes through the broker)."""
         saved = self._prepare(n, memory_mb, ready_timeout, hot)
         uuids = list(saved)
         barrier = threading.Barrier(n)
@@ -175,6 +183,8 @@ class RestoreFloor:
                 dom = conn.lookupByUUIDString(uuid) if hot else None
                 barrier.wait()
                 t0[uuid] = time.monotonic()
+                if first is not None:
+                    first()
                 if hot:
                     dom.resume()
                     called[uuid] = time.monotonic() - t0[uuid]
@@ -289,6 +299,21 @@ def warm_storm(svc: 'bs.Services', n: int, memory_mb: int, ready_timeout: float,
             'libvirt_calls': calls, 'cpu_s': cpu, 'trace': trace.get('path')}
 
 
+def resume_rpc_floor(svc: 'bs.Services', restore: RestoreFloor, n: int, memory_mb: int,
+                     ready_timeout: float, run: str) -> dict:
+    """The resume floor with one RPC round trip to an idle agent (``ping``: no agent work)
+    before each resume: what being asked through the broker costs by itself, with its CPU
+    (client, RabbitMQ, TLS, the agent's messaging) in the guests' wake-up window."""
+    svc.start_agent(run, '')
+    bs.released_at_once(n, lambda i: svc.compute.ping(svc.host))    # connections made
+    bs.released_at_once(n, lambda i: svc.compute.ping(svc.host))
+    try:
+        return restore.run(n, memory_mb, ready_timeout, hot=True,
+                           first=lambda: svc.compute.ping(svc.host))
+    finally:
+        svc.stop('agent')
+
+
 def summarize(n: int, runs: dict) -> dict:
     """Per kind: medians over the repetitions of each run's median and max time to ready."""
     out = {'n': n}
@@ -300,7 +325,8 @@ def summarize(n: int, runs: dict) -> dict:
         out[kind + '_all_ready'] = all(len(r['ready_s']) == n for r in runs.get(kind, []))
     for num, den in (('warm_agent', 'cold_floor'), ('warm_agent', 'restore_floor'),
                      ('cold_agent', 'cold_floor'), ('hot_agent', 'cold_floor'),
-                     ('hot_agent', 'resume_floor')):
+                     ('hot_agent', 'resume_floor'), ('hot_agent', 'resume_rpc_floor'),
+                     ('resume_rpc_floor', 'resume_floor')):
         for q in ('median', 'max'):
             a, b = out['%s_ready_%s_s' % (num, q)], out['%s_ready_%s_s' % (den, q)]
             out['ratio_%s_to_%s_%s' % (num, den, q)] = round(a / b, 3) if a and b else None
@@ -318,7 +344,8 @@ def summarize(n: int, runs: dict) -> dict:
 def table(summaries: list) -> str:
     """Per N: each kind's median/max time to ready, and each agent kind against its floor."""
     head = ['%4s' % 'N'] + ['%-20s' % k for k in KINDS] + [
-        '%-11s' % r for r in ('warm/cold', 'warm/rst', 'hot/cold', 'hot/resume')]
+        '%-11s' % r for r in ('warm/cold', 'warm/rst', 'hot/cold', 'hot/resume', 'hot/rpc',
+                              'rpc/resume')]
     lines = [' | '.join(head)]
     for s in summaries:
         cells = ['%4d' % s['n']]
@@ -326,7 +353,8 @@ def table(summaries: list) -> str:
             cells.append('%-20s' % ('%s / %s' % (s['%s_ready_median_s' % k],
                                                  s['%s_ready_max_s' % k])))
         for num, den in (('warm_agent', 'cold_floor'), ('warm_agent', 'restore_floor'),
-                         ('hot_agent', 'cold_floor'), ('hot_agent', 'resume_floor')):
+                         ('hot_agent', 'cold_floor'), ('hot_agent', 'resume_floor'),
+                         ('hot_agent', 'resume_rpc_floor'), ('resume_rpc_floor', 'resume_floor')):
             cells.append('%-11s' % ('%s/%s' % (s['ratio_%s_to_%s_median' % (num, den)],
                                                s['ratio_%s_to_%s_max' % (num, den)])))
         lines.append(' | '.join(cells))
@@ -344,7 +372,8 @@ def plot(summaries: list, path: str) -> None:
               'restore_floor': ('tab:olive', 'warm: raw restoreFlags floor'),
               'warm_agent': ('tab:red', 'warm: agent'),
               'resume_floor': ('tab:cyan', 'hot: raw resume floor'),
-              'hot_agent': ('tab:purple', 'hot: agent')}
+              'hot_agent': ('tab:purple', 'hot: agent'),
+              'resume_rpc_floor': ('tab:pink', 'hot: resume floor after one RPC')}
     for kind, (color, label) in styles.items():
         if all(s.get('%s_ready_median_s' % kind) is None for s in summaries):
             continue
@@ -423,7 +452,10 @@ def main(argv=None) -> int:
                                                          args.ready_timeout, hot=True)),
                     ('hot_agent', lambda: warm_storm(svc, n, args.memory_mb,
                                                      args.ready_timeout, progress,
-                                                     'hot-n%d-r%d' % (n, rep), hot=True)))
+                                                     'hot-n%d-r%d' % (n, rep), hot=True)),
+                    ('resume_rpc_floor', lambda: resume_rpc_floor(
+                        svc, restore, n, args.memory_mb, args.ready_timeout,
+                        'rpc-n%d-r%d' % (n, rep))))
                 for kind, step in steps:
                     if kind not in kinds:
                         continue
