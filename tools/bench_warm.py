@@ -195,8 +195,8 @@ class RestoreFloor:
                     conn.restoreFlags(saved[uuid][0], saved[uuid][1], 0)
                     called[uuid] = time.monotonic() - t0[uuid]
                     acked[uuid] = identify(self._socket(uuid), uuid)
-            except (libvirt.libvirtError, OSError, ValueError) as exc:
-                errors[uuid] = str(exc)
+            except Exception as exc:    # libvirt, the port, or first()'s RPC (a timeout)
+                errors[uuid] = '%s: %s' % (type(exc).__name__, exc)
             finally:
                 if hot:
                     saved[uuid][0].close()
