@@ -254,12 +254,14 @@ class AgentService:
 
     def stop(self) -> None:
         """Stop serving: RPC server first, then the warm filler (a spare being booted is
-        removed while libvirt is still connected), then flush reports and the journal."""
+        removed while libvirt is still connected) and the audit loop, then flush reports and
+        the journal."""
         LOG.info('stopping')
         self.server.stop()
         rpc_drain.leave_unacked(self.server)        # requests delivered now wait for the restart
         self.server.wait()
         self.manager.warm.stop()
+        self.manager.audits.stop()        # its listings need libvirt, closed below
         self.reporter.flush(timeout=5.0)
         self.reporter.stop()
         try:

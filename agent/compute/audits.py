@@ -1,6 +1,7 @@
 """Resource audits: usage re-derived from one hypervisor listing and one storage listing."""
 import dataclasses
 import logging
+import time
 from typing import Callable
 
 from agent import exception
@@ -26,6 +27,8 @@ class Audits:
         self._core = core
         self._making = making
         self._hot_memory = hot_memory
+        self._stopping = False
+        self._busy = False
 
     def busy(self) -> set[str]:
         """What audits leave alone: instances a boot or delete works on, spares being
@@ -108,12 +111,26 @@ class Audits:
                             inst.uuid, job=job)
 
     def run(self, interval: float) -> None:
-        """The periodic audit loop; run it in its own (green)thread."""
-        while True:
+        """The periodic audit loop, until ``stop``; run it in its own (green)thread."""
+        while not self._stopping:
             self._core.runtime.sleep(interval)
+            if self._stopping:
+                break
+            self._busy = True
             try:
                 self.periodic_audit()
             except exception.AgentError as exc:
                 LOG.warning('resource audit skipped: %s', exc)
             except Exception:
                 LOG.exception('resource audit failed')
+            finally:
+                self._busy = False
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """The agent stops: no audit is begun from now on; one under way may finish (its
+        listings need libvirt still connected). True once none runs."""
+        self._stopping = True
+        deadline = time.monotonic() + timeout
+        while self._busy and time.monotonic() < deadline:
+            self._core.runtime.sleep(0.05)
+        return not self._busy

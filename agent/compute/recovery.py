@@ -39,6 +39,7 @@ class Recovery:
         self._max_boot_attempts = max_boot_attempts
         self._resync_running = False
         self._resync_again = False
+        self._after_start: list[tuple] = []     # (fn, *args) to spawn once start-up ends
         self._handlers = {
             reconcile.FINISH_BOOT: self._finish_boot, reconcile.RESUME_BOOT: self._resume_boot,
             reconcile.FAIL_BOOT: self._fail_boot, reconcile.RESUME_DELETE: self._resume_delete,
@@ -73,6 +74,11 @@ class Recovery:
                 self._audits.audit(self.resync(), token=token)
             else:
                 self._audits.audit(self.resync(infos), inventory, token=token)
+        # Only now what interrupted boots left is removed: removing a disk holds LVM's lock
+        # for seconds (it is zeroed first), and the listing just read must not wait for it.
+        for work in self._after_start:
+            core.runtime.spawn(*work)
+        self._after_start = []
         return facts
 
     def _reconcile(self, infos: list[vdriver.InstanceInfo], inventory) -> bool:
@@ -110,16 +116,34 @@ class Recovery:
         self._core.instances[step.uuid] = inst
         return inst
 
-    def _remove_remnants(self, step: reconcile.Step) -> None:
-        """What an interrupted boot made: its (not running) domain, disk and directory."""
-        core = self._core
+    def _remove_half_made_domain(self, step: reconcile.Step) -> None:
+        """An interrupted boot's domain (not running): one libvirt call, done at start-up so
+        that no listing judges it."""
         if step.remove_domain:
-            core.attempt(step.uuid, 'remove half-made domain', core.driver.destroy, step.uuid,
-                         job=step.job)
-        if (step.boot.spec or {}).get('disk_gb'):
-            core.attempt(step.uuid, 'remove disk of an interrupted boot',
-                         core.storage.delete_disks, step.uuid)
-        core.dirs.remove(step.uuid)
+            self._core.attempt(step.uuid, 'remove half-made domain', self._core.driver.destroy,
+                               step.uuid, job=step.job)
+
+    def _remove_remnants_then(self, step: reconcile.Step, inst: instancemod.Instance,
+                              spec: specmod.BootSpec | None = None) -> None:
+        """Remove the disk and directory an interrupted boot made, then boot ``spec`` again
+        (``run_boot`` releases ``inst.lock``) or, with none, release the lock. Run once
+        start-up has ended: zeroing and removing a disk takes seconds, and start-up, which
+        serves no request until it returns, must not wait for one interrupted boot after
+        another (twenty kept a restarted agent from answering for a minute). The lock held
+        meanwhile keeps a delete of the instance waiting."""
+        core = self._core
+        try:
+            if (step.boot.spec or {}).get('disk_gb'):
+                core.attempt(step.uuid, 'remove disk of an interrupted boot',
+                             core.storage.delete_disks, step.uuid)
+            core.dirs.remove(step.uuid)
+        except BaseException:
+            inst.lock.release()
+            raise
+        if spec is None:
+            inst.lock.release()
+        else:
+            self._tasks.run_boot(step.job, inst, spec)
 
     def _finish_boot(self, step: reconcile.Step) -> None:
         LOG.info('[instance: %s] boot job %s was interrupted after the domain started: done',
@@ -137,28 +161,31 @@ class Recovery:
         core = self._core
         LOG.warning('[instance: %s] boot job %s was interrupted by a restart; running it again '
                     '(attempt %d)', step.uuid, step.job.id, step.job.attempts + 1)
-        self._remove_remnants(step)
+        self._remove_half_made_domain(step)
         inst = self._instance_from(step, task='spawning')
+        inst.lock.acquire()          # new instance: free; released when its boot ends
         spec = inst.spec
         try:
             core.tracker.claim(spec.uuid, spec.vcpus, spec.memory_mb, spec.disk_gb)
         except exception.AgentError as exc:
             core.jobs.finish(step.job, 'interrupted by an agent restart; no longer fits: %s' % exc)
             core.change(inst, vm_state=states.ERROR, task=None, fault=step.job.reason)
+            self._after_start.append((self._remove_remnants_then, step, inst))
             return True
         core.jobs.requeue(step.job)
         core.report(inst)
-        inst.lock.acquire()          # new instance: free; run_boot releases it
-        core.runtime.spawn(self._tasks.run_boot, step.job, inst, spec)
+        self._after_start.append((self._remove_remnants_then, step, inst, spec))
         return True
 
     def _fail_boot(self, step: reconcile.Step) -> bool:
         reason = 'interrupted by agent restarts %d times; given up' % step.job.attempts
         LOG.error('[instance: %s] boot job %s %s', step.uuid, step.job.id, reason)
-        self._remove_remnants(step)
+        self._remove_half_made_domain(step)
         inst = self._instance_from(step, vm_state=states.ERROR, fault=reason)
+        inst.lock.acquire()
         self._core.jobs.finish(step.job, reason)
         self._core.report(inst)
+        self._after_start.append((self._remove_remnants_then, step, inst))
         return True
 
     def _resume_delete(self, step: reconcile.Step) -> bool:

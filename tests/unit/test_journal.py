@@ -226,6 +226,35 @@ def test_a_boot_interrupted_before_start_is_cleaned_and_run_again(conf, hv):
         b.stop()
 
 
+def test_a_restart_serves_while_an_interrupted_boots_disk_is_removed(conf, hv):
+    """What an interrupted boot made is removed after start-up, not in it (its disk is
+    zeroed first: seconds on a node; twenty kept a restarted agent from answering for a
+    minute). The instance is held meanwhile: a delete sent then waits for the boot run
+    again, and then removes it."""
+    a, gate, job_id = _interrupted(conf, hv, 'createWithFlags', disk_gb=1)
+    hv.gates.clear()
+    held = a.lvm.gates['lvremove'] = threading.Event()
+    b = Agent(conf, hv, lvm=a.lvm)          # start-up has returned: the node serves
+    try:
+        wait_until(lambda: 'lvremove' in a.lvm.launches and 'ca-%s-root' % U1 in a.lvm.lvs,
+                   what='the removal of the old disk held')
+        assert U1 not in hv.domains                           # the half-made domain: gone
+        assert b.manager.requests.get_instance(U1)['task'] == 'spawning'
+        assert b.manager.requests.get_job(job_id)['state'] == 'queued'
+        deleting = b.manager.requests.delete_instance(U1)['job_id']
+        assert b.manager.requests.get_job(deleting)['state'] == 'queued'
+        held.set()
+        job = b.wait_job(job_id)
+        assert job['state'] == 'done' and job['attempts'] == 2, job['reason']
+        assert b.wait_job(deleting)['state'] == 'done'
+        assert a.lvm.lvs == {} and U1 not in hv.domains
+        assert a.lvm.launches.count('lvcreate') == 2          # A's, and the boot run again
+    finally:
+        held.set()
+        gate.set()
+        b.stop()
+
+
 def test_a_boot_interrupted_after_the_domain_started_is_done(conf, hv):
     a, gate, job_id = _interrupted(conf, hv, 'createWithFlags')
     hv.gates.clear()
@@ -251,7 +280,10 @@ def test_a_boot_interrupted_too_often_fails_with_the_reason_and_leaves_nothing(c
         job = b.manager.requests.get_job(job_id)
         assert job['state'] == 'failed' and 'interrupted by agent restarts' in job['reason']
         assert b.manager.requests.get_instance(U1)['vm_state'] == 'error'
-        assert U1 not in hv.domains and a.lvm.lvs == {}
+        assert U1 not in hv.domains
+        # Its disk and directory go after start-up (zeroing a disk takes seconds).
+        wait_until(lambda: a.lvm.lvs == {} and not b.manager.instances[U1].lock.locked(),
+                   what='the disk removed')
         assert not os.path.exists(os.path.join(conf.instances_path, U1))
         b.wait_reported(U1, 'error')
     finally:

@@ -263,6 +263,29 @@ def test_a_boot_that_ends_while_the_periodic_audit_lists_keeps_its_claim(agent, 
     assert agent.manager.audits.audit() == []
 
 
+def test_stopping_the_audit_loop_lets_the_audit_under_way_finish_and_begins_none(agent, hv):
+    """The agent stops: the audit loop begins no audit, and ``stop`` returns only once the
+    one under way has its listings (they need libvirt, which the agent closes next)."""
+    listings = hv.calls.count('getAllDomainStats')          # start-up's
+    listed = hv.gates['getAllDomainStats'] = threading.Event()
+    loop = threading.Thread(target=agent.manager.audits.run, args=(0.001,), daemon=True)
+    loop.start()
+    wait_until(lambda: hv.calls.count('getAllDomainStats') > listings,
+               what='a periodic audit listing')
+    audits = agent.manager.tracker.counts['audits']
+    stopped = {}
+    stopper = threading.Thread(target=lambda: stopped.update(
+        idle=agent.manager.audits.stop(timeout=10)))
+    stopper.start()
+    stopper.join(0.2)
+    assert stopper.is_alive() and not stopped   # waits for the audit under way
+    listed.set()
+    stopper.join(10)
+    loop.join(10)
+    assert stopped == {'idle': True} and not loop.is_alive()
+    assert agent.manager.tracker.counts['audits'] == audits + 1     # that one, no other
+
+
 def test_a_restarted_agent_rebuilds_usage_from_libvirt_and_lvm(conf, hv):
     first = Agent(conf, hv)
     lvm = first.lvm
