@@ -943,6 +943,8 @@ def test_a_hot_take_whose_identity_cannot_be_written_removes_the_spare_and_boots
             'cold (hot: resume failed: identity port of %s: ' % U1), job
         assert spare.uuid not in hv.domains and U1 in hv.domains
         assert 'resume' not in hv.calls                  # never woken as somebody else
+        assert 'resume' not in job['libvirt_calls_by_op']         # nor counted as if it were
+        assert a.driver.host.calls['resume'] == 0
         assert a.manager.resource_report()['reserved']['memory_mb'] == 0
         assert sorted(os.listdir(conf.instances_path)) == [U1]
         # Nothing of the spare's port is left: it went with the instance's first domain.

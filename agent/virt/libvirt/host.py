@@ -248,14 +248,34 @@ class Host:
         that connection was replaced means the connection was lost.
         """
         work = context.current()
-        self.calls[op] += 1
-        if work.calls is not None:
-            work.calls[op] += 1
+        self._count(op, work)
         epoch = self._epoch if epoch is None else epoch
         try:
             return self._wq.execute('libvirt.' + op, fn, *args)
         except self._lv.libvirtError as exc:
             raise self._translate(op, exc, work.uuid, epoch) from None
+
+    def call_steps(self, op: str, fn: Callable, *, epoch: int | None = None) -> Any:
+        """Like ``call``, for steps of which one is the libvirt call ``op``: ONE work-queue
+        call runs ``fn(reached)``, which calls ``reached()`` right before that libvirt call.
+        The call is counted (here, not in the worker thread) only if it was reached: a step
+        failing before it counts no call libvirtd never got."""
+        work = context.current()
+        epoch = self._epoch if epoch is None else epoch
+        reached = []
+        try:
+            return self._wq.execute('libvirt.' + op, fn, lambda: reached.append(op))
+        except self._lv.libvirtError as exc:
+            raise self._translate(op, exc, work.uuid, epoch) from None
+        finally:
+            if reached:
+                self._count(op, work)
+
+    def _count(self, op: str, work) -> None:
+        """One libvirt call counted for the node and for the job ``work`` runs for."""
+        self.calls[op] += 1
+        if work.calls is not None:
+            work.calls[op] += 1
 
     def _translate(self, op: str, exc, instance: str | None,
                    epoch: int) -> exception.HypervisorError:

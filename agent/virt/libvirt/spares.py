@@ -137,15 +137,16 @@ class SpareDomains:
                                   epoch=epoch)
         port = self._identity.hand_over(spare.uuid, spec.uuid, identity)
 
-        def take():
+        def take(reached):
             # One work-queue hop on the way to the resume, not one per step: each hop waits
             # for the event loop, which serves the other boots of a storm meanwhile.
             port.move()          # first: whatever fails next, it goes with the instance
             port.write()
+            reached()
             dom.resume()
             self._move_console(spec.uuid, spare.uuid)
         try:
-            self._host.call('resume', take, epoch=epoch)
+            self._host.call_steps('resume', take, epoch=epoch)
         finally:
             port.done()
         self._domains.cache(spec.uuid, epoch, dom)
