@@ -7,7 +7,7 @@
 # The suite mostly waits (guests booting under TCG, processes restarting): one run keeps about
 # 40 % of this machine's two cores busy. So three lanes run side by side, each pytest process
 # with its own nodes (agent, conductor, broker user, bridge, directories), balanced by what
-# they took in CI (the real Debian guest alone takes ~9 minutes):
+# they took in CI (the real Debian guest alone takes ~5 minutes):
 #   a   eventlet: the real guest first, then warm and readiness
 #   b   eventlet: crash points, lifecycle, faults
 #   c   threading: the tests marked both_runtimes; then eventlet: every other file

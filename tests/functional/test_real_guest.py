@@ -31,7 +31,7 @@ def _copy_real_files(image_dir: str) -> None:
 
 CMDLINE = 'root=/dev/vda console=ttyS0 quiet no_timer_check'
 POOL = ('[warm]\npools = debian\nquiet_seconds = 0.5\nready_timeout = 900\n'
-        '[warm_pool:debian]\nsize = 1\nvcpus = 2\nmemory_mb = 1024\nimage = debian-real.raw\n'
+        '[warm_pool:debian]\nsize = 1\nvcpus = 1\nmemory_mb = 1024\nimage = debian-real.raw\n'
         'disk_gb = 2\nkernel = debian-real-vmlinuz\ninitrd = debian-real-initrd.img\n'
         'cmdline = %s\nidentity = cloud-init\n' % CMDLINE)
 
@@ -80,7 +80,7 @@ def test_a_debian_cloud_image_becomes_the_users_guest(real_node):
     key = _key()
     user_data = ('#cloud-config\nruncmd:\n  - [sh, -c, "echo seeded-by-user-data > %s"]\n'
                  % MARKER)
-    spec = real_node.spec(vcpus=2, memory_mb=1024, image='debian-real.raw', disk_gb=2,
+    spec = real_node.spec(vcpus=1, memory_mb=1024, image='debian-real.raw', disk_gb=2,
                           kernel='debian-real-vmlinuz', initrd='debian-real-initrd.img',
                           cmdline=CMDLINE, hostname='real-1', ssh_keys=[key],
                           user_data=user_data)
