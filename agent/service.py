@@ -222,6 +222,7 @@ class AgentService:
 
     def start(self) -> None:
         """Reconcile, then start the reporter, audits, metrics and the RPC server."""
+        began = time.monotonic()
         self.runtime.spawn(self.journal.run)
         LOG.info('image cache %s: %s', self.images.cache_dir, self.images.init())
         self.manager.init_host()
@@ -236,8 +237,9 @@ class AgentService:
         if self.conf.rpc.send_connections:
             self.runtime.spawn(self._open_send_connections)
         LOG.info('compute-agent %s serving topic compute (virt_type=%s, runtime %s, '
-                 '%d work-queue threads)', self.conf.host, self.conf.libvirt.virt_type,
-                 self.runtime.name, self.conf.workqueue.threads)
+                 '%d work-queue threads) %.1f s after start; reconciled %s', self.conf.host,
+                 self.conf.libvirt.virt_type, self.runtime.name, self.conf.workqueue.threads,
+                 time.monotonic() - began, dict(self.manager.reconciled) or 'nothing')
 
     def _open_send_connections(self) -> None:
         self.send_connections = rpc.open_send_connections(self.transport,

@@ -68,6 +68,7 @@ class Recovery:
             core.tracker.set_inventory(cpus=facts['cpus'], memory_mb=facts['memory_mb'],
                                        disk_gb=inventory.instance_bytes // storage_backend.GiB)
             changed, counts = self._warm.recover(infos, inventory)     # spares first
+            self._after_start.append((self._warm.remove_leftovers,))
             core.reconciled.update({k: n for k, n in counts.items() if n})
             changed = self._reconcile(infos, inventory) or changed
             if changed:          # what the listings showed is no longer what exists

@@ -14,6 +14,7 @@ the one there now (device, inode, size, mtime), or it is older than ``max_spare_
 spare is retired (removed in the background) at the take, at start-up, and by the filler.
 """
 import logging
+import threading
 import time
 
 from agent import exception
@@ -49,6 +50,9 @@ class WarmPart:
                                              self.identity)
         self._held: dict[str, sparesmod.Spare] = {}     # instance uuid -> its spare
         self.retired = 0
+        # Spares start-up did not keep: uuid -> whether it has a disk (``remove_leftovers``).
+        self._leftovers: dict[str, bool] = {}
+        self._leftovers_gone = threading.Event()
 
     # -- requests ---------------------------------------------------------------------------
     def apply(self, raw):
@@ -58,15 +62,16 @@ class WarmPart:
     def held(self) -> set[str]:
         """Uuids of spares saved, being made, or handed to a boot and not yet used up:
         neither instances nor orphans."""
-        return self.spares.reserved_uuids() | {s.uuid for s in list(self._held.values())}
+        return (self.spares.reserved_uuids() | {s.uuid for s in list(self._held.values())}
+                | set(self._leftovers))
 
     def hot_memory(self) -> dict[str, int]:
         """Hot spare uuid -> the memory its paused domain holds (MiB)."""
         return {s.uuid: s.memory_mb for s in self.spares.available() if s.hot}
 
     def making(self) -> set[str]:
-        """Uuids of spares being made (half-made: audits leave them alone)."""
-        return set(self.spares.making)
+        """Uuids of spares being made or removed (half-made: audits leave them alone)."""
+        return set(self.spares.making) | set(self._leftovers)
 
     def introduce(self, inst, send: bool = True) -> None:
         """Tell the guest of pool instance ``inst`` who it is, on its identity port: each
@@ -247,11 +252,9 @@ class WarmPart:
                                     node.driver.remove_spare, uuid)
         kept = [s for s in kept if s.uuid not in broken]
         for uuid in broken:
-            LOG.warning('[spare: %s] removing an incomplete or used spare', uuid)
-            if uuid in inventory.disks:
-                node.attempt(uuid, 'remove the disk of an incomplete spare',
-                             node.storage.delete_disks, uuid)
-            self.spares.remove(uuid)
+            LOG.warning('[spare: %s] an incomplete, used or unwanted spare: removed after '
+                        'start-up', uuid)
+            self._leftovers[uuid] = uuid in inventory.disks
         for spare in kept:
             if spare.hot:
                 continue
@@ -262,10 +265,37 @@ class WarmPart:
                             spare.uuid, exc)
         return changed, {'spares_removed': len(broken), 'spares_kept': len(kept)}
 
+    def remove_leftovers(self) -> None:
+        """Once start-up has ended: remove the disks and directories of the spares
+        ``recover`` did not keep, one after another (a disk is zeroed first: seconds each on
+        LVM, which start-up, serving nothing yet, must not wait for). Until each is gone it
+        is held (no orphan) and being made (not audited); no spare is made before all are
+        gone (``run``): their room is the new ones'."""
+        node = self._node
+        try:
+            for uuid, has_disk in list(self._leftovers.items()):
+                try:
+                    if has_disk:
+                        node.attempt(uuid, 'remove the disk of a spare not kept',
+                                     node.storage.delete_disks, uuid)
+                    self.spares.remove(uuid)
+                except Exception:
+                    LOG.exception('[spare: %s] removing it failed', uuid)
+                finally:
+                    del self._leftovers[uuid]
+        finally:
+            self._leftovers_gone.set()
+
+    def leftovers(self) -> set[str]:
+        """Uuids of the spares start-up did not keep that are not removed yet."""
+        return set(self._leftovers)
+
     # -- the filler -------------------------------------------------------------------------
     def run(self) -> None:
-        """Keep the pools full (``Filler.run``); run it in its own (green)thread."""
+        """Keep the pools full (``Filler.run``), once what start-up did not keep is gone;
+        run it in its own (green)thread."""
         if self.pools:
+            self._leftovers_gone.wait()
             self.filler.run()
 
     def stop(self) -> None:

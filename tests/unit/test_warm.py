@@ -348,6 +348,7 @@ def test_at_start_up_only_the_spares_the_pools_want_are_kept(conf, hv, pools, le
     a.stop()
     b = Agent(conf, hv, backend='file', pools=pools, warm=WARM)
     try:
+        wait_until(lambda: not b.manager.warm.leftovers(), what='the others removed')
         kept = b.manager.warm.spares.available()
         assert len(kept) == left and (not kept or kept[0].uuid == oldest.uuid)
         assert sorted(os.listdir(conf.instances_path)) == sorted(s.uuid for s in kept)
@@ -364,10 +365,47 @@ def test_at_start_up_a_spare_whose_kernel_was_replaced_is_removed(conf, hv, imag
     b = warm_agent(conf, hv)
     try:
         assert b.manager.warm.spares.available() == []
+        wait_until(lambda: not b.manager.warm.leftovers(), what='the spares removed')
         assert os.listdir(conf.instances_path) == []
         assert b.manager.reconciled['spares_removed'] == 2
         assert b.manager.resource_report()['reserved']['disk_gb'] == 0
     finally:
+        b.stop()
+
+
+def test_a_restart_serves_while_the_spares_it_did_not_keep_are_removed(conf, hv):
+    """Spares start-up does not keep (here: their pool is no longer configured) are removed
+    after it, one after another: each LV is zeroed first, seconds on a node. Meanwhile they
+    are neither orphans nor audited, and the filler makes no spare before they are gone."""
+    hv.auto_ready = True
+    a = Agent(conf, hv, backend='lvm', pools={'tiny': TINY}, warm=WARM)
+    first, second = fill(a, 2)
+    a.stop()
+    held = a.lvm.gates['lvremove'] = threading.Event()
+    other = dataclasses.replace(TINY, name='other', size=1)
+    b = Agent(conf, hv, lvm=a.lvm, backend='lvm', pools={'other': other}, warm=WARM)
+    filler = threading.Thread(target=b.manager.warm.run, daemon=True)
+    try:
+        assert b.manager.reconciled['spares_removed'] == 2
+        wait_until(lambda: 'lvremove' in a.lvm.launches, what='the first removal held')
+        assert b.manager.warm.leftovers() == {first.uuid, second.uuid}
+        assert len(a.lvm.lvs) == 2
+        assert b.manager.audits.audit() == []               # not judged while they go
+        filler.start()
+        filler.join(0.3)
+        assert filler.is_alive()                            # no spare begun meanwhile
+        assert not b.manager.warm.spares.making and b.manager.warm.spares.available() == []
+        held.set()
+        wait_until(lambda: not b.manager.warm.leftovers(), what='both removed')
+        wait_until(lambda: b.manager.warm.spares.counts().get('other') == 1,
+                   what='the pool filled once they were gone')
+        assert [lv for lv in a.lvm.lvs] == [
+            'ca-%s-root' % s.uuid for s in b.manager.warm.spares.available()]
+        assert b.manager.tracker.counts['audit_corrections'] == 0
+    finally:
+        held.set()
+        b.manager.warm.stop()
+        filler.join(10)
         b.stop()
 
 
@@ -471,6 +509,7 @@ def test_a_crash_while_a_spare_is_saved_leaves_nothing_after_the_restart(conf, h
     b = warm_agent(conf, hv)
     try:
         assert hv.domains == {}                       # the spare's domain: destroyed
+        wait_until(lambda: not b.manager.warm.leftovers(), what='the spare removed')
         assert os.listdir(conf.instances_path) == []  # its disk and directory: removed
         assert b.manager.reconciled['spares_removed'] == 1
         assert b.manager.resource_report()['usage']['disk_gb'] == 0
