@@ -74,14 +74,16 @@ def test_guest_that_never_opens_the_port_is_active_not_ready(ready_node):
     uuid = spec['uuid']
     row = node.wait_states([uuid], ['active'])[uuid]
     assert row['readiness'] in ('waiting', None)       # None: the report before the start
+    # Its /init ran (and did not open the port). Under load that may come after
+    # expect_within already passed: waiting or late then, never ready.
     node.wait_console(uuid, conftest.MARKER)
-    row = _wait_row(node, uuid, lambda r: r['readiness'] == 'waiting')
-    assert row['vm_state'] == 'active' and row['ready_at'] is None
+    row = node.conductor.get_instance(uuid)
+    assert row['readiness'] in ('waiting', 'late') and row['ready_at'] is None, row
     # Past [readiness] expect_within after its start: "late", still active, no fault.
     row = _wait_row(node, uuid, lambda r: r['readiness'] == 'late', timeout=EXPECT_WITHIN + 60)
     assert (row['vm_state'], row['power_state'], row['fault'], row['ready_at']) == \
         ('active', 'running', None, None), row
-    assert time.time() - row['active_at'] >= EXPECT_WITHIN - 1
+    assert row['updated_at'] - row['active_at'] >= EXPECT_WITHIN - 1    # not before it
     assert 'guest-agent-port' not in node.console(uuid)
     node.delete([uuid])
 
