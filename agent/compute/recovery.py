@@ -128,10 +128,8 @@ class Recovery:
                               spec: specmod.BootSpec | None = None) -> None:
         """Remove the disk and directory an interrupted boot made, then boot ``spec`` again
         (``run_boot`` releases ``inst.lock``) or, with none, release the lock. Run once
-        start-up has ended: zeroing and removing a disk takes seconds, and start-up, which
-        serves no request until it returns, must not wait for one interrupted boot after
-        another (twenty kept a restarted agent from answering for a minute). The lock held
-        meanwhile keeps a delete of the instance waiting."""
+        start-up has ended: zeroing and removing a disk takes seconds, and start-up serves
+        no request until it returns. The lock held meanwhile keeps a delete waiting."""
         core = self._core
         try:
             if (step.boot.spec or {}).get('disk_gb'):
